@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench bench-quick lint schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## migrate and serve everything on 127.0.0.1:8080 (local broker unless IPAM_KAFKA_BOOTSTRAP is set)
+	IPAM_LOG_FORMAT=$${IPAM_LOG_FORMAT:-console} $(BIN)/ipam serve
+
+test: $(STAMP)  ## the whole suite on real services (local broker and Postgres, or Docker, or IPAM_TEST_*)
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+schemas: $(STAMP)
+	$(BIN)/python -m ipam.schemas export
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,137 @@
+"""Kafka: topic set-up, partitioning, client construction, and reading single records.
+
+Everything here works on a plain Kafka-protocol broker without idempotent producers or
+transactions (the local Tansu broker has neither): exactly-once comes from Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
+
+from ..config import Config
+
+TOPIC_EXISTS = 36
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2, positive), so Java clients agree with us."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class TopicError(RuntimeError):
+    pass
+
+
+async def ensure_topics(cfg: Config) -> None:
+    """Create the commands and events topics with the configured partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    await admin.start()
+    try:
+        wanted = [cfg.commands_topic, cfg.events_topic]
+        resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in wanted])
+        for topic, code, message in resp.topic_errors:
+            if code not in (0, TOPIC_EXISTS):
+                raise TopicError(f"cannot create topic {topic}: error {code} {message}")
+        for desc in await admin.describe_topics(wanted):
+            have = len(desc["partitions"])
+            if have != cfg.partitions:
+                raise TopicError(
+                    f"topic {desc['topic']} has {have} partitions but IPAM_PARTITIONS={cfg.partitions}"
+                )
+    finally:
+        await admin.close()
+
+
+def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
+    options = dict(
+        bootstrap_servers=cfg.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=False,  # not supported by the local broker; Postgres dedupes instead
+        linger_ms=cfg.kafka_linger_ms,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=15000,
+    )
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
+    options = dict(
+        bootstrap_servers=cfg.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,  # positions live in Postgres
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+        max_poll_interval_ms=60000,
+        metadata_max_age_ms=5000,
+    )
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
+
+
+class LogReader:
+    """A group-less consumer used to read exact positions (catch-up, log-continuity checks)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._consumer = consumer(cfg, None, fetch_max_wait_ms=50)
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def beginning(self, tp: TopicPartition) -> int:
+        return (await self._consumer.beginning_offsets([tp]))[tp]
+
+    async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None:
+        """The value of the record at ``offset``, or None when the log does not hold it."""
+        async with self._lock:
+            if offset < await self.beginning(tp):
+                return None
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, offset)
+            deadline = asyncio.get_running_loop().time() + wait
+            while asyncio.get_running_loop().time() < deadline:
+                got = await self._consumer.getmany(tp, timeout_ms=200, max_records=1)
+                for msg in got.get(tp, []):
+                    return msg.value if msg.offset == offset else None
+            return None
+
+    async def read_to_end(self, tp: TopicPartition, start: int, idle: float = 0.3):
+        """Yield (offset, value) batches from ``start`` until the log is quiet.
+
+        We do not trust the broker's end offset alone (Tansu under-reports it after a
+        multi-record batch): we read until the end offset is reached *and* a fetch comes
+        back empty.
+        """
+        async with self._lock:
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, start)
+            end = (await self._consumer.end_offsets([tp]))[tp]
+            position = start
+            loop = asyncio.get_running_loop()
+            quiet_since = None
+            while True:
+                got = await self._consumer.getmany(tp, timeout_ms=100, max_records=10000)
+                msgs = got.get(tp, [])
+                if msgs:
+                    quiet_since = None
+                    position = msgs[-1].offset + 1
+                    yield [(m.offset, m.value) for m in msgs]
+                    continue
+                if position < end:
+                    continue
+                now = loop.time()
+                if quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since >= idle:
+                    return

@@ -1,0 +1,1 @@
+"""Postgres: migrations, the exactly-once projection, partition ownership records and reads."""

@@ -1,0 +1,264 @@
+"""Exactly-once projection of an events partition into Postgres.
+
+Each batch is applied in one transaction together with the partition's next offset,
+which is compare-and-set against the offset the projector started from: a batch is
+either applied once, or not at all.  Records from fenced-off epochs and records that
+cannot be decoded are written to the ledger as notes and skipped, so neither stalls
+the partition.  Callers waiting for a command's answer are told by NOTIFY on commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+
+from ...domain.allocation import mac_of
+from ...domain.fencing import Fences
+from ...domain.mac import format_mac, unicast_below
+from ...domain.messages import CommandRejected, MacLeased, MacLeaseReturned, MacReleased, PoolCreated, encoder
+from ...domain.pools import parse_range
+from ...domain.records import EventRecord, record_decoder
+from .partitions import load_fences
+
+NOTIFY_CHANNEL = "ipam_outcomes"
+_NOTIFY_LIMIT = 7000  # Postgres caps a NOTIFY payload at 8000 bytes
+
+_LEDGER_COLUMNS = (
+    "generation", "partition", "offset", "epoch", "seq", "at", "type", "command_id",
+    "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body",
+)
+
+
+class OffsetConflict(Exception):
+    """Another projector moved this partition's offset: re-read it and resume from there."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(f"stored offset is {stored}")
+        self.stored = stored
+
+
+@dataclass
+class BatchResult:
+    next_offset: int
+    applied: int = 0
+    dropped: int = 0
+    poison: int = 0
+    completed: list[str] = field(default_factory=list)
+
+
+def _ts(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+
+
+class Projector:
+    """Applies batches of one partition at a time; keeps the fences it has seen."""
+
+    def __init__(self, partitions: int, partition_of) -> None:
+        self._fences: dict[int, tuple[int, Fences]] = {}
+        self._partition_of = partition_of  # pool name -> partition, for new pools
+        self.partitions = partitions
+
+    def forget(self, partition: int) -> None:
+        self._fences.pop(partition, None)
+
+    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT generation, events_offset, commands_offset FROM ipam_store.partitions WHERE partition = $1 FOR UPDATE",
+                partition,
+            )
+            if row is None or row["events_offset"] != expected:
+                raise OffsetConflict(-1 if row is None else row["events_offset"])
+            generation = row["generation"]
+            result = BatchResult(next_offset=expected)
+            ledger: list[tuple] = []
+            leases: dict[str, tuple | None] = {}
+            quarantine: dict[str, tuple | None] = {}
+            pools: list[tuple] = []
+            cursors: dict[str, str] = {}
+            outcomes: dict[str, list] = {}
+            complete: set[str] = set()
+            commands_offset = row["commands_offset"]
+            last_command_id = None
+            last_epoch = last_seq = None
+            fences = await self._fences_for(conn, partition, generation, 0)
+            for offset, raw in batch:
+                result.next_offset = offset + 1
+                try:
+                    rec = record_decoder.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    result.poison += 1
+                    ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", str(e), raw))
+                    continue
+                if rec.epoch > fences.max_epoch:
+                    fences = await self._fences_for(conn, partition, generation, rec.epoch)
+                last_epoch, last_seq = rec.epoch, rec.seq
+                if not fences.admits(rec.epoch, offset):
+                    result.dropped += 1
+                    ledger.append(
+                        _note(generation, partition, offset, "ZombieEventDropped", rec.event.command_id,
+                              f"epoch {rec.epoch} was fenced off by a newer allocator", raw, rec.epoch, rec.seq)
+                    )
+                    continue
+                ev = rec.event
+                result.applied += 1
+                if rec.source_offset + 1 > commands_offset:
+                    commands_offset = rec.source_offset + 1
+                    last_command_id = ev.command_id
+                ledger.append(_ledger_row(generation, partition, offset, rec, raw))
+                outcomes.setdefault(ev.command_id, []).append(msgspec.json.decode(encoder.encode(ev)))
+                if rec.last:
+                    complete.add(ev.command_id)
+                kind = type(ev)
+                if kind is MacLeased:
+                    o = ev.owner
+                    leases[ev.mac] = (ev.pool, o.namespace, o.vm, o.vm_uid, o.interface, ev.static, _ts(ev.at), ev.command_id)
+                    quarantine[ev.mac] = None
+                    if not ev.static:
+                        cursors[ev.pool] = ev.mac
+                elif kind is MacReleased:
+                    o = ev.owner
+                    leases[ev.mac] = None
+                    quarantine[ev.mac] = (
+                        (ev.pool, _ts(ev.quarantined_until), _ts(ev.at), o.namespace, o.vm, o.vm_uid, o.interface)
+                        if ev.quarantined_until > ev.at
+                        else None
+                    )
+                elif kind is PoolCreated:
+                    pools.append(_pool_row(ev, self._partition_of(ev.name)))
+            await self._write(conn, ledger, pools, leases, quarantine, cursors)
+            await _write_outcomes(conn, partition, outcomes, complete)
+            await conn.execute(
+                """UPDATE ipam_store.partitions SET events_offset = $2,
+                       last_epoch = coalesce($3, last_epoch), last_seq = coalesce($4, last_seq),
+                       commands_offset = $5, last_command_id = coalesce($6, last_command_id), updated_at = now()
+                   WHERE partition = $1""",
+                partition, result.next_offset, last_epoch, last_seq, commands_offset, last_command_id,
+            )
+            result.completed = sorted(complete)
+            await _notify(conn, outcomes, complete)
+        return result
+
+    async def _fences_for(self, conn: asyncpg.Connection, partition: int, generation: int, epoch: int) -> Fences:
+        cached = self._fences.get(partition)
+        if cached is not None and cached[0] == generation and cached[1].max_epoch >= epoch:
+            return cached[1]
+        fences = await load_fences(conn, partition, generation)
+        self._fences[partition] = (generation, fences)
+        return fences
+
+    @staticmethod
+    async def _write(conn, ledger, pools, leases, quarantine, cursors) -> None:
+        if pools:
+            await conn.executemany(
+                """INSERT INTO ipam_store.pools (name, first_mac, last_mac, range_lo, range_hi, lo_ordinal, size, namespaces,
+                       is_default, external, start_offset, cursor, partition, created_at, command_id)
+                   VALUES ($1, $2::macaddr, $3::macaddr, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)
+                   ON CONFLICT (name) DO NOTHING""",
+                pools,
+            )
+        if leases:
+            touched = list(leases)
+            await conn.execute("DELETE FROM ipam_store.mac_leases WHERE mac = ANY($1::macaddr[])", touched)
+            live = [(m, *v) for m, v in leases.items() if v is not None]
+            if live:
+                cols = list(zip(*live))
+                await conn.execute(
+                    """INSERT INTO ipam_store.mac_leases (mac, pool, namespace, vm, vm_uid, interface, static, since, command_id)
+                       SELECT * FROM unnest($1::macaddr[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                            $7::boolean[], $8::timestamptz[], $9::text[])""",
+                    *cols,
+                )
+        if quarantine:
+            await conn.execute("DELETE FROM ipam_store.mac_quarantine WHERE mac = ANY($1::macaddr[])", list(quarantine))
+            held = [(m, *v) for m, v in quarantine.items() if v is not None]
+            if held:
+                cols = list(zip(*held))
+                await conn.execute(
+                    """INSERT INTO ipam_store.mac_quarantine (mac, pool, until, released_at, namespace, vm, vm_uid, interface)
+                       SELECT * FROM unnest($1::macaddr[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                                            $5::text[], $6::text[], $7::text[], $8::text[])""",
+                    *cols,
+                )
+        if cursors:
+            names = list(cursors)
+            macs = [unicast_below(mac_of(m)) for m in cursors.values()]
+            await conn.execute(
+                """UPDATE ipam_store.pools p SET cursor = ((c.ordinal - p.lo_ordinal) + 1) % p.size
+                   FROM (SELECT unnest($1::text[]) AS name, unnest($2::bigint[]) AS ordinal) c
+                   WHERE p.name = c.name AND p.size > 0""",
+                names,
+                macs,
+            )
+        if ledger:
+            await conn.copy_records_to_table("ledger", schema_name="ipam_store", columns=_LEDGER_COLUMNS, records=ledger)
+
+
+def _pool_row(ev: PoolCreated, partition: int) -> tuple:
+    if ev.range is None:
+        first = last = lo = hi = None
+        size = 0
+        return (ev.name, first, last, lo, hi, None, size, list(ev.namespaces), ev.default, True, ev.start, partition, _ts(ev.at), ev.command_id)
+    else:
+        rng = parse_range(ev.range)
+        first, last = format_mac(rng.first), format_mac(rng.last)
+        lo, hi, size = rng.first, rng.last, rng.size
+    return (ev.name, first, last, lo, hi, None if lo is None else unicast_below(lo), size, list(ev.namespaces), ev.default, ev.range is None, ev.start, partition, _ts(ev.at), ev.command_id)
+
+
+def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord, raw: bytes) -> tuple:
+    ev = rec.event
+    owner = getattr(ev, "owner", None) or getattr(ev, "holder", None)
+    mac = getattr(ev, "mac", None)
+    pool = getattr(ev, "pool", None) if not isinstance(ev, PoolCreated) else ev.name
+    return (
+        generation, partition, offset, rec.epoch, rec.seq, _ts(ev.at), type(ev).__name__, ev.command_id,
+        pool, mac,
+        owner.namespace if owner else None, owner.vm if owner else None,
+        owner.vm_uid if owner else None, owner.interface if owner else None,
+        encoder.encode(ev).decode(),
+    )
+
+
+def _note(generation, partition, offset, kind, command_id, reason, raw, epoch=0, seq=0) -> tuple:
+    body = {"reason": reason, "record": raw[:2000].decode("utf-8", "replace")}
+    return (generation, partition, offset, epoch, seq, dt.datetime.now(dt.timezone.utc), kind, command_id,
+            None, None, None, None, None, None, msgspec.json.encode(body).decode())
+
+
+async def _write_outcomes(conn: asyncpg.Connection, partition: int, outcomes: dict[str, list], complete: set[str]) -> None:
+    if not outcomes:
+        return
+    ids = list(outcomes)
+    await conn.execute(
+        """INSERT INTO ipam_store.command_outcomes (command_id, partition, events, complete, decided_at)
+           SELECT u.id, $1, u.events::jsonb, u.complete, now()
+           FROM unnest($2::text[], $3::text[], $4::boolean[]) AS u(id, events, complete)
+           ON CONFLICT (command_id) DO UPDATE
+           SET events = ipam_store.command_outcomes.events || EXCLUDED.events, complete = EXCLUDED.complete""",
+        partition,
+        ids,
+        [msgspec.json.encode(outcomes[i]).decode() for i in ids],
+        [i in complete for i in ids],
+    )
+
+
+async def _notify(conn: asyncpg.Connection, outcomes: dict[str, list], complete: set[str]) -> None:
+    """Tell waiting API processes; delivered on commit.  Big answers send only the id (they re-read)."""
+    chunk: list = []
+    size = 2
+    for cid in complete:
+        item = [cid, outcomes[cid]]
+        encoded = msgspec.json.encode(item)
+        if len(encoded) > _NOTIFY_LIMIT:
+            item, encoded = [cid, None], msgspec.json.encode([cid, None])
+        if size + len(encoded) + 1 > _NOTIFY_LIMIT:
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, msgspec.json.encode(chunk).decode())
+            chunk, size = [], 2
+        chunk.append(item)
+        size += len(encoded) + 1
+    if chunk:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, msgspec.json.encode(chunk).decode())

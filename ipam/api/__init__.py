@@ -1,0 +1,1 @@
+"""The REST API: HTTP in, commands out, answers after the projection committed."""

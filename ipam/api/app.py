@@ -1,0 +1,274 @@
+"""aiohttp application: REST for pools and MAC leases, health, readiness, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+import msgspec
+import structlog
+from aiohttp import web
+
+from ..adapters.postgres.partitions import load_pools
+from ..config import Config
+from ..domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
+from ..domain.routing import RoutingError, choose_pool
+from . import models
+from .bus import CommandBus, OutcomeTimeout
+from .openapi import openapi_document
+
+log = structlog.get_logger("ipam.api")
+_json = msgspec.json.Encoder()
+
+# Stable rejection codes from the decider -> HTTP status.
+STATUS = {
+    "invalid": 400, "malformed": 400, "unknown_pool": 404, "not_found": 404, "no_pool": 422,
+    "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
+    "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
+}
+_FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
+
+
+class ApiError(web.HTTPException):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        self.status_code = status
+        super().__init__(
+            body=_json.encode(models.Error(models.ErrorBody(code=code, message=message, field=field))),
+            content_type="application/json",
+        )
+
+
+def _reply(obj, status: int = 200) -> web.Response:
+    return web.Response(body=_json.encode(obj), status=status, content_type="application/json")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _decode(request: web.Request, kind: type):
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"request body is over {request.app['cfg'].max_body_bytes} bytes", "body") from None
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as e:
+        m = _FIELD.search(str(e))
+        field = (m.group(1) or m.group(2)) if m else None
+        raise ApiError(400, "invalid", str(e), field) from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, "invalid", f"body is not valid JSON: {e}", "body") from None
+
+
+def _mac_field(text: str | None, field: str = "mac") -> int | None:
+    if text is None:
+        return None
+    try:
+        mac = parse_mac(text)
+    except MacFormatError as e:
+        raise ApiError(400, "invalid", str(e), field) from None
+    problem = unicast_problem(mac)
+    if problem:
+        raise ApiError(400, "invalid", f"{format_mac(mac)}: {problem}", field)
+    return mac
+
+
+def _rejection(events: list[dict]) -> None:
+    for ev in events:
+        if ev["type"] == "CommandRejected":
+            raise ApiError(STATUS.get(ev["code"], 400), ev["code"], ev["reason"], ev.get("field"))
+
+
+def _lease_of(ev: dict) -> models.Lease:
+    o = ev["owner"]
+    return models.Lease(mac=ev["mac"], pool=ev["pool"], namespace=o["namespace"], vm=o["vm"], vm_uid=o["vm_uid"],
+                        interface=o["interface"], static=ev.get("static", False),
+                        since=dt.datetime.fromtimestamp(ev["at"] / 1000, dt.timezone.utc).isoformat())
+
+
+class Api:
+    def __init__(self, cfg: Config, db: asyncpg.Pool, bus: CommandBus, readiness: Callable[[], dict[str, bool]]) -> None:
+        self.cfg, self.db, self.bus, self.readiness = cfg, db, bus, readiness
+        self.pools: dict = {}
+        self._pools_at = 0.0
+
+    async def refresh_pools(self, max_age: float = 0.0) -> dict:
+        if time.monotonic() - self._pools_at >= max_age:
+            async with self.db.acquire() as conn:
+                self.pools = {n: p for n, (p, _part, _c) in (await load_pools(conn)).items()}
+            self._pools_at = time.monotonic()
+        return self.pools
+
+    async def submit(self, command) -> list[dict]:
+        try:
+            return await self.bus.submit(command)
+        except OutcomeTimeout:
+            raise ApiError(
+                504, "timeout",
+                f"no answer within {self.cfg.request_timeout_seconds:g}s; retry with command_id {command.command_id} "
+                "to get the same outcome",
+            ) from None
+
+    @staticmethod
+    def _command_id(request: web.Request, body_id: str | None) -> str:
+        return request.headers.get("Idempotency-Key") or body_id or str(uuid.uuid4())
+
+    # --- pools --------------------------------------------------------------------
+
+    async def create_pool(self, request: web.Request) -> web.Response:
+        body = await _decode(request, models.PoolRequest)
+        cmd = CreatePool(command_id=self._command_id(request, body.command_id), at=_now_ms(), name=body.name,
+                         range=body.range, namespaces=tuple(body.namespaces), default=body.default, external=body.external)
+        events = await self.submit(cmd)
+        _rejection(events)
+        await self.refresh_pools()
+        pools = await self._pool_rows(body.name)
+        return _reply(pools[0], 201)
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        return _reply(models.PoolList(pools=await self._pool_rows(None)))
+
+    async def _pool_rows(self, name: str | None) -> list[models.Pool]:
+        rows = await self.db.fetch(
+            "SELECT pool, range, size, used, quarantined, free, percent::float8 AS percent, namespaces, is_default "
+            "FROM ipam.pool_usage WHERE $1::text IS NULL OR pool = $1 ORDER BY pool",
+            name,
+        )
+        return [models.Pool(name=r["pool"], range=r["range"], size=r["size"], used=r["used"], quarantined=r["quarantined"],
+                            free=r["free"], percent=r["percent"], namespaces=list(r["namespaces"]), default=r["is_default"])
+                for r in rows]
+
+    # --- leases -------------------------------------------------------------------
+
+    async def lease(self, request: web.Request) -> web.Response:
+        body = await _decode(request, models.LeaseRequest)
+        mac = _mac_field(body.mac)
+        command_id = self._command_id(request, body.command_id)
+        pools = await self.refresh_pools(max_age=2.0)
+        if body.pool is not None and body.pool not in pools:
+            pools = await self.refresh_pools()
+        try:
+            pool = choose_pool(pools, body.namespace, body.pool, mac)
+        except RoutingError as e:
+            raise ApiError(STATUS.get(e.code, 422), e.code, e.reason, e.field) from None
+        owner = {"namespace": body.namespace, "vm": body.vm, "vm_uid": body.vm_uid, "interface": body.interface}
+        cmd = msgspec.convert({"type": "LeaseMac", "command_id": command_id, "at": _now_ms(), "pool": pool.name,
+                               "owner": owner, "mac": None if mac is None else format_mac(mac)}, LeaseMac)
+        events = await self.submit(cmd)
+        _rejection(events)
+        final = events[-1]
+        existing = final["type"] == "MacLeaseReturned"
+        return _reply(models.LeaseAnswer(lease=_lease_of(final), existing=existing, command_id=command_id),
+                      200 if existing else 201)
+
+    async def list_leases(self, request: web.Request) -> web.Response:
+        q = request.query
+        limit = q.get("limit", "1000")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
+            raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
+        mac = _mac_field(q.get("mac")) if "mac" in q else None
+        rows = await self.db.fetch(
+            """SELECT mac::text, pool, namespace, vm, vm_uid, interface, static, since FROM ipam.mac_leases
+               WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
+                 AND ($3::text IS NULL OR pool = $3) AND ($4::macaddr IS NULL OR mac = $4)
+               ORDER BY namespace, vm, interface LIMIT $5""",
+            q.get("namespace"), q.get("vm"), q.get("pool"), None if mac is None else format_mac(mac), int(limit),
+        )
+        return _reply(models.LeaseList(leases=[
+            models.Lease(mac=r["mac"], pool=r["pool"], namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
+                         interface=r["interface"], static=r["static"], since=r["since"].isoformat()) for r in rows]))
+
+    async def release_vm(self, request: web.Request) -> web.Response:
+        ns, vm = request.match_info["namespace"], request.match_info["vm"]
+        interface = request.match_info.get("interface")
+        pools = [r["pool"] for r in await self.db.fetch(
+            "SELECT DISTINCT pool FROM ipam_store.mac_leases WHERE namespace = $1 AND vm = $2 AND ($3::text IS NULL OR interface = $3)",
+            ns, vm, interface)]
+        what = f"{ns}/{vm}" + (f" interface {interface}" if interface else "")
+        if not pools:
+            raise ApiError(404, "not_found", f"{what} holds no MAC lease")
+        base = self._command_id(request, None)
+        results = await asyncio.gather(*[
+            self.submit(ReleaseOwner(command_id=f"{base}/{p}" if len(pools) > 1 else base, at=_now_ms(), pool=p,
+                                     namespace=ns, vm=vm, interface=interface))
+            for p in pools])
+        return self._released([ev for events in results for ev in events], what)
+
+    async def release_mac(self, request: web.Request) -> web.Response:
+        mac = _mac_field(request.match_info["mac"])
+        pool = await self.db.fetchval("SELECT pool FROM ipam_store.mac_leases WHERE mac = $1::macaddr", format_mac(mac))
+        if pool is None:
+            raise ApiError(404, "not_found", f"{format_mac(mac)} is not leased", "mac")
+        events = await self.submit(ReleaseMac(command_id=self._command_id(request, None), at=_now_ms(), pool=pool,
+                                              mac=format_mac(mac)))
+        return self._released(events, format_mac(mac))
+
+    @staticmethod
+    def _released(events: list[dict], what: str) -> web.Response:
+        released = [e for e in events if e["type"] == "MacReleased"]
+        if not released:
+            _rejection(events)
+            raise ApiError(404, "not_found", f"{what} holds no MAC lease")
+        until = [dt.datetime.fromtimestamp(e["quarantined_until"] / 1000, dt.timezone.utc).isoformat() for e in released]
+        return _reply(models.Released(released=[_lease_of(e) for e in released], quarantined_until=until))
+
+    # --- health -------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _reply({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = dict(self.readiness())
+        try:
+            await asyncio.wait_for(self.db.fetchval("SELECT 1"), 2)
+            checks["database"] = True
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            checks["database"] = False
+        checks["notifications"] = await self.bus.healthy()
+        ok = all(checks.values())
+        return _reply({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _reply(openapi_document())
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"request body is over {request.app['cfg'].max_body_bytes} bytes", "body") from None
+    except web.HTTPException as e:
+        if e.status >= 400:
+            raise ApiError(e.status, "http", e.reason) from None
+        raise
+    except Exception:
+        log.exception("request failed", path=request.path)
+        raise ApiError(500, "internal", "internal error; see the service log") from None
+
+
+def make_app(api: Api, cfg: Config) -> web.Application:
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[errors])
+    app["cfg"] = cfg
+    app.add_routes([
+        web.post("/v1/pools", api.create_pool),
+        web.get("/v1/pools", api.list_pools),
+        web.post("/v1/mac-leases", api.lease),
+        web.get("/v1/mac-leases", api.list_leases),
+        web.delete("/v1/mac-leases/{namespace}/{vm}", api.release_vm),
+        web.delete("/v1/mac-leases/{namespace}/{vm}/{interface}", api.release_vm),
+        web.delete("/v1/macs/{mac}", api.release_mac),
+        web.get("/healthz", api.healthz),
+        web.get("/readyz", api.readyz),
+        web.get("/openapi.json", api.openapi),
+    ])
+    return app

@@ -1,0 +1,96 @@
+"""Submit a command and wait for its outcome, committed in Postgres.
+
+The waiter is registered before the command is produced; the projector's NOTIFY (sent
+on commit) resolves it.  If a notification is missed (listener reconnecting), the
+waiter falls back to reading ``ipam_store.command_outcomes`` before giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+import structlog
+
+from ..adapters import kafka
+from ..adapters.postgres.projection import NOTIFY_CHANNEL
+from ..config import Config
+from ..domain.allocation import stream_key
+from ..domain.messages import AnyCommand, encoder
+
+log = structlog.get_logger("ipam.api.bus")
+
+
+class OutcomeTimeout(Exception):
+    pass
+
+
+class CommandBus:
+    def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:
+        self.cfg = cfg
+        self.db = db
+        self._producer = kafka.producer(cfg, linger_ms=0)
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.cfg.database_url)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        await self._producer.stop()
+
+    async def healthy(self) -> bool:
+        if self._listener is None or self._listener.is_closed():
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError):
+                return False
+        return True
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        for command_id, events in msgspec.json.decode(payload):
+            for fut in self._waiters.pop(command_id, ()):
+                if not fut.done():
+                    fut.set_result(events)
+
+    async def outcome(self, command_id: str) -> list | None:
+        """The committed outcome of an earlier command, or None when there is none (yet)."""
+        row = await self.db.fetchrow(
+            "SELECT events::text, complete FROM ipam_store.command_outcomes WHERE command_id = $1", command_id
+        )
+        if row is None or not row["complete"]:
+            return None
+        return msgspec.json.decode(row["events"])
+
+    async def submit(self, command: AnyCommand) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters.setdefault(command.command_id, []).append(fut)
+        try:
+            partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
+            await self._producer.send_and_wait(
+                self.cfg.commands_topic, encoder.encode(command), key=stream_key(command).encode(), partition=partition
+            )
+            try:
+                events = await asyncio.wait_for(asyncio.shield(fut), self.cfg.request_timeout_seconds)
+            except asyncio.TimeoutError:
+                events = await self.outcome(command.command_id)
+                if events is None:
+                    raise OutcomeTimeout(command.command_id) from None
+            if events is None:  # too big for a notification: read it
+                events = await self.outcome(command.command_id)
+            return events
+        finally:
+            waiters = self._waiters.get(command.command_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[command.command_id]

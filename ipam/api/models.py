@@ -1,0 +1,80 @@
+"""Request and response bodies of the REST API (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+Name = Annotated[str, Meta(min_length=1, max_length=253)]
+
+
+class PoolRequest(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=63, description="Pool name (lower-case, digits, '-', '.').")]
+    range: Annotated[str | None, Meta(description="first-last MAC, e.g. 02:00:00:00:00:00-02:ff:ff:ff:ff:ff")] = None
+    namespaces: Annotated[list[Annotated[str, Meta(min_length=1, max_length=63)]], Meta(max_length=1000)] = []
+    default: bool = False
+    external: Annotated[bool, Meta(description="The pool of static MACs outside every range; has no range.")] = False
+    command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
+class Pool(Struct):
+    name: str
+    range: str
+    size: int
+    used: int
+    quarantined: int
+    free: int | None
+    percent: float | None
+    namespaces: list[str]
+    default: bool
+
+
+class PoolList(Struct):
+    pools: list[Pool]
+
+
+class LeaseRequest(Struct, forbid_unknown_fields=True):
+    namespace: Annotated[str, Meta(min_length=1, max_length=63)]
+    vm: Name
+    vm_uid: Annotated[str, Meta(min_length=1, max_length=128)]
+    interface: Annotated[str, Meta(min_length=1, max_length=63)]
+    pool: Annotated[str, Meta(min_length=1, max_length=63)] | None = None
+    mac: Annotated[str | None, Meta(description="Ask for this MAC (static request).")] = None
+    command_id: Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")] | None = None
+
+
+class Lease(Struct):
+    mac: str
+    pool: str
+    namespace: str
+    vm: str
+    vm_uid: str
+    interface: str
+    static: bool = False
+    since: str | None = None
+
+
+class LeaseAnswer(Struct):
+    lease: Lease
+    existing: bool
+    command_id: str
+
+
+class LeaseList(Struct):
+    leases: list[Lease]
+
+
+class Released(Struct):
+    released: list[Lease]
+    quarantined_until: list[str]
+
+
+class ErrorBody(Struct):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(Struct):
+    error: ErrorBody

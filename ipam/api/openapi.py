@@ -1,0 +1,85 @@
+"""The OpenAPI 3.1 document, generated from the request/response structs so it cannot drift."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import msgspec
+
+from .. import __version__
+from . import models
+
+_MODELS = (models.PoolRequest, models.Pool, models.PoolList, models.LeaseRequest, models.Lease, models.LeaseAnswer,
+           models.LeaseList, models.Released, models.Error)
+
+
+def _ref(model: type) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Invalid input; `error.field` names the field", 404: "Not found", 409: "Conflict (held, exhausted, overlap)",
+            413: "Body too large", 422: "Request cannot be routed to a pool", 504: "No answer in time; retry with the same command id"}
+    return {str(c): _json(models.Error, text[c]) for c in codes}
+
+
+def _param(name: str, where: str, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path", "description": description,
+            "schema": {"type": "string", "minLength": 1}}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict:
+    _, components = msgspec.json.schema_components(_MODELS, ref_template="#/components/schemas/{name}")
+    idem = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            "description": "Command id: a retry with the same key gets the same outcome."}
+    release = {"200": _json(models.Released, "Released; the MACs are quarantined"), **_errors(400, 404, 504)}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ipam", "version": __version__,
+                 "description": "MAC address management for KubeVirt VMs. Answers come after the lease is committed in Postgres."},
+        "paths": {
+            "/v1/pools": {
+                "post": {"summary": "Create a MAC pool", "operationId": "createPool", "parameters": [idem],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(models.PoolRequest)}}},
+                         "responses": {"201": _json(models.Pool, "Created"), **_errors(400, 409, 413, 504)}},
+                "get": {"summary": "List pools with usage", "operationId": "listPools",
+                        "responses": {"200": _json(models.PoolList, "Pools")}},
+            },
+            "/v1/mac-leases": {
+                "post": {"summary": "Lease a MAC for a VM interface (sticky: the same owner gets the same MAC)",
+                         "operationId": "leaseMac", "parameters": [idem],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(models.LeaseRequest)}}},
+                         "responses": {"201": _json(models.LeaseAnswer, "Leased"),
+                                       "200": _json(models.LeaseAnswer, "The owner already held this MAC"),
+                                       **_errors(400, 404, 409, 413, 422, 504)}},
+                "get": {"summary": "List live MAC leases", "operationId": "listMacLeases",
+                        "parameters": [_param("namespace", "query", "Only this namespace"), _param("vm", "query", "Only this VM"),
+                                       _param("pool", "query", "Only this pool"), _param("mac", "query", "Only this MAC"),
+                                       {"name": "limit", "in": "query", "required": False,
+                                        "schema": {"type": "integer", "minimum": 1, "maximum": 100000}}],
+                        "responses": {"200": _json(models.LeaseList, "Leases"), **_errors(400)}},
+            },
+            "/v1/mac-leases/{namespace}/{vm}": {
+                "delete": {"summary": "Release all of a VM's MAC leases", "operationId": "releaseVm",
+                           "parameters": [_param("namespace", "path", "Namespace"), _param("vm", "path", "VM name"), idem],
+                           "responses": release}},
+            "/v1/mac-leases/{namespace}/{vm}/{interface}": {
+                "delete": {"summary": "Release one interface's MAC lease", "operationId": "releaseInterface",
+                           "parameters": [_param("namespace", "path", "Namespace"), _param("vm", "path", "VM name"),
+                                          _param("interface", "path", "Interface name"), idem],
+                           "responses": release}},
+            "/v1/macs/{mac}": {
+                "delete": {"summary": "Release the lease holding a MAC", "operationId": "releaseMac",
+                           "parameters": [_param("mac", "path", "MAC address"), idem], "responses": release}},
+            "/healthz": {"get": {"summary": "Process is up", "operationId": "healthz",
+                                 "responses": {"200": {"description": "Up"}}}},
+            "/readyz": {"get": {"summary": "Partitions loaded, broker and database reachable", "operationId": "readyz",
+                                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,209 @@
+"""The ``ipam`` command: run the service, migrate, and drive the REST API.
+
+Human tables by default, ``--json`` for scripts.  Bad input exits 2 with a one-line
+reason naming the field; an unreachable or failing service exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config, ConfigError
+from .domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from .domain.pools import RangeError, parse_range
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Client:
+    def __init__(self, url: str, as_json: bool) -> None:
+        self.url = url.rstrip("/")
+        self.as_json = as_json
+
+    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
+        q = {k: v for k, v in (query or {}).items() if v is not None}
+        full = self.url + path + (("?" + urllib.parse.urlencode(q)) if q else "")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(full, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                err = {"code": "http", "message": e.reason, "field": None}
+            field = f"{err['field']}: " if err.get("field") else ""
+            click.echo(f"error: {field}{err['message']}", err=True)
+            sys.exit(2 if 400 <= e.code < 500 else 1)
+        except urllib.error.URLError as e:
+            click.echo(f"error: cannot reach ipam at {self.url}: {e.reason}", err=True)
+            sys.exit(1)
+
+    def show(self, rows: list[dict], columns: list[str], raw: dict) -> None:
+        if self.as_json:
+            click.echo(json.dumps(raw, indent=2))
+            return
+        table = Table(*columns, box=None, pad_edge=False)
+        for r in rows:
+            table.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in columns])
+        Console().print(table)
+
+
+def _fail(field: str, reason: str) -> None:
+    raise click.UsageError(f"{field}: {reason}")
+
+
+def _check_mac(value: str | None, field: str = "--mac") -> str | None:
+    if value is None:
+        return None
+    try:
+        mac = parse_mac(value)
+    except MacFormatError as e:
+        _fail(field, str(e))
+    problem = unicast_problem(mac)
+    if problem:
+        _fail(field, f"{format_mac(mac)}: {problem}")
+    return format_mac(mac)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="IPAM_URL", default=DEFAULT_URL, show_default=True, help="REST API of a running ipam.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def main(ctx: click.Context, url: str, as_json: bool) -> None:
+    """ipam: MAC address management for KubeVirt VMs."""
+    ctx.obj = Client(url, as_json)
+
+
+@main.command()
+@click.option("--role", "roles", multiple=True, type=click.Choice(["all", "api", "allocator", "projector"]), default=["all"],
+              show_default=True, help="Roles to run in this process (repeat to combine).")
+@click.option("--listen", default=None, help="host:port for HTTP (default IPAM_HTTP_ADDR, 127.0.0.1:8080).")
+def serve(roles: tuple[str, ...], listen: str | None) -> None:
+    """Run the service.  Without IPAM_KAFKA_BOOTSTRAP a local memory-only broker is started."""
+    from . import logs
+    from .service import serve_forever
+
+    try:
+        cfg = Config.from_env(http_addr=listen)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    logs.configure(cfg.log_level, cfg.log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve_forever(cfg, set(roles)))
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database if needed and apply the SQL migrations."""
+    from .adapters.postgres.migrations import migrate as run
+
+    cfg = Config.from_env()
+    applied = asyncio.run(run(cfg.database_url))
+    click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@main.group()
+def pool() -> None:
+    """MAC pools."""
+
+
+@pool.command("create")
+@click.argument("name")
+@click.option("--range", "range_", help="first-last MAC, e.g. 02:00:00:00:00:00-02:ff:ff:ff:ff:ff")
+@click.option("--namespace", "namespaces", multiple=True, help="Bind a namespace to this pool (repeatable).")
+@click.option("--default", "default", is_flag=True, help="Use for namespaces bound to no pool.")
+@click.option("--external", is_flag=True, help="The pool of static MACs outside every range (no --range).")
+@click.pass_obj
+def pool_create(client: Client, name: str, range_: str | None, namespaces: tuple[str, ...], default: bool, external: bool) -> None:
+    """Create pool NAME."""
+    if range_ is None and not external:
+        _fail("--range", "a range is required (or --external)")
+    if range_ is not None:
+        try:
+            parse_range(range_)
+        except RangeError as e:
+            _fail("--range", str(e))
+    r = client.call("POST", "/v1/pools", {"name": name, "range": range_, "namespaces": list(namespaces),
+                                          "default": default, "external": external})
+    client.show([r], ["name", "range", "size", "namespaces", "default"], r)
+
+
+@pool.command("list")
+@click.pass_obj
+def pool_list(client: Client) -> None:
+    """Pools with size, used, quarantined and free."""
+    r = client.call("GET", "/v1/pools")
+    client.show(r["pools"], ["name", "range", "size", "used", "quarantined", "free", "percent", "namespaces", "default"], r)
+
+
+@main.command()
+@click.option("--namespace", required=True)
+@click.option("--vm", required=True)
+@click.option("--vm-uid", required=True)
+@click.option("--interface", required=True)
+@click.option("--pool", default=None, help="Pool (default: the namespace's pool, else the default pool).")
+@click.option("--mac", default=None, help="Ask for this MAC.")
+@click.option("--command-id", default=None, help="Retry key: the same id gets the same outcome.")
+@click.pass_obj
+def lease(client: Client, namespace: str, vm: str, vm_uid: str, interface: str, pool: str | None, mac: str | None,
+          command_id: str | None) -> None:
+    """Lease a MAC for one VM interface."""
+    body = {"namespace": namespace, "vm": vm, "vm_uid": vm_uid, "interface": interface, "pool": pool,
+            "mac": _check_mac(mac), "command_id": command_id}
+    r = client.call("POST", "/v1/mac-leases", {k: v for k, v in body.items() if v is not None})
+    client.show([{**r["lease"], "existing": r["existing"]}], ["mac", "pool", "namespace", "vm", "interface", "existing"], r)
+
+
+@main.command()
+@click.argument("namespace", required=False)
+@click.argument("vm", required=False)
+@click.argument("interface", required=False)
+@click.option("--mac", default=None, help="Release the lease holding this MAC instead.")
+@click.pass_obj
+def release(client: Client, namespace: str | None, vm: str | None, interface: str | None, mac: str | None) -> None:
+    """Release NAMESPACE VM [INTERFACE], or --mac MAC."""
+    if mac is not None:
+        if namespace:
+            _fail("--mac", "give either --mac or NAMESPACE VM, not both")
+        r = client.call("DELETE", f"/v1/macs/{urllib.parse.quote(_check_mac(mac))}")
+    else:
+        if not namespace or not vm:
+            _fail("NAMESPACE VM", "both are required (or --mac)")
+        path = "/".join(urllib.parse.quote(p, safe="") for p in (namespace, vm, interface) if p)
+        r = client.call("DELETE", f"/v1/mac-leases/{path}")
+    client.show(r["released"], ["mac", "pool", "namespace", "vm", "interface"], r)
+
+
+@main.command()
+@click.option("--namespace", default=None)
+@click.option("--vm", default=None)
+@click.option("--pool", default=None)
+@click.option("--mac", default=None)
+@click.option("--limit", default=1000, type=click.IntRange(1, 100000), show_default=True)
+@click.pass_obj
+def leases(client: Client, namespace: str | None, vm: str | None, pool: str | None, mac: str | None, limit: int) -> None:
+    """List live MAC leases."""
+    r = client.call("GET", "/v1/mac-leases", query={"namespace": namespace, "vm": vm, "pool": pool, "mac": _check_mac(mac),
+                                                   "limit": limit})
+    client.show(r["leases"], ["mac", "pool", "namespace", "vm", "vm_uid", "interface", "since"], r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Settings, read from the environment in one place.  ``SETTINGS`` is the documented table
+(docs/settings.md is checked against it by the tests)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("IPAM_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ipam", "Postgres DSN; the database is created by `ipam migrate` when missing."),
+    Setting("IPAM_KAFKA_BOOTSTRAP", None, "Kafka bootstrap servers. Unset: `ipam serve` starts a local memory-only broker (Tansu)."),
+    Setting("IPAM_LOCAL_BROKER_ADDR", "127.0.0.1:9092", "Where the local broker listens when IPAM_KAFKA_BOOTSTRAP is unset."),
+    Setting("IPAM_COMMANDS_TOPIC", "ipam.commands", "Topic of commands, keyed by pool (or the pool registry)."),
+    Setting("IPAM_EVENTS_TOPIC", "ipam.events", "Topic of events; partition N holds the events decided from commands partition N."),
+    Setting("IPAM_PARTITIONS", "8", "Partitions of both topics, created on start-up. Fixed once the database has seen it."),
+    Setting("IPAM_GROUP_PREFIX", "ipam", "Prefix of the consumer group ids (<prefix>-allocator, <prefix>-projector)."),
+    Setting("IPAM_HTTP_ADDR", "127.0.0.1:8080", "host:port of the REST API (also --listen)."),
+    Setting("IPAM_QUARANTINE_SECONDS", "600", "How long a released MAC is kept from automatic reuse."),
+    Setting("IPAM_REQUEST_TIMEOUT_SECONDS", "10", "How long the API waits for a command's outcome before answering 504 (retry with the same command id)."),
+    Setting("IPAM_MAX_BODY_BYTES", "1048576", "Largest accepted request body; larger bodies get 413."),
+    Setting("IPAM_DEDUPE_WINDOW", "10000", "Command ids per partition an allocator remembers in memory to drop redelivered commands."),
+    Setting("IPAM_LOG_LEVEL", "info", "debug, info, warning or error."),
+    Setting("IPAM_LOG_FORMAT", "json", "json (one object per line) or console."),
+    Setting("IPAM_KAFKA_LINGER_MS", "1", "Producer linger: batches records for up to this many ms."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    kafka_bootstrap: str | None
+    local_broker_addr: str
+    commands_topic: str
+    events_topic: str
+    partitions: int
+    group_prefix: str
+    http_addr: str
+    quarantine_seconds: int
+    request_timeout_seconds: float
+    max_body_bytes: int
+    dedupe_window: int
+    log_level: str
+    log_format: str
+    kafka_linger_ms: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for f, s in zip(fields(cls), SETTINGS, strict=True):
+            raw = env.get(s.env) or s.default
+            try:
+                values[f.name] = None if raw is None else _convert(f.type, raw)
+            except ValueError:
+                raise ConfigError(f"{s.env}={raw!r}: expected {f.type}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)  # type: ignore[arg-type]
+        if cfg.partitions < 1:
+            raise ConfigError("IPAM_PARTITIONS must be at least 1")
+        return cfg
+
+    @property
+    def quarantine_ms(self) -> int:
+        return self.quarantine_seconds * 1000
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _convert(kind: object, raw: str) -> object:
+    if kind in ("int", int):
+        return int(raw)
+    if kind in ("float", float):
+        return float(raw)
+    return raw

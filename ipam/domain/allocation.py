@@ -1,0 +1,343 @@
+"""The MAC decider: ``decide(state, command) -> events`` and ``evolve(state, event) -> state``.
+
+One ``State`` holds everything one partition of the commands topic decides over:
+the pool registry (all pool definitions; authoritative on the registry stream's
+partition, reference data elsewhere) and the lease books of the pools that live on
+this partition.  ``decide`` never mutates; ``evolve`` mutates in place and returns
+the state (a deliberate trade: copying a million-lease book per event is not an option).
+Time comes from the command (``at``), so the same command always gives the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .mac import MacFormatError, format_mac, parse_mac, unicast_at, unicast_below, unicast_problem
+from .messages import (
+    AnyCommand,
+    AnyEvent,
+    CommandRejected,
+    CreatePool,
+    LeaseMac,
+    MacLeased,
+    MacLeaseReturned,
+    MacReleased,
+    Owner,
+    PoolCreated,
+    ReleaseMac,
+    ReleaseOwner,
+)
+from .pools import Pool, RangeError, parse_range, pool_name_problem, start_offset
+
+REGISTRY_KEY = "@registry"
+DEFAULT_QUARANTINE_MS = 10 * 60 * 1000
+DEFAULT_RECENT_MAX = 10_000
+NAMESPACE_MAX = 63
+
+
+def stream_key(command: AnyCommand) -> str:
+    """The key a command is partitioned by: the pool, or the registry for pool definitions."""
+    return REGISTRY_KEY if isinstance(command, CreatePool) else command.pool
+
+
+def mac_of(text: str) -> int:
+    """Fast parse for MACs we wrote ourselves (canonical colon form)."""
+    return int(text.replace(":", ""), 16)
+
+
+class PoolBook:
+    """Leases of one pool.  ``vms`` indexes owners by (namespace, vm) so release by VM is O(VM)."""
+
+    __slots__ = ("pool", "by_mac", "vms", "quarantine", "cursor")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.by_mac: dict[int, Owner] = {}
+        self.vms: dict[tuple[str, str], dict[Owner, int]] = {}
+        self.quarantine: dict[int, int] = {}
+        self.cursor = pool.start
+
+    def held_by(self, owner: Owner) -> int | None:
+        held = self.vms.get((owner.namespace, owner.vm))
+        return None if held is None else held.get(owner)
+
+    def quarantined(self, at: int) -> int:
+        return sum(1 for until in self.quarantine.values() if until > at)
+
+    def snapshot(self) -> tuple:
+        return (self.pool, dict(self.by_mac), self.quarantine.copy(), self.cursor)
+
+
+class State:
+    __slots__ = ("pools", "books", "recent", "quarantine_ms", "recent_max")
+
+    def __init__(self, quarantine_ms: int = DEFAULT_QUARANTINE_MS, recent_max: int = DEFAULT_RECENT_MAX) -> None:
+        self.pools: dict[str, Pool] = {}
+        self.books: dict[str, PoolBook] = {}
+        self.recent: dict[str, None] = {}
+        self.quarantine_ms = quarantine_ms
+        self.recent_max = recent_max
+
+    def book(self, name: str) -> PoolBook:
+        book = self.books.get(name)
+        if book is None:
+            book = self.books[name] = PoolBook(self.pools[name])
+        return book
+
+    def remember(self, command_id: str) -> None:
+        recent = self.recent
+        if command_id in recent:
+            return
+        recent[command_id] = None
+        if len(recent) > self.recent_max:
+            del recent[next(iter(recent))]
+
+    def snapshot(self) -> dict:
+        """A comparable picture of the state, for replay-equality checks."""
+        books = {n: b.snapshot() for n, b in self.books.items() if b.by_mac or b.quarantine or b.cursor != b.pool.start}
+        return {"pools": dict(self.pools), "books": books, "recent": list(self.recent)}
+
+
+def pool_from_event(ev: PoolCreated) -> Pool:
+    return Pool(
+        name=ev.name,
+        range=None if ev.range is None else parse_range(ev.range),
+        namespaces=tuple(ev.namespaces),
+        default=ev.default,
+        start=ev.start,
+    )
+
+
+# --- decide -------------------------------------------------------------------------
+
+
+def decide(state: State, command: AnyCommand) -> list[AnyEvent]:
+    if command.command_id in state.recent:
+        return []  # seen before: its events are already in the log
+    if isinstance(command, LeaseMac):
+        return _lease(state, command)
+    if isinstance(command, ReleaseOwner):
+        return _release_owner(state, command)
+    if isinstance(command, ReleaseMac):
+        return _release_mac(state, command)
+    if isinstance(command, CreatePool):
+        return _create_pool(state, command)
+    raise TypeError(f"not a command: {command!r}")
+
+
+def _reject(cmd: AnyCommand, code: str, reason: str, field: str | None = None, holder: Owner | None = None) -> list[AnyEvent]:
+    return [
+        CommandRejected(
+            command_id=cmd.command_id,
+            at=cmd.at,
+            command=type(cmd).__name__,
+            code=code,
+            reason=reason,
+            field=field,
+            pool=getattr(cmd, "pool", None) or getattr(cmd, "name", None),
+            holder=holder,
+        )
+    ]
+
+
+def _create_pool(state: State, cmd: CreatePool) -> list[AnyEvent]:
+    problem = pool_name_problem(cmd.name)
+    if problem:
+        return _reject(cmd, "invalid", f"pool name {problem}", "name")
+    if cmd.name in state.pools:
+        return _reject(cmd, "exists", f"pool {cmd.name!r} already exists", "name")
+    for ns in cmd.namespaces:
+        if not ns or len(ns) > NAMESPACE_MAX:
+            return _reject(cmd, "invalid", f"namespace {ns[:80]!r} is not a valid namespace name", "namespaces")
+    if len(set(cmd.namespaces)) != len(cmd.namespaces):
+        return _reject(cmd, "invalid", "namespaces lists a namespace twice", "namespaces")
+    if cmd.external:
+        if cmd.range is not None:
+            return _reject(cmd, "invalid", "an external pool has no range", "range")
+        other = next((p for p in state.pools.values() if p.external), None)
+        if other is not None:
+            return _reject(cmd, "exists", f"pool {other.name!r} is already the external pool", "external")
+        rng = None
+    else:
+        if cmd.range is None:
+            return _reject(cmd, "invalid", "a range 'first-last' is required (or external: true)", "range")
+        try:
+            rng = parse_range(cmd.range)
+        except RangeError as e:
+            return _reject(cmd, "invalid", str(e), "range")
+        for p in state.pools.values():
+            if p.range is not None and p.range.overlaps(rng):
+                return _reject(cmd, "overlap", f"range {rng} overlaps pool {p.name!r} ({p.range})", "range")
+    for p in state.pools.values():
+        bound = set(p.namespaces).intersection(cmd.namespaces)
+        if bound:
+            return _reject(cmd, "conflict", f"namespace {sorted(bound)[0]!r} is already bound to pool {p.name!r}", "namespaces")
+        if cmd.default and p.default:
+            return _reject(cmd, "conflict", f"pool {p.name!r} is already the default pool", "default")
+    if cmd.default and rng is None:
+        return _reject(cmd, "invalid", "the external pool cannot be the default pool", "default")
+    size = 0 if rng is None else rng.size
+    return [
+        PoolCreated(
+            command_id=cmd.command_id,
+            at=cmd.at,
+            name=cmd.name,
+            range=None if rng is None else str(rng),
+            namespaces=tuple(cmd.namespaces),
+            default=cmd.default,
+            start=start_offset(cmd.name, cmd.command_id, size),
+        )
+    ]
+
+
+def _lease(state: State, cmd: LeaseMac) -> list[AnyEvent]:
+    pool = state.pools.get(cmd.pool)
+    if pool is None:
+        return _reject(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
+    book = state.books.get(cmd.pool) or PoolBook(pool)
+    owner = cmd.owner
+    held = book.held_by(owner)
+    if cmd.mac is not None:
+        return _lease_static(state, cmd, pool, book, held)
+    if held is not None:
+        return [MacLeaseReturned(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(held), owner=owner)]
+    if pool.range is None:
+        return _reject(cmd, "static_only", f"pool {pool.name!r} is the external pool: it only takes requests with a mac", "mac")
+    mac = _next_free(book, cmd.at)
+    if mac is None:
+        return _reject(
+            cmd,
+            "exhausted",
+            f"pool {pool.name!r} is exhausted: all {pool.size} addresses are leased or quarantined "
+            f"({len(book.by_mac)} leased, {book.quarantined(cmd.at)} quarantined)",
+            "pool",
+        )
+    return [MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=owner)]
+
+
+def _lease_static(state: State, cmd: LeaseMac, pool: Pool, book: PoolBook, held: int | None) -> list[AnyEvent]:
+    try:
+        mac = parse_mac(cmd.mac)
+    except MacFormatError as e:
+        return _reject(cmd, "invalid", str(e), "mac")
+    problem = unicast_problem(mac)
+    if problem:
+        return _reject(cmd, "invalid", f"{format_mac(mac)}: {problem}", "mac")
+    if pool.range is None:
+        inside = next((p for p in state.pools.values() if p.range is not None and mac in p.range), None)
+        if inside is not None:
+            return _reject(cmd, "wrong_pool", f"{format_mac(mac)} is inside pool {inside.name!r}; lease it from there", "mac")
+    elif mac not in pool.range:
+        return _reject(cmd, "outside_pool", f"{format_mac(mac)} is outside pool {pool.name!r} ({pool.range})", "mac")
+    holder = book.by_mac.get(mac)
+    if holder == cmd.owner:
+        return [MacLeaseReturned(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=cmd.owner)]
+    if holder is not None:
+        return _reject(cmd, "held", f"{format_mac(mac)} is held by {holder.describe()}", "mac", holder)
+    events: list[AnyEvent] = []
+    if held is not None:  # the interface moves to the MAC the user asked for
+        events.append(_released(cmd, pool.name, held, cmd.owner, state.quarantine_ms, "replaced"))
+    events.append(MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=cmd.owner, static=True))
+    return events
+
+
+def _next_free(book: PoolBook, at: int) -> int | None:
+    """Next-fit from the cursor: skip leased and quarantined addresses, wrap once."""
+    rng = book.pool.range
+    size = rng.size
+    if len(book.by_mac) >= size:
+        return None
+    lo, used, quarantine = rng.lo, book.by_mac, book.quarantine
+    off = book.cursor % size
+    for _ in range(size):
+        mac = unicast_at(lo + off)
+        if mac not in used:
+            until = quarantine.get(mac)
+            if until is None or until <= at:
+                return mac
+        off += 1
+        if off == size:
+            off = 0
+    return None
+
+
+def _released(cmd: AnyCommand, pool: str, mac: int, owner: Owner, quarantine_ms: int, reason: str) -> MacReleased:
+    return MacReleased(
+        command_id=cmd.command_id,
+        at=cmd.at,
+        pool=pool,
+        mac=format_mac(mac),
+        owner=owner,
+        quarantined_until=cmd.at + quarantine_ms,
+        reason=reason,
+    )
+
+
+def _release_owner(state: State, cmd: ReleaseOwner) -> list[AnyEvent]:
+    if cmd.pool not in state.pools:
+        return _reject(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
+    book = state.books.get(cmd.pool)
+    held = {} if book is None else book.vms.get((cmd.namespace, cmd.vm), {})
+    chosen = sorted((mac, o) for o, mac in held.items() if cmd.interface is None or o.interface == cmd.interface)
+    if not chosen:
+        what = f"{cmd.namespace}/{cmd.vm}" + (f" interface {cmd.interface}" if cmd.interface else "")
+        return _reject(cmd, "not_found", f"{what} holds no lease in pool {cmd.pool!r}")
+    return [_released(cmd, cmd.pool, mac, o, state.quarantine_ms, "requested") for mac, o in chosen]
+
+
+def _release_mac(state: State, cmd: ReleaseMac) -> list[AnyEvent]:
+    if cmd.pool not in state.pools:
+        return _reject(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
+    try:
+        mac = parse_mac(cmd.mac)
+    except MacFormatError as e:
+        return _reject(cmd, "invalid", str(e), "mac")
+    book = state.books.get(cmd.pool)
+    holder = None if book is None else book.by_mac.get(mac)
+    if holder is None:
+        return _reject(cmd, "not_found", f"{format_mac(mac)} is not leased in pool {cmd.pool!r}", "mac")
+    return [_released(cmd, cmd.pool, mac, holder, state.quarantine_ms, "requested")]
+
+
+# --- evolve -------------------------------------------------------------------------
+
+
+def evolve(state: State, event: AnyEvent) -> State:
+    state.remember(event.command_id)
+    kind = type(event)
+    if kind is MacLeased:
+        book = state.book(event.pool)
+        mac = mac_of(event.mac)
+        owner = event.owner
+        book.by_mac[mac] = owner
+        vm = book.vms.get((owner.namespace, owner.vm))
+        if vm is None:
+            vm = book.vms[(owner.namespace, owner.vm)] = {}
+        vm[owner] = mac
+        if book.quarantine:
+            book.quarantine.pop(mac, None)
+        if not event.static:
+            rng = book.pool.range
+            book.cursor = (unicast_below(mac) - rng.lo + 1) % rng.size
+    elif kind is MacReleased:
+        book = state.book(event.pool)
+        mac = mac_of(event.mac)
+        owner = book.by_mac.pop(mac, None)
+        if owner is not None:
+            key = (owner.namespace, owner.vm)
+            vm = book.vms.get(key)
+            if vm is not None:
+                vm.pop(owner, None)
+                if not vm:
+                    del book.vms[key]
+        if event.quarantined_until > event.at:
+            book.quarantine[mac] = event.quarantined_until
+    elif kind is PoolCreated:
+        state.pools[event.name] = pool_from_event(event)
+    return state
+
+
+def replay(state: State, events: Iterable[AnyEvent]) -> State:
+    for ev in events:
+        evolve(state, ev)
+    return state

@@ -1,0 +1,136 @@
+"""Commands and events: msgspec tagged unions with stable tags.
+
+These types are a public API (the topics' payloads, schemas in ``schemas/``).
+Evolution rules: never rename or remove a tag or field, never change a field's
+type, add new fields only with defaults.  ``tests/test_schemas.py`` enforces it.
+MAC addresses travel as canonical lower-case colon strings; times as integer
+milliseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+Name = Annotated[str, Meta(min_length=1, max_length=253)]
+CommandId = Annotated[str, Meta(min_length=1, max_length=128)]
+Millis = Annotated[int, Meta(ge=0)]
+
+
+class Owner(Struct, frozen=True, forbid_unknown_fields=True):
+    """Who holds a lease: one interface of one VM incarnation."""
+
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interface: Name
+
+    def describe(self) -> str:
+        return f"{self.namespace}/{self.vm} (uid {self.vm_uid}) interface {self.interface}"
+
+
+# --- commands -----------------------------------------------------------------------
+
+
+class Command(Struct, tag_field="type", kw_only=True, frozen=True):
+    command_id: CommandId
+    at: Millis
+
+
+class CreatePool(Command, tag="CreatePool", frozen=True):
+    """Define a pool.  Keyed by the registry key: one writer checks overlaps."""
+
+    name: Name
+    range: str | None = None
+    namespaces: tuple[str, ...] = ()
+    default: bool = False
+    external: bool = False
+
+
+class LeaseMac(Command, tag="LeaseMac", frozen=True):
+    """Lease a MAC for an owner: the one it holds, the static ``mac``, or the next free."""
+
+    pool: Name
+    owner: Owner
+    mac: str | None = None
+
+
+class ReleaseOwner(Command, tag="ReleaseOwner", frozen=True):
+    """Release all of a VM's leases in a pool, or one interface's."""
+
+    pool: Name
+    namespace: Name
+    vm: Name
+    interface: str | None = None
+
+
+class ReleaseMac(Command, tag="ReleaseMac", frozen=True):
+    """Release whatever lease holds this MAC."""
+
+    pool: Name
+    mac: str
+
+
+AnyCommand = Union[CreatePool, LeaseMac, ReleaseOwner, ReleaseMac]
+
+
+# --- events -------------------------------------------------------------------------
+
+
+class Event(Struct, tag_field="type", kw_only=True, frozen=True):
+    command_id: CommandId
+    at: Millis
+
+
+class PoolCreated(Event, tag="PoolCreated", frozen=True):
+    name: Name
+    range: str | None
+    namespaces: tuple[str, ...] = ()
+    default: bool = False
+    start: int = 0
+
+
+class MacLeased(Event, tag="MacLeased", frozen=True):
+    pool: Name
+    mac: str
+    owner: Owner
+    static: bool = False
+
+
+class MacLeaseReturned(Event, tag="MacLeaseReturned", frozen=True):
+    """The owner already held this MAC: sticky answer, state unchanged."""
+
+    pool: Name
+    mac: str
+    owner: Owner
+
+
+class MacReleased(Event, tag="MacReleased", frozen=True):
+    pool: Name
+    mac: str
+    owner: Owner
+    quarantined_until: Millis = 0
+    reason: str = "requested"
+
+
+class CommandRejected(Event, tag="CommandRejected", frozen=True):
+    """The command was decided and refused; ``code`` is stable, ``reason`` is for people."""
+
+    command: str
+    code: str
+    reason: str
+    field: str | None = None
+    pool: str | None = None
+    holder: Owner | None = None
+
+
+AnyEvent = Union[PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected]
+
+COMMAND_TYPES: tuple[type, ...] = (CreatePool, LeaseMac, ReleaseOwner, ReleaseMac)
+EVENT_TYPES: tuple[type, ...] = (PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected)
+
+command_decoder = msgspec.json.Decoder(AnyCommand)
+event_decoder = msgspec.json.Decoder(AnyEvent)
+encoder = msgspec.json.Encoder()

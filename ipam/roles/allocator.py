@@ -1,0 +1,197 @@
+"""The allocator: single writer of each commands partition.
+
+On assignment it claims the partition's next epoch in Postgres, loads the projected
+state, catches up on events the projector has not applied yet, records its fence, and
+seeks the commands partition to just after the last decided command.  Then it decides
+batches of commands with the pure decider and produces the events to the same partition
+of the events topic.  It never commits Kafka offsets: its position is derived from the
+events themselves, so a crash at any point repeats at most undecided commands, and
+command ids make repeats harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from ..adapters import kafka
+from ..adapters.postgres.partitions import claim, load_fences, load_pools, load_state, set_fence
+from ..config import Config
+from ..domain.allocation import State, decide, evolve, stream_key
+from ..domain.messages import CommandRejected, CreatePool, command_decoder
+from ..domain.records import EventRecord, record_decoder
+from .continuity import command_id_of, ensure_continuity
+
+log = structlog.get_logger("ipam.allocator")
+record_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class Owned:
+    state: State
+    epoch: int
+    seq: int = 0
+
+
+class Allocator:
+    def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.owner_id = f"allocator-{uuid.uuid4().hex[:8]}"
+        self.owned: dict[int, Owned] = {}
+        self.assigned: set[int] = set()
+        self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-allocator")
+        self._producer = kafka.producer(cfg)
+        self._reader = kafka.LogReader(cfg)
+        self._stopping = asyncio.Event()
+        self._pools_refreshed = 0.0
+        self.decided = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.assigned) and self.assigned <= set(self.owned)
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._reader.start()
+        self._consumer.subscribe([self.cfg.commands_topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        await self._consumer.stop()  # leaves the group
+        await self._producer.stop()
+        await self._reader.stop()
+
+    # --- ownership ----------------------------------------------------------------
+
+    async def take(self, partition: int) -> None:
+        cfg = self.cfg
+        async with self.db.acquire() as conn:
+            await ensure_continuity(conn, self._reader, cfg, partition, commands=True)
+            row = await claim(conn, partition, self.owner_id)
+            state = await load_state(conn, partition, quarantine_ms=cfg.quarantine_ms, recent_max=cfg.dedupe_window)
+            fences = await load_fences(conn, partition, row.generation)
+        resume = row.commands_offset
+        position = row.events_offset
+        caught_up = 0
+        async for batch in self._reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
+            for offset, raw in batch:
+                position = offset + 1
+                try:
+                    rec = record_decoder.decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # the projector notes it in the ledger
+                if rec.epoch >= row.epoch or not fences.admits(rec.epoch, offset):
+                    continue
+                evolve(state, rec.event)
+                caught_up += 1
+                if rec.source_offset + 1 > resume:
+                    resume = rec.source_offset + 1
+        async with self.db.acquire() as conn:
+            if not await set_fence(conn, partition, row.epoch, position):
+                log.warning("partition claimed by a newer allocator while catching up", partition=partition, epoch=row.epoch)
+                return
+        self.owned[partition] = Owned(state=state, epoch=row.epoch)
+        self._consumer.seek(TopicPartition(cfg.commands_topic, partition), resume)
+        log.info(
+            "partition ready", partition=partition, epoch=row.epoch, generation=row.generation,
+            pools=len(state.books), leases=sum(len(b.by_mac) for b in state.books.values()),
+            caught_up=caught_up, commands_offset=resume, events_offset=position,
+        )
+
+    def drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.owned.pop(p, None)
+
+    # --- deciding -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        events_topic = cfg.events_topic
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
+            if not batches:
+                continue
+            sends = []
+            for tp, msgs in batches.items():
+                owned = self.owned.get(tp.partition)
+                if owned is None:
+                    continue
+                for msg in msgs:
+                    for rec in await self._decide_one(tp.partition, owned, msg.offset, msg.value):
+                        sends.append(self._producer.send(events_topic, record_encoder.encode(rec), partition=tp.partition))
+            if sends:
+                futures = await asyncio.gather(*sends)
+                await asyncio.gather(*futures)
+
+    async def _decide_one(self, partition: int, owned: Owned, offset: int, raw: bytes) -> list[EventRecord]:
+        try:
+            command = command_decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            events = [
+                CommandRejected(
+                    command_id=command_id_of(raw, partition, offset), at=int(time.time() * 1000),
+                    command="unknown", code="malformed", reason=f"undecodable command: {e}",
+                )
+            ]
+            log.warning("poison command", partition=partition, offset=offset, error=str(e))
+        else:
+            key = stream_key(command)
+            if kafka.partition_for(key, self.cfg.partitions) != partition:
+                events = [
+                    CommandRejected(
+                        command_id=command.command_id, at=command.at, command=type(command).__name__,
+                        code="misrouted", reason=f"key {key!r} belongs to another partition",
+                    )
+                ]
+            else:
+                if not isinstance(command, CreatePool) and command.pool not in owned.state.pools:
+                    await self._refresh_pools(owned.state)
+                events = decide(owned.state, command)
+        state = owned.state
+        out = []
+        for i, ev in enumerate(events):
+            evolve(state, ev)
+            owned.seq += 1
+            out.append(
+                EventRecord(partition=partition, epoch=owned.epoch, seq=owned.seq, source_offset=offset,
+                            last=i == len(events) - 1, event=ev)
+            )
+        self.decided += 1
+        return out
+
+    async def _refresh_pools(self, state: State) -> None:
+        """Pools are defined on the registry partition; others learn them from the projection."""
+        now = time.monotonic()
+        if now - self._pools_refreshed < 0.2:
+            return
+        self._pools_refreshed = now
+        async with self.db.acquire() as conn:
+            for name, (pool, _part, _cursor) in (await load_pools(conn)).items():
+                state.pools.setdefault(name, pool)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, allocator: Allocator) -> None:
+        self.allocator = allocator
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        lost = {tp.partition for tp in revoked}
+        self.allocator.drop(lost)
+        self.allocator.assigned -= lost
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        parts = sorted(tp.partition for tp in assigned)
+        self.allocator.assigned = set(parts)
+        for p in parts:
+            await self.allocator.take(p)

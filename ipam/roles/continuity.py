@@ -1,0 +1,77 @@
+"""Detect that the broker lost or rewrote a topic, and start a new log generation.
+
+Postgres remembers the identity of the last record it consumed from each partition
+(events: epoch and seq; commands: command id).  If the broker no longer holds that
+record at that offset, the log was deleted, recreated or truncated: we log one warning,
+record a new generation and continue from the new log's start with Postgres as truth.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from aiokafka import TopicPartition
+
+from ..adapters.kafka import LogReader
+from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
+from ..config import Config
+from ..domain.records import record_decoder
+
+log = structlog.get_logger("ipam.continuity")
+
+
+class _Id(msgspec.Struct):
+    command_id: str = ""
+
+
+def command_id_of(raw: bytes, partition: int, offset: int) -> str:
+    try:
+        cid = msgspec.json.decode(raw, type=_Id).command_id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        cid = ""
+    return cid or f"undecodable:{partition}:{offset}"
+
+
+async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
+    if row.events_offset == 0 or row.last_epoch is None:
+        return True
+    raw = await reader.record_at(TopicPartition(cfg.events_topic, row.partition), row.events_offset - 1)
+    if raw is None:
+        return False
+    try:
+        rec = record_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return (rec.epoch, rec.seq) == (row.last_epoch, row.last_seq)
+
+
+async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
+    if row.commands_offset == 0 or row.last_command_id is None:
+        return True
+    offset = row.commands_offset - 1
+    raw = await reader.record_at(TopicPartition(cfg.commands_topic, row.partition), offset)
+    return raw is not None and command_id_of(raw, row.partition, offset) == row.last_command_id
+
+
+async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int, *, commands: bool) -> PartitionRow:
+    """Return the partition row, after starting a new generation if a log was reset."""
+    while True:
+        row = await read_partition(conn, partition)
+        events_ok = await _events_intact(reader, cfg, row)
+        commands_ok = (not commands) or await _commands_intact(reader, cfg, row)
+        if events_ok and commands_ok:
+            return row
+        events_start = None if events_ok else await reader.beginning(TopicPartition(cfg.events_topic, partition))
+        commands_start = None if commands_ok else await reader.beginning(TopicPartition(cfg.commands_topic, partition))
+        lost = [n for n, ok in (("events", events_ok), ("commands", commands_ok)) if not ok]
+        new = await reset_log(
+            conn, partition, row, events_start=events_start, commands_start=commands_start,
+            reason=f"{' and '.join(lost)} log no longer holds the last record ipam consumed",
+        )
+        if new is not None:
+            log.warning(
+                "log reset detected: continuing from Postgres state in a new generation",
+                partition=partition, topics=lost, generation=new.generation,
+                events_offset=row.events_offset, commands_offset=row.commands_offset,
+            )
+            return new

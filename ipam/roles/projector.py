@@ -1,0 +1,101 @@
+"""The projector: applies each events partition to Postgres, batch by batch, exactly once.
+
+Its position lives in Postgres (``ipam_store.partitions.events_offset``), written in the
+same transaction as the batch; Kafka group membership only decides who works on what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from ..adapters import kafka
+from ..adapters.postgres.projection import OffsetConflict, Projector
+from ..config import Config
+from .continuity import ensure_continuity
+
+log = structlog.get_logger("ipam.projector")
+
+
+class ProjectorRole:
+    def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.positions: dict[int, int] = {}
+        self.assigned: set[int] = set()
+        self._projector = Projector(cfg.partitions, lambda name: kafka.partition_for(name, cfg.partitions))
+        self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-projector", max_partition_fetch_bytes=8 * 1024 * 1024)
+        self._reader = kafka.LogReader(cfg)
+        self._stopping = asyncio.Event()
+        self.applied = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.assigned) and self.assigned <= set(self.positions)
+
+    async def start(self) -> None:
+        await self._reader.start()
+        self._consumer.subscribe([self.cfg.events_topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        await self._consumer.stop()
+        await self._reader.stop()
+
+    async def take(self, partition: int) -> None:
+        async with self.db.acquire() as conn:
+            row = await ensure_continuity(conn, self._reader, self.cfg, partition, commands=False)
+        self._projector.forget(partition)
+        self.positions[partition] = row.events_offset
+        self._consumer.seek(TopicPartition(self.cfg.events_topic, partition), row.events_offset)
+        log.info("projecting partition", partition=partition, offset=row.events_offset, generation=row.generation)
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=20000)
+            for tp, msgs in batches.items():
+                expected = self.positions.get(tp.partition)
+                if expected is None or not msgs:
+                    continue
+                # drop anything before our stored position (a seek raced a fetch)
+                batch = [(m.offset, m.value) for m in msgs if m.offset >= expected]
+                if not batch:
+                    continue
+                if batch[0][0] != expected:
+                    log.warning("gap in events partition; re-checking the log", partition=tp.partition,
+                                expected=expected, got=batch[0][0])
+                    await self.take(tp.partition)
+                    continue
+                try:
+                    async with self.db.acquire() as conn:
+                        result = await self._projector.apply(conn, tp.partition, expected, batch)
+                except OffsetConflict as e:
+                    log.warning("partition offset moved under us; resuming from Postgres", partition=tp.partition,
+                                expected=expected, stored=e.stored)
+                    await self.take(tp.partition)
+                    continue
+                self.positions[tp.partition] = result.next_offset
+                self.applied += result.applied
+                if result.dropped or result.poison:
+                    log.warning("records skipped", partition=tp.partition, zombie=result.dropped, poison=result.poison)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, role: ProjectorRole) -> None:
+        self.role = role
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        for tp in revoked:
+            self.role.positions.pop(tp.partition, None)
+        self.role.assigned -= {tp.partition for tp in revoked}
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.role.assigned = {tp.partition for tp in assigned}
+        for tp in sorted(assigned, key=lambda t: t.partition):
+            await self.role.take(tp.partition)

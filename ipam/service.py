@@ -1,0 +1,146 @@
+"""Compose the roles into one process: ``all`` (default), or ``api``, ``allocator``, ``projector``.
+
+Start-up: a local broker when none is configured, migrations, topics; then the roles.
+Shutdown (SIGTERM/SIGINT): stop taking work, finish the batch in flight, leave the
+consumer groups, close connections, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from .adapters.kafka import ensure_topics
+from .adapters.postgres.codecs import create_pool
+from .adapters.postgres.migrations import check_partitions, migrate
+from .api.app import Api, make_app
+from .api.bus import CommandBus
+from .config import Config
+from .devenv import LocalBroker
+from .roles.allocator import Allocator
+from .roles.projector import ProjectorRole
+
+log = structlog.get_logger("ipam.service")
+ROLES = ("all", "api", "allocator", "projector")
+
+
+class Service:
+    def __init__(self, cfg: Config, roles: set[str] | None = None) -> None:
+        roles = set(roles or {"all"})
+        if "all" in roles:
+            roles = {"api", "allocator", "projector"}
+        self.roles = roles
+        self.cfg = cfg
+        self.broker: LocalBroker | None = None
+        self.db: asyncpg.Pool | None = None
+        self.allocator: Allocator | None = None
+        self.projector: ProjectorRole | None = None
+        self.bus: CommandBus | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.cfg.http_addr.rsplit(":", 1)[0]
+        return f"http://{host}:{self.port}"
+
+    def readiness(self) -> dict[str, bool]:
+        checks = {}
+        if self.allocator is not None:
+            checks["allocator_partitions"] = self.allocator.ready
+        if self.projector is not None:
+            checks["projector_partitions"] = self.projector.ready
+        return checks
+
+    async def start(self) -> Service:
+        cfg = self.cfg
+        if cfg.kafka_bootstrap is None:
+            self.broker = LocalBroker(cfg.local_broker_addr).start()
+            log.info("started local broker (memory only)", bootstrap=self.broker.bootstrap, log=self.broker.log_path)
+            cfg = self.cfg = dataclasses.replace(cfg, kafka_bootstrap=self.broker.bootstrap)
+        applied = await migrate(cfg.database_url)
+        if applied:
+            log.info("migrations applied", versions=applied)
+        self.db = await create_pool(cfg.database_url, min_size=2, max_size=12)
+        async with self.db.acquire() as conn:
+            await check_partitions(conn, cfg.partitions)
+        await ensure_topics(cfg)
+        if "projector" in self.roles:
+            self.projector = ProjectorRole(cfg, self.db)
+            await self.projector.start()
+            self._tasks.append(asyncio.create_task(self.projector.run(), name="projector"))
+        if "allocator" in self.roles:
+            self.allocator = Allocator(cfg, self.db)
+            await self.allocator.start()
+            self._tasks.append(asyncio.create_task(self.allocator.run(), name="allocator"))
+        if "api" in self.roles:
+            self.bus = CommandBus(cfg, self.db)
+            await self.bus.start()
+            api = Api(cfg, self.db, self.bus, self.readiness)
+            self._runner = web.AppRunner(make_app(api, cfg), access_log=None, handle_signals=False)
+            await self._runner.setup()
+            host, port = cfg.http_addr.rsplit(":", 1)
+            site = web.TCPSite(self._runner, host, int(port))
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            log.info("serving HTTP", url=self.url)
+        log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
+        return self
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not all(self.readiness().values()):
+            for t in self._tasks:
+                if t.done() and t.exception():
+                    raise t.exception()
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"not ready after {timeout}s: {self.readiness()}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for role in (self.allocator, self.projector):
+            if role is not None:
+                await role.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for role in (self.allocator, self.projector):
+            if role is not None:
+                await role.close()
+        if self.bus is not None:
+            await self.bus.stop()
+        if self.db is not None:
+            await self.db.close()
+        if self.broker is not None:
+            self.broker.stop()
+        log.info("ipam stopped")
+
+    async def __aenter__(self) -> Service:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+async def serve_forever(cfg: Config, roles: set[str]) -> None:
+    service = Service(cfg, roles)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *service._tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not waiter and t.exception():
+                raise t.exception()
+    finally:
+        await service.stop()
