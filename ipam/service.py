@@ -71,14 +71,15 @@ class Service:
         async with self.db.acquire() as conn:
             await check_partitions(conn, cfg.partitions)
         await ensure_topics(cfg)
+        # Group joins take seconds on some brokers: join both groups at once.
         if "projector" in self.roles:
             self.projector = ProjectorRole(cfg, self.db)
-            await self.projector.start()
-            self._tasks.append(asyncio.create_task(self.projector.run(), name="projector"))
         if "allocator" in self.roles:
             self.allocator = Allocator(cfg, self.db)
-            await self.allocator.start()
-            self._tasks.append(asyncio.create_task(self.allocator.run(), name="allocator"))
+        roles = [r for r in (self.projector, self.allocator) if r is not None]
+        await asyncio.gather(*(r.start() for r in roles))
+        for role in roles:
+            self._tasks.append(asyncio.create_task(role.run(), name=type(role).__name__))
         if "api" in self.roles:
             self.bus = CommandBus(cfg, self.db)
             await self.bus.start()

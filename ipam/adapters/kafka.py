@@ -70,7 +70,7 @@ def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
         max_poll_interval_ms=60000,
-        metadata_max_age_ms=5000,
+        metadata_max_age_ms=1000,
     )
     options.update(overrides)
     return AIOKafkaConsumer(**options)
@@ -88,6 +88,13 @@ class LogReader:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+
+    async def __aenter__(self) -> LogReader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
 
     async def beginning(self, tp: TopicPartition) -> int:
         return (await self._consumer.beginning_offsets([tp]))[tp]

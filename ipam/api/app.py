@@ -32,16 +32,20 @@ STATUS = {
     "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
     "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
 }
+CONFIG = web.AppKey("config", Config)
 _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
 
 
-class ApiError(web.HTTPException):
+class ApiError(Exception):
+    """A request that cannot be served: becomes a JSON error body naming the field."""
+
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        self.status_code = status
-        super().__init__(
-            body=_json.encode(models.Error(models.ErrorBody(code=code, message=message, field=field))),
-            content_type="application/json",
-        )
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def response(self) -> web.Response:
+        body = models.Error(models.ErrorBody(code=self.code, message=self.message, field=self.field))
+        return web.Response(body=_json.encode(body), status=self.status, content_type="application/json")
 
 
 def _reply(obj, status: int = 200) -> web.Response:
@@ -56,7 +60,7 @@ async def _decode(request: web.Request, kind: type):
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body is over {request.app['cfg'].max_body_bytes} bytes", "body") from None
+        raise ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body") from None
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as e:
@@ -243,22 +247,22 @@ class Api:
 async def errors(request: web.Request, handler):
     try:
         return await handler(request)
-    except ApiError:
-        raise
+    except ApiError as e:
+        return e.response()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body is over {request.app['cfg'].max_body_bytes} bytes", "body") from None
+        return ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body").response()
     except web.HTTPException as e:
         if e.status >= 400:
-            raise ApiError(e.status, "http", e.reason) from None
+            return ApiError(e.status, "http", e.reason).response()
         raise
     except Exception:
         log.exception("request failed", path=request.path)
-        raise ApiError(500, "internal", "internal error; see the service log") from None
+        return ApiError(500, "internal", "internal error; see the service log").response()
 
 
 def make_app(api: Api, cfg: Config) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[errors])
-    app["cfg"] = cfg
+    app[CONFIG] = cfg
     app.add_routes([
         web.post("/v1/pools", api.create_pool),
         web.get("/v1/pools", api.list_pools),

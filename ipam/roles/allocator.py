@@ -49,9 +49,8 @@ class Allocator:
         self.assigned: set[int] = set()
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-allocator")
         self._producer = kafka.producer(cfg)
-        self._reader = kafka.LogReader(cfg)
         self._stopping = asyncio.Event()
-        self._pools_refreshed = 0.0
+        self._pools_refreshed = 0
         self.decided = 0
 
     @property
@@ -60,7 +59,6 @@ class Allocator:
 
     async def start(self) -> None:
         await self._producer.start()
-        await self._reader.start()
         self._consumer.subscribe([self.cfg.commands_topic], listener=_Listener(self))
         await self._consumer.start()
 
@@ -70,21 +68,24 @@ class Allocator:
     async def close(self) -> None:
         await self._consumer.stop()  # leaves the group
         await self._producer.stop()
-        await self._reader.stop()
 
     # --- ownership ----------------------------------------------------------------
 
     async def take(self, partition: int) -> None:
+        async with kafka.LogReader(self.cfg) as reader:
+            await self._take(partition, reader)
+
+    async def _take(self, partition: int, reader: kafka.LogReader) -> None:
         cfg = self.cfg
         async with self.db.acquire() as conn:
-            await ensure_continuity(conn, self._reader, cfg, partition, commands=True)
+            await ensure_continuity(conn, reader, cfg, partition)
             row = await claim(conn, partition, self.owner_id)
             state = await load_state(conn, partition, quarantine_ms=cfg.quarantine_ms, recent_max=cfg.dedupe_window)
             fences = await load_fences(conn, partition, row.generation)
         resume = row.commands_offset
         position = row.events_offset
         caught_up = 0
-        async for batch in self._reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
+        async for batch in reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
             for offset, raw in batch:
                 position = offset + 1
                 try:
@@ -156,7 +157,7 @@ class Allocator:
                 ]
             else:
                 if not isinstance(command, CreatePool) and command.pool not in owned.state.pools:
-                    await self._refresh_pools(owned.state)
+                    await self._refresh_pools(command.at)
                 events = decide(owned.state, command)
         state = owned.state
         out = []
@@ -170,15 +171,21 @@ class Allocator:
         self.decided += 1
         return out
 
-    async def _refresh_pools(self, state: State) -> None:
-        """Pools are defined on the registry partition; others learn them from the projection."""
-        now = time.monotonic()
-        if now - self._pools_refreshed < 0.2:
+    async def _refresh_pools(self, command_at: int) -> None:
+        """Pools are decided on the registry partition; the others learn them from the projection.
+
+        The API routes a command only to a pool it has read from Postgres, so a refresh
+        that starts after the command was stamped must see that pool: one refresh per
+        such command at most, none when the pool really does not exist.
+        """
+        if self._pools_refreshed >= command_at:
             return
-        self._pools_refreshed = now
+        self._pools_refreshed = int(time.time() * 1000)
         async with self.db.acquire() as conn:
-            for name, (pool, _part, _cursor) in (await load_pools(conn)).items():
-                state.pools.setdefault(name, pool)
+            pools = await load_pools(conn)
+        for owned in list(self.owned.values()):
+            for name, (pool, _part, _cursor) in pools.items():
+                owned.state.pools.setdefault(name, pool)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -193,5 +200,4 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         parts = sorted(tp.partition for tp in assigned)
         self.allocator.assigned = set(parts)
-        for p in parts:
-            await self.allocator.take(p)
+        await asyncio.gather(*(self.allocator.take(p) for p in parts))

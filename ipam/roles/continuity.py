@@ -53,12 +53,16 @@ async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) ->
     return raw is not None and command_id_of(raw, row.partition, offset) == row.last_command_id
 
 
-async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int, *, commands: bool) -> PartitionRow:
-    """Return the partition row, after starting a new generation if a log was reset."""
+async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int) -> PartitionRow:
+    """Return the partition row, after starting a new generation if a log was reset.
+
+    Both topics are checked whoever asks (allocator or projector), so one reset of the
+    broker makes one new generation and one warning.
+    """
     while True:
         row = await read_partition(conn, partition)
         events_ok = await _events_intact(reader, cfg, row)
-        commands_ok = (not commands) or await _commands_intact(reader, cfg, row)
+        commands_ok = await _commands_intact(reader, cfg, row)
         if events_ok and commands_ok:
             return row
         events_start = None if events_ok else await reader.beginning(TopicPartition(cfg.events_topic, partition))

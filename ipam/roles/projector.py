@@ -28,7 +28,6 @@ class ProjectorRole:
         self.assigned: set[int] = set()
         self._projector = Projector(cfg.partitions, lambda name: kafka.partition_for(name, cfg.partitions))
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-projector", max_partition_fetch_bytes=8 * 1024 * 1024)
-        self._reader = kafka.LogReader(cfg)
         self._stopping = asyncio.Event()
         self.applied = 0
 
@@ -37,7 +36,6 @@ class ProjectorRole:
         return bool(self.assigned) and self.assigned <= set(self.positions)
 
     async def start(self) -> None:
-        await self._reader.start()
         self._consumer.subscribe([self.cfg.events_topic], listener=_Listener(self))
         await self._consumer.start()
 
@@ -46,11 +44,10 @@ class ProjectorRole:
 
     async def close(self) -> None:
         await self._consumer.stop()
-        await self._reader.stop()
 
     async def take(self, partition: int) -> None:
-        async with self.db.acquire() as conn:
-            row = await ensure_continuity(conn, self._reader, self.cfg, partition, commands=False)
+        async with kafka.LogReader(self.cfg) as reader, self.db.acquire() as conn:
+            row = await ensure_continuity(conn, reader, self.cfg, partition)
         self._projector.forget(partition)
         self.positions[partition] = row.events_offset
         self._consumer.seek(TopicPartition(self.cfg.events_topic, partition), row.events_offset)
@@ -97,5 +94,4 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.role.assigned = {tp.partition for tp in assigned}
-        for tp in sorted(assigned, key=lambda t: t.partition):
-            await self.role.take(tp.partition)
+        await asyncio.gather(*(self.role.take(tp.partition) for tp in assigned))

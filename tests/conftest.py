@@ -1,0 +1,50 @@
+"""Fixtures: one set of real backends per session (see ipam.devenv for how they are chosen),
+a fresh database and fresh topics for every test that needs them."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from ipam import logs
+from ipam.devenv import select_backends
+from ipam.service import Service
+
+from .harness import create_database, drop_database, make_config
+
+
+def pytest_configure(config):
+    logs.configure("warning", "console")
+
+
+@pytest.fixture(scope="session")
+def backends():
+    chosen = select_backends()
+    print(f"\nbackends: {chosen.kind} kafka={chosen.kafka_bootstrap} postgres={chosen.postgres_dsn}")
+    yield chosen
+    chosen.close()
+
+
+@pytest.fixture
+async def database(backends):
+    dsn = await create_database(backends.postgres_dsn)
+    yield dsn
+    await drop_database(backends.postgres_dsn, dsn)
+
+
+@pytest.fixture
+def config(backends, database):
+    return make_config(backends.kafka_bootstrap, database)
+
+
+@pytest.fixture
+async def service(config):
+    async with Service(config) as svc:
+        await svc.wait_ready()
+        yield svc
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,134 @@
+"""MAC leasing end to end over REST: real broker, real Postgres, answers after commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from ipam.domain.mac import parse_mac
+from ipam.domain.pools import parse_range
+
+POOLS = {
+    "pool-a": ("02:00:00:00:00:00-02:00:00:ff:ff:ff", ["ns-a"], False),
+    "pool-b": ("02:10:00:00:00:00-02:10:00:00:ff:ff", ["ns-b"], False),
+    "pool-c": ("0a:00:00:00:00:00-0a:ff:ff:ff:ff:ff", [], True),
+}
+
+
+async def post(http, url, body, **kw):
+    async with http.post(url, json=body, **kw) as r:
+        return r.status, await r.json()
+
+
+async def create_pools(http, base, pools=POOLS):
+    for name, (rng, namespaces, default) in pools.items():
+        status, body = await post(http, f"{base}/v1/pools", {"name": name, "range": rng, "namespaces": namespaces, "default": default})
+        assert status == 201, body
+
+
+def owner(i: int, ns: str, iface: str = "eth0") -> dict:
+    return {"namespace": ns, "vm": f"vm-{i}", "vm_uid": f"uid-{i}", "interface": iface}
+
+
+async def test_two_thousand_concurrent_leases_across_three_pools(service, http):
+    base = service.url
+    await create_pools(http, base)
+    namespaces = ["ns-a", "ns-b", "ns-other"]
+    expected_pool = {"ns-a": "pool-a", "ns-b": "pool-b", "ns-other": "pool-c"}
+    gate = asyncio.Semaphore(200)
+
+    async def one(i):
+        async with gate:
+            return await post(http, f"{base}/v1/mac-leases", owner(i, namespaces[i % 3]))
+
+    results = await asyncio.gather(*[one(i) for i in range(2000)])
+    assert all(status == 201 for status, _ in results), [r for r in results if r[0] != 201][:3]
+    macs = [body["lease"]["mac"] for _, body in results]
+    assert len(set(macs)) == 2000
+    for i, (_, body) in enumerate(results):
+        lease = body["lease"]
+        assert lease["pool"] == expected_pool[namespaces[i % 3]]
+        assert parse_mac(lease["mac"]) in parse_range(POOLS[lease["pool"]][0])
+
+    # repeats (a VM reboot, a retried request) get the same MAC back
+    repeats = await asyncio.gather(*[one(i) for i in range(0, 2000, 7)])
+    for i, (status, body) in zip(range(0, 2000, 7), repeats):
+        assert status == 200 and body["existing"] is True and body["lease"]["mac"] == macs[i]
+
+    # everything is committed in Postgres, visible through the admin views
+    conn = await asyncpg.connect(service.cfg.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ipam.mac_leases") == 2000
+        assert await conn.fetchval("SELECT count(DISTINCT mac) FROM ipam.mac_leases") == 2000
+        usage = {r["pool"]: r for r in await conn.fetch("SELECT * FROM ipam.pool_usage")}
+        assert sum(r["used"] for r in usage.values()) == 2000
+        assert usage["pool-b"]["size"] == 65536 and usage["pool-b"]["free"] == 65536 - usage["pool-b"]["used"]
+        history = await conn.fetchval("SELECT count(*) FROM ipam.history WHERE what = 'leased'")
+        assert history == 2000
+    finally:
+        await conn.close()
+    async with http.get(f"{base}/v1/mac-leases", params={"namespace": "ns-b", "vm": "vm-1"}) as r:
+        listed = (await r.json())["leases"]
+    assert [(x["vm"], x["mac"]) for x in listed] == [("vm-1", macs[1])]
+
+
+async def test_static_request_for_a_held_mac_names_the_holder(service, http):
+    base = service.url
+    await create_pools(http, base)
+    status, first = await post(http, f"{base}/v1/mac-leases", owner(1, "ns-a"))
+    assert status == 201
+    mac = first["lease"]["mac"]
+    status, body = await post(http, f"{base}/v1/mac-leases", {**owner(2, "ns-a"), "mac": mac.upper().replace(":", "-")})
+    assert status == 409
+    assert body["error"]["code"] == "held" and body["error"]["field"] == "mac"
+    assert "ns-a/vm-1" in body["error"]["message"] and "eth0" in body["error"]["message"]
+    # a free static MAC inside a pool is granted and routed to that pool
+    status, body = await post(http, f"{base}/v1/mac-leases", {**owner(3, "ns-other"), "mac": "02:10:00:00:12:34"})
+    assert status == 201 and body["lease"]["pool"] == "pool-b" and body["lease"]["static"] is True
+    # outside every pool: only with an external pool
+    status, body = await post(http, f"{base}/v1/mac-leases", {**owner(4, "ns-a"), "mac": "52:54:00:12:34:56"})
+    assert status == 422 and body["error"]["field"] == "mac" and "external" in body["error"]["message"]
+    status, _ = await post(http, f"{base}/v1/pools", {"name": "outside", "external": True})
+    assert status == 201
+    status, body = await post(http, f"{base}/v1/mac-leases", {**owner(4, "ns-a"), "mac": "52:54:00:12:34:56"})
+    assert status == 201 and body["lease"]["pool"] == "outside"
+
+
+async def test_release_quarantines_then_the_mac_is_not_reused(service, http):
+    base = service.url
+    status, _ = await post(http, f"{base}/v1/pools", {"name": "tiny", "range": "02:00:00:00:00:01-02:00:00:00:00:02", "default": True})
+    assert status == 201
+    _, a = await post(http, f"{base}/v1/mac-leases", owner(1, "n", "eth0"))
+    _, b = await post(http, f"{base}/v1/mac-leases", owner(1, "n", "eth1"))
+    assert {a["lease"]["mac"], b["lease"]["mac"]} == {"02:00:00:00:00:01", "02:00:00:00:00:02"}
+    async with http.delete(f"{base}/v1/mac-leases/n/vm-1/eth0") as r:
+        assert r.status == 200
+        released = await r.json()
+    assert [x["mac"] for x in released["released"]] == [a["lease"]["mac"]]
+    # the only free-looking address is quarantined: a new owner gets a clear exhaustion error, not the old MAC
+    status, body = await post(http, f"{base}/v1/mac-leases", owner(2, "n"))
+    assert status == 409 and body["error"]["code"] == "exhausted"
+    assert "'tiny'" in body["error"]["message"] and "2 addresses" in body["error"]["message"]
+    conn = await asyncpg.connect(service.cfg.database_url)
+    try:
+        row = await conn.fetchrow("SELECT used, quarantined, free FROM ipam.pool_usage WHERE pool = 'tiny'")
+        assert tuple(row) == (1, 1, 0)
+        what = [r["what"] for r in await conn.fetch("SELECT what FROM ipam.history WHERE vm = 'vm-1' ORDER BY id")]
+        assert what == ["leased", "leased", "released"]
+    finally:
+        await conn.close()
+    # release the whole VM, then 404 for a VM that holds nothing
+    async with http.delete(f"{base}/v1/mac-leases/n/vm-1") as r:
+        assert r.status == 200 and [x["interface"] for x in (await r.json())["released"]] == ["eth1"]
+    async with http.delete(f"{base}/v1/mac-leases/n/vm-1") as r:
+        assert r.status == 404
+
+
+async def test_same_command_id_gives_the_same_outcome(service, http):
+    base = service.url
+    await create_pools(http, base)
+    headers = {"Idempotency-Key": "retry-1"}
+    s1, b1 = await post(http, f"{base}/v1/mac-leases", owner(1, "ns-a"), headers=headers)
+    s2, b2 = await post(http, f"{base}/v1/mac-leases", owner(1, "ns-a"), headers=headers)
+    assert (s1, s2) == (201, 201) and b1 == b2
