@@ -55,9 +55,10 @@ class Client:
             click.echo(json.dumps(raw, indent=2))
             return
         table = Table(*columns, box=None, pad_edge=False)
+        console = Console(width=None if sys.stdout.isatty() else 250)
         for r in rows:
             table.add_row(*["" if r.get(c) is None else str(r.get(c)) for c in columns])
-        Console().print(table)
+        console.print(table)
 
 
 def _fail(field: str, reason: str) -> None:
@@ -203,6 +204,23 @@ def leases(client: Client, namespace: str | None, vm: str | None, pool: str | No
     r = client.call("GET", "/v1/mac-leases", query={"namespace": namespace, "vm": vm, "pool": pool, "mac": _check_mac(mac),
                                                    "limit": limit})
     client.show(r["leases"], ["mac", "pool", "namespace", "vm", "vm_uid", "interface", "since"], r)
+
+
+@main.group()
+def schemas() -> None:
+    """JSON Schemas of commands and events (the event catalogue)."""
+
+
+@schemas.command("export")
+@click.option("--dir", "target", default=None, type=click.Path(file_okay=False), help="Where to write (default: schemas/).")
+def schemas_export(target: str | None) -> None:
+    """Write schemas/ from the msgspec types."""
+    from pathlib import Path
+
+    from .schemas import export
+
+    written = export(Path(target) if target else None)
+    click.echo(f"wrote {len(written)} schema(s)" + (": " + ", ".join(written) if written else ""))
 
 
 if __name__ == "__main__":

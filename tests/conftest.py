@@ -48,3 +48,15 @@ async def service(config):
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+async def shared_service(backends):
+    """One service for a whole module, for tests that do not disturb each other."""
+    dsn = await create_database(backends.postgres_dsn)
+    try:
+        async with Service(make_config(backends.kafka_bootstrap, dsn)) as svc:
+            await svc.wait_ready()
+            yield svc
+    finally:
+        await drop_database(backends.postgres_dsn, dsn)

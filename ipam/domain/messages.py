@@ -16,7 +16,8 @@ from msgspec import Meta, Struct
 
 Name = Annotated[str, Meta(min_length=1, max_length=253)]
 CommandId = Annotated[str, Meta(min_length=1, max_length=128)]
-Millis = Annotated[int, Meta(ge=0)]
+Millis = Annotated[int, Meta(ge=0, description="milliseconds since the Unix epoch")]
+CanonicalMac = Annotated[str, Meta(pattern="^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", description="lower-case colon form")]
 
 
 class Owner(Struct, frozen=True, forbid_unknown_fields=True):
@@ -94,7 +95,7 @@ class PoolCreated(Event, tag="PoolCreated", frozen=True):
 
 class MacLeased(Event, tag="MacLeased", frozen=True):
     pool: Name
-    mac: str
+    mac: CanonicalMac
     owner: Owner
     static: bool = False
 
@@ -103,13 +104,13 @@ class MacLeaseReturned(Event, tag="MacLeaseReturned", frozen=True):
     """The owner already held this MAC: sticky answer, state unchanged."""
 
     pool: Name
-    mac: str
+    mac: CanonicalMac
     owner: Owner
 
 
 class MacReleased(Event, tag="MacReleased", frozen=True):
     pool: Name
-    mac: str
+    mac: CanonicalMac
     owner: Owner
     quarantined_until: Millis = 0
     reason: str = "requested"
