@@ -41,7 +41,7 @@ def render(doc: dict) -> str:
 
 def schemas_dir() -> Path:
     here = Path(__file__).resolve()
-    for candidate in (here.parents[1] / "schemas", here.parent / "_schemas"):
+    for candidate in (here.parent / "_schemas", here.parents[1] / "schemas"):
         if candidate.is_dir():
             return candidate
     return here.parents[1] / "schemas"

@@ -78,6 +78,8 @@ def openapi_document() -> dict:
                            "parameters": [_param("mac", "path", "MAC address"), idem], "responses": release}},
             "/healthz": {"get": {"summary": "Process is up", "operationId": "healthz",
                                  "responses": {"200": {"description": "Up"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                                      "responses": {"200": {"description": "OpenAPI 3.1 document"}}}},
             "/readyz": {"get": {"summary": "Partitions loaded, broker and database reachable", "operationId": "readyz",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
         },

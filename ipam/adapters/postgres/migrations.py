@@ -12,7 +12,7 @@ _LOCK = 0x1BA3_0001
 
 def migrations_dir() -> Path:
     here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "migrations", here.parents[2] / "_migrations"):
+    for candidate in (here.parents[2] / "_migrations", here.parents[3] / "migrations"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("migrations/ not found next to the ipam package")
