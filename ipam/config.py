@@ -30,6 +30,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_LOG_LEVEL", "info", "debug, info, warning or error."),
     Setting("IPAM_LOG_FORMAT", "json", "json (one object per line) or console."),
     Setting("IPAM_KAFKA_LINGER_MS", "1", "Producer linger: batches records for up to this many ms."),
+    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", "5", "Longest a fetch waits for data. Tansu waits it out even when data arrives, so keep it low there."),
 )
 
 
@@ -50,6 +51,7 @@ class Config:
     log_level: str
     log_format: str
     kafka_linger_ms: int
+    kafka_fetch_max_wait_ms: int
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:

@@ -65,7 +65,7 @@ def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
         group_id=group,
         enable_auto_commit=False,  # positions live in Postgres
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=cfg.kafka_fetch_max_wait_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,

@@ -1,0 +1,232 @@
+"""Run the benchmarks against their own broker and database (chosen like the tests').
+
+Scenarios:
+  pipeline  leases/s sustained: commands produced straight to the commands topic, counted
+            when committed in Postgres by a separate `ipam serve` process.
+  baseline  the same workload done the simple way: one transaction per lease that locks
+            the pool row and inserts the lease (same Postgres, same run).
+  latency   p50/p99/p99.9 of single POST /v1/mac-leases at fixed offered rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from ipam.adapters.kafka import partition_for
+from ipam.devenv import select_backends
+from ipam.domain.messages import LeaseMac, Owner, encoder
+from tests.harness import ServiceProcess, create_database, drop_database, make_config
+
+POOLS = [f"bench-{i:02d}" for i in range(16)]
+
+
+def pool_range(i: int) -> str:
+    return f"0a:{i:02x}:00:00:00:00-0a:{i:02x}:ff:ff:ff:ff"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def create_pools(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for i, name in enumerate(POOLS):
+            async with http.post(f"{url}/v1/pools", json={"name": name, "range": pool_range(i), "default": i == 0}) as r:
+                assert r.status == 201, await r.text()
+
+
+async def projected(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT coalesce(sum(events_offset), 0)::bigint FROM ipam_store.partitions"))
+
+
+async def pipeline(cfg, seconds: float, max_inflight: int = 40000) -> dict:
+    """Produce LeaseMac commands as fast as the pipeline absorbs them; count commits in Postgres."""
+    producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, linger_ms=5, max_batch_size=512 * 1024,
+                                enable_idempotence=False, acks="all")
+    await producer.start()
+    conn = await asyncpg.connect(cfg.database_url)
+    base = await projected(conn)
+    parts = {p: partition_for(p, cfg.partitions) for p in POOLS}
+    sent = 0
+    samples: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    stop_at = start + seconds
+    done = base
+    next_poll = start
+    try:
+        while time.perf_counter() < stop_at:
+            now = time.perf_counter()
+            if now >= next_poll:
+                done = await projected(conn)
+                samples.append((now - start, done - base))
+                next_poll = now + 0.25
+            if sent - (done - base) > max_inflight:
+                await asyncio.sleep(0.01)
+                continue
+            at = int(time.time() * 1000)
+            futures = []
+            for _ in range(2000):
+                pool = POOLS[sent % len(POOLS)]
+                cmd = LeaseMac(command_id=f"b{uuid.uuid4().hex}", at=at, pool=pool,
+                               owner=Owner(namespace="bench", vm=f"vm-{sent}", vm_uid=f"u{sent}", interface="eth0"))
+                futures.append(await producer.send(cfg.commands_topic, encoder.encode(cmd), key=pool.encode(), partition=parts[pool]))
+                sent += 1
+            await asyncio.gather(*futures)
+        done = await projected(conn)
+        samples.append((time.perf_counter() - start, done - base))
+        # sustained rate: commits between the 20% and 100% marks of the window (skip warm-up)
+        warm = [s for s in samples if s[0] >= seconds * 0.2]
+        rate = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) if len(warm) > 1 else 0.0
+        # drain: everything sent must be committed
+        drain_start = time.perf_counter()
+        while done - base < sent and time.perf_counter() - drain_start < 120:
+            await asyncio.sleep(0.1)
+            done = await projected(conn)
+        leases = await conn.fetchval("SELECT count(*) FROM ipam_store.mac_leases")
+        distinct = await conn.fetchval("SELECT count(DISTINCT mac) FROM ipam_store.mac_leases")
+    finally:
+        await producer.stop()
+        await conn.close()
+    return {"scenario": "pipeline", "seconds": seconds, "leases_per_s": round(rate), "sent": sent,
+            "committed": done - base, "live_leases": leases, "distinct_macs": distinct, "pools": len(POOLS),
+            "partitions": cfg.partitions}
+
+
+async def baseline(dsn: str, seconds: float, concurrency: int = 16) -> dict:
+    """One transaction per lease: lock the pool row, take its next address, insert the lease."""
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    async with pool.acquire() as c:
+        await c.execute("""DROP SCHEMA IF EXISTS bench_baseline CASCADE; CREATE SCHEMA bench_baseline;
+            CREATE TABLE bench_baseline.pools (name text PRIMARY KEY, next_mac bigint NOT NULL, last_mac bigint NOT NULL);
+            CREATE TABLE bench_baseline.leases (mac bigint PRIMARY KEY, pool text NOT NULL REFERENCES bench_baseline.pools,
+                namespace text NOT NULL, vm text NOT NULL, vm_uid text NOT NULL, interface text NOT NULL,
+                since timestamptz NOT NULL DEFAULT now(), UNIQUE (pool, namespace, vm, vm_uid, interface));""")
+        await c.executemany("INSERT INTO bench_baseline.pools VALUES ($1, $2, $3)",
+                            [(p, int(f"0a{i:02x}00000000", 16), int(f"0a{i:02x}ffffffff", 16)) for i, p in enumerate(POOLS)])
+    count = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal count
+        i = w
+        async with pool.acquire() as c:
+            take = await c.prepare("SELECT next_mac, last_mac FROM bench_baseline.pools WHERE name = $1 FOR UPDATE")
+            insert = await c.prepare("INSERT INTO bench_baseline.leases (mac, pool, namespace, vm, vm_uid, interface) VALUES ($1, $2, 'bench', $3, $4, 'eth0')")
+            bump = await c.prepare("UPDATE bench_baseline.pools SET next_mac = next_mac + 1 WHERE name = $1")
+            while time.perf_counter() < stop_at:
+                p = POOLS[i % len(POOLS)]
+                async with c.transaction():
+                    row = await take.fetchrow(p)
+                    await insert.fetch(row["next_mac"], p, f"vm-{i}", f"u{i}")
+                    await bump.fetch(p)
+                count += 1
+                i += concurrency
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    await pool.close()
+    return {"scenario": "baseline", "seconds": seconds, "leases_per_s": round(count / elapsed), "concurrency": concurrency,
+            "leases": count, "how": "one transaction per lease: SELECT pool FOR UPDATE, INSERT lease, UPDATE pool"}
+
+
+async def latency(url: str, rate: int, seconds: float) -> dict:
+    """Requests at a fixed offered rate; each is one new lease answered after commit."""
+    lat: list[float] = []
+    errors = 0
+    n = int(rate * seconds)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
+        async def one(i: int) -> None:
+            nonlocal errors
+            t = time.perf_counter()
+            body = {"namespace": "lat", "vm": f"vm-{rate}-{i}", "vm_uid": f"u{i}", "interface": "eth0"}
+            async with http.post(f"{url}/v1/mac-leases", json=body) as r:
+                await r.read()
+                if r.status != 201:
+                    errors += 1
+            lat.append((time.perf_counter() - t) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"scenario": f"latency@{rate}/s", "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
+            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
+            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat), "errors": errors}
+
+
+def table(results: list[dict]) -> str:
+    lines = [f"{'scenario':<18} {'figure':<40}"]
+    for r in results:
+        if "leases_per_s" in r:
+            fig = f"{r['leases_per_s']:,} leases/s"
+            if "ratio_to_baseline" in r:
+                fig += f"  ({r['ratio_to_baseline']}x baseline)"
+        else:
+            fig = f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  p99.9 {r['p999_ms']} ms  at {r['achieved_per_s']}/s"
+        lines.append(f"{r['scenario']:<18} {fig}")
+    return "\n".join(lines)
+
+
+async def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs: check the benchmarks work (CI)")
+    ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 5)")
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
+    args = ap.parse_args(argv)
+    seconds = args.seconds or (5 if args.quick else 60)
+    rates = [int(r) for r in (args.rates or ("100" if args.quick else "100,500,1000")).split(",")]
+    lat_seconds = 3 if args.quick else 15
+
+    backends = select_backends()
+    results: list[dict] = []
+    dsn = await create_database(backends.postgres_dsn)
+    svc = None
+    try:
+        cfg = make_config(backends.kafka_bootstrap, dsn, partitions=args.partitions)
+        svc = ServiceProcess(cfg, log_path="/tmp/ipam-bench-service.log").start()
+        await svc.wait_ready()
+        await create_pools(svc.url)
+        for rate in rates:
+            results.append(await latency(svc.url, rate, lat_seconds))
+            print(json.dumps(results[-1]), flush=True)
+        results.append(await pipeline(cfg, seconds))
+        print(json.dumps(results[-1]), flush=True)
+        svc.terminate()
+        svc = None
+        results.append(await baseline(dsn, seconds))
+        print(json.dumps(results[-1]), flush=True)
+        pipe = next(r for r in results if r["scenario"] == "pipeline")
+        pipe["ratio_to_baseline"] = round(pipe["leases_per_s"] / max(1, results[-1]["leases_per_s"]), 2)
+        summary = {"scenario": "summary", "backends": backends.kind, "pipeline_leases_per_s": pipe["leases_per_s"],
+                   "baseline_leases_per_s": results[-1]["leases_per_s"], "ratio_to_baseline": pipe["ratio_to_baseline"]}
+        print(json.dumps(summary), flush=True)
+        print(table(results), file=sys.stderr)
+    finally:
+        if svc is not None:
+            svc.kill()
+        await drop_database(backends.postgres_dsn, dsn)
+        backends.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
