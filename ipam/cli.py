@@ -120,6 +120,41 @@ def migrate() -> None:
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
+@main.command()
+@click.pass_obj
+def rebuild(client: Client) -> None:
+    """Replay the ledger into fresh tables (schema ipam_rebuild) and compare them with the live tables.
+
+    Exits 0 when they are equal, 1 when they differ.
+    """
+    from rich.progress import Progress
+
+    from .adapters.postgres.codecs import connect
+    from .adapters.postgres.rebuild import rebuild as run
+
+    cfg = Config.from_env()
+
+    async def go():
+        conn = await connect(cfg.database_url)
+        try:
+            with Progress(transient=True, disable=client.as_json) as bar:
+                task = bar.add_task("replaying the ledger", total=None)
+                return await run(conn, lambda done, total: bar.update(task, completed=done, total=total))
+        finally:
+            await conn.close()
+
+    report = asyncio.run(go())
+    result = {"equal": report.equal, "events": report.events, "leases": report.leases,
+              "quarantined": report.quarantined, "differences": report.differences, "seconds": round(report.seconds, 2)}
+    if client.as_json:
+        click.echo(json.dumps(result))
+    else:
+        verdict = "equal to the live tables" if report.equal else f"DIFFERENT from the live tables: {report.differences}"
+        click.echo(f"replayed {report.events} events in {report.seconds:.1f}s: {report.leases} leases, "
+                   f"{report.quarantined} quarantined; {verdict}")
+    sys.exit(0 if report.equal else 1)
+
+
 @main.group()
 def pool() -> None:
     """MAC pools."""

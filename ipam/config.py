@@ -20,12 +20,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_LOCAL_BROKER_ADDR", "127.0.0.1:9092", "Where the local broker listens when IPAM_KAFKA_BOOTSTRAP is unset."),
     Setting("IPAM_COMMANDS_TOPIC", "ipam.commands", "Topic of commands, keyed by pool (or the pool registry)."),
     Setting("IPAM_EVENTS_TOPIC", "ipam.events", "Topic of events; partition N holds the events decided from commands partition N."),
+    Setting("IPAM_DEAD_LETTER_TOPIC", "ipam.dead-letter", "Where records that cannot be decoded go, with the reason in a header."),
     Setting("IPAM_PARTITIONS", "8", "Partitions of both topics, created on start-up. Fixed once the database has seen it."),
     Setting("IPAM_GROUP_PREFIX", "ipam", "Prefix of the consumer group ids (<prefix>-allocator, <prefix>-projector)."),
     Setting("IPAM_HTTP_ADDR", "127.0.0.1:8080", "host:port of the REST API (also --listen)."),
     Setting("IPAM_QUARANTINE_SECONDS", "600", "How long a released MAC is kept from automatic reuse."),
     Setting("IPAM_REQUEST_TIMEOUT_SECONDS", "10", "How long the API waits for a command's outcome before answering 504 (retry with the same command id)."),
     Setting("IPAM_MAX_BODY_BYTES", "1048576", "Largest accepted request body; larger bodies get 413."),
+    Setting("IPAM_OUTCOME_RETENTION_HOURS", "168", "How long command outcomes (the answers to retried command ids) are kept."),
     Setting("IPAM_DEDUPE_WINDOW", "10000", "Command ids per partition an allocator remembers in memory to drop redelivered commands."),
     Setting("IPAM_LOG_LEVEL", "info", "debug, info, warning or error."),
     Setting("IPAM_LOG_FORMAT", "json", "json (one object per line) or console."),
@@ -41,12 +43,14 @@ class Config:
     local_broker_addr: str
     commands_topic: str
     events_topic: str
+    dead_letter_topic: str
     partitions: int
     group_prefix: str
     http_addr: str
     quarantine_seconds: int
     request_timeout_seconds: float
     max_body_bytes: int
+    outcome_retention_hours: float
     dedupe_window: int
     log_level: str
     log_format: str

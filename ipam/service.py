@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from .adapters.kafka import ensure_topics
+from .adapters.kafka import ensure_topics, missing_topics
 from .adapters.postgres.codecs import create_pool
 from .adapters.postgres.migrations import check_partitions, migrate
 from .api.app import Api, make_app
@@ -44,6 +44,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.port: int | None = None
+        self._stopping = False
 
     @property
     def url(self) -> str:
@@ -79,7 +80,9 @@ class Service:
         roles = [r for r in (self.projector, self.allocator) if r is not None]
         await asyncio.gather(*(r.start() for r in roles))
         for role in roles:
-            self._tasks.append(asyncio.create_task(role.run(), name=type(role).__name__))
+            self._tasks.append(asyncio.create_task(self._supervise(role), name=type(role).__name__))
+        if roles:
+            self._tasks.append(asyncio.create_task(self._watch_topics(), name="topic-watchdog"))
         if "api" in self.roles:
             self.bus = CommandBus(cfg, self.db)
             await self.bus.start()
@@ -94,17 +97,47 @@ class Service:
         log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
         return self
 
+    async def _supervise(self, role) -> None:
+        """Keep a role running through broker hiccups: log, back off, go on."""
+        while True:
+            try:
+                await role.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("role failed; restarting its loop", role=type(role).__name__)
+                await asyncio.sleep(1)
+
+    async def _watch_topics(self) -> None:
+        """A broker that lost its topics (the memory-only one after a restart) gets them back."""
+        while not self._stopping:
+            await asyncio.sleep(2)
+            try:
+                missing = await missing_topics(self.cfg)
+                if missing:
+                    log.warning("topics missing on the broker; creating them again", topics=missing)
+                    await ensure_topics(self.cfg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # broker down: try again later
+                log.warning("cannot check topics", error=str(e))
+
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while not all(self.readiness().values()):
             for t in self._tasks:
-                if t.done() and t.exception():
+                if t.done() and not t.cancelled() and t.exception():
                     raise t.exception()
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"not ready after {timeout}s: {self.readiness()}")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            if t.get_name() == "topic-watchdog":
+                t.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         for role in (self.allocator, self.projector):
@@ -141,7 +174,7 @@ async def serve_forever(cfg: Config, roles: set[str]) -> None:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *service._tasks], return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t is not waiter and t.exception():
+            if t is not waiter and not t.cancelled() and t.exception():
                 raise t.exception()
     finally:
         await service.stop()

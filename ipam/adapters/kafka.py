@@ -31,7 +31,7 @@ async def ensure_topics(cfg: Config) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
     await admin.start()
     try:
-        wanted = [cfg.commands_topic, cfg.events_topic]
+        wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
         resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in wanted])
         for topic, code, message in resp.topic_errors:
             if code not in (0, TOPIC_EXISTS):
@@ -74,6 +74,24 @@ def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
     )
     options.update(overrides)
     return AIOKafkaConsumer(**options)
+
+
+async def dead_letter(producer: AIOKafkaProducer, cfg: Config, source_topic: str, partition: int, offset: int,
+                      raw: bytes, reason: str) -> None:
+    """Copy a record that cannot be processed to the dead-letter topic, saying why."""
+    headers = [("ipam-reason", reason[:1000].encode()), ("ipam-source-topic", source_topic.encode()),
+               ("ipam-source-partition", str(partition).encode()), ("ipam-source-offset", str(offset).encode())]
+    await producer.send(cfg.dead_letter_topic, raw, partition=partition % cfg.partitions, headers=headers)
+
+
+async def missing_topics(cfg: Config) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    await admin.start()
+    try:
+        present = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
 class LogReader:

@@ -111,6 +111,11 @@ class Api:
         return self.pools
 
     async def submit(self, command) -> list[dict]:
+        """Answer from the stored outcome when a client's command id was decided before; else decide it."""
+        if not command.command_id.startswith("api-"):
+            known = await self.bus.outcome(command.command_id)
+            if known is not None:
+                return known
         try:
             return await self.bus.submit(command)
         except OutcomeTimeout:
@@ -122,7 +127,8 @@ class Api:
 
     @staticmethod
     def _command_id(request: web.Request, body_id: str | None) -> str:
-        return request.headers.get("Idempotency-Key") or body_id or str(uuid.uuid4())
+        """The client's retry key, or a fresh id (prefixed so it never collides with a client key)."""
+        return request.headers.get("Idempotency-Key") or body_id or f"api-{uuid.uuid4()}"
 
     # --- pools --------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ record_encoder = msgspec.json.Encoder()
 class Owned:
     state: State
     epoch: int
+    position: int = 0  # next commands offset expected
     seq: int = 0
 
 
@@ -102,7 +103,7 @@ class Allocator:
             if not await set_fence(conn, partition, row.epoch, position):
                 log.warning("partition claimed by a newer allocator while catching up", partition=partition, epoch=row.epoch)
                 return
-        self.owned[partition] = Owned(state=state, epoch=row.epoch)
+        self.owned[partition] = Owned(state=state, epoch=row.epoch, position=resume)
         self._consumer.seek(TopicPartition(cfg.commands_topic, partition), resume)
         log.info(
             "partition ready", partition=partition, epoch=row.epoch, generation=row.generation,
@@ -126,8 +127,16 @@ class Allocator:
             sends = []
             for tp, msgs in batches.items():
                 owned = self.owned.get(tp.partition)
-                if owned is None:
+                if owned is None or not msgs:
                     continue
+                if msgs[0].offset < owned.position:
+                    # the broker rewound us: its log was reset under a running consumer
+                    log.warning("commands partition went backwards; taking it again", partition=tp.partition,
+                                expected=owned.position, got=msgs[0].offset)
+                    self.owned.pop(tp.partition, None)
+                    await self.take(tp.partition)
+                    break
+                owned.position = msgs[-1].offset + 1
                 for msg in msgs:
                     for rec in await self._decide_one(tp.partition, owned, msg.offset, msg.value):
                         sends.append(self._producer.send(events_topic, record_encoder.encode(rec), partition=tp.partition))
@@ -145,7 +154,9 @@ class Allocator:
                     command="unknown", code="malformed", reason=f"undecodable command: {e}",
                 )
             ]
-            log.warning("poison command", partition=partition, offset=offset, error=str(e))
+            log.warning("poison command sent to the dead-letter topic", partition=partition, offset=offset, error=str(e))
+            await kafka.dead_letter(self._producer, self.cfg, self.cfg.commands_topic, partition, offset, raw,
+                                    f"undecodable command: {e}")
         else:
             key = stream_key(command)
             if kafka.partition_for(key, self.cfg.partitions) != partition:

@@ -7,13 +7,14 @@ same transaction as the batch; Kafka group membership only decides who works on 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from ..adapters import kafka
-from ..adapters.postgres.projection import OffsetConflict, Projector
+from ..adapters.postgres.projection import OffsetConflict, Projector, prune_outcomes
 from ..config import Config
 from .continuity import ensure_continuity
 
@@ -28,7 +29,9 @@ class ProjectorRole:
         self.assigned: set[int] = set()
         self._projector = Projector(cfg.partitions, lambda name: kafka.partition_for(name, cfg.partitions))
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-projector", max_partition_fetch_bytes=8 * 1024 * 1024)
+        self._producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
+        self._pruned_at = 0.0
         self.applied = 0
 
     @property
@@ -36,6 +39,7 @@ class ProjectorRole:
         return bool(self.assigned) and self.assigned <= set(self.positions)
 
     async def start(self) -> None:
+        await self._producer.start()
         self._consumer.subscribe([self.cfg.events_topic], listener=_Listener(self))
         await self._consumer.start()
 
@@ -44,6 +48,7 @@ class ProjectorRole:
 
     async def close(self) -> None:
         await self._consumer.stop()
+        await self._producer.stop()
 
     async def take(self, partition: int) -> None:
         async with kafka.LogReader(self.cfg) as reader, self.db.acquire() as conn:
@@ -60,10 +65,13 @@ class ProjectorRole:
                 expected = self.positions.get(tp.partition)
                 if expected is None or not msgs:
                     continue
-                # drop anything before our stored position (a seek raced a fetch)
-                batch = [(m.offset, m.value) for m in msgs if m.offset >= expected]
-                if not batch:
+                if msgs[0].offset < expected:
+                    # records before our position: the broker rewound us (its log was reset)
+                    log.warning("events partition went backwards; checking the log", partition=tp.partition,
+                                expected=expected, got=msgs[0].offset)
+                    await self.take(tp.partition)
                     continue
+                batch = [(m.offset, m.value) for m in msgs]
                 if batch[0][0] != expected:
                     log.warning("gap in events partition; re-checking the log", partition=tp.partition,
                                 expected=expected, got=batch[0][0])
@@ -79,8 +87,21 @@ class ProjectorRole:
                     continue
                 self.positions[tp.partition] = result.next_offset
                 self.applied += result.applied
-                if result.dropped or result.poison:
-                    log.warning("records skipped", partition=tp.partition, zombie=result.dropped, poison=result.poison)
+                for offset, raw, reason in result.dead_letters:
+                    await kafka.dead_letter(self._producer, self.cfg, self.cfg.events_topic, tp.partition, offset, raw, reason)
+                if result.dropped or result.poison or result.duplicates:
+                    log.warning("records skipped", partition=tp.partition, zombie=result.dropped, poison=result.poison,
+                                duplicates=result.duplicates)
+            await self._maybe_prune()
+
+    async def _maybe_prune(self) -> None:
+        if time.monotonic() - self._pruned_at < 60:
+            return
+        self._pruned_at = time.monotonic()
+        async with self.db.acquire() as conn:
+            pruned = await prune_outcomes(conn, self.cfg.outcome_retention_hours)
+        if pruned:
+            log.info("pruned old command outcomes", rows=pruned)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -106,6 +106,8 @@ async def reset_log(
                    events_offset = coalesce($2, events_offset),
                    last_epoch = CASE WHEN $2::bigint IS NULL THEN last_epoch END,
                    last_seq = CASE WHEN $2::bigint IS NULL THEN last_seq END,
+                   applied_epoch = CASE WHEN $2::bigint IS NULL THEN applied_epoch END,
+                   applied_seq = CASE WHEN $2::bigint IS NULL THEN applied_seq END,
                    fence_offset = 0,
                    commands_offset = coalesce($3, commands_offset),
                    last_command_id = CASE WHEN $3::bigint IS NULL THEN last_command_id END,

@@ -24,6 +24,7 @@ from ...domain.records import EventRecord, record_decoder
 from .partitions import load_fences
 
 NOTIFY_CHANNEL = "ipam_outcomes"
+PRUNE_BATCH = 10000
 _NOTIFY_LIMIT = 7000  # Postgres caps a NOTIFY payload at 8000 bytes
 
 _LEDGER_COLUMNS = (
@@ -45,8 +46,10 @@ class BatchResult:
     next_offset: int
     applied: int = 0
     dropped: int = 0
+    duplicates: int = 0
     poison: int = 0
     completed: list[str] = field(default_factory=list)
+    dead_letters: list[tuple[int, bytes, str]] = field(default_factory=list)
 
 
 def _ts(ms: int) -> dt.datetime:
@@ -67,7 +70,8 @@ class Projector:
     async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
         async with conn.transaction():
             row = await conn.fetchrow(
-                "SELECT generation, events_offset, commands_offset FROM ipam_store.partitions WHERE partition = $1 FOR UPDATE",
+                "SELECT generation, events_offset, commands_offset, applied_epoch, applied_seq "
+                "FROM ipam_store.partitions WHERE partition = $1 FOR UPDATE",
                 partition,
             )
             if row is None or row["events_offset"] != expected:
@@ -84,6 +88,7 @@ class Projector:
             commands_offset = row["commands_offset"]
             last_command_id = None
             last_epoch = last_seq = None
+            applied_epoch, applied_seq = row["applied_epoch"], row["applied_seq"]
             fences = await self._fences_for(conn, partition, generation, 0)
             for offset, raw in batch:
                 result.next_offset = offset + 1
@@ -91,6 +96,7 @@ class Projector:
                     rec = record_decoder.decode(raw)
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
                     result.poison += 1
+                    result.dead_letters.append((offset, raw, str(e)))
                     ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", str(e), raw))
                     continue
                 if rec.epoch > fences.max_epoch:
@@ -103,6 +109,14 @@ class Projector:
                               f"epoch {rec.epoch} was fenced off by a newer allocator", raw, rec.epoch, rec.seq)
                     )
                     continue
+                if rec.epoch == applied_epoch and rec.seq <= applied_seq:
+                    result.duplicates += 1
+                    ledger.append(
+                        _note(generation, partition, offset, "DuplicateEventDropped", rec.event.command_id,
+                              f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
+                    )
+                    continue
+                applied_epoch, applied_seq = rec.epoch, rec.seq
                 ev = rec.event
                 result.applied += 1
                 if rec.source_offset + 1 > commands_offset:
@@ -134,9 +148,11 @@ class Projector:
             await conn.execute(
                 """UPDATE ipam_store.partitions SET events_offset = $2,
                        last_epoch = coalesce($3, last_epoch), last_seq = coalesce($4, last_seq),
-                       commands_offset = $5, last_command_id = coalesce($6, last_command_id), updated_at = now()
+                       commands_offset = $5, last_command_id = coalesce($6, last_command_id),
+                   applied_epoch = $7, applied_seq = $8, updated_at = now()
                    WHERE partition = $1""",
                 partition, result.next_offset, last_epoch, last_seq, commands_offset, last_command_id,
+                applied_epoch, applied_seq,
             )
             result.completed = sorted(complete)
             await _notify(conn, outcomes, complete)
@@ -238,7 +254,8 @@ async def _write_outcomes(conn: asyncpg.Connection, partition: int, outcomes: di
            SELECT u.id, $1, u.events::jsonb, u.complete, now()
            FROM unnest($2::text[], $3::text[], $4::boolean[]) AS u(id, events, complete)
            ON CONFLICT (command_id) DO UPDATE
-           SET events = ipam_store.command_outcomes.events || EXCLUDED.events, complete = EXCLUDED.complete""",
+           SET events = ipam_store.command_outcomes.events || EXCLUDED.events, complete = EXCLUDED.complete
+           WHERE NOT ipam_store.command_outcomes.complete""",
         partition,
         ids,
         [msgspec.json.encode(outcomes[i]).decode() for i in ids],
@@ -262,3 +279,14 @@ async def _notify(conn: asyncpg.Connection, outcomes: dict[str, list], complete:
         size += len(encoded) + 1
     if chunk:
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, msgspec.json.encode(chunk).decode())
+
+
+async def prune_outcomes(conn: asyncpg.Connection, retention_hours: float) -> int:
+    """Forget answers older than the retention (the dedupe store is bounded in time)."""
+    status = await conn.execute(
+        """DELETE FROM ipam_store.command_outcomes WHERE command_id IN (
+               SELECT command_id FROM ipam_store.command_outcomes
+               WHERE decided_at < now() - make_interval(secs => $1) LIMIT $2)""",
+        retention_hours * 3600, PRUNE_BATCH,
+    )
+    return int(status.split()[-1])
