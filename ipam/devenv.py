@@ -144,3 +144,62 @@ def select_backends(env: dict[str, str] | None = None) -> Backends:
         pg = LOCAL_POSTGRES
         kinds.append("postgres:local")
     return Backends(kafka_bootstrap=kafka, postgres_dsn=pg, kind=",".join(kinds), broker=broker, _closers=closers)
+
+
+class PrivatePostgres:
+    """A throwaway Postgres server of our own (initdb into a temp dir), so a test may restart it.
+
+    Uses the machine's Postgres binaries; runs them as the ``postgres`` user when we are root
+    (initdb refuses root).
+    """
+
+    def __init__(self) -> None:
+        import glob
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        if not found:
+            raise RuntimeError("no Postgres server binaries under /usr/lib/postgresql")
+        self.bin = os.path.dirname(found[-1])
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ipam-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.log = os.path.join(self.dir, "server.log")
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self) -> PrivatePostgres:
+        if os.geteuid() == 0:
+            import shutil
+
+            shutil.chown(self.dir, "postgres", "postgres")
+        if not os.path.exists(self.data):
+            self._run(f"{self.bin}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start",
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300")
+        _wait_port("127.0.0.1", self.port, 30)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """Stop (dropping every connection) and start again; data is kept."""
+        self.stop("immediate")
+        self.start()
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -105,9 +105,17 @@ class Service:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("role failed; restarting its loop", role=type(role).__name__)
-                await asyncio.sleep(1)
+            except Exception as e:
+                log.error("role failed; recovering its partitions from Postgres", role=type(role).__name__, error=repr(e))
+                while True:
+                    await asyncio.sleep(1)
+                    try:
+                        await role.recover()
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as again:
+                        log.warning("recovery failed; retrying", role=type(role).__name__, error=repr(again))
 
     async def _watch_topics(self) -> None:
         """A broker that lost its topics (the memory-only one after a restart) gets them back."""

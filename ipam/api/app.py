@@ -202,11 +202,15 @@ class Api:
             "SELECT DISTINCT pool FROM ipam_store.mac_leases WHERE namespace = $1 AND vm = $2 AND ($3::text IS NULL OR interface = $3)",
             ns, vm, interface)]
         what = f"{ns}/{vm}" + (f" interface {interface}" if interface else "")
+        base = self._command_id(request, None)
+        if not base.startswith("api-"):
+            earlier = await self.bus.outcomes_for_key(base)
+            if earlier:  # a retry: answer what was decided then
+                return self._released([ev for events in earlier for ev in events], what)
         if not pools:
             raise ApiError(404, "not_found", f"{what} holds no MAC lease")
-        base = self._command_id(request, None)
         results = await asyncio.gather(*[
-            self.submit(ReleaseOwner(command_id=f"{base}/{p}" if len(pools) > 1 else base, at=_now_ms(), pool=p,
+            self.submit(ReleaseOwner(command_id=f"{base}/{p}", at=_now_ms(), pool=p,
                                      namespace=ns, vm=vm, interface=interface))
             for p in pools])
         return self._released([ev for events in results for ev in events], what)

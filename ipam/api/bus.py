@@ -33,6 +33,7 @@ class CommandBus:
         self._producer = kafka.producer(cfg, linger_ms=0)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._listener: asyncpg.Connection | None = None
+        self._closing = False
 
     async def start(self) -> None:
         await self._producer.start()
@@ -41,19 +42,31 @@ class CommandBus:
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self.cfg.database_url)
         await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listener.add_termination_listener(self._on_lost)
+
+    def _on_lost(self, _conn) -> None:
+        """The database went away: reconnect in the background; waiters fall back to the table."""
+        if not self._closing:
+            asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            try:
+                await self._listen()
+                log.info("listening for outcomes again")
+                return
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("cannot listen for outcomes yet", error=str(e))
 
     async def stop(self) -> None:
+        self._closing = True
         if self._listener is not None:
             await self._listener.close()
         await self._producer.stop()
 
     async def healthy(self) -> bool:
-        if self._listener is None or self._listener.is_closed():
-            try:
-                await self._listen()
-            except (OSError, asyncpg.PostgresError):
-                return False
-        return True
+        return self._listener is not None and not self._listener.is_closed()
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
         for command_id, events in msgspec.json.decode(payload):
@@ -69,6 +82,14 @@ class CommandBus:
         if row is None or not row["complete"]:
             return None
         return msgspec.json.decode(row["events"])
+
+    async def outcomes_for_key(self, key: str) -> list[list]:
+        """Outcomes of the commands one request fanned out to (ids ``key/<pool>``)."""
+        rows = await self.db.fetch(
+            "SELECT events::text FROM ipam_store.command_outcomes WHERE complete AND left(command_id, $2) = $1",
+            key + "/", len(key) + 1,
+        )
+        return [msgspec.json.decode(r["events"]) for r in rows]
 
     async def submit(self, command: AnyCommand) -> list[dict]:
         loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from ..config import Config
 from ..domain.allocation import State, decide, evolve, stream_key
 from ..domain.messages import CommandRejected, CreatePool, command_decoder
 from ..domain.records import EventRecord, record_decoder
+from .ownership import take_until_done
 from .continuity import command_id_of, ensure_continuity
 
 log = structlog.get_logger("ipam.allocator")
@@ -51,6 +52,7 @@ class Allocator:
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-allocator")
         self._producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
         self._pools_refreshed = 0
         self.decided = 0
 
@@ -110,6 +112,12 @@ class Allocator:
             pools=len(state.books), leases=sum(len(b.by_mac) for b in state.books.values()),
             caught_up=caught_up, commands_offset=resume, events_offset=position,
         )
+
+    async def recover(self) -> None:
+        """After a failure mid-batch the consumer may be past undecided commands: take everything again."""
+        self.owned.clear()
+        for p in sorted(self.assigned):
+            await self.take(p)
 
     def drop(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -211,4 +219,4 @@ class _Listener(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         parts = sorted(tp.partition for tp in assigned)
         self.allocator.assigned = set(parts)
-        await asyncio.gather(*(self.allocator.take(p) for p in parts))
+        await asyncio.gather(*(take_until_done(self.allocator, p, log) for p in parts))

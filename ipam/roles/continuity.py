@@ -1,7 +1,7 @@
 """Detect that the broker lost or rewrote a topic, and start a new log generation.
 
 Postgres remembers the identity of the last record it consumed from each partition
-(events: epoch and seq; commands: command id).  If the broker no longer holds that
+(events: a hash of the record's bytes; commands: the command id).  If the broker no longer holds that
 record at that offset, the log was deleted, recreated or truncated: we log one warning,
 record a new generation and continue from the new log's start with Postgres as truth.
 """
@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 
 from ..adapters.kafka import LogReader
 from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
+from ..adapters.postgres.projection import record_hash
 from ..config import Config
 from ..domain.records import record_decoder
 
@@ -33,10 +34,14 @@ def command_id_of(raw: bytes, partition: int, offset: int) -> str:
 
 
 async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
-    if row.events_offset == 0 or row.last_epoch is None:
+    if row.events_offset == 0:
         return True
     raw = await reader.record_at(TopicPartition(cfg.events_topic, row.partition), row.events_offset - 1)
     if raw is None:
+        return False
+    if row.last_record_hash is not None:
+        return record_hash(raw) == row.last_record_hash
+    if row.last_epoch is None:
         return False
     try:
         rec = record_decoder.decode(raw)

@@ -14,8 +14,9 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from ..adapters import kafka
-from ..adapters.postgres.projection import OffsetConflict, Projector, prune_outcomes
+from ..adapters.postgres.projection import OffsetConflict, Projector, SequenceGap, prune_outcomes
 from ..config import Config
+from .ownership import take_until_done
 from .continuity import ensure_continuity
 
 log = structlog.get_logger("ipam.projector")
@@ -26,11 +27,14 @@ class ProjectorRole:
         self.cfg = cfg
         self.db = db
         self.positions: dict[int, int] = {}
+        self._verified_gaps: dict[int, tuple[int, int]] = {}  # partition -> (generation, offset)
+        self._generations: dict[int, int] = {}
         self.assigned: set[int] = set()
         self._projector = Projector(cfg.partitions, lambda name: kafka.partition_for(name, cfg.partitions))
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-projector", max_partition_fetch_bytes=8 * 1024 * 1024)
         self._producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
         self._pruned_at = 0.0
         self.applied = 0
 
@@ -54,9 +58,19 @@ class ProjectorRole:
         async with kafka.LogReader(self.cfg) as reader, self.db.acquire() as conn:
             row = await ensure_continuity(conn, reader, self.cfg, partition)
         self._projector.forget(partition)
+        gap = self._verified_gaps.get(partition)
+        if gap is not None and gap[0] != row.generation:
+            del self._verified_gaps[partition]  # the log was reset: that gap belonged to the old one
+        self._generations[partition] = row.generation
         self.positions[partition] = row.events_offset
         self._consumer.seek(TopicPartition(self.cfg.events_topic, partition), row.events_offset)
         log.info("projecting partition", partition=partition, offset=row.events_offset, generation=row.generation)
+
+    async def recover(self) -> None:
+        """After a failure mid-batch, seek every partition back to the offset Postgres committed."""
+        self.positions.clear()
+        for p in sorted(self.assigned):
+            await self.take(p)
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -79,7 +93,15 @@ class ProjectorRole:
                     continue
                 try:
                     async with self.db.acquire() as conn:
-                        result = await self._projector.apply(conn, tp.partition, expected, batch)
+                        result = await self._projector.apply(conn, tp.partition, expected, batch,
+                                                             accept_gap_at=self._verified_gaps.get(tp.partition, (0, None))[1])
+                except SequenceGap as e:
+                    # Re-check the log against what Postgres remembers; if it is intact the gap is
+                    # real (a produce that failed) and the next attempt accepts it.
+                    log.warning("sequence gap; verifying the log", partition=tp.partition, detail=str(e))
+                    self._verified_gaps[tp.partition] = (self._generations.get(tp.partition, 0), e.offset)
+                    await self.take(tp.partition)
+                    continue
                 except OffsetConflict as e:
                     log.warning("partition offset moved under us; resuming from Postgres", partition=tp.partition,
                                 expected=expected, stored=e.stored)
@@ -115,4 +137,4 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.role.assigned = {tp.partition for tp in assigned}
-        await asyncio.gather(*(self.role.take(tp.partition) for tp in assigned))
+        await asyncio.gather(*(take_until_done(self.role, tp.partition, log) for tp in assigned))

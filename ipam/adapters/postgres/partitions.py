@@ -25,13 +25,15 @@ class PartitionRow:
     last_seq: int | None
     commands_offset: int
     last_command_id: str | None
+    last_record_hash: bytes | None
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> PartitionRow:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
 
-_COLUMNS = "partition, generation, epoch, fence_offset, events_offset, last_epoch, last_seq, commands_offset, last_command_id"
+_COLUMNS = ("partition, generation, epoch, fence_offset, events_offset, last_epoch, last_seq, commands_offset, "
+            "last_command_id, last_record_hash")
 
 
 async def read_partition(conn: asyncpg.Connection, partition: int) -> PartitionRow:
@@ -107,6 +109,7 @@ async def reset_log(
                    last_epoch = CASE WHEN $2::bigint IS NULL THEN last_epoch END,
                    last_seq = CASE WHEN $2::bigint IS NULL THEN last_seq END,
                    applied_epoch = CASE WHEN $2::bigint IS NULL THEN applied_epoch END,
+                   last_record_hash = CASE WHEN $2::bigint IS NULL THEN last_record_hash END,
                    applied_seq = CASE WHEN $2::bigint IS NULL THEN applied_seq END,
                    fence_offset = 0,
                    commands_offset = coalesce($3, commands_offset),

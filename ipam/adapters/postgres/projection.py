@@ -10,6 +10,7 @@ the partition.  Callers waiting for a command's answer are told by NOTIFY on com
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -33,6 +34,15 @@ _LEDGER_COLUMNS = (
 )
 
 
+class SequenceGap(Exception):
+    """A record's sequence does not follow the last applied one: the log may have been replaced
+    under us.  The caller re-verifies the log and, if it is intact, accepts the gap once."""
+
+    def __init__(self, offset: int, detail: str) -> None:
+        super().__init__(f"offset {offset}: {detail}")
+        self.offset = offset
+
+
 class OffsetConflict(Exception):
     """Another projector moved this partition's offset: re-read it and resume from there."""
 
@@ -52,6 +62,10 @@ class BatchResult:
     dead_letters: list[tuple[int, bytes, str]] = field(default_factory=list)
 
 
+def record_hash(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
 def _ts(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
 
@@ -67,7 +81,8 @@ class Projector:
     def forget(self, partition: int) -> None:
         self._fences.pop(partition, None)
 
-    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
+    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]],
+                    accept_gap_at: int | None = None) -> BatchResult:
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT generation, events_offset, commands_offset, applied_epoch, applied_seq "
@@ -88,10 +103,12 @@ class Projector:
             commands_offset = row["commands_offset"]
             last_command_id = None
             last_epoch = last_seq = None
+            last_raw = None
             applied_epoch, applied_seq = row["applied_epoch"], row["applied_seq"]
             fences = await self._fences_for(conn, partition, generation, 0)
             for offset, raw in batch:
                 result.next_offset = offset + 1
+                last_raw = raw
                 try:
                     rec = record_decoder.decode(raw)
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -116,6 +133,10 @@ class Projector:
                               f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
                     )
                     continue
+                if applied_epoch is not None and offset != accept_gap_at:
+                    want = applied_seq + 1 if rec.epoch == applied_epoch else 1
+                    if rec.seq != want:
+                        raise SequenceGap(offset, f"epoch {rec.epoch} seq {rec.seq} after epoch {applied_epoch} seq {applied_seq}")
                 applied_epoch, applied_seq = rec.epoch, rec.seq
                 ev = rec.event
                 result.applied += 1
@@ -149,10 +170,11 @@ class Projector:
                 """UPDATE ipam_store.partitions SET events_offset = $2,
                        last_epoch = coalesce($3, last_epoch), last_seq = coalesce($4, last_seq),
                        commands_offset = $5, last_command_id = coalesce($6, last_command_id),
-                   applied_epoch = $7, applied_seq = $8, updated_at = now()
+                   applied_epoch = $7, applied_seq = $8, last_record_hash = coalesce($9, last_record_hash),
+                   updated_at = now()
                    WHERE partition = $1""",
                 partition, result.next_offset, last_epoch, last_seq, commands_offset, last_command_id,
-                applied_epoch, applied_seq,
+                applied_epoch, applied_seq, None if last_raw is None else record_hash(last_raw),
             )
             result.completed = sorted(complete)
             await _notify(conn, outcomes, complete)

@@ -1,0 +1,46 @@
+"""python -m tests.faults [--runs N] [--seconds S] [--seed FIRST]: one JSON line per run, then a total."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from ipam import logs
+from ipam.devenv import PrivatePostgres
+
+from .driver import Run
+
+
+async def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.faults")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--seed", type=int, default=1, help="seed of the first run; run k uses seed + k")
+    ap.add_argument("--keep", action="store_true", help="keep the Postgres server when a run finds violations")
+    args = ap.parse_args(argv)
+    logs.configure("error", "console")
+    pg = PrivatePostgres().start()
+    totals = {"runs": 0, "kills": 0, "rebalances": 0, "duplicates_injected": 0, "poison_records": 0, "violations": 0,
+              "seeds": []}
+    try:
+        for k in range(args.runs):
+            result = await Run(args.seed + k, args.seconds, pg).run()
+            print(json.dumps(result), flush=True)
+            totals["runs"] += 1
+            totals["seeds"].append(result["seed"])
+            for key in ("kills", "rebalances", "duplicates_injected", "poison_records"):
+                totals[key] += result[key]
+            totals["violations"] += len(result["violations"])
+    finally:
+        if args.keep and totals["violations"]:
+            print(json.dumps({"kept_postgres": pg.dsn, "data": pg.dir}), flush=True)
+        else:
+            pg.destroy()
+    print(json.dumps({"total": totals}), flush=True)
+    return 0 if totals["violations"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

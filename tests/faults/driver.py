@@ -1,0 +1,318 @@
+"""One seeded fault-injection run, and the invariants checked after it.
+
+Processes: one API, two allocators, two projectors (each `ipam serve --role ...`), on a
+broker and a Postgres of the run's own (so both can be restarted). While clients lease,
+release and repeat, the chaos loop kill -9s allocators and projectors at random moments and
+restarts them, adds and removes group members (rebalances), re-sends recorded commands with
+the same bytes (duplicate delivery), feeds malformed records into both topics, restarts
+Postgres once and the broker once (memory lost: a log reset).
+
+Afterwards, from Postgres: no MAC was ever leased to two live owners (checked over the
+whole ledger, not just the final table); every lease a client saw confirmed is present
+unless that client released it; replaying the ledger gives exactly the lease tables;
+every partition still moves (a probe lease on each partition commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from ipam.adapters import kafka
+from ipam.adapters.postgres.codecs import connect
+from ipam.adapters.postgres.rebuild import rebuild
+from ipam.devenv import LocalBroker, PrivatePostgres
+from ipam.domain.messages import AnyEvent
+
+from ..harness import ServiceProcess, create_database, make_config
+
+_decode_event = __import__("msgspec").json.Decoder(AnyEvent)
+
+
+@dataclasses.dataclass
+class Counters:
+    kills: int = 0
+    rebalances: int = 0
+    duplicates: int = 0
+    poison: int = 0
+    postgres_restarts: int = 0
+    broker_restarts: int = 0
+    requests: int = 0
+    confirmed: int = 0
+
+
+class Client:
+    """Issues leases and releases, retrying with the same command id; remembers what was confirmed."""
+
+    def __init__(self, url: str, rng: random.Random, owners: int) -> None:
+        self.url, self.rng, self.owners = url, rng, owners
+        self.confirmed: dict[tuple, str] = {}  # owner -> mac the service confirmed
+        self.uncertain: set[tuple] = set()  # owners whose last change has an unknown outcome
+        self.violations: list[str] = []
+
+    def owner(self) -> dict:
+        i = self.rng.randrange(self.owners)
+        return {"namespace": f"ns{i % 3}", "vm": f"vm-{i}", "vm_uid": f"uid-{i}", "interface": "eth0"}
+
+    async def call(self, http, method: str, path: str, body: dict | None, key: str) -> tuple[int, dict] | None:
+        for attempt in range(8):
+            try:
+                async with http.request(method, self.url + path, json=body, headers={"Idempotency-Key": key},
+                                        timeout=aiohttp.ClientTimeout(total=15)) as r:
+                    data = await r.json(content_type=None)
+                    if r.status < 500:
+                        return r.status, data
+            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+                pass
+            await asyncio.sleep(0.3 * (attempt + 1))
+        return None
+
+    async def step(self, http, counters: Counters) -> None:
+        o = self.owner()
+        key = (o["namespace"], o["vm"], o["vm_uid"], o["interface"])
+        counters.requests += 1
+        if key in self.confirmed and self.rng.random() < 0.3:
+            got = await self.call(http, "DELETE", f"/v1/mac-leases/{o['namespace']}/{o['vm']}", None, f"rel-{uuid.uuid4()}")
+            if got is None:
+                self.uncertain.add(key)
+            elif got[0] == 200:
+                self.confirmed.pop(key, None)
+                self.uncertain.discard(key)
+            return
+        got = await self.call(http, "POST", "/v1/mac-leases", o, f"lease-{uuid.uuid4()}")
+        if got is None:
+            self.uncertain.add(key)
+            return
+        status, data = got
+        if status in (200, 201):
+            mac = data["lease"]["mac"]
+            if key in self.confirmed and key not in self.uncertain and self.confirmed[key] != mac:
+                self.violations.append(f"sticky lease changed for {key}: {self.confirmed[key]} -> {mac}")
+            self.confirmed[key] = mac
+            self.uncertain.discard(key)
+            counters.confirmed += 1
+
+
+class Run:
+    def __init__(self, seed: int, seconds: float, base_pg: PrivatePostgres) -> None:
+        self.seed, self.seconds, self.pg = seed, seconds, base_pg
+        self.rng = random.Random(seed)
+        self.counters = Counters()
+        self.procs: dict[str, ServiceProcess] = {}
+        self.extras: list[ServiceProcess] = []
+        self.log_dir = f"/tmp/ipam-faults-{seed}-{uuid.uuid4().hex[:6]}"
+
+    def spawn(self, name: str, role: str) -> ServiceProcess:
+        import os
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log").start()
+        return proc
+
+    async def run(self) -> dict:
+        self.broker = LocalBroker().start()
+        dsn = await create_database(self.pg.dsn)
+        self.cfg = make_config(self.broker.bootstrap, dsn, partitions=4, quarantine_seconds=2, log_level="info",
+                               request_timeout_seconds=5)
+        try:
+            return await self._run()
+        finally:
+            for p in [*self.procs.values(), *self.extras]:
+                p.kill()
+            self.broker.stop()
+
+    async def _run(self) -> dict:
+        self.procs["api"] = self.spawn("api", "api")
+        for name in ("allocator-1", "allocator-2"):
+            self.procs[name] = self.spawn(name, "allocator")
+        for name in ("projector-1", "projector-2"):
+            self.procs[name] = self.spawn(name, "projector")
+        await self.procs["api"].wait_ready(timeout=120) if False else await self._wait_api()
+        async with aiohttp.ClientSession() as http:
+            await self._create_pools(http)
+            client = Client(self.procs["api"].url, random.Random(self.seed * 7919), owners=400)
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    await client.step(http, self.counters)
+
+            producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka_bootstrap, enable_idempotence=False)
+            await producer.start()
+            try:
+                workers = [asyncio.create_task(load()) for _ in range(12)]
+                await self._chaos(producer)
+                stop.set()
+                await asyncio.gather(*workers)
+            finally:
+                await producer.stop()
+            for name, p in self.procs.items():
+                if p.proc.poll() is not None:
+                    p.start()
+            stuck = await self._probe_partitions(http)
+        violations = await self._check(client, stuck)
+        c = self.counters
+        return {"seed": self.seed, "seconds": self.seconds, "kills": c.kills, "rebalances": c.rebalances,
+                "duplicates_injected": c.duplicates, "poison_records": c.poison, "postgres_restarts": c.postgres_restarts,
+                "broker_restarts": c.broker_restarts, "requests": c.requests, "confirmed": c.confirmed,
+                "violations": violations, "logs": self.log_dir}
+
+    async def _wait_api(self) -> None:
+        deadline = time.monotonic() + 120
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(self.procs["api"].url + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        # the API alone has no partitions; wait for the roles by leasing nothing until pools can be created
+        await asyncio.sleep(1)
+
+    async def _create_pools(self, http) -> None:
+        # one pool per partition at least, so the probe can reach every partition
+        self.pools: dict[int, str] = {}
+        i = 0
+        while len(self.pools) < self.cfg.partitions:
+            name = f"pool-{i}"
+            part = kafka.partition_for(name, self.cfg.partitions)
+            if part not in self.pools:
+                self.pools[part] = name
+            i += 1
+        names = sorted(self.pools.values())
+        for n, name in enumerate(names):
+            body = {"name": name, "range": f"0a:00:00:{n:02x}:00:00-0a:00:00:{n:02x}:ff:ff",
+                    "namespaces": [f"ns{n}"] if n < 3 else [], "default": n == 3}
+            for _ in range(120):
+                try:
+                    async with http.post(self.procs["api"].url + "/v1/pools", json=body, headers={"Idempotency-Key": f"pool-{name}"}) as r:
+                        if r.status in (201, 409):
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(1)
+            else:
+                raise RuntimeError(f"could not create {name}")
+
+    async def _chaos(self, producer: AIOKafkaProducer) -> None:
+        rng = self.rng
+        start = time.monotonic()
+        pg_at = start + self.seconds * rng.uniform(0.3, 0.5)
+        broker_at = start + self.seconds * rng.uniform(0.6, 0.75)
+        while time.monotonic() - start < self.seconds:
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            now = time.monotonic()
+            if pg_at and now >= pg_at:
+                pg_at = 0
+                await asyncio.to_thread(self.pg.restart)
+                self.counters.postgres_restarts += 1
+                continue
+            if broker_at and now >= broker_at:
+                broker_at = 0
+                await asyncio.to_thread(self.broker.restart)
+                self.counters.broker_restarts += 1
+                continue
+            action = rng.choice(["kill", "kill", "rebalance", "duplicate", "poison"])
+            if action == "kill":
+                name = rng.choice([n for n in self.procs if n != "api"])
+                self.procs[name].kill()
+                self.counters.kills += 1
+                await asyncio.sleep(rng.uniform(0, 1))
+                self.procs[name].start()
+            elif action == "rebalance":
+                if self.extras and rng.random() < 0.5:
+                    extra = self.extras.pop()
+                    await asyncio.to_thread(extra.terminate, 30)
+                else:
+                    role = rng.choice(["allocator", "projector"])
+                    self.extras.append(self.spawn(f"extra-{role}-{len(self.extras)}-{uuid.uuid4().hex[:4]}", role))
+                self.counters.rebalances += 1
+            elif action == "duplicate":
+                self.counters.duplicates += await self._resend(producer)
+            else:
+                for topic in (self.cfg.commands_topic, self.cfg.events_topic):
+                    junk = rng.choice([b"not json", b'{"type": "LeaseMac"}', b"\xff\xfe", b'{"partition": "x"}'])
+                    try:
+                        await producer.send_and_wait(topic, junk, partition=rng.randrange(self.cfg.partitions))
+                        self.counters.poison += 1
+                    except Exception:
+                        pass
+
+    async def _resend(self, producer: AIOKafkaProducer) -> int:
+        """Re-send recorded commands byte for byte: what a producer retry does."""
+        part = self.rng.randrange(self.cfg.partitions)
+        tp = TopicPartition(self.cfg.commands_topic, part)
+        sent = 0
+        try:
+            async with kafka.LogReader(self.cfg) as reader:
+                start = await reader.beginning(tp)
+                async for batch in reader.read_to_end(tp, start, idle=0.1):
+                    for _offset, raw in self.rng.sample(batch, min(5, len(batch))):
+                        await producer.send_and_wait(self.cfg.commands_topic, raw, partition=part)
+                        sent += 1
+                    break
+        except Exception:
+            pass
+        return sent
+
+    async def _probe_partitions(self, http) -> list[int]:
+        """Every partition must still decide and commit: one lease on each partition's pool."""
+        stuck = []
+        for part, pool in sorted(self.pools.items()):
+            body = {"namespace": "probe", "vm": f"probe-{part}", "vm_uid": "probe", "interface": "eth0", "pool": pool}
+            ok = False
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not ok:
+                try:
+                    async with http.post(self.procs["api"].url + "/v1/mac-leases", json=body,
+                                         headers={"Idempotency-Key": f"probe-{part}"}) as r:
+                        ok = r.status in (200, 201)
+                except aiohttp.ClientError:
+                    pass
+                if not ok:
+                    await asyncio.sleep(1)
+            if not ok:
+                stuck.append(part)
+        return stuck
+
+    async def _check(self, client: Client, stuck: list[int]) -> list[str]:
+        violations = [f"partition {p} stuck" for p in stuck] + client.violations
+        conn = await connect(self.cfg.database_url)
+        try:
+            live = {(r["namespace"], r["vm"], r["vm_uid"], r["interface"]): r["mac"]
+                    for r in await conn.fetch("SELECT mac, namespace, vm, vm_uid, interface FROM ipam_store.mac_leases")}
+            for owner, mac in client.confirmed.items():
+                if owner in client.uncertain:
+                    continue
+                if live.get(owner) != mac:
+                    violations.append(f"confirmed lease lost: {owner} {mac} (now {live.get(owner)})")
+            # over the whole ledger: a MAC is never leased while another owner holds it
+            held: dict[str, tuple] = {}
+            rows = await conn.fetch("SELECT body::text FROM ipam_store.ledger WHERE \"offset\" IS NOT NULL "
+                                    "AND type IN ('MacLeased', 'MacReleased') ORDER BY id")
+            for r in rows:
+                ev = _decode_event.decode(r["body"])
+                o = ev.owner
+                who = (o.namespace, o.vm, o.vm_uid, o.interface)
+                if type(ev).__name__ == "MacLeased":
+                    if ev.mac in held and held[ev.mac] != who:
+                        violations.append(f"{ev.mac} leased to {who} while held by {held[ev.mac]}")
+                    held[ev.mac] = who
+                else:
+                    held.pop(ev.mac, None)
+            report = await rebuild(conn)
+            if not report.equal:
+                violations.append(f"ledger replay differs from the live tables: {report.differences}")
+        finally:
+            await conn.close()
+        return violations
