@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-quick lint schemas clean
+.PHONY: run test bench bench-quick faults schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
+
+faults: $(STAMP)  ## fault injection: FAULT_RUNS seeded runs of FAULT_SECONDS each (one JSON line per run)
+	$(BIN)/python -m tests.faults --runs $${FAULT_RUNS:-50} --seconds $${FAULT_SECONDS:-20} --seed $${FAULT_SEED:-1}
 
 schemas: $(STAMP)
 	$(BIN)/python -m ipam.schemas export
