@@ -6,32 +6,33 @@ from __future__ import annotations
 import asyncio
 
 
+async def _try_take(role, partition: int, log) -> bool:
+    try:
+        await role.take(partition)
+        return True
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.warning("cannot take partition yet; retrying", partition=partition, error=repr(e))
+        return False
+
+
 async def take_until_done(role, partition: int, log, first_wait: float = 0.5, max_wait: float = 5.0) -> None:
     """Try once inline; on failure keep trying in the background while the partition stays ours.
 
     Safe because ``take`` always ends with a seek: records fetched for the partition before
     it is taken are skipped by the role and fetched again after the seek.
     """
-    try:
-        await role.take(partition)
+    if await _try_take(role, partition, log):
         return
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        log.warning("cannot take partition yet; retrying", partition=partition, error=repr(e))
 
     async def retry() -> None:
         wait = first_wait
         while partition in role.assigned:
             await asyncio.sleep(wait)
-            try:
-                await role.take(partition)
+            if await _try_take(role, partition, log):
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("cannot take partition yet; retrying", partition=partition, error=repr(e))
-                wait = min(max_wait, wait * 2)
+            wait = min(max_wait, wait * 2)
 
     task = asyncio.get_running_loop().create_task(retry())
     role._background.add(task)

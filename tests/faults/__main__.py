@@ -19,6 +19,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--seed", type=int, default=1, help="seed of the first run; run k uses seed + k")
     ap.add_argument("--keep", action="store_true", help="keep the Postgres server when a run finds violations")
+    ap.add_argument("--keep-postgres", action="store_true", help="always keep the Postgres server (to inspect or `ipam rebuild` it)")
     args = ap.parse_args(argv)
     logs.configure("error", "console")
     pg = PrivatePostgres().start()
@@ -34,7 +35,7 @@ async def main(argv: list[str]) -> int:
                 totals[key] += result[key]
             totals["violations"] += len(result["violations"])
     finally:
-        if args.keep and totals["violations"]:
+        if args.keep_postgres or (args.keep and totals["violations"]):
             print(json.dumps({"kept_postgres": pg.dsn, "data": pg.dir}), flush=True)
         else:
             pg.destroy()

@@ -163,7 +163,7 @@ class Run:
         return {"seed": self.seed, "seconds": self.seconds, "kills": c.kills, "rebalances": c.rebalances,
                 "duplicates_injected": c.duplicates, "poison_records": c.poison, "postgres_restarts": c.postgres_restarts,
                 "broker_restarts": c.broker_restarts, "requests": c.requests, "confirmed": c.confirmed,
-                "violations": violations, "logs": self.log_dir}
+                "violations": violations, "database": self.cfg.database_url, "logs": self.log_dir}
 
     async def _wait_api(self) -> None:
         deadline = time.monotonic() + 120
