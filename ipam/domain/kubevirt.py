@@ -1,0 +1,101 @@
+"""Which interfaces of a KubeVirt VirtualMachine get a MAC from ipam, and the JSONPatch that sets them.
+
+Pure functions over the VirtualMachine as plain JSON (what an AdmissionReview carries).
+The rule follows KubeMacPool, so a cluster can switch without surprises: an interface gets
+a MAC when its network (matched by name in ``spec.template.spec.networks``) is a Multus
+network, whatever its binding; or when it is on the pod network with the ``masquerade`` or
+``slirp`` binding.  A ``bridge`` binding on the pod network takes the pod's own MAC and is
+left alone, as are interfaces without a matching network (the API server rejects those).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+INTERFACES_PATH = "/spec/template/spec/domain/devices/interfaces"
+
+# Namespace labels: ipam's own, and KubeMacPool's, honoured so a cluster need not relabel.
+IPAM_LABEL = "ipam.kubevirt.io/mac-allocation"
+KUBEMACPOOL_LABEL = "mutatevirtualmachines.kubemacpool.io"
+
+
+@dataclass(frozen=True)
+class InterfaceNeed:
+    index: int
+    name: str
+    network: str  # "pod" or "multus"
+    requested_mac: str | None
+
+
+class SpecError(ValueError):
+    """The object is not shaped like a VirtualMachine; ``field`` is a JSON path."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _get(obj: object, path: list[str], field: str) -> object:
+    for key in path:
+        if obj is None:
+            return None
+        if not isinstance(obj, Mapping):
+            raise SpecError(field, "expected an object")
+        obj = obj.get(key)
+    return obj
+
+
+def interfaces_needing_macs(vm: Mapping) -> list[InterfaceNeed]:
+    template = _get(vm, ["spec", "template", "spec"], "spec.template.spec")
+    if template is None:
+        return []
+    interfaces = _get(template, ["domain", "devices", "interfaces"], "spec.template.spec.domain.devices.interfaces") or []
+    networks = _get(template, ["networks"], "spec.template.spec.networks") or []
+    if not isinstance(interfaces, list):
+        raise SpecError("spec.template.spec.domain.devices.interfaces", "expected a list")
+    if not isinstance(networks, list):
+        raise SpecError("spec.template.spec.networks", "expected a list")
+    by_name = {n.get("name"): n for n in networks if isinstance(n, Mapping)}
+    needs = []
+    for index, iface in enumerate(interfaces):
+        field = f"spec.template.spec.domain.devices.interfaces[{index}]"
+        if not isinstance(iface, Mapping) or not isinstance(iface.get("name"), str):
+            raise SpecError(field, "an interface needs a name")
+        network = by_name.get(iface["name"])
+        if network is None:
+            continue
+        if "multus" in network:
+            kind = "multus"
+        elif "pod" in network and ("masquerade" in iface or "slirp" in iface):
+            kind = "pod"
+        else:
+            continue
+        mac = iface.get("macAddress")
+        if mac is not None and not isinstance(mac, str):
+            raise SpecError(f"{field}.macAddress", "expected a string")
+        needs.append(InterfaceNeed(index=index, name=iface["name"], network=kind, requested_mac=mac or None))
+    return needs
+
+
+def mac_patch(assigned: Mapping[int, str], needs: list[InterfaceNeed]) -> list[dict]:
+    """JSONPatch ops setting ``macAddress`` on the interfaces that lacked one (RFC 6902 ``add``)."""
+    return [
+        {"op": "add", "path": f"{INTERFACES_PATH}/{need.index}/macAddress", "value": assigned[need.index]}
+        for need in needs
+        if need.requested_mac is None and need.index in assigned
+    ]
+
+
+def namespace_allows(labels: Mapping[str, str] | None, opt_in_required: bool) -> bool:
+    """Whether ipam assigns MACs in a namespace with these labels.
+
+    ``ignore`` under either label opts out; ``allocate`` under either opts in; with neither,
+    the namespace is in unless ``opt_in_required``.
+    """
+    values = {(labels or {}).get(IPAM_LABEL), (labels or {}).get(KUBEMACPOOL_LABEL)}
+    if "ignore" in values:
+        return False
+    if "allocate" in values:
+        return True
+    return not opt_in_required
