@@ -63,11 +63,13 @@ def env_of(cfg: Config) -> dict[str, str]:
 class ServiceProcess:
     """`ipam serve` as a child process, so a test can kill -9 it."""
 
-    def __init__(self, cfg: Config, roles: tuple[str, ...] = ("all",), log_path: str | None = None) -> None:
+    def __init__(self, cfg: Config, roles: tuple[str, ...] = ("all",), log_path: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         port = free_port() if cfg.http_addr.endswith(":0") else int(cfg.http_addr.rsplit(":", 1)[1])
         self.cfg = cfg
         self.env = env_of(cfg)
         self.env["IPAM_HTTP_ADDR"] = f"127.0.0.1:{port}"
+        self.env.update(extra_env or {})
         self.url = f"http://127.0.0.1:{port}"
         self.roles = roles
         self.log_path = log_path or f"/tmp/ipam-test-{uuid.uuid4().hex[:8]}.log"

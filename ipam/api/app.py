@@ -246,6 +246,7 @@ class Api:
         except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
             checks["database"] = False
         checks["notifications"] = await self.bus.healthy()
+        checks["broker"] = await self.bus.broker_reachable()
         ok = all(checks.values())
         return _reply({"ready": ok, "checks": checks}, 200 if ok else 503)
 

@@ -65,6 +65,13 @@ class CommandBus:
             await self._listener.close()
         await self._producer.stop()
 
+    async def broker_reachable(self, timeout: float = 2.0) -> bool:
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+            return True
+        except Exception:
+            return False
+
     async def healthy(self) -> bool:
         return self._listener is not None and not self._listener.is_closed()
 

@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
+from .. import failpoints
 from ..adapters import kafka
 from ..adapters.postgres.partitions import claim, load_fences, load_pools, load_state, set_fence
 from ..config import Config
@@ -149,8 +150,10 @@ class Allocator:
                     for rec in await self._decide_one(tp.partition, owned, msg.offset, msg.value):
                         sends.append(self._producer.send(events_topic, record_encoder.encode(rec), partition=tp.partition))
             if sends:
+                failpoints.hit("allocator.before_produce")
                 futures = await asyncio.gather(*sends)
                 await asyncio.gather(*futures)
+                failpoints.hit("allocator.after_produce")
 
     async def _decide_one(self, partition: int, owned: Owned, offset: int, raw: bytes) -> list[EventRecord]:
         try:

@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
+from .. import failpoints
 from ..adapters import kafka
 from ..adapters.postgres.projection import OffsetConflict, Projector, SequenceGap, prune_outcomes
 from ..config import Config
@@ -107,6 +108,7 @@ class ProjectorRole:
                                 expected=expected, stored=e.stored)
                     await self.take(tp.partition)
                     continue
+                failpoints.hit("projector.after_commit")
                 self.positions[tp.partition] = result.next_offset
                 self.applied += result.applied
                 for offset, raw, reason in result.dead_letters:

@@ -23,7 +23,7 @@ async def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     logs.configure("error", "console")
     pg = PrivatePostgres().start()
-    totals = {"runs": 0, "kills": 0, "rebalances": 0, "duplicates_injected": 0, "poison_records": 0, "violations": 0,
+    totals = {"runs": 0, "kills": 0, "failpoint_deaths": 0, "failpoints": {}, "rebalances": 0, "duplicates_injected": 0, "poison_records": 0, "violations": 0,
               "seeds": []}
     try:
         for k in range(args.runs):
@@ -31,8 +31,10 @@ async def main(argv: list[str]) -> int:
             print(json.dumps(result), flush=True)
             totals["runs"] += 1
             totals["seeds"].append(result["seed"])
-            for key in ("kills", "rebalances", "duplicates_injected", "poison_records"):
+            for key in ("kills", "failpoint_deaths", "rebalances", "duplicates_injected", "poison_records"):
                 totals[key] += result[key]
+            for name, count in result["failpoints"].items():
+                totals["failpoints"][name] = totals["failpoints"].get(name, 0) + count
             totals["violations"] += len(result["violations"])
     finally:
         if args.keep_postgres or (args.keep and totals["violations"]):

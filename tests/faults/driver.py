@@ -37,9 +37,16 @@ from ..harness import ServiceProcess, create_database, make_config
 _decode_event = __import__("msgspec").json.Decoder(AnyEvent)
 
 
+FAILPOINTS = {
+    "allocator": "allocator.before_produce:0.01,allocator.after_produce:0.01",
+    "projector": "projector.mid_batch:0.01,projector.after_commit:0.01",
+}
+
+
 @dataclasses.dataclass
 class Counters:
     kills: int = 0
+    failpoint_deaths: int = 0
     rebalances: int = 0
     duplicates: int = 0
     poison: int = 0
@@ -114,8 +121,28 @@ class Run:
         import os
 
         os.makedirs(self.log_dir, exist_ok=True)
-        proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log").start()
+        env = {"IPAM_FAILPOINTS": FAILPOINTS[role]} if role in FAILPOINTS else {}
+        proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log", extra_env=env).start()
         return proc
+
+    def restart_the_dead(self) -> None:
+        """Processes a failpoint killed come back, as a Deployment would bring them back."""
+        for p in [*self.procs.values(), *self.extras]:
+            if p.proc.poll() is not None:
+                self.counters.failpoint_deaths += 1
+                p.start()
+
+    def failpoint_hits(self) -> dict[str, int]:
+        import glob
+
+        hits: dict[str, int] = {}
+        for path in glob.glob(f"{self.log_dir}/*.log"):
+            with open(path, errors="replace") as f:
+                for line in f:
+                    if '"failpoint hit"' in line:
+                        name = json.loads(line)["failpoint"]
+                        hits[name] = hits.get(name, 0) + 1
+        return dict(sorted(hits.items()))
 
     async def run(self) -> dict:
         self.broker = LocalBroker().start()
@@ -154,13 +181,17 @@ class Run:
                 await asyncio.gather(*workers)
             finally:
                 await producer.stop()
-            for name, p in self.procs.items():
+            # from here on no process may die: the probe and the checks need a quiet system
+            for p in [*self.procs.values(), *self.extras]:
+                p.env.pop("IPAM_FAILPOINTS", None)
                 if p.proc.poll() is not None:
+                    self.counters.failpoint_deaths += 1
                     p.start()
             stuck = await self._probe_partitions(http)
         violations = await self._check(client, stuck)
         c = self.counters
-        return {"seed": self.seed, "seconds": self.seconds, "kills": c.kills, "rebalances": c.rebalances,
+        return {"seed": self.seed, "seconds": self.seconds, "kills": c.kills, "failpoint_deaths": c.failpoint_deaths,
+                "failpoints": self.failpoint_hits(), "rebalances": c.rebalances,
                 "duplicates_injected": c.duplicates, "poison_records": c.poison, "postgres_restarts": c.postgres_restarts,
                 "broker_restarts": c.broker_restarts, "requests": c.requests, "confirmed": c.confirmed,
                 "violations": violations, "database": self.cfg.database_url, "logs": self.log_dir}
@@ -211,6 +242,7 @@ class Run:
         broker_at = start + self.seconds * rng.uniform(0.6, 0.75)
         while time.monotonic() - start < self.seconds:
             await asyncio.sleep(rng.uniform(0.3, 1.5))
+            self.restart_the_dead()
             now = time.monotonic()
             if pg_at and now >= pg_at:
                 pg_at = 0

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import msgspec
 
+from ... import failpoints
+
 from ...domain.allocation import mac_of
 from ...domain.fencing import Fences
 from ...domain.mac import format_mac, unicast_below
@@ -165,6 +167,7 @@ class Projector:
                 elif kind is PoolCreated:
                     pools.append(_pool_row(ev, self._partition_of(ev.name)))
             await self._write(conn, ledger, pools, leases, quarantine, cursors)
+            failpoints.hit("projector.mid_batch")
             await _write_outcomes(conn, partition, outcomes, complete)
             await conn.execute(
                 """UPDATE ipam_store.partitions SET events_offset = $2,
