@@ -106,8 +106,11 @@ class Allocator:
             if not await set_fence(conn, partition, row.epoch, position):
                 log.warning("partition claimed by a newer allocator while catching up", partition=partition, epoch=row.epoch)
                 return
-        self.owned[partition] = Owned(state=state, epoch=row.epoch, position=resume)
+        if partition not in self.assigned:
+            return  # revoked while we were loading: someone else owns it now
         self._consumer.seek(TopicPartition(cfg.commands_topic, partition), resume)
+        # Only now is it ours: a failed seek must not leave a stale state behind.
+        self.owned[partition] = Owned(state=state, epoch=row.epoch, position=resume)
         log.info(
             "partition ready", partition=partition, epoch=row.epoch, generation=row.generation,
             pools=len(state.books), leases=sum(len(b.by_mac) for b in state.books.values()),

@@ -63,8 +63,10 @@ class ProjectorRole:
         if gap is not None and gap[0] != row.generation:
             del self._verified_gaps[partition]  # the log was reset: that gap belonged to the old one
         self._generations[partition] = row.generation
-        self.positions[partition] = row.events_offset
+        if partition not in self.assigned:
+            return
         self._consumer.seek(TopicPartition(self.cfg.events_topic, partition), row.events_offset)
+        self.positions[partition] = row.events_offset
         log.info("projecting partition", partition=partition, offset=row.events_offset, generation=row.generation)
 
     async def recover(self) -> None:

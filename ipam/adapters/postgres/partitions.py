@@ -10,7 +10,9 @@ import msgspec
 
 from ...domain.allocation import PoolBook, State, mac_of
 from ...domain.fencing import Fences
-from ...domain.messages import Owner
+from ...domain.messages import EVENT_TYPES, Owner
+
+EVENT_TAGS = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
 from ...domain.pools import MacRange, Pool
 
 
@@ -194,10 +196,14 @@ async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms:
             ):
                 if r["until"] > now_ms:
                     state.books[r["pool"]].quarantine[mac_of(r["mac"])] = r["until"]
+    # Only events that were applied: a command whose events were dropped (zombie epoch,
+    # duplicate, poison) was not decided, and its next delivery must be decided.
     rows = await conn.fetch(
-        "SELECT command_id FROM ipam_store.ledger WHERE partition = $1 AND \"offset\" IS NOT NULL ORDER BY id DESC LIMIT $2",
+        "SELECT command_id FROM ipam_store.ledger WHERE partition = $1 AND \"offset\" IS NOT NULL "
+        "AND type = ANY($3::text[]) ORDER BY id DESC LIMIT $2",
         partition,
         recent_max,
+        list(EVENT_TAGS),
     )
     for r in reversed(rows):
         state.remember(r["command_id"])
