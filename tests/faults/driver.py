@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import signal
 import time
 import uuid
 
@@ -38,8 +39,8 @@ _decode_event = __import__("msgspec").json.Decoder(AnyEvent)
 
 
 FAILPOINTS = {
-    "allocator": "allocator.before_produce:0.01,allocator.after_produce:0.01",
-    "projector": "projector.mid_batch:0.01,projector.after_commit:0.01",
+    "allocator": "allocator.before_produce:0.003,allocator.after_produce:0.003",
+    "projector": "projector.mid_batch:0.003,projector.after_commit:0.003",
 }
 
 
@@ -115,6 +116,7 @@ class Run:
         self.counters = Counters()
         self.procs: dict[str, ServiceProcess] = {}
         self.extras: list[ServiceProcess] = []
+        self.leaving: list[ServiceProcess] = []
         self.log_dir = f"/tmp/ipam-faults-{seed}-{uuid.uuid4().hex[:6]}"
 
     def spawn(self, name: str, role: str) -> ServiceProcess:
@@ -152,7 +154,7 @@ class Run:
         try:
             return await self._run()
         finally:
-            for p in [*self.procs.values(), *self.extras]:
+            for p in [*self.procs.values(), *self.extras, *self.leaving]:
                 p.kill()
             self.broker.stop()
 
@@ -165,6 +167,10 @@ class Run:
         await self.procs["api"].wait_ready(timeout=120) if False else await self._wait_api()
         async with aiohttp.ClientSession() as http:
             await self._create_pools(http)
+            # chaos starts once every partition decides and commits (otherwise runs measure start-up)
+            not_ready = await self._probe_partitions(http, "warmup")
+            if not_ready:
+                raise RuntimeError(f"partitions {not_ready} never became ready")
             client = Client(self.procs["api"].url, random.Random(self.seed * 7919), owners=400)
             stop = asyncio.Event()
 
@@ -254,6 +260,8 @@ class Run:
                 await asyncio.to_thread(self.broker.restart)
                 self.counters.broker_restarts += 1
                 continue
+            if time.monotonic() - start >= self.seconds:
+                break
             action = rng.choice(["kill", "kill", "rebalance", "duplicate", "poison"])
             if action == "kill":
                 name = rng.choice([n for n in self.procs if n != "api"])
@@ -264,7 +272,8 @@ class Run:
             elif action == "rebalance":
                 if self.extras and rng.random() < 0.5:
                     extra = self.extras.pop()
-                    await asyncio.to_thread(extra.terminate, 30)
+                    extra.proc.send_signal(signal.SIGTERM)  # leaves the group; reaped at the end
+                    self.leaving.append(extra)
                 else:
                     role = rng.choice(["allocator", "projector"])
                     self.extras.append(self.spawn(f"extra-{role}-{len(self.extras)}-{uuid.uuid4().hex[:4]}", role))
@@ -279,6 +288,14 @@ class Run:
                         self.counters.poison += 1
                     except Exception:
                         pass
+
+        # every run restarts Postgres and the broker once, even if the loop ran long
+        if pg_at:
+            await asyncio.to_thread(self.pg.restart)
+            self.counters.postgres_restarts += 1
+        if broker_at:
+            await asyncio.to_thread(self.broker.restart)
+            self.counters.broker_restarts += 1
 
     async def _resend(self, producer: AIOKafkaProducer) -> int:
         """Re-send recorded commands byte for byte: what a producer retry does."""
@@ -297,17 +314,17 @@ class Run:
             pass
         return sent
 
-    async def _probe_partitions(self, http) -> list[int]:
+    async def _probe_partitions(self, http, name: str = "probe") -> list[int]:
         """Every partition must still decide and commit: one lease on each partition's pool."""
         stuck = []
         for part, pool in sorted(self.pools.items()):
-            body = {"namespace": "probe", "vm": f"probe-{part}", "vm_uid": "probe", "interface": "eth0", "pool": pool}
+            body = {"namespace": name, "vm": f"{name}-{part}", "vm_uid": name, "interface": "eth0", "pool": pool}
             ok = False
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not ok:
                 try:
                     async with http.post(self.procs["api"].url + "/v1/mac-leases", json=body,
-                                         headers={"Idempotency-Key": f"probe-{part}"}) as r:
+                                         headers={"Idempotency-Key": f"{name}-{part}"}) as r:
                         ok = r.status in (200, 201)
                 except aiohttp.ClientError:
                     pass
