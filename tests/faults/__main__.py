@@ -27,7 +27,11 @@ async def main(argv: list[str]) -> int:
               "seeds": []}
     try:
         for k in range(args.runs):
-            result = await Run(args.seed + k, args.seconds, pg).run()
+            try:
+                result = await Run(args.seed + k, args.seconds, pg).run()
+            except Exception as e:  # a run that cannot finish is a failure, not the end of the batch
+                result = {"seed": args.seed + k, "kills": 0, "failpoint_deaths": 0, "failpoints": {}, "rebalances": 0,
+                          "duplicates_injected": 0, "poison_records": 0, "violations": [f"run failed: {e!r}"]}
             print(json.dumps(result), flush=True)
             totals["runs"] += 1
             totals["seeds"].append(result["seed"])

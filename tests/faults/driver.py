@@ -329,6 +329,7 @@ class Run:
                 except aiohttp.ClientError:
                     pass
                 if not ok:
+                    self.restart_the_dead()
                     await asyncio.sleep(1)
             if not ok:
                 stuck.append(part)
