@@ -94,6 +94,10 @@ async def missing_topics(cfg: Config) -> list[str]:
     return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
+class CatchUpStalled(RuntimeError):
+    """Reading a partition to its end made no progress."""
+
+
 class LogReader:
     """A group-less consumer used to read exact positions (catch-up, log-continuity checks)."""
 
@@ -131,12 +135,13 @@ class LogReader:
                     return msg.value if msg.offset == offset else None
             return None
 
-    async def read_to_end(self, tp: TopicPartition, start: int, idle: float = 0.3):
+    async def read_to_end(self, tp: TopicPartition, start: int, idle: float = 0.3, stall: float = 10.0):
         """Yield (offset, value) batches from ``start`` until the log is quiet.
 
         We do not trust the broker's end offset alone (Tansu under-reports it after a
         multi-record batch): we read until the end offset is reached *and* a fetch comes
-        back empty.
+        back empty.  If the end offset is not reached and nothing arrives for ``stall``
+        seconds, raise rather than wait forever: the caller retries with a fresh consumer.
         """
         async with self._lock:
             self._consumer.assign([tp])
@@ -145,15 +150,20 @@ class LogReader:
             position = start
             loop = asyncio.get_running_loop()
             quiet_since = None
+            progress_at = loop.time()
             while True:
                 got = await self._consumer.getmany(tp, timeout_ms=100, max_records=10000)
                 msgs = got.get(tp, [])
                 if msgs:
                     quiet_since = None
+                    progress_at = loop.time()
                     position = msgs[-1].offset + 1
                     yield [(m.offset, m.value) for m in msgs]
                     continue
                 if position < end:
+                    if loop.time() - progress_at > stall:
+                        raise CatchUpStalled(f"{tp.topic}[{tp.partition}]: no records past {position} for {stall:.0f}s, "
+                                             f"broker says the log ends at {end}")
                     continue
                 now = loop.time()
                 if quiet_since is None:

@@ -88,6 +88,7 @@ class Allocator:
             fences = await load_fences(conn, partition, row.generation)
         resume = row.commands_offset
         position = row.events_offset
+        log.info("catching up", partition=partition, epoch=row.epoch, generation=row.generation, events_offset=position)
         caught_up = 0
         async for batch in reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
             for offset, raw in batch:
