@@ -65,6 +65,7 @@ class Client:
         self.confirmed: dict[tuple, str] = {}  # owner -> mac the service confirmed
         self.uncertain: set[tuple] = set()  # owners whose last change has an unknown outcome
         self.violations: list[str] = []
+        self.locks: dict[tuple, asyncio.Lock] = {}
 
     def owner(self) -> dict:
         i = self.rng.randrange(self.owners)
@@ -86,6 +87,12 @@ class Client:
     async def step(self, http, counters: Counters) -> None:
         o = self.owner()
         key = (o["namespace"], o["vm"], o["vm_uid"], o["interface"])
+        # One request per owner at a time: with a lease and a release of the same owner in flight
+        # together, answers can arrive in another order than the decisions, and the model would lie.
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            await self._step(http, counters, o, key)
+
+    async def _step(self, http, counters: Counters, o: dict, key: tuple) -> None:
         counters.requests += 1
         if key in self.confirmed and self.rng.random() < 0.3:
             got = await self.call(http, "DELETE", f"/v1/mac-leases/{o['namespace']}/{o['vm']}", None, f"rel-{uuid.uuid4()}")
