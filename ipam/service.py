@@ -98,7 +98,7 @@ class Service:
         return self
 
     async def _supervise(self, role) -> None:
-        """Keep a role running through broker hiccups: log, back off, go on."""
+        """Keep a role running through broker and database hiccups: recover from Postgres, go on."""
         while True:
             try:
                 await role.run()
@@ -107,29 +107,19 @@ class Service:
                 raise
             except Exception as e:
                 log.error("role failed; recovering its partitions from Postgres", role=type(role).__name__, error=repr(e))
-                while True:
-                    await asyncio.sleep(1)
-                    try:
-                        await role.recover()
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as again:
-                        log.warning("recovery failed; retrying", role=type(role).__name__, error=repr(again))
+                while not await _attempt(role.recover, "recovery failed; retrying", role=type(role).__name__):
+                    pass
 
     async def _watch_topics(self) -> None:
         """A broker that lost its topics (the memory-only one after a restart) gets them back."""
         while not self._stopping:
-            await asyncio.sleep(2)
-            try:
-                missing = await missing_topics(self.cfg)
-                if missing:
-                    log.warning("topics missing on the broker; creating them again", topics=missing)
-                    await ensure_topics(self.cfg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # broker down: try again later
-                log.warning("cannot check topics", error=str(e))
+            await _attempt(self._recreate_missing_topics, "cannot check topics")
+
+    async def _recreate_missing_topics(self) -> None:
+        missing = await missing_topics(self.cfg)
+        if missing:
+            log.warning("topics missing on the broker; creating them again", topics=missing)
+            await ensure_topics(self.cfg)
 
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -169,6 +159,19 @@ class Service:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+async def _attempt(step, failure: str, pause: float = 1.0, **context) -> bool:
+    """Wait ``pause``, run ``step``; log ``failure`` and return False if it raised."""
+    await asyncio.sleep(pause)
+    try:
+        await step()
+        return True
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.warning(failure, error=repr(e), **context)
+        return False
 
 
 async def serve_forever(cfg: Config, roles: set[str]) -> None:

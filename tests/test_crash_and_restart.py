@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 
 import asyncpg
-import pytest
 
 from ipam.devenv import LocalBroker
 from ipam.service import Service

@@ -7,6 +7,7 @@ transactions (the local Tansu broker has neither): exactly-once comes from Postg
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,8 +18,11 @@ from ..config import Config
 TOPIC_EXISTS = 36
 
 
+@functools.lru_cache(maxsize=65536)
 def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2, positive), so Java clients agree with us."""
+    """Kafka's default partitioner (murmur2, positive), so Java clients agree with us.
+
+    Cached: it runs for every command, keys are pool names, and murmur2 is pure Python."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .mac import MacFormatError, format_mac, parse_mac, unicast_below
 
@@ -21,16 +21,13 @@ class MacRange:
 
     first: int
     last: int
+    lo: int = field(init=False, compare=False)  # unicast ordinal of the first usable address
+    size: int = field(init=False, compare=False)  # number of unicast addresses in the range
 
-    @property
-    def lo(self) -> int:
-        """Unicast ordinal of the first usable address."""
-        return unicast_below(self.first)
-
-    @property
-    def size(self) -> int:
-        """Number of unicast addresses in the range."""
-        return unicast_below(self.last + 1) - unicast_below(self.first)
+    def __post_init__(self) -> None:
+        # derived once: evolve needs both for every lease event
+        object.__setattr__(self, "lo", unicast_below(self.first))
+        object.__setattr__(self, "size", unicast_below(self.last + 1) - self.lo)
 
     def __contains__(self, mac: int) -> bool:
         return self.first <= mac <= self.last

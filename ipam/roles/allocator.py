@@ -55,7 +55,6 @@ class Allocator:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._pools_refreshed = 0
-        self.decided = 0
 
     @property
     def ready(self) -> bool:
@@ -194,7 +193,6 @@ class Allocator:
                 EventRecord(partition=partition, epoch=owned.epoch, seq=owned.seq, source_offset=offset,
                             last=i == len(events) - 1, event=ev)
             )
-        self.decided += 1
         return out
 
     async def _refresh_pools(self, command_at: int) -> None:

@@ -31,13 +31,12 @@ class ProjectorRole:
         self._verified_gaps: dict[int, tuple[int, int]] = {}  # partition -> (generation, offset)
         self._generations: dict[int, int] = {}
         self.assigned: set[int] = set()
-        self._projector = Projector(cfg.partitions, lambda name: kafka.partition_for(name, cfg.partitions))
+        self._projector = Projector(lambda name: kafka.partition_for(name, cfg.partitions))
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-projector", max_partition_fetch_bytes=8 * 1024 * 1024)
         self._producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._pruned_at = 0.0
-        self.applied = 0
 
     @property
     def ready(self) -> bool:
@@ -112,7 +111,6 @@ class ProjectorRole:
                     continue
                 failpoints.hit("projector.after_commit")
                 self.positions[tp.partition] = result.next_offset
-                self.applied += result.applied
                 for offset, raw, reason in result.dead_letters:
                     await kafka.dead_letter(self._producer, self.cfg, self.cfg.events_topic, tp.partition, offset, raw, reason)
                 if result.dropped or result.poison or result.duplicates:

@@ -24,7 +24,6 @@ import time
 import uuid
 
 import aiohttp
-import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from ipam.adapters import kafka
@@ -171,7 +170,7 @@ class Run:
             self.procs[name] = self.spawn(name, "allocator")
         for name in ("projector-1", "projector-2"):
             self.procs[name] = self.spawn(name, "projector")
-        await self.procs["api"].wait_ready(timeout=120) if False else await self._wait_api()
+        await self._wait_api()
         async with aiohttp.ClientSession() as http:
             await self._create_pools(http)
             # chaos starts once every partition decides and commits (otherwise runs measure start-up)

@@ -21,7 +21,7 @@ from ... import failpoints
 from ...domain.allocation import mac_of
 from ...domain.fencing import Fences
 from ...domain.mac import format_mac, unicast_below
-from ...domain.messages import CommandRejected, MacLeased, MacLeaseReturned, MacReleased, PoolCreated, encoder
+from ...domain.messages import MacLeased, MacReleased, PoolCreated, encoder
 from ...domain.pools import parse_range
 from ...domain.records import EventRecord, record_decoder
 from .partitions import load_fences
@@ -75,10 +75,9 @@ def _ts(ms: int) -> dt.datetime:
 class Projector:
     """Applies batches of one partition at a time; keeps the fences it has seen."""
 
-    def __init__(self, partitions: int, partition_of) -> None:
+    def __init__(self, partition_of) -> None:
         self._fences: dict[int, tuple[int, Fences]] = {}
         self._partition_of = partition_of  # pool name -> partition, for new pools
-        self.partitions = partitions
 
     def forget(self, partition: int) -> None:
         self._fences.pop(partition, None)
@@ -145,7 +144,7 @@ class Projector:
                 if rec.source_offset + 1 > commands_offset:
                     commands_offset = rec.source_offset + 1
                     last_command_id = ev.command_id
-                ledger.append(_ledger_row(generation, partition, offset, rec, raw))
+                ledger.append(_ledger_row(generation, partition, offset, rec))
                 outcomes.setdefault(ev.command_id, []).append(msgspec.json.decode(encoder.encode(ev)))
                 if rec.last:
                     complete.add(ev.command_id)
@@ -250,7 +249,7 @@ def _pool_row(ev: PoolCreated, partition: int) -> tuple:
     return (ev.name, first, last, lo, hi, None if lo is None else unicast_below(lo), size, list(ev.namespaces), ev.default, ev.range is None, ev.start, partition, _ts(ev.at), ev.command_id)
 
 
-def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord, raw: bytes) -> tuple:
+def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) -> tuple:
     ev = rec.event
     owner = getattr(ev, "owner", None) or getattr(ev, "holder", None)
     mac = getattr(ev, "mac", None)
