@@ -99,7 +99,14 @@ async def missing_topics(cfg: Config) -> list[str]:
 
 
 class CatchUpStalled(RuntimeError):
-    """Reading a partition to its end made no progress."""
+    """Reading a partition to its end made no progress: the broker says records exist that it does not serve."""
+
+    def __init__(self, tp: TopicPartition, position: int, end: int, stall: float) -> None:
+        super().__init__(f"{tp.topic}[{tp.partition}]: no records past {position} for {stall:.0f}s, "
+                         f"broker says the log ends at {end}")
+        self.tp = tp
+        self.position = position
+        self.end = end
 
 
 class LogReader:
@@ -124,6 +131,9 @@ class LogReader:
 
     async def beginning(self, tp: TopicPartition) -> int:
         return (await self._consumer.beginning_offsets([tp]))[tp]
+
+    async def end(self, tp: TopicPartition) -> int:
+        return (await self._consumer.end_offsets([tp]))[tp]
 
     async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None:
         """The value of the record at ``offset``, or None when the log does not hold it."""
@@ -166,8 +176,7 @@ class LogReader:
                     continue
                 if position < end:
                     if loop.time() - progress_at > stall:
-                        raise CatchUpStalled(f"{tp.topic}[{tp.partition}]: no records past {position} for {stall:.0f}s, "
-                                             f"broker says the log ends at {end}")
+                        raise CatchUpStalled(tp, position, end, stall)
                     continue
                 now = loop.time()
                 if quiet_since is None:

@@ -23,13 +23,13 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from .. import failpoints
 from ..adapters import kafka
-from ..adapters.postgres.partitions import claim, load_fences, load_pools, load_state, set_fence
+from ..adapters.postgres.partitions import claim, load_fences, load_pools, load_state, read_partition, set_fence
 from ..config import Config
 from ..domain.allocation import State, decide, evolve, stream_key
 from ..domain.messages import CommandRejected, CreatePool, command_decoder
 from ..domain.records import EventRecord, record_decoder
 from .ownership import take_until_done
-from .continuity import command_id_of, ensure_continuity
+from .continuity import command_id_of, ensure_continuity, skip_unserved
 
 log = structlog.get_logger("ipam.allocator")
 record_encoder = msgspec.json.Encoder()
@@ -55,6 +55,7 @@ class Allocator:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._pools_refreshed = 0
+        self._stalls: dict[int, tuple[int, int]] = {}  # partition -> (generation, position) of the last stall
 
     @property
     def ready(self) -> bool:
@@ -89,19 +90,24 @@ class Allocator:
         position = row.events_offset
         log.info("catching up", partition=partition, epoch=row.epoch, generation=row.generation, events_offset=position)
         caught_up = 0
-        async for batch in reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
-            for offset, raw in batch:
-                position = offset + 1
-                try:
-                    rec = record_decoder.decode(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue  # the projector notes it in the ledger
-                if rec.epoch >= row.epoch or not fences.admits(rec.epoch, offset):
-                    continue
-                evolve(state, rec.event)
-                caught_up += 1
-                if rec.source_offset + 1 > resume:
-                    resume = rec.source_offset + 1
+        try:
+            async for batch in reader.read_to_end(TopicPartition(cfg.events_topic, partition), row.events_offset):
+                for offset, raw in batch:
+                    position = offset + 1
+                    try:
+                        rec = record_decoder.decode(raw)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue  # the projector notes it in the ledger
+                    if rec.epoch >= row.epoch or not fences.admits(rec.epoch, offset):
+                        continue
+                    evolve(state, rec.event)
+                    caught_up += 1
+                    if rec.source_offset + 1 > resume:
+                        resume = rec.source_offset + 1
+        except kafka.CatchUpStalled as stalled:
+            await self._stalled(reader, partition, row, stalled)
+            raise
+        self._stalls.pop(partition, None)
         async with self.db.acquire() as conn:
             if not await set_fence(conn, partition, row.epoch, position):
                 log.warning("partition claimed by a newer allocator while catching up", partition=partition, epoch=row.epoch)
@@ -116,6 +122,17 @@ class Allocator:
             pools=len(state.books), leases=sum(len(b.by_mac) for b in state.books.values()),
             caught_up=caught_up, commands_offset=resume, events_offset=position,
         )
+
+    async def _stalled(self, reader: kafka.LogReader, partition: int, row, stalled: kafka.CatchUpStalled) -> None:
+        """A stall can be a slow broker; the same stall twice in a row, at the same place, is an unserved range."""
+        where = (row.generation, stalled.position)
+        if self._stalls.get(partition) != where:
+            self._stalls[partition] = where
+            return
+        del self._stalls[partition]
+        async with self.db.acquire() as conn:
+            seen = await read_partition(conn, partition)
+            await skip_unserved(conn, reader, self.cfg, seen, stalled)
 
     async def recover(self) -> None:
         """After a failure mid-batch the consumer may be past undecided commands: take everything again."""

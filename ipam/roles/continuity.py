@@ -12,7 +12,7 @@ import msgspec
 import structlog
 from aiokafka import TopicPartition
 
-from ..adapters.kafka import LogReader
+from ..adapters.kafka import CatchUpStalled, LogReader
 from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
@@ -36,7 +36,12 @@ def command_id_of(raw: bytes, partition: int, offset: int) -> str:
 async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
     if row.events_offset == 0:
         return True
-    raw = await reader.record_at(TopicPartition(cfg.events_topic, row.partition), row.events_offset - 1)
+    tp = TopicPartition(cfg.events_topic, row.partition)
+    if row.last_epoch is None and row.last_record_hash is None:
+        # Nothing consumed yet in this generation, which began past offset 0 (an unserved
+        # range was skipped): intact while the log still reaches that start.
+        return await reader.beginning(tp) <= row.events_offset <= await reader.end(tp)
+    raw = await reader.record_at(tp, row.events_offset - 1)
     if raw is None:
         return False
     if row.last_record_hash is not None:
@@ -84,3 +89,31 @@ async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int
                 events_offset=row.events_offset, commands_offset=row.commands_offset,
             )
             return new
+
+
+async def skip_unserved(conn, reader: LogReader, cfg: Config, seen: PartitionRow, stalled: CatchUpStalled) -> bool:
+    """Step over events the broker lists but never serves, by starting a new generation past them.
+
+    Seen once in about thirty local-broker restarts under load: a partition reports an end
+    offset past records no fetch ever returns, so catch-up and projection both wait forever.
+    Nothing in that range was projected, so nothing in it was ever confirmed to anyone:
+    starting the new generation at the end offset drops those events, and the next owner
+    decides their commands again from the commands log (command ids keep that harmless).
+    Compare-and-set on the row: if the projector moved, the range was served after all.
+    """
+    tp = TopicPartition(cfg.events_topic, seen.partition)
+    end = await reader.end(tp)
+    if seen.events_offset > stalled.position or end <= stalled.position:
+        return False
+    new = await reset_log(
+        conn, seen.partition, seen, events_start=end, commands_start=None,
+        reason=f"events log lists offsets {stalled.position}..{end - 1} but does not serve them",
+    )
+    if new is None:
+        return False
+    log.warning(
+        "events the broker does not serve were skipped: their commands will be decided again",
+        partition=seen.partition, unserved_from=stalled.position, unserved_to=end - 1, generation=new.generation,
+        projected_offset=seen.events_offset,
+    )
+    return True

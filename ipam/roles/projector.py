@@ -37,6 +37,7 @@ class ProjectorRole:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._pruned_at = 0.0
+        self._generations_checked = 0.0
 
     @property
     def ready(self) -> bool:
@@ -117,6 +118,22 @@ class ProjectorRole:
                     log.warning("records skipped", partition=tp.partition, zombie=result.dropped, poison=result.poison,
                                 duplicates=result.duplicates)
             await self._maybe_prune()
+            await self._follow_generations()
+
+    async def _follow_generations(self) -> None:
+        """Notice a new log generation someone else started (an allocator that stepped over an
+        unserved range): no record tells us, because the broker serves nothing where we wait."""
+        if time.monotonic() - self._generations_checked < 2.0 or not self.positions:
+            return
+        self._generations_checked = time.monotonic()
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch("SELECT partition, generation FROM ipam_store.partitions WHERE partition = ANY($1::int[])",
+                                    list(self.positions))
+        for r in rows:
+            if r["generation"] != self._generations.get(r["partition"]) and r["partition"] in self.positions:
+                log.warning("partition moved to a new log generation; following it", partition=r["partition"],
+                            generation=r["generation"])
+                await self.take(r["partition"])
 
     async def _maybe_prune(self) -> None:
         if time.monotonic() - self._pruned_at < 60:
