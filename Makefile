@@ -29,7 +29,7 @@ faults: $(STAMP)  ## fault injection: FAULT_RUNS seeded runs of FAULT_SECONDS ea
 	$(BIN)/python -m tests.faults --runs $${FAULT_RUNS:-50} --seconds $${FAULT_SECONDS:-20} --seed $${FAULT_SEED:-1}
 
 schemas: $(STAMP)
-	$(BIN)/python -m ipam.schemas export
+	$(BIN)/ipam schemas export
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -75,6 +75,21 @@ def _objects(doc: dict) -> dict[str, dict]:
     return {name: d for name, d in defs.items() if d.get("type") == "object"}
 
 
+def _widens(old: dict, new: dict) -> bool:
+    """Same type, or a tagged union that only gained members (every old tag still means the same)."""
+    if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+        return True
+    if set(old) != set(new) or "anyOf" not in old:
+        return False
+    old_map = old.get("discriminator", {}).get("mapping", {})
+    new_map = new.get("discriminator", {}).get("mapping", {})
+    members = {json.dumps(m, sort_keys=True) for m in new["anyOf"]}
+    return (all(json.dumps(m, sort_keys=True) in members for m in old["anyOf"])
+            and all(new_map.get(tag) == ref for tag, ref in old_map.items())
+            and {k: v for k, v in old.items() if k not in ("anyOf", "discriminator")}
+            == {k: v for k, v in new.items() if k not in ("anyOf", "discriminator")})
+
+
 def compatibility_problems(old: dict, new: dict) -> list[str]:
     problems = []
     new_objects = _objects(new)
@@ -87,7 +102,7 @@ def compatibility_problems(old: dict, new: dict) -> list[str]:
         for prop, schema in old_props.items():
             if prop not in new_props:
                 problems.append(f"{name}.{prop}: field removed")
-            elif json.dumps(schema, sort_keys=True) != json.dumps(new_props[prop], sort_keys=True):
+            elif not _widens(schema, new_props[prop]):
                 problems.append(f"{name}.{prop}: type changed")
         for prop in set(n.get("required", [])) - set(o.get("required", [])):
             problems.append(f"{name}.{prop}: new required field (new fields need a default)")

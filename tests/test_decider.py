@@ -14,8 +14,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ipam.domain.allocation import State, decide, evolve, replay
 from ipam.domain.mac import format_mac, is_multicast, parse_mac, unicast_at
-from ipam.domain.messages import (CommandRejected, CreatePool, LeaseMac, MacLeased, MacLeaseReturned, MacReleased, Owner,
-                                  PoolCreated, ReleaseMac, ReleaseOwner)
+from ipam.domain.allocation import binds
+from ipam.domain.messages import (CommandRejected, CreatePool, ExpirePending, LeaseMac, MacConflict, MacLeaseConfirmed,
+                                  MacLeased, MacLeaseOffered, MacLeaseReturned, MacReleased, ObservedInterface, ObserveVm,
+                                  Owner, PoolCreated, ReleaseMac, ReleaseOwner)
 
 QUARANTINE = 1000
 # Small pools so that exhaustion and quarantine happen; "mixed" straddles a multicast block boundary.
@@ -25,6 +27,9 @@ POOLS = {
 }
 OWNERS = [Owner(namespace=ns, vm=vm, vm_uid=f"{vm}-uid{u}", interface=i)
           for ns in ("a", "b") for vm in ("v1", "v2") for u in (1, 2) for i in ("eth0", "eth1")]
+PENDING = 500
+OBSERVED_CANDIDATES = ["02:00:00:00:00:00", "02:00:00:00:00:01", "02:00:00:00:00:02", "02:ff:ff:ff:ff:fd",
+                       "04:00:00:00:00:00", "06:00:00:00:00:01"]
 STATIC_CANDIDATES = ["02:00:00:00:00:01", "02:00:00:00:00:05", "03:00:00:00:00:00", "04:00:00:00:00:00",
                      "0a:00:00:00:00:01", "01:00:5e:00:00:01", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"]
 
@@ -39,6 +44,8 @@ class DeciderMachine(RuleBasedStateMachine):
         self.ids = itertools.count()
         self.held = {}  # model: mac -> (pool, owner)
         self.quarantine = {}  # model: mac -> until
+        self.pending = {}  # model: mac -> lapses at
+        self.admissions = itertools.count()
 
     def run(self, cmd):
         events = decide(self.state, cmd)
@@ -63,8 +70,26 @@ class DeciderMachine(RuleBasedStateMachine):
                 assert self.quarantine.get(mac, 0) <= cmd.at, "quarantined MAC handed out"
             self.held[mac] = (ev.pool, ev.owner)
             self.quarantine.pop(mac, None)
+            if ev.pending_until:
+                self.pending[mac] = ev.pending_until
+        elif isinstance(ev, MacLeaseConfirmed):
+            mac = parse_mac(ev.mac)
+            assert self.held[mac] == (ev.pool, ev.previous), "confirmed a lease someone else holds"
+            assert ev.previous == ev.owner or binds(ev.previous, ev.owner)
+            assert not any(p == ev.pool and o == ev.owner and m != mac for m, (p, o) in self.held.items()), \
+                "two MACs for one interface"
+            self.held[mac] = (ev.pool, ev.owner)
+            self.pending.pop(mac, None)
+        elif isinstance(ev, MacLeaseOffered):
+            holder = self.held.get(parse_mac(ev.mac))
+            assert holder is None or binds(holder[1], ev.owner), "offered a MAC someone holds"
+        elif isinstance(ev, MacConflict):
+            assert self.held[parse_mac(ev.mac)] == (ev.pool, ev.holder) and ev.holder != ev.owner
         elif isinstance(ev, MacReleased):
             mac = parse_mac(ev.mac)
+            if ev.reason == "pending-expired":
+                assert self.pending[mac] <= cmd.at, "pending lease released before it lapsed"
+            self.pending.pop(mac, None)
             assert self.held.pop(mac) == (ev.pool, ev.owner)
             assert ev.quarantined_until == cmd.at + QUARANTINE
             self.quarantine[mac] = ev.quarantined_until
@@ -129,7 +154,9 @@ class DeciderMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.commands)
     @rule(data=st.data())
     def repeat_a_command(self, data):
-        cmd, _ = data.draw(st.sampled_from(self.commands[-40:]))
+        cmd, events = data.draw(st.sampled_from([c for c in self.commands[-40:] if c[1]] or self.commands[-1:]))
+        if not events:
+            return  # a command that decided nothing left nothing to remember
         before = self.state.snapshot()
         assert decide(self.state, cmd) == []
         assert self.state.snapshot() == before
@@ -146,6 +173,54 @@ class DeciderMachine(RuleBasedStateMachine):
             return
         if rng.startswith("02"):
             assert ev.code == "overlap" and "small" in ev.reason
+
+    @rule(owner=st.sampled_from(OWNERS), pool=st.sampled_from(sorted(POOLS)),
+          mac=st.none() | st.sampled_from(OBSERVED_CANDIDATES), dry=st.booleans())
+    def admit(self, owner, pool, mac, dry):
+        """The webhook at CREATE: the VM has no uid yet, so the lease is provisional (or a dry run)."""
+        provisional = Owner(namespace=owner.namespace, vm=owner.vm, vm_uid=f"admission:{next(self.admissions)}",
+                            interface=owner.interface)
+        books = {n: b.snapshot() for n, b in self.state.books.items()}
+        events = self.run(LeaseMac(command_id=self.next_id(), at=self.now, pool=pool, owner=provisional, mac=mac,
+                                   pending_until=self.now + PENDING, dry_run=dry))
+        if dry:
+            assert {n: b.snapshot() for n, b in self.state.books.items()} == books, "a dry run changed the books"
+            assert all(isinstance(e, (MacLeaseOffered, MacLeaseReturned, CommandRejected)) for e in events)
+
+    @rule(owner=st.sampled_from(OWNERS), pool=st.sampled_from(sorted(POOLS)), deleted=st.booleans(),
+          seen=st.lists(st.tuples(st.sampled_from(["eth0", "eth1"]), st.sampled_from(OBSERVED_CANDIDATES)),
+                        max_size=2, unique_by=lambda t: t[0]))
+    def observe(self, owner, pool, deleted, seen):
+        """The watcher reports a VM (perhaps one whose provisional lease it now binds)."""
+        interfaces = tuple(ObservedInterface(name=i, mac=m) for i, m in seen)
+        events = self.run(ObserveVm(command_id=self.next_id(), at=self.now, pool=pool, namespace=owner.namespace,
+                                    vm=owner.vm, vm_uid=owner.vm_uid, interfaces=interfaces, deleted=deleted))
+        mine = {o.interface: m for m, (p, o) in self.held.items()
+                if p == pool and (o.namespace, o.vm, o.vm_uid) == (owner.namespace, owner.vm, owner.vm_uid)}
+        if deleted:
+            assert not mine, "a deleted VM still holds leases"
+            return
+        explained = {e.owner.interface for e in events if isinstance(e, MacConflict)}
+        explained |= {i for i, m in seen if any(isinstance(e, CommandRejected) and m in e.reason for e in events)}
+        for iface, mac in seen:
+            assert iface in explained or mine.get(iface) == parse_mac(mac), f"{iface} neither holds {mac} nor is explained"
+        for iface, mac in mine.items():
+            assert iface in dict(seen) or mac in self.pending, f"{iface} left holding a MAC the VM no longer carries"
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def expire(self, data):
+        mac = data.draw(st.sampled_from(sorted(self.pending)))
+        pool, holder = self.held[mac]
+        lapsed = self.pending[mac] <= self.now
+        events = self.run(ExpirePending(command_id=self.next_id(), at=self.now, pool=pool, mac=format_mac(mac),
+                                        vm_uid=holder.vm_uid))
+        assert (mac not in self.held) == lapsed and len(events) == int(lapsed)
+
+    @invariant()
+    def pending_matches_the_model(self):
+        pending = {m: until for b in self.state.books.values() for m, until in b.pending.items()}
+        assert pending == self.pending
 
     @invariant()
     def replay_rebuilds_the_state(self):

@@ -51,6 +51,12 @@ def test_the_checker_catches_breaking_changes():
     assert compatibility_problems(base, {**base, "properties": {**base["properties"], "c": {"type": "string"}},
                                          "required": ["a", "c"]})  # new without default
     assert not compatibility_problems(base, {**base, "properties": {**base["properties"], "c": {"type": "string", "default": ""}}})
+    union = {"type": "object", "properties": {"e": {"anyOf": [{"$ref": "#/$defs/A"}],
+                                                     "discriminator": {"mapping": {"A": "#/$defs/A"}}}}}
+    grown = {"type": "object", "properties": {"e": {"anyOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}],
+                                                     "discriminator": {"mapping": {"A": "#/$defs/A", "B": "#/$defs/B"}}}}}
+    assert not compatibility_problems(union, grown)  # a tagged union may gain members
+    assert compatibility_problems(grown, union)  # but never lose one
 
 
 def test_real_records_validate_against_the_published_schema():

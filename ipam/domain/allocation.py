@@ -18,10 +18,15 @@ from .messages import (
     AnyEvent,
     CommandRejected,
     CreatePool,
+    ExpirePending,
     LeaseMac,
+    MacConflict,
+    MacLeaseConfirmed,
     MacLeased,
+    MacLeaseOffered,
     MacLeaseReturned,
     MacReleased,
+    ObserveVm,
     Owner,
     PoolCreated,
     ReleaseMac,
@@ -33,6 +38,20 @@ REGISTRY_KEY = "@registry"
 DEFAULT_QUARANTINE_MS = 10 * 60 * 1000
 DEFAULT_RECENT_MAX = 10_000
 NAMESPACE_MAX = 63
+# Owners made by the admission webhook before the VM has a uid carry this prefix on vm_uid.
+PROVISIONAL_UID_PREFIX = "admission:"
+
+
+def binds(holder: Owner, owner: Owner) -> bool:
+    """Whether a provisional holder (made at admission, before the VM had a uid, and perhaps a
+    name: generateName) is the VM ``owner`` that now shows up holding its MAC."""
+    return (
+        holder.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
+        and not owner.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
+        and holder.namespace == owner.namespace
+        and holder.interface == owner.interface
+        and owner.vm.startswith(holder.vm)
+    )
 
 
 def stream_key(command: AnyCommand) -> str:
@@ -46,9 +65,10 @@ def mac_of(text: str) -> int:
 
 
 class PoolBook:
-    """Leases of one pool.  ``vms`` indexes owners by (namespace, vm) so release by VM is O(VM)."""
+    """Leases of one pool.  ``vms`` indexes owners by (namespace, vm) so release by VM is O(VM);
+    ``pending`` holds the provisional leases (MAC -> time they lapse)."""
 
-    __slots__ = ("pool", "by_mac", "vms", "quarantine", "cursor")
+    __slots__ = ("pool", "by_mac", "vms", "quarantine", "cursor", "pending")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -56,6 +76,26 @@ class PoolBook:
         self.vms: dict[tuple[str, str], dict[Owner, int]] = {}
         self.quarantine: dict[int, int] = {}
         self.cursor = pool.start
+        self.pending: dict[int, int] = {}
+
+    def hold(self, mac: int, owner: Owner) -> None:
+        self.by_mac[mac] = owner
+        vm = self.vms.get((owner.namespace, owner.vm))
+        if vm is None:
+            vm = self.vms[(owner.namespace, owner.vm)] = {}
+        vm[owner] = mac
+
+    def drop(self, mac: int) -> Owner | None:
+        owner = self.by_mac.pop(mac, None)
+        self.pending.pop(mac, None)
+        if owner is not None:
+            key = (owner.namespace, owner.vm)
+            vm = self.vms.get(key)
+            if vm is not None:
+                vm.pop(owner, None)
+                if not vm:
+                    del self.vms[key]
+        return owner
 
     def held_by(self, owner: Owner) -> int | None:
         held = self.vms.get((owner.namespace, owner.vm))
@@ -65,7 +105,7 @@ class PoolBook:
         return sum(1 for until in self.quarantine.values() if until > at)
 
     def snapshot(self) -> tuple:
-        return (self.pool, dict(self.by_mac), self.quarantine.copy(), self.cursor)
+        return (self.pool, dict(self.by_mac), self.quarantine.copy(), self.cursor, self.pending.copy())
 
 
 class State:
@@ -120,6 +160,10 @@ def decide(state: State, command: AnyCommand) -> list[AnyEvent]:
         return _release_owner(state, command)
     if isinstance(command, ReleaseMac):
         return _release_mac(state, command)
+    if isinstance(command, ObserveVm):
+        return _observe(state, command)
+    if isinstance(command, ExpirePending):
+        return _expire(state, command)
     if isinstance(command, CreatePool):
         return _create_pool(state, command)
     raise TypeError(f"not a command: {command!r}")
@@ -212,7 +256,10 @@ def _lease(state: State, cmd: LeaseMac) -> list[AnyEvent]:
             f"({len(book.by_mac)} leased, {book.quarantined(cmd.at)} quarantined)",
             "pool",
         )
-    return [MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=owner)]
+    if cmd.dry_run:
+        return [MacLeaseOffered(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=owner)]
+    return [MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=owner,
+                      pending_until=cmd.pending_until)]
 
 
 def _lease_static(state: State, cmd: LeaseMac, pool: Pool, book: PoolBook, held: int | None) -> list[AnyEvent]:
@@ -230,14 +277,27 @@ def _lease_static(state: State, cmd: LeaseMac, pool: Pool, book: PoolBook, held:
     elif mac not in pool.range:
         return _reject(cmd, "outside_pool", f"{format_mac(mac)} is outside pool {pool.name!r} ({pool.range})", "mac")
     holder = book.by_mac.get(mac)
+    text = format_mac(mac)
     if holder == cmd.owner:
-        return [MacLeaseReturned(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=cmd.owner)]
+        return [MacLeaseReturned(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=text, owner=cmd.owner)]
+    if holder is not None and mac in book.pending and binds(holder, cmd.owner):
+        if cmd.dry_run:
+            return [MacLeaseOffered(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=text, owner=cmd.owner)]
+        events: list[AnyEvent] = []
+        if held is not None:  # the interface held another MAC: the one it now carries wins
+            events.append(_released(cmd, pool.name, held, cmd.owner, state.quarantine_ms, "replaced"))
+        events.append(MacLeaseConfirmed(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=text, owner=cmd.owner,
+                                        previous=holder))
+        return events
     if holder is not None:
-        return _reject(cmd, "held", f"{format_mac(mac)} is held by {holder.describe()}", "mac", holder)
+        return _reject(cmd, "held", f"{text} is held by {holder.describe()}", "mac", holder)
+    if cmd.dry_run:
+        return [MacLeaseOffered(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=text, owner=cmd.owner)]
     events: list[AnyEvent] = []
     if held is not None:  # the interface moves to the MAC the user asked for
         events.append(_released(cmd, pool.name, held, cmd.owner, state.quarantine_ms, "replaced"))
-    events.append(MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=format_mac(mac), owner=cmd.owner, static=True))
+    events.append(MacLeased(command_id=cmd.command_id, at=cmd.at, pool=pool.name, mac=text, owner=cmd.owner, static=True,
+                            pending_until=cmd.pending_until))
     return events
 
 
@@ -299,6 +359,62 @@ def _release_mac(state: State, cmd: ReleaseMac) -> list[AnyEvent]:
     return [_released(cmd, cmd.pool, mac, holder, state.quarantine_ms, "requested")]
 
 
+def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
+    """Bring the pool's book in line with one VM as the cluster has it (see ``ObserveVm``)."""
+    pool = state.pools.get(cmd.pool)
+    if pool is None:
+        return _reject(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
+    book = state.books.get(cmd.pool) or PoolBook(pool)
+    base = dict(command_id=cmd.command_id, at=cmd.at, pool=pool.name)
+    events: list[AnyEvent] = []
+    present: set[str] = set()
+    claimed: dict[int, Owner] = {}  # MACs taken by this VM within this command
+    for obs in () if cmd.deleted else cmd.interfaces:
+        me = Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=obs.name)
+        present.add(obs.name)
+        mac = mac_of(obs.mac)
+        holder = claimed.get(mac) or book.by_mac.get(mac)
+        if holder == me:
+            if mac in book.pending:
+                events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=me))
+        elif holder is not None and mac in book.pending and mac not in claimed and binds(holder, me):
+            current = book.held_by(me)
+            if current is not None:
+                events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
+            events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=holder))
+        elif holder is not None:
+            events.append(MacConflict(**base, mac=obs.mac, owner=me, holder=holder))
+            continue
+        elif pool.range is not None and mac not in pool.range:
+            events += _reject(cmd, "outside_pool", f"{obs.mac} is outside pool {pool.name!r} ({pool.range})", "interfaces")
+            continue
+        else:
+            current = book.held_by(me)
+            if current is not None:  # the spec now names another MAC for this interface
+                events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
+            events.append(MacLeased(**base, mac=obs.mac, owner=me, static=True, adopted=True))
+        claimed[mac] = me
+    reason = "vm-deleted" if cmd.deleted else "interface-removed"
+    held = book.vms.get((cmd.namespace, cmd.vm), {})
+    for owner, mac in sorted(held.items(), key=lambda item: item[1]):
+        if owner.vm_uid != cmd.vm_uid or owner.interface in present:
+            continue
+        if cmd.deleted or mac not in book.pending:  # a pending hot-plug may not be persisted yet
+            events.append(_released(cmd, pool.name, mac, owner, state.quarantine_ms, reason))
+    return events
+
+
+def _expire(state: State, cmd: ExpirePending) -> list[AnyEvent]:
+    book = state.books.get(cmd.pool)
+    if book is None:
+        return []
+    mac = mac_of(cmd.mac)
+    holder, until = book.by_mac.get(mac), book.pending.get(mac)
+    if holder is None or until is None or holder.vm_uid != cmd.vm_uid or cmd.at < until:
+        return []  # confirmed, released or re-leased meanwhile: nothing to do
+    return [_released(cmd, cmd.pool, mac, holder, state.quarantine_ms, "pending-expired")]
+
+
 # --- evolve -------------------------------------------------------------------------
 
 
@@ -308,12 +424,11 @@ def evolve(state: State, event: AnyEvent) -> State:
     if kind is MacLeased:
         book = state.book(event.pool)
         mac = mac_of(event.mac)
-        owner = event.owner
-        book.by_mac[mac] = owner
-        vm = book.vms.get((owner.namespace, owner.vm))
-        if vm is None:
-            vm = book.vms[(owner.namespace, owner.vm)] = {}
-        vm[owner] = mac
+        book.hold(mac, event.owner)
+        if event.pending_until:
+            book.pending[mac] = event.pending_until
+        elif book.pending:
+            book.pending.pop(mac, None)
         if book.quarantine:
             book.quarantine.pop(mac, None)
         if not event.static:
@@ -322,16 +437,14 @@ def evolve(state: State, event: AnyEvent) -> State:
     elif kind is MacReleased:
         book = state.book(event.pool)
         mac = mac_of(event.mac)
-        owner = book.by_mac.pop(mac, None)
-        if owner is not None:
-            key = (owner.namespace, owner.vm)
-            vm = book.vms.get(key)
-            if vm is not None:
-                vm.pop(owner, None)
-                if not vm:
-                    del book.vms[key]
+        book.drop(mac)
         if event.quarantined_until > event.at:
             book.quarantine[mac] = event.quarantined_until
+    elif kind is MacLeaseConfirmed:
+        book = state.book(event.pool)
+        mac = mac_of(event.mac)
+        book.drop(mac)
+        book.hold(mac, event.owner)
     elif kind is PoolCreated:
         state.pools[event.name] = pool_from_event(event)
     return state

@@ -51,11 +51,18 @@ class CreatePool(Command, tag="CreatePool", frozen=True):
 
 
 class LeaseMac(Command, tag="LeaseMac", frozen=True):
-    """Lease a MAC for an owner: the one it holds, the static ``mac``, or the next free."""
+    """Lease a MAC for an owner: the one it holds, the static ``mac``, or the next free.
+
+    ``pending_until``: the lease is provisional (made by the admission webhook before the VM
+    exists) and is released at that time unless a VM is seen holding it.  ``dry_run``: decide
+    and answer with ``MacLeaseOffered``, change nothing.
+    """
 
     pool: Name
     owner: Owner
     mac: str | None = None
+    pending_until: Millis = 0
+    dry_run: bool = False
 
 
 class ReleaseOwner(Command, tag="ReleaseOwner", frozen=True):
@@ -74,7 +81,36 @@ class ReleaseMac(Command, tag="ReleaseMac", frozen=True):
     mac: str
 
 
-AnyCommand = Union[CreatePool, LeaseMac, ReleaseOwner, ReleaseMac]
+class ObservedInterface(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    mac: CanonicalMac
+
+
+class ObserveVm(Command, tag="ObserveVm", frozen=True):
+    """What the watcher saw of one VM in the cluster, for the MACs of one pool.
+
+    Confirms pending leases the VM holds, adopts MACs nobody holds, reports MACs another
+    owner holds as conflicts, and releases this VM's leases on interfaces it no longer has
+    (all of them when ``deleted``).  Idempotent: the id derives from uid and resourceVersion.
+    """
+
+    pool: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interfaces: tuple[ObservedInterface, ...] = ()
+    deleted: bool = False
+
+
+class ExpirePending(Command, tag="ExpirePending", frozen=True):
+    """Release a pending lease whose VM never appeared (no-op when it was confirmed meanwhile)."""
+
+    pool: Name
+    mac: CanonicalMac
+    vm_uid: Name
+
+
+AnyCommand = Union[CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending]
 
 
 # --- events -------------------------------------------------------------------------
@@ -98,6 +134,34 @@ class MacLeased(Event, tag="MacLeased", frozen=True):
     mac: CanonicalMac
     owner: Owner
     static: bool = False
+    pending_until: Millis = 0  # non-zero: provisional until a VM is seen holding it
+    adopted: bool = False  # found in a VM's spec by the watcher, not requested
+
+
+class MacLeaseOffered(Event, tag="MacLeaseOffered", frozen=True):
+    """Answer to a dry run: the MAC the owner would get.  Nothing changed."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+
+
+class MacLeaseConfirmed(Event, tag="MacLeaseConfirmed", frozen=True):
+    """A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    previous: Owner
+
+
+class MacConflict(Event, tag="MacConflict", frozen=True):
+    """A VM's spec carries a MAC that another owner holds.  Recorded, nothing changed."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    holder: Owner
 
 
 class MacLeaseReturned(Event, tag="MacLeaseReturned", frozen=True):
@@ -127,10 +191,14 @@ class CommandRejected(Event, tag="CommandRejected", frozen=True):
     holder: Owner | None = None
 
 
-AnyEvent = Union[PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected]
+AnyEvent = Union[
+    PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
+]
 
-COMMAND_TYPES: tuple[type, ...] = (CreatePool, LeaseMac, ReleaseOwner, ReleaseMac)
-EVENT_TYPES: tuple[type, ...] = (PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected)
+COMMAND_TYPES: tuple[type, ...] = (CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending)
+EVENT_TYPES: tuple[type, ...] = (
+    PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
+)
 
 command_decoder = msgspec.json.Decoder(AnyCommand)
 event_decoder = msgspec.json.Decoder(AnyEvent)

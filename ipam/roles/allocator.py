@@ -23,7 +23,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from .. import failpoints
 from ..adapters import kafka
-from ..adapters.postgres.partitions import claim, load_fences, load_pools, load_state, read_partition, set_fence
+from ..adapters.postgres.partitions import (claim, current_epochs, load_fences, load_pools, load_state, read_partition,
+                                            set_fence)
 from ..config import Config
 from ..domain.allocation import State, decide, evolve, stream_key
 from ..domain.messages import CommandRejected, CreatePool, command_decoder
@@ -55,6 +56,7 @@ class Allocator:
         self._stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._pools_refreshed = 0
+        self._epochs_checked = 0.0
         self._stalls: dict[int, tuple[int, int]] = {}  # partition -> (generation, position) of the last stall
 
     @property
@@ -150,6 +152,7 @@ class Allocator:
         cfg = self.cfg
         events_topic = cfg.events_topic
         while not self._stopping.is_set():
+            await self._check_epochs()
             batches = await self._consumer.getmany(timeout_ms=100, max_records=5000)
             if not batches:
                 continue
@@ -174,6 +177,27 @@ class Allocator:
                 futures = await asyncio.gather(*sends)
                 await asyncio.gather(*futures)
                 failpoints.hit("allocator.after_produce")
+
+    async def _check_epochs(self) -> None:
+        """Once a second: has a partition's epoch moved on without us?  A projector that fenced us
+        after losing one of our records, or an allocator whose take raced a rebalance, claimed a
+        newer epoch: our records are being dropped, so while the group still gives us the
+        partition we take it again from Postgres; if it does not, we stop deciding it."""
+        now = time.monotonic()
+        if now - self._epochs_checked < 1.0 or not self.owned:
+            return
+        self._epochs_checked = now
+        async with self.db.acquire() as conn:
+            epochs = await current_epochs(conn, list(self.owned))
+        for partition, (epoch, owner) in epochs.items():
+            owned = self.owned.get(partition)
+            if owned is None or epoch == owned.epoch:
+                continue
+            self.owned.pop(partition, None)
+            log.warning("partition fenced by a newer epoch", partition=partition, ours=owned.epoch, current=epoch,
+                        claimed_by=owner, retaking=partition in self.assigned)
+            if partition in self.assigned:
+                await take_until_done(self, partition, log)
 
     async def _decide_one(self, partition: int, owned: Owned, offset: int, raw: bytes) -> list[EventRecord]:
         try:

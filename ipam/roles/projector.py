@@ -15,6 +15,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from .. import failpoints
 from ..adapters import kafka
+from ..adapters.postgres.partitions import fence_at
 from ..adapters.postgres.projection import OffsetConflict, Projector, SequenceGap, prune_outcomes
 from ..config import Config
 from .ownership import take_until_done
@@ -28,7 +29,6 @@ class ProjectorRole:
         self.cfg = cfg
         self.db = db
         self.positions: dict[int, int] = {}
-        self._verified_gaps: dict[int, tuple[int, int]] = {}  # partition -> (generation, offset)
         self._generations: dict[int, int] = {}
         self.assigned: set[int] = set()
         self._projector = Projector(lambda name: kafka.partition_for(name, cfg.partitions))
@@ -59,9 +59,6 @@ class ProjectorRole:
         async with kafka.LogReader(self.cfg) as reader, self.db.acquire() as conn:
             row = await ensure_continuity(conn, reader, self.cfg, partition)
         self._projector.forget(partition)
-        gap = self._verified_gaps.get(partition)
-        if gap is not None and gap[0] != row.generation:
-            del self._verified_gaps[partition]  # the log was reset: that gap belonged to the old one
         self._generations[partition] = row.generation
         if partition not in self.assigned:
             return
@@ -88,22 +85,15 @@ class ProjectorRole:
                                 expected=expected, got=msgs[0].offset)
                     await self.take(tp.partition)
                     continue
+                # Offsets need not be contiguous (Kafka skips offsets for control records and
+                # compaction; the local broker was seen skipping one): the sequence check below
+                # is what notices a lost event.
                 batch = [(m.offset, m.value) for m in msgs]
-                if batch[0][0] != expected:
-                    log.warning("gap in events partition; re-checking the log", partition=tp.partition,
-                                expected=expected, got=batch[0][0])
-                    await self.take(tp.partition)
-                    continue
                 try:
                     async with self.db.acquire() as conn:
-                        result = await self._projector.apply(conn, tp.partition, expected, batch,
-                                                             accept_gap_at=self._verified_gaps.get(tp.partition, (0, None))[1])
+                        result = await self._projector.apply(conn, tp.partition, expected, batch)
                 except SequenceGap as e:
-                    # Re-check the log against what Postgres remembers; if it is intact the gap is
-                    # real (a produce that failed) and the next attempt accepts it.
-                    log.warning("sequence gap; verifying the log", partition=tp.partition, detail=str(e))
-                    self._verified_gaps[tp.partition] = (self._generations.get(tp.partition, 0), e.offset)
-                    await self.take(tp.partition)
+                    await self._sequence_gap(tp.partition, e)
                     continue
                 except OffsetConflict as e:
                     log.warning("partition offset moved under us; resuming from Postgres", partition=tp.partition,
@@ -119,6 +109,20 @@ class ProjectorRole:
                                 duplicates=result.duplicates)
             await self._maybe_prune()
             await self._follow_generations()
+
+    async def _sequence_gap(self, partition: int, gap: SequenceGap) -> None:
+        """Events of the writer's epoch are missing.  If the log was reset, ``take`` starts a new
+        generation.  Otherwise a record was lost: the writer decided something nobody will
+        project, so fence it at the gap; it reloads from Postgres and decides those commands again."""
+        generation = self._generations.get(partition)
+        await self.take(partition)
+        if self._generations.get(partition) != generation:
+            return
+        async with self.db.acquire() as conn:
+            epoch = await fence_at(conn, partition, gap.offset, "projector:sequence-gap")
+        log.warning("events lost before this offset: writer fenced, its later events are dropped and decided again",
+                    partition=partition, offset=gap.offset, detail=str(gap), fence_epoch=epoch)
+        await self.take(partition)
 
     async def _follow_generations(self) -> None:
         """Notice a new log generation someone else started (an allocator that stepped over an

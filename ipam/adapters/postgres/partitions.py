@@ -65,6 +65,28 @@ async def claim(conn: asyncpg.Connection, partition: int, owner: str) -> Partiti
     return PartitionRow.of(row)
 
 
+async def fence_at(conn: asyncpg.Connection, partition: int, offset: int, owner: str) -> int:
+    """Start a new epoch fenced at ``offset`` with no writer: records of older epochs from there on are
+    dropped, and the allocator that wrote them notices its epoch is gone and reloads from Postgres."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE ipam_store.partitions SET epoch = epoch + 1, fence_offset = $2, updated_at = now() "
+            "WHERE partition = $1 RETURNING epoch, generation", partition, offset)
+        await conn.execute(
+            "INSERT INTO ipam_store.epochs (partition, epoch, generation, fence_offset, owner) VALUES ($1, $2, $3, $4, $5)",
+            partition, row["epoch"], row["generation"], offset, owner)
+    return row["epoch"]
+
+
+async def current_epochs(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, tuple[int, str | None]]:
+    """partition -> (current epoch, who claimed it)."""
+    rows = await conn.fetch(
+        "SELECT p.partition, p.epoch, e.owner FROM ipam_store.partitions p "
+        "LEFT JOIN ipam_store.epochs e ON e.partition = p.partition AND e.epoch = p.epoch "
+        "WHERE p.partition = ANY($1::int[])", partitions)
+    return {r["partition"]: (r["epoch"], r["owner"]) for r in rows}
+
+
 async def set_fence(conn: asyncpg.Connection, partition: int, epoch: int, fence_offset: int) -> bool:
     """Record where this epoch's writes begin.  False when a newer owner has claimed the partition."""
     async with conn.transaction():
@@ -176,18 +198,17 @@ async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms:
     if mine:
         async with conn.transaction():
             rows = await conn.fetch(
-                "SELECT pool, mac::text, namespace, vm, vm_uid, interface FROM ipam_store.mac_leases WHERE pool = ANY($1::text[])",
+                "SELECT pool, mac::text, namespace, vm, vm_uid, interface, "
+                "(extract(epoch FROM pending_until) * 1000)::bigint AS pending "
+                "FROM ipam_store.mac_leases WHERE pool = ANY($1::text[])",
                 mine,
             )
-            for pool, mac, ns, vm, uid, iface in rows:
+            for pool, mac, ns, vm, uid, iface, pending in rows:
                 book = state.books[pool]
-                owner = Owner(namespace=ns, vm=vm, vm_uid=uid, interface=iface)
                 m = mac_of(mac)
-                book.by_mac[m] = owner
-                held = book.vms.get((ns, vm))
-                if held is None:
-                    held = book.vms[(ns, vm)] = {}
-                held[owner] = m
+                book.hold(m, Owner(namespace=ns, vm=vm, vm_uid=uid, interface=iface))
+                if pending is not None:
+                    book.pending[m] = pending
             now_ms = int(time.time() * 1000)
             for r in await conn.fetch(
                 "SELECT pool, mac::text, (extract(epoch FROM until) * 1000)::bigint AS until FROM ipam_store.mac_quarantine "

@@ -21,7 +21,7 @@ from ... import failpoints
 from ...domain.allocation import mac_of
 from ...domain.fencing import Fences
 from ...domain.mac import format_mac, unicast_below
-from ...domain.messages import MacLeased, MacReleased, PoolCreated, encoder
+from ...domain.messages import MacLeaseConfirmed, MacLeased, MacReleased, PoolCreated, encoder
 from ...domain.pools import parse_range
 from ...domain.records import EventRecord, record_decoder
 from .partitions import load_fences
@@ -37,8 +37,9 @@ _LEDGER_COLUMNS = (
 
 
 class SequenceGap(Exception):
-    """A record's sequence does not follow the last applied one: the log may have been replaced
-    under us.  The caller re-verifies the log and, if it is intact, accepts the gap once."""
+    """A record's sequence does not follow the last applied one: the log was replaced under us,
+    or a record of the writer's epoch was lost.  The caller checks the log; if it is intact it
+    fences the writer at this offset, so what follows is decided again from Postgres state."""
 
     def __init__(self, offset: int, detail: str) -> None:
         super().__init__(f"offset {offset}: {detail}")
@@ -82,8 +83,7 @@ class Projector:
     def forget(self, partition: int) -> None:
         self._fences.pop(partition, None)
 
-    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]],
-                    accept_gap_at: int | None = None) -> BatchResult:
+    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT generation, events_offset, commands_offset, applied_epoch, applied_seq "
@@ -99,6 +99,7 @@ class Projector:
             quarantine: dict[str, tuple | None] = {}
             pools: list[tuple] = []
             cursors: dict[str, str] = {}
+            confirms: dict[str, tuple] = {}  # provisional leases bound to their VM (leased in an earlier batch)
             outcomes: dict[str, list] = {}
             complete: set[str] = set()
             commands_offset = row["commands_offset"]
@@ -134,7 +135,7 @@ class Projector:
                               f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
                     )
                     continue
-                if applied_epoch is not None and offset != accept_gap_at:
+                if applied_epoch is not None:
                     want = applied_seq + 1 if rec.epoch == applied_epoch else 1
                     if rec.seq != want:
                         raise SequenceGap(offset, f"epoch {rec.epoch} seq {rec.seq} after epoch {applied_epoch} seq {applied_seq}")
@@ -151,21 +152,33 @@ class Projector:
                 kind = type(ev)
                 if kind is MacLeased:
                     o = ev.owner
-                    leases[ev.mac] = (ev.pool, o.namespace, o.vm, o.vm_uid, o.interface, ev.static, _ts(ev.at), ev.command_id)
+                    leases[ev.mac] = (ev.pool, o.namespace, o.vm, o.vm_uid, o.interface, ev.static, _ts(ev.at), ev.command_id,
+                                      _ts(ev.pending_until) if ev.pending_until else None)
                     quarantine[ev.mac] = None
+                    if confirms:
+                        confirms.pop(ev.mac, None)
                     if not ev.static:
                         cursors[ev.pool] = ev.mac
                 elif kind is MacReleased:
                     o = ev.owner
                     leases[ev.mac] = None
+                    if confirms:
+                        confirms.pop(ev.mac, None)
                     quarantine[ev.mac] = (
                         (ev.pool, _ts(ev.quarantined_until), _ts(ev.at), o.namespace, o.vm, o.vm_uid, o.interface)
                         if ev.quarantined_until > ev.at
                         else None
                     )
+                elif kind is MacLeaseConfirmed:
+                    o = ev.owner
+                    current = leases.get(ev.mac)
+                    if current is not None:  # leased earlier in this batch: rewrite the row to insert
+                        leases[ev.mac] = (current[0], o.namespace, o.vm, o.vm_uid, o.interface, *current[5:8], None)
+                    else:
+                        confirms[ev.mac] = (o.namespace, o.vm, o.vm_uid, o.interface)
                 elif kind is PoolCreated:
                     pools.append(_pool_row(ev, self._partition_of(ev.name)))
-            await self._write(conn, ledger, pools, leases, quarantine, cursors)
+            await self._write(conn, ledger, pools, leases, quarantine, cursors, confirms)
             failpoints.hit("projector.mid_batch")
             await _write_outcomes(conn, partition, outcomes, complete)
             await conn.execute(
@@ -191,7 +204,7 @@ class Projector:
         return fences
 
     @staticmethod
-    async def _write(conn, ledger, pools, leases, quarantine, cursors) -> None:
+    async def _write(conn, ledger, pools, leases, quarantine, cursors, confirms) -> None:
         if pools:
             await conn.executemany(
                 """INSERT INTO ipam_store.pools (name, first_mac, last_mac, range_lo, range_hi, lo_ordinal, size, namespaces,
@@ -207,11 +220,21 @@ class Projector:
             if live:
                 cols = list(zip(*live))
                 await conn.execute(
-                    """INSERT INTO ipam_store.mac_leases (mac, pool, namespace, vm, vm_uid, interface, static, since, command_id)
+                    """INSERT INTO ipam_store.mac_leases (mac, pool, namespace, vm, vm_uid, interface, static, since, command_id,
+                                                         pending_until)
                        SELECT * FROM unnest($1::macaddr[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                            $7::boolean[], $8::timestamptz[], $9::text[])""",
+                                            $7::boolean[], $8::timestamptz[], $9::text[], $10::timestamptz[])""",
                     *cols,
                 )
+        if confirms:
+            cols = list(zip(*[(m, *v) for m, v in confirms.items()]))
+            await conn.execute(
+                """UPDATE ipam_store.mac_leases l SET namespace = c.ns, vm = c.vm, vm_uid = c.uid, interface = c.iface,
+                          pending_until = NULL
+                   FROM unnest($1::macaddr[], $2::text[], $3::text[], $4::text[], $5::text[]) AS c(mac, ns, vm, uid, iface)
+                   WHERE l.mac = c.mac""",
+                *cols,
+            )
         if quarantine:
             await conn.execute("DELETE FROM ipam_store.mac_quarantine WHERE mac = ANY($1::macaddr[])", list(quarantine))
             held = [(m, *v) for m, v in quarantine.items() if v is not None]

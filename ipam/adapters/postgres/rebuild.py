@@ -21,7 +21,7 @@ from ...domain.mac import format_mac
 from ...domain.messages import AnyEvent
 
 _decoder = msgspec.json.Decoder(AnyEvent)
-EVENT_TYPES = ("PoolCreated", "MacLeased", "MacReleased")  # the events that change state
+EVENT_TYPES = ("PoolCreated", "MacLeased", "MacReleased", "MacLeaseConfirmed")  # the events that change state
 CHUNK = 20000
 
 
@@ -60,10 +60,10 @@ async def rebuild(conn: asyncpg.Connection, progress: Callable[[int, int], None]
     async with conn.transaction():
         await conn.execute("""DROP SCHEMA IF EXISTS ipam_rebuild CASCADE; CREATE SCHEMA ipam_rebuild;
             CREATE TABLE ipam_rebuild.mac_leases (mac macaddr PRIMARY KEY, pool text, namespace text, vm text, vm_uid text,
-                                                  interface text);
+                                                  interface text, pending boolean);
             CREATE TABLE ipam_rebuild.mac_quarantine (mac macaddr PRIMARY KEY, pool text, until timestamptz);
             CREATE TABLE ipam_rebuild.pools (name text PRIMARY KEY, cursor bigint);""")
-        leases = [(format_mac(m), name, o.namespace, o.vm, o.vm_uid, o.interface)
+        leases = [(format_mac(m), name, o.namespace, o.vm, o.vm_uid, o.interface, m in book.pending)
                   for name, book in state.books.items() for m, o in book.by_mac.items()]
         await conn.copy_records_to_table("mac_leases", schema_name="ipam_rebuild", records=leases)
         quarantine = [(format_mac(m), name, dt.datetime.fromtimestamp(until / 1000, dt.timezone.utc))
@@ -74,8 +74,8 @@ async def rebuild(conn: asyncpg.Connection, progress: Callable[[int, int], None]
                                                   for n, p in state.pools.items()])
     diffs = {}
     for name, live, rebuilt in (
-        ("mac_leases", "SELECT mac, pool, namespace, vm, vm_uid, interface FROM ipam_store.mac_leases",
-         "SELECT mac, pool, namespace, vm, vm_uid, interface FROM ipam_rebuild.mac_leases"),
+        ("mac_leases", "SELECT mac, pool, namespace, vm, vm_uid, interface, pending_until IS NOT NULL FROM ipam_store.mac_leases",
+         "SELECT mac, pool, namespace, vm, vm_uid, interface, pending FROM ipam_rebuild.mac_leases"),
         ("mac_quarantine", "SELECT mac, pool, until FROM ipam_store.mac_quarantine",
          "SELECT mac, pool, until FROM ipam_rebuild.mac_quarantine"),
         ("pools", "SELECT name, cursor FROM ipam_store.pools", "SELECT name, cursor FROM ipam_rebuild.pools"),
