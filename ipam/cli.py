@@ -87,7 +87,7 @@ def main(ctx: click.Context, url: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--role", "roles", multiple=True, type=click.Choice(["all", "api", "allocator", "projector"]), default=["all"],
+@click.option("--role", "roles", multiple=True, type=click.Choice(["all", "api", "allocator", "projector", "watcher"]), default=["all"],
               show_default=True, help="Roles to run in this process (repeat to combine).")
 @click.option("--listen", default=None, help="host:port for HTTP (default IPAM_HTTP_ADDR, 127.0.0.1:8080).")
 def serve(roles: tuple[str, ...], listen: str | None) -> None:

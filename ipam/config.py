@@ -33,6 +33,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_LOG_FORMAT", "json", "json (one object per line) or console."),
     Setting("IPAM_KAFKA_LINGER_MS", "1", "Producer linger: batches records for up to this many ms."),
     Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", "5", "Longest a fetch waits for data. Tansu waits it out even when data arrives, so keep it low there."),
+    Setting("IPAM_WEBHOOK_ADDR", "127.0.0.1:8443", "host:port of the HTTPS admission webhook (served only when the TLS files are set)."),
+    Setting("IPAM_TLS_CERT_FILE", "", "PEM certificate (chain) of the webhook listener; reloaded when the file changes."),
+    Setting("IPAM_TLS_KEY_FILE", "", "PEM private key of the webhook listener; reloaded with the certificate."),
+    Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", "8", "The webhook denies a review it could not decide in this time; keep it below the webhook's timeoutSeconds (10)."),
+    Setting("IPAM_PENDING_SECONDS", "300", "How long a MAC leased at admission waits for its VM to appear before it is released."),
+    Setting("IPAM_NAMESPACE_OPT_IN", "false", "true: only namespaces labelled ipam.kubevirt.io/mac-allocation=allocate (or KubeMacPool's label) get MACs."),
+    Setting("IPAM_MAX_INTERFACES", "64", "Largest number of interfaces a VM may have; a review with more is denied."),
+    Setting("IPAM_KUBE_API", "", "Kubernetes API for the watcher: 'in-cluster', a kubeconfig path, or a URL. Empty: no watcher."),
+    Setting("IPAM_RESYNC_SECONDS", "600", "The watcher lists everything again this often (and after 410 Gone), reconciling what drifted."),
 )
 
 
@@ -56,13 +65,22 @@ class Config:
     log_format: str
     kafka_linger_ms: int
     kafka_fetch_max_wait_ms: int
+    webhook_addr: str
+    tls_cert_file: str
+    tls_key_file: str
+    webhook_deadline_seconds: float
+    pending_seconds: int
+    namespace_opt_in: bool
+    max_interfaces: int
+    kube_api: str
+    resync_seconds: float
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:
         env = dict(os.environ if env is None else env)
         values: dict[str, object] = {}
         for f, s in zip(fields(cls), SETTINGS, strict=True):
-            raw = env.get(s.env) or s.default
+            raw = env.get(s.env, s.default) if s.default == "" else (env.get(s.env) or s.default)
             try:
                 values[f.name] = None if raw is None else _convert(f.type, raw)
             except ValueError:
@@ -83,6 +101,10 @@ class ConfigError(ValueError):
 
 
 def _convert(kind: object, raw: str) -> object:
+    if kind in ("bool", bool):
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("true", "1", "yes")
     if kind in ("int", int):
         return int(raw)
     if kind in ("float", float):

@@ -1,4 +1,7 @@
-"""Compose the roles into one process: ``all`` (default), or ``api``, ``allocator``, ``projector``.
+"""Compose the roles into one process: ``all`` (default), or ``api``, ``allocator``, ``projector``, ``watcher``.
+
+``api`` serves REST, and the admission webhook over HTTPS when TLS files are configured;
+``watcher`` follows the Kubernetes API (part of ``all`` when IPAM_KUBE_API is set).
 
 Start-up: a local broker when none is configured, migrations, topics; then the roles.
 Shutdown (SIGTERM/SIGINT): stop taking work, finish the batch in flight, leave the
@@ -18,22 +21,25 @@ from aiohttp import web
 from .adapters.kafka import ensure_topics, missing_topics
 from .adapters.postgres.codecs import create_pool
 from .adapters.postgres.migrations import check_partitions, migrate
+from .adapters.kubernetes import NamespaceLabels
 from .api.app import Api, make_app
-from .api.bus import CommandBus
+from .api.webhook import TlsFiles, Webhook, make_webhook_app
+from .adapters.bus import CommandBus
 from .config import Config
 from .devenv import LocalBroker
 from .roles.allocator import Allocator
 from .roles.projector import ProjectorRole
+from .roles.watcher import Watcher
 
 log = structlog.get_logger("ipam.service")
-ROLES = ("all", "api", "allocator", "projector")
+ROLES = ("all", "api", "allocator", "projector", "watcher")
 
 
 class Service:
     def __init__(self, cfg: Config, roles: set[str] | None = None) -> None:
         roles = set(roles or {"all"})
         if "all" in roles:
-            roles = {"api", "allocator", "projector"}
+            roles = {"api", "allocator", "projector"} | ({"watcher"} if cfg.kube_api else set())
         self.roles = roles
         self.cfg = cfg
         self.broker: LocalBroker | None = None
@@ -42,6 +48,12 @@ class Service:
         self.projector: ProjectorRole | None = None
         self.bus: CommandBus | None = None
         self._runner: web.AppRunner | None = None
+        self._webhook_runner: web.AppRunner | None = None
+        self.webhook: Webhook | None = None
+        self.tls: TlsFiles | None = None
+        self.webhook_port: int | None = None
+        self.watcher: Watcher | None = None
+        self.namespaces = NamespaceLabels()
         self._tasks: list[asyncio.Task] = []
         self.port: int | None = None
         self._stopping = False
@@ -57,6 +69,8 @@ class Service:
             checks["allocator_partitions"] = self.allocator.ready
         if self.projector is not None:
             checks["projector_partitions"] = self.projector.ready
+        if self.watcher is not None:  # a standby watcher (another one leads) is ready as it is
+            checks["watcher_synced"] = self.watcher.ready or not self.watcher.is_leader
         return checks
 
     async def start(self) -> Service:
@@ -83,9 +97,10 @@ class Service:
             self._tasks.append(asyncio.create_task(self._supervise(role), name=type(role).__name__))
         if roles:
             self._tasks.append(asyncio.create_task(self._watch_topics(), name="topic-watchdog"))
-        if "api" in self.roles:
+        if self.roles & {"api", "watcher"}:
             self.bus = CommandBus(cfg, self.db)
             await self.bus.start()
+        if "api" in self.roles:
             api = Api(cfg, self.db, self.bus, self.readiness)
             self._runner = web.AppRunner(make_app(api, cfg), access_log=None, handle_signals=False)
             await self._runner.setup()
@@ -94,8 +109,28 @@ class Service:
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]
             log.info("serving HTTP", url=self.url)
+            if cfg.tls_cert_file and cfg.tls_key_file:
+                await self._serve_webhook(api)
+        if "watcher" in self.roles:
+            if not cfg.kube_api:
+                raise ValueError("the watcher role needs IPAM_KUBE_API")
+            self.watcher = Watcher(cfg, self.db, self.bus, self.namespaces)
+            self._tasks.append(asyncio.create_task(self._supervise(self.watcher), name="Watcher"))
         log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
         return self
+
+    async def _serve_webhook(self, api: Api) -> None:
+        cfg = self.cfg
+        self.tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file)
+        self.webhook = Webhook(cfg, api, self.namespaces)
+        self._webhook_runner = web.AppRunner(make_webhook_app(self.webhook, cfg), access_log=None, handle_signals=False)
+        await self._webhook_runner.setup()
+        host, port = cfg.webhook_addr.rsplit(":", 1)
+        site = web.TCPSite(self._webhook_runner, host, int(port), ssl_context=self.tls.context)
+        await site.start()
+        self.webhook_port = site._server.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
+        log.info("serving the admission webhook", url=f"https://{host}:{self.webhook_port}/mutate-virtualmachines")
 
     async def _supervise(self, role) -> None:
         """Keep a role running through broker and database hiccups: recover from Postgres, go on."""
@@ -134,8 +169,10 @@ class Service:
     async def stop(self) -> None:
         self._stopping = True
         for t in self._tasks:
-            if t.get_name() == "topic-watchdog":
+            if t.get_name() in ("topic-watchdog", "tls-reload", "Watcher"):
                 t.cancel()
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()
         if self._runner is not None:
             await self._runner.cleanup()
         for role in (self.allocator, self.projector):

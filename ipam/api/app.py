@@ -20,7 +20,7 @@ from ..domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
 from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
 from ..domain.routing import RoutingError, choose_pool
 from . import models
-from .bus import CommandBus, OutcomeTimeout
+from ..adapters.bus import CommandBus, OutcomeTimeout
 from .openapi import openapi_document
 
 log = structlog.get_logger("ipam.api")

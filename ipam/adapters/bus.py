@@ -13,13 +13,13 @@ import asyncpg
 import msgspec
 import structlog
 
-from ..adapters import kafka
-from ..adapters.postgres.projection import NOTIFY_CHANNEL
+from . import kafka
+from .postgres.projection import NOTIFY_CHANNEL
 from ..config import Config
 from ..domain.allocation import stream_key
 from ..domain.messages import AnyCommand, encoder
 
-log = structlog.get_logger("ipam.api.bus")
+log = structlog.get_logger("ipam.bus")
 
 
 class OutcomeTimeout(Exception):
@@ -97,6 +97,13 @@ class CommandBus:
             key + "/", len(key) + 1,
         )
         return [msgspec.json.decode(r["events"]) for r in rows]
+
+    async def send(self, command: AnyCommand) -> None:
+        """Produce a command without waiting for its outcome (the watcher's observations)."""
+        partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
+        await self._producer.send_and_wait(
+            self.cfg.commands_topic, encoder.encode(command), key=stream_key(command).encode(), partition=partition
+        )
 
     async def submit(self, command: AnyCommand) -> list[dict]:
         loop = asyncio.get_running_loop()

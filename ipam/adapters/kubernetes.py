@@ -1,0 +1,133 @@
+"""Kubernetes: building an API client, and following a resource with list + watch.
+
+``Informer`` is the list/watch loop every controller needs: list (a full picture and a
+resourceVersion), then watch from that version with bookmarks; a dropped or timed-out
+watch resumes from the last version seen; 410 Gone (the version was compacted away)
+lists again.  It hands objects to callbacks as plain dicts (what the API server sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = structlog.get_logger("ipam.kubernetes")
+
+VM = ("kubevirt.io", "v1", "virtualmachines")
+
+
+async def api_client(where: str) -> client.ApiClient:
+    """'in-cluster' (service account), an http(s) URL (tests, kubectl proxy), or a kubeconfig path."""
+    conf = client.Configuration()
+    if where == "in-cluster":
+        config.load_incluster_config(client_configuration=conf)
+    elif where.startswith(("http://", "https://")):
+        conf.host = where
+    else:
+        await config.load_kube_config(config_file=os.path.expanduser(where), client_configuration=conf)
+    return client.ApiClient(configuration=conf)
+
+
+@dataclass
+class Resource:
+    """How to list one kind cluster-wide."""
+
+    name: str
+    list_call: Callable[..., Awaitable]  # an API method taking watch/resource_version/... keywords
+
+    @classmethod
+    def virtual_machines(cls, api: client.ApiClient) -> Resource:
+        custom = client.CustomObjectsApi(api)
+
+        def call(**kw):
+            return custom.list_cluster_custom_object(*VM, **kw)
+
+        call.__doc__ = custom.list_cluster_custom_object.__doc__  # lets Watch find the "watch" argument
+        return cls("virtualmachines", call)
+
+    @classmethod
+    def namespaces(cls, api: client.ApiClient) -> Resource:
+        return cls("namespaces", client.CoreV1Api(api).list_namespace)
+
+
+class NamespaceLabels:
+    """Labels of the cluster's namespaces, kept by the watcher's namespace informer when it runs."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, dict[str, str]] = {}
+        self.known = False
+
+    def get(self, namespace: str) -> dict[str, str] | None:
+        return self.labels.get(namespace)
+
+
+Handler = Callable[[str, dict], Awaitable[None]]  # (ADDED|MODIFIED|DELETED, object)
+Synced = Callable[[list[dict]], Awaitable[None]]  # the full list after each (re)list
+
+
+class Informer:
+    def __init__(self, resource: Resource, on_event: Handler, on_sync: Synced, *, resync_seconds: float = 600,
+                 watch_seconds: int = 300) -> None:
+        self.resource = resource
+        self.on_event = on_event
+        self.on_sync = on_sync
+        self.resync_seconds = resync_seconds
+        self.watch_seconds = watch_seconds
+        self.resource_version: str | None = None
+        self.synced = asyncio.Event()
+        self.relists = 0
+        self.resumes = 0
+
+    async def _list(self) -> None:
+        raw = await self.resource.list_call(_preload_content=False)
+        body = await raw.json()
+        self.resource_version = body["metadata"]["resourceVersion"]
+        await self.on_sync(body.get("items") or [])
+        self.relists += 1
+        self.synced.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._list()
+                listed_at = loop.time()
+                while loop.time() - listed_at < self.resync_seconds:
+                    await self._watch_once()
+                    self.resumes += 1
+            except asyncio.CancelledError:
+                raise
+            except ApiException as e:
+                if e.status == 410:
+                    log.info("resource version expired; listing again", resource=self.resource.name)
+                    continue
+                log.warning("kubernetes API error; retrying", resource=self.resource.name, status=e.status, error=e.reason)
+                await asyncio.sleep(1)
+            except Exception as e:  # connection refused, reset, timeouts: the API server will come back
+                log.warning("kubernetes API unreachable; retrying", resource=self.resource.name, error=repr(e))
+                await asyncio.sleep(1)
+
+    async def _watch_once(self) -> None:
+        """One watch request from the last version seen; returns when the server ends it or the connection drops."""
+        w = watch.Watch()
+        try:
+            stream = w.stream(self.resource.list_call, resource_version=self.resource_version,
+                              allow_watch_bookmarks=True, timeout_seconds=self.watch_seconds)
+            async for event in stream:
+                kind = event["type"]
+                obj = event["raw_object"]
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if kind != "BOOKMARK":
+                    await self.on_event(kind, obj)
+                if rv:
+                    self.resource_version = rv
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            log.info("watch connection dropped; resuming", resource=self.resource.name, error=repr(e))
+        finally:
+            await w.close()

@@ -1,0 +1,243 @@
+"""The mutating admission webhook for KubeVirt VirtualMachines (AdmissionReview admission.k8s.io/v1).
+
+Every review gets an AdmissionReview answer, never an HTTP error: a malformed, oversized or
+unexpected review is denied with the reason, so the API server shows the user why.  A VM
+gets one lease per interface that needs a MAC (``domain.kubevirt``); at CREATE the VM has no
+uid yet, so leases are provisional ("admission:<request uid>") until the watcher sees the VM.
+The answer is bounded by a deadline below the webhook's ``timeoutSeconds``: a slow pipeline
+means a clear denial (the user retries), not an API server timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import ssl
+import time
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from ..adapters.kubernetes import NamespaceLabels
+from ..config import Config
+from ..domain.allocation import PROVISIONAL_UID_PREFIX
+from ..domain.kubevirt import SpecError, interfaces_needing_macs, mac_patch, namespace_allows
+from ..domain.mac import MacFormatError, format_mac, parse_mac
+from ..domain.messages import LeaseMac, Owner
+from ..domain.routing import RoutingError, choose_pool
+from ..adapters.bus import OutcomeTimeout
+
+log = structlog.get_logger("ipam.webhook")
+
+REVIEW_VERSION = "admission.k8s.io/v1"
+VM_KIND = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
+_UID = re.compile(rb'"uid"\s*:\s*"([^"]{1,128})"')
+
+
+class Denied(Exception):
+    """The review is refused; ``message`` is what the user sees from kubectl."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str | None = None, code: int = 200,
+           warnings: list[str] | None = None) -> dict:
+    response: dict = {"uid": uid, "allowed": allowed}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    if message is not None:
+        response["status"] = {"code": code, "message": message}
+    if warnings:
+        response["warnings"] = warnings
+    return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _metadata(obj: Mapping | None) -> Mapping:
+    meta = (obj or {}).get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _spec_macs(obj: Mapping | None) -> dict[str, str]:
+    """interface name -> macAddress, as written in a VM's spec (an old object's, on UPDATE)."""
+    try:
+        ifaces = obj["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    except (KeyError, TypeError):
+        return {}
+    out = {}
+    for iface in ifaces if isinstance(ifaces, list) else []:
+        if isinstance(iface, Mapping) and isinstance(iface.get("name"), str) and isinstance(iface.get("macAddress"), str):
+            out[iface["name"]] = iface["macAddress"]
+    return out
+
+
+class Webhook:
+    def __init__(self, cfg: Config, api, namespaces: NamespaceLabels) -> None:
+        self.cfg = cfg
+        self.api = api  # the REST Api: pool cache and idempotent submit
+        self.namespaces = namespaces
+        self.reviews = 0
+        self.denials = 0
+
+    async def mutate(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        raw = await request.read()
+        uid = ""
+        try:
+            if len(raw) > self.cfg.max_body_bytes:
+                m = _UID.search(raw[:4096])
+                uid = m.group(1).decode() if m else ""
+                raise Denied(f"AdmissionReview is {len(raw)} bytes; ipam accepts at most {self.cfg.max_body_bytes}", 413)
+            try:
+                review = json.loads(raw)
+            except ValueError as e:
+                raise Denied(f"body is not JSON: {e}") from None
+            req = review.get("request") if isinstance(review, Mapping) else None
+            if not isinstance(req, Mapping) or not isinstance(req.get("uid"), str):
+                raise Denied("request.uid: an AdmissionReview needs a request with a uid")
+            uid = req["uid"]
+            if review.get("apiVersion") != REVIEW_VERSION or review.get("kind") != "AdmissionReview":
+                raise Denied(f"apiVersion/kind: expected {REVIEW_VERSION} AdmissionReview, got "
+                             f"{review.get('apiVersion')} {review.get('kind')}")
+            result = await asyncio.wait_for(self._review(req), self.cfg.webhook_deadline_seconds)
+        except Denied as e:
+            self.denials += 1
+            log.info("review denied", uid=uid, reason=e.message)
+            result = answer(uid, False, message=e.message, code=e.code)
+        except asyncio.TimeoutError:
+            self.denials += 1
+            message = (f"ipam could not assign MAC addresses within {self.cfg.webhook_deadline_seconds:g}s "
+                       "(its pipeline is slow or down); please retry")
+            log.warning("review timed out", uid=uid)
+            result = answer(uid, False, message=message, code=503)
+        self.reviews += 1
+        log.debug("review answered", uid=uid, ms=round((time.perf_counter() - started) * 1000, 2))
+        return web.json_response(result)
+
+    async def _review(self, req: Mapping) -> dict:
+        uid = req["uid"]
+        if dict(req.get("kind") or {}) != VM_KIND:
+            raise Denied(f"request.kind: ipam mutates kubevirt.io/v1 VirtualMachine, not {req.get('kind')}")
+        operation = req.get("operation")
+        if operation not in ("CREATE", "UPDATE"):
+            return answer(uid, True)
+        namespace = req.get("namespace")
+        if not isinstance(namespace, str) or not namespace:
+            raise Denied("request.namespace: a VirtualMachine is namespaced")
+        if not namespace_allows(self.namespaces.get(namespace), self.cfg.namespace_opt_in):
+            return answer(uid, True)  # opted out: admitted untouched
+        vm = req.get("object")
+        if not isinstance(vm, Mapping):
+            raise Denied("request.object: missing")
+        old = req.get("oldObject") if operation == "UPDATE" else None
+        try:
+            needs = interfaces_needing_macs(vm)
+        except SpecError as e:
+            raise Denied(f"{e.field}: {e.reason}") from None
+        interfaces = ((vm.get("spec") or {}).get("template") or {}).get("spec", {}) or {}
+        count = len(((interfaces.get("domain") or {}).get("devices") or {}).get("interfaces") or [])
+        if count > self.cfg.max_interfaces:
+            raise Denied(f"spec.template.spec.domain.devices.interfaces: {count} interfaces; ipam allows at most "
+                         f"{self.cfg.max_interfaces}")
+        if not needs:
+            return answer(uid, True)
+        meta, old_meta = _metadata(vm), _metadata(old)
+        name = meta.get("name") or old_meta.get("name") or meta.get("generateName")
+        if not isinstance(name, str) or not name:
+            raise Denied("metadata.name: a VirtualMachine needs a name or generateName")
+        vm_uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{uid}"
+        dry_run = bool(req.get("dryRun"))
+        old_macs = _spec_macs(old)
+        now = int(time.time() * 1000)
+        pools = await self.api.refresh_pools(max_age=2.0)
+        commands = []
+        for need in needs:
+            wanted = need.requested_mac or old_macs.get(need.name)
+            field = f"spec.template.spec.domain.devices.interfaces[{need.index}].macAddress"
+            mac = None
+            if wanted is not None:
+                try:
+                    mac = parse_mac(wanted)
+                except MacFormatError as e:
+                    raise Denied(f"{field}: {e}") from None
+            try:
+                pool = choose_pool(pools, namespace, None, mac)
+            except RoutingError as e:
+                raise Denied(f"{field if e.field == 'mac' else 'pool'}: {e.reason}") from None
+            owner = Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name)
+            commands.append((need, LeaseMac(
+                command_id=f"admission:{uid}:{need.name}" + (":dry-run" if dry_run else ""), at=now, pool=pool.name,
+                owner=owner, mac=None if mac is None else format_mac(mac),
+                pending_until=now + self.cfg.pending_seconds * 1000, dry_run=dry_run,
+            )))
+        outcomes = await asyncio.gather(*(self._decide(cmd) for _, cmd in commands))
+        assigned = {}
+        for (need, _cmd), events in zip(commands, outcomes):
+            for ev in events:
+                if ev["type"] == "CommandRejected":
+                    raise Denied(f"interface {need.name}: {ev['reason']}", 409 if ev["code"] in ("held", "exhausted") else 400)
+            assigned[need.index] = events[-1]["mac"]
+        # Interfaces without a MAC in the new object get theirs (old MACs come back on a re-apply).
+        patch = mac_patch(assigned, needs)
+        log.info("review admitted", uid=uid, operation=operation, namespace=namespace, vm=name, dry_run=dry_run,
+                 macs={n.name: assigned[n.index] for n in needs})
+        return answer(uid, True, patch=patch)
+
+    async def _decide(self, cmd: LeaseMac) -> list[dict]:
+        """The API server retries a review with the same uid: the same command id gets the same answer."""
+        known = await self.api.bus.outcome(cmd.command_id)
+        if known is not None:
+            return known
+        try:
+            return await self.api.bus.submit(cmd)
+        except OutcomeTimeout:
+            raise asyncio.TimeoutError from None
+
+
+class TlsFiles:
+    """An SSL context for the webhook listener whose certificate is reloaded when the files change
+    (cert-manager rotates them in place); new connections get the new certificate."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp = None
+        self.reloads = 0
+        self.reload()
+
+    def _files_stamp(self) -> tuple:
+        return tuple((os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in (self.cert_file, self.key_file))
+
+    def reload(self) -> bool:
+        stamp = self._files_stamp()
+        if stamp == self._stamp:
+            return False
+        self.context.load_cert_chain(self.cert_file, self.key_file)
+        self._stamp = stamp
+        self.reloads += 1
+        return True
+
+    async def watch(self, interval: float = 2.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.reload():
+                    log.info("webhook certificate reloaded", cert=self.cert_file)
+            except (OSError, ssl.SSLError) as e:  # half-written files during a rotation: try again next time
+                log.warning("cannot reload the webhook certificate yet", error=str(e))
+
+
+def make_webhook_app(hook: Webhook, cfg: Config) -> web.Application:
+    # Read the whole body ourselves (up to the API server's own 3 MiB cap) so that an
+    # oversized review is still answered with an AdmissionReview, not a bare 413.
+    app = web.Application(client_max_size=max(cfg.max_body_bytes, 3 * 1024 * 1024) + 1024)
+    app.add_routes([web.post("/mutate-virtualmachines", hook.mutate)])
+    return app
+

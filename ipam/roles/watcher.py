@@ -1,0 +1,197 @@
+"""The watcher: turns what the cluster holds into commands.
+
+It follows VirtualMachines and Namespaces with list + watch (``adapters.kubernetes``).  Each
+VM it sees becomes one ``ObserveVm`` per pool its MACs (or its current leases) are in: the
+decider confirms provisional leases, adopts MACs nobody holds (first start on a cluster that
+KubeMacPool managed), records conflicts and releases what the VM no longer has.  A deleted
+VM, or one missing from a fresh list, releases everything it held.  Provisional leases whose
+VM never appeared are expired here too, but only while the VM list is in sync.
+
+Command ids derive from the VM's uid and resourceVersion, so repeats are harmless; still only
+one watcher works at a time (a Postgres advisory lock), because a replica lagging behind
+would replay an older spec after a newer one and briefly undo it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import structlog
+
+from ..adapters import kubernetes as kube
+from ..adapters.kubernetes import NamespaceLabels
+from ..adapters.postgres.partitions import load_pools
+from ..adapters.bus import CommandBus
+from ..config import Config
+from ..domain.allocation import PROVISIONAL_UID_PREFIX
+from ..domain.mac import MacFormatError, format_mac, parse_mac
+from ..domain.messages import ExpirePending, ObservedInterface, ObserveVm
+from ..domain.routing import RoutingError, choose_pool
+
+log = structlog.get_logger("ipam.watcher")
+LEADER_LOCK = 0x1BA3_0002  # pg_advisory_lock key of the watcher (0x1BA3_0001 is the migrations lock)
+
+
+def spec_interfaces(vm: dict) -> list[tuple[str, str]]:
+    """(interface name, macAddress) of every interface whose spec names a MAC."""
+    try:
+        ifaces = vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] or []
+    except (KeyError, TypeError):
+        return []
+    return [(i["name"], i["macAddress"]) for i in ifaces
+            if isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("macAddress"), str)]
+
+
+class Watcher:
+    def __init__(self, cfg: Config, db: asyncpg.Pool, bus: CommandBus, namespaces: NamespaceLabels) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.bus = bus
+        self.namespaces = namespaces
+        self.is_leader = False
+        self.observed = 0
+        self.unmanaged = 0
+        self.expired = 0
+        self._last: dict[str, frozenset] = {}  # vm uid -> the (interface, mac) set last sent
+        self._pools: dict = {}
+        self._pools_at = 0.0
+        self._vm_informer: kube.Informer | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._vm_informer is not None and self._vm_informer.synced.is_set()
+
+    async def run(self) -> None:
+        lock = await asyncpg.connect(self.cfg.database_url)
+        try:
+            while not await lock.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK):
+                await asyncio.sleep(2)
+            self.is_leader = True
+            log.info("watcher is the leader")
+            api = await kube.api_client(self.cfg.kube_api)
+            async with api:
+                self._vm_informer = kube.Informer(kube.Resource.virtual_machines(api), self._on_vm, self._on_vm_list,
+                                                  resync_seconds=self.cfg.resync_seconds)
+                ns_informer = kube.Informer(kube.Resource.namespaces(api), self._on_namespace, self._on_namespace_list,
+                                            resync_seconds=self.cfg.resync_seconds)
+                await asyncio.gather(self._vm_informer.run(), ns_informer.run(), self._expire_loop())
+        finally:
+            self.is_leader = False
+            await lock.close()
+
+    async def recover(self) -> None:
+        """After a failure: forget what was sent; the next list observes every VM again."""
+        self._last.clear()
+
+    # --- namespaces ---------------------------------------------------------------
+
+    async def _on_namespace_list(self, items: list[dict]) -> None:
+        self.namespaces.labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in items}
+        self.namespaces.known = True
+
+    async def _on_namespace(self, kind: str, ns: dict) -> None:
+        name = ns["metadata"]["name"]
+        if kind == "DELETED":
+            self.namespaces.labels.pop(name, None)
+        else:
+            self.namespaces.labels[name] = dict(ns["metadata"].get("labels") or {})
+
+    # --- virtual machines ---------------------------------------------------------
+
+    async def _on_vm_list(self, items: list[dict]) -> None:
+        """A full picture: observe every VM, and release VMs that hold leases but no longer exist."""
+        await self._refresh_pools()
+        listed = set()
+        self._last.clear()
+        for vm in items:
+            listed.add(vm["metadata"]["uid"])
+            await self._observe(vm, deleted=False)
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT DISTINCT pool, namespace, vm, vm_uid FROM ipam_store.mac_leases "
+                "WHERE left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX), PROVISIONAL_UID_PREFIX)
+        gone = [r for r in rows if r["vm_uid"] not in listed]
+        for r in gone:
+            await self._send(ObserveVm(command_id=f"watch:{r['vm_uid']}:gone:{r['pool']}", at=_now(), pool=r["pool"],
+                                       namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], deleted=True))
+        log.info("virtual machines listed", vms=len(items), released_missing=len(gone))
+
+    async def _on_vm(self, kind: str, vm: dict) -> None:
+        await self._observe(vm, deleted=kind == "DELETED")
+
+    async def _observe(self, vm: dict, deleted: bool) -> None:
+        meta = vm.get("metadata") or {}
+        uid, namespace, name, rv = meta.get("uid"), meta.get("namespace"), meta.get("name"), meta.get("resourceVersion")
+        if not (uid and namespace and name):
+            return
+        seen = frozenset(spec_interfaces(vm))
+        if not deleted and self._last.get(uid) == seen:
+            return  # status or metadata changed, not the interfaces
+        by_pool, unroutable = self._route(namespace, seen)
+        if unroutable and time.monotonic() - self._pools_at > 0.5:  # a pool created since we last looked?
+            await self._refresh_pools()
+            by_pool, unroutable = self._route(namespace, seen)
+        for iface, text, reason in unroutable:
+            self.unmanaged += 1
+            log.warning("MAC in a VM spec that ipam does not manage", namespace=namespace, vm=name, interface=iface,
+                        mac=text, reason=reason)
+        async with self.db.acquire() as conn:
+            holding = {r["pool"] for r in await conn.fetch(
+                "SELECT DISTINCT pool FROM ipam_store.mac_leases WHERE namespace = $1 AND vm = $2 AND vm_uid = $3",
+                namespace, name, uid)}
+        tag = "deleted" if deleted else rv
+        for pool in sorted(set(by_pool) | holding):
+            await self._send(ObserveVm(command_id=f"watch:{uid}:{tag}:{pool}", at=_now(), pool=pool, namespace=namespace,
+                                       vm=name, vm_uid=uid, interfaces=() if deleted else tuple(by_pool.get(pool, ())),
+                                       deleted=deleted))
+        if deleted:
+            self._last.pop(uid, None)
+        else:
+            self._last[uid] = seen
+
+    def _route(self, namespace: str, seen: frozenset) -> tuple[dict[str, list[ObservedInterface]], list[tuple[str, str, str]]]:
+        by_pool: dict[str, list[ObservedInterface]] = {}
+        unroutable = []
+        for iface, text in sorted(seen):
+            try:
+                mac = parse_mac(text)
+                pool = choose_pool(self._pools, namespace, None, mac)
+            except (MacFormatError, RoutingError) as e:
+                unroutable.append((iface, text, str(e)))
+                continue
+            by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
+        return by_pool, unroutable
+
+    async def _send(self, cmd) -> None:
+        await self.bus.send(cmd)
+        self.observed += 1
+
+    async def _refresh_pools(self) -> None:
+        async with self.db.acquire() as conn:
+            self._pools = {n: p for n, (p, _part, _c) in (await load_pools(conn)).items()}
+        self._pools_at = time.monotonic()
+
+    # --- provisional leases -------------------------------------------------------
+
+    async def _expire_loop(self, interval: float = 5.0) -> None:
+        """Release provisional leases past their time, once the VM list is known to be current:
+        a VM created at the last moment is seen (and confirms its lease) before we look."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.ready:
+                continue
+            await self._refresh_pools()
+            async with self.db.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT pool, mac::text, vm_uid, (extract(epoch FROM pending_until) * 1000)::bigint AS until "
+                    "FROM ipam_store.mac_leases WHERE pending_until < now() LIMIT 1000")
+            for r in rows:
+                await self._send(ExpirePending(command_id=f"expire:{r['mac']}:{r['vm_uid']}:{r['until']}", at=_now(),
+                                               pool=r["pool"], mac=r["mac"], vm_uid=r["vm_uid"]))
+                self.expired += 1
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
