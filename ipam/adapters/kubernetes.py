@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import structlog
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -81,6 +82,7 @@ class Informer:
         self.watch_seconds = watch_seconds
         self.resource_version: str | None = None
         self.synced = asyncio.Event()
+        self._relist = asyncio.Event()
         self.relists = 0
         self.resumes = 0
 
@@ -98,9 +100,10 @@ class Informer:
             try:
                 await self._list()
                 listed_at = loop.time()
-                while loop.time() - listed_at < self.resync_seconds:
-                    await self._watch_once()
+                while loop.time() - listed_at < self.resync_seconds and not self._relist.is_set():
+                    await self._watch_until_relist()
                     self.resumes += 1
+                self._relist.clear()
             except asyncio.CancelledError:
                 raise
             except ApiException as e:
@@ -112,6 +115,22 @@ class Informer:
             except Exception as e:  # connection refused, reset, timeouts: the API server will come back
                 log.warning("kubernetes API unreachable; retrying", resource=self.resource.name, error=repr(e))
                 await asyncio.sleep(1)
+
+    def request_relist(self) -> None:
+        """List everything again soon (the caller learnt something that changes how objects are read)."""
+        self._relist.set()
+
+    async def _watch_until_relist(self) -> None:
+        watching = asyncio.ensure_future(self._watch_once())
+        asked = asyncio.ensure_future(self._relist.wait())
+        try:
+            await asyncio.wait([watching, asked], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (watching, asked):
+                t.cancel()
+            await asyncio.gather(watching, asked, return_exceptions=True)
+        if watching.done() and not watching.cancelled() and watching.exception() is not None:
+            raise watching.exception()
 
     async def _watch_once(self) -> None:
         """One watch request from the last version seen; returns when the server ends it or the connection drops."""
@@ -127,7 +146,7 @@ class Informer:
                     await self.on_event(kind, obj)
                 if rv:
                     self.resource_version = rv
-        except (asyncio.TimeoutError, ConnectionError) as e:
+        except (asyncio.TimeoutError, ConnectionError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
             log.info("watch connection dropped; resuming", resource=self.resource.name, error=repr(e))
         finally:
             await w.close()

@@ -133,6 +133,8 @@ class Watcher:
         if unroutable and time.monotonic() - self._pools_at > 0.5:  # a pool created since we last looked?
             await self._refresh_pools()
             by_pool, unroutable = self._route(namespace, seen)
+        if unroutable:
+            seen = None  # not fully observed: the next event or list tries again
         for iface, text, reason in unroutable:
             self.unmanaged += 1
             log.warning("MAC in a VM spec that ipam does not manage", namespace=namespace, vm=name, interface=iface,
@@ -146,7 +148,7 @@ class Watcher:
             await self._send(ObserveVm(command_id=f"watch:{uid}:{tag}:{pool}", at=_now(), pool=pool, namespace=namespace,
                                        vm=name, vm_uid=uid, interfaces=() if deleted else tuple(by_pool.get(pool, ())),
                                        deleted=deleted))
-        if deleted:
+        if deleted or seen is None:
             self._last.pop(uid, None)
         else:
             self._last[uid] = seen
@@ -182,7 +184,11 @@ class Watcher:
             await asyncio.sleep(interval)
             if not self.ready:
                 continue
+            before = set(self._pools)
             await self._refresh_pools()
+            if set(self._pools) - before and self.unmanaged:
+                log.info("new pools: listing VMs again to adopt MACs they cover", pools=sorted(set(self._pools) - before))
+                self._vm_informer.request_relist()
             async with self.db.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT pool, mac::text, vm_uid, (extract(epoch FROM pending_until) * 1000)::bigint AS until "

@@ -1,0 +1,184 @@
+"""The watcher against a server speaking the Kubernetes list/watch protocol, through
+kubernetes-asyncio (the client production uses), with the real broker and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+import pytest
+
+from ipam.adapters.kubernetes import NamespaceLabels
+from ipam.roles.watcher import Watcher
+from ipam.service import Service
+
+from .harness import create_database, drop_database, make_config
+from .kube_api import FakeKubeApi
+from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
+from .test_webhook import POOL, admit, eventually
+
+
+@pytest.fixture
+async def kube():
+    api = await FakeKubeApi().start()
+    await api.put("namespaces", {"metadata": {"name": "prod"}})
+    yield api
+    await api.stop()
+
+
+@pytest.fixture
+async def kv_factory(backends, kube, tmp_path):
+    """Start a service (webhook + watcher) on a fresh database; tests choose the settings."""
+    dsn = await create_database(backends.postgres_dsn)
+    tls = WebhookTls(tmp_path)
+    started = []
+
+    async def start(**settings) -> Service:
+        cfg = make_config(backends.kafka_bootstrap, dsn, tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file),
+                          webhook_addr="127.0.0.1:0", kube_api=kube.url, **settings)
+        svc = Service(cfg)
+        started.append(svc)
+        await svc.start()
+        await svc.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{svc.url}/v1/pools", json=POOL) as r:
+                assert r.status in (201, 409), await r.json()
+        svc.https = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
+        return svc
+
+    yield start
+    for svc in started:
+        if hasattr(svc, "https"):
+            await svc.https.close()
+        await svc.stop()
+    await drop_database(backends.postgres_dsn, dsn)
+
+
+async def query(svc, sql, *args):
+    conn = await asyncpg.connect(svc.cfg.database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_create_confirm_delete_release(kv_factory, kube):
+    svc = await kv_factory()
+    vm = vm_manifest("app-1")
+    created = apply(vm, await admit(svc.https, svc, review(vm)))
+    stored = await kube.put("virtualmachines", created)
+    uid = stored["metadata"]["uid"]
+
+    async def confirmed():
+        rows = await query(svc, "SELECT state, vm_uid FROM ipam.mac_leases WHERE vm = 'app-1'")
+        return len(rows) == 3 and all(r["state"] == "confirmed" and r["vm_uid"] == uid for r in rows)
+
+    await eventually(confirmed)
+    await kube.delete("virtualmachines", "prod", "app-1")
+
+    async def released():
+        live = await query(svc, "SELECT 1 FROM ipam.mac_leases WHERE vm = 'app-1'")
+        quarantined = await query(svc, "SELECT mac::text FROM ipam_store.mac_quarantine WHERE vm = 'app-1'")
+        return not live and {r["mac"] for r in quarantined} == set(macs_of(stored).values())
+
+    await eventually(released)
+    reasons = await query(svc, "SELECT DISTINCT detail FROM ipam.history WHERE vm = 'app-1' AND what = 'released'")
+    assert [r["detail"] for r in reasons] == ["vm-deleted"]
+
+
+async def test_a_vm_that_never_appears_loses_its_pending_lease(kv_factory):
+    svc = await kv_factory(pending_seconds=1)
+    response = await admit(svc.https, svc, review(vm_manifest("ghost-1")))
+    assert response["allowed"] is True
+    assert len(await query(svc, "SELECT 1 FROM ipam.mac_leases WHERE vm = 'ghost-1' AND state = 'pending'")) == 3
+
+    async def expired():
+        return not await query(svc, "SELECT 1 FROM ipam.mac_leases WHERE vm = 'ghost-1'")
+
+    await eventually(expired, timeout=30)
+    reasons = await query(svc, "SELECT DISTINCT detail FROM ipam.history WHERE vm = 'ghost-1' AND what = 'released'")
+    assert [r["detail"] for r in reasons] == ["pending-expired"]
+
+
+async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factory, kube):
+    """Migration from KubeMacPool: MACs already in VM specs become leases; a MAC two VMs carry is a conflict."""
+    await kube.put("virtualmachines", vm_manifest("old-a", macs={"default": "02:00:00:00:10:01", "blue": "02:00:00:00:10:02",
+                                                                  "green": "02:00:00:00:10:03"}))
+    await kube.put("virtualmachines", vm_manifest("old-b", macs={"default": "02:00:00:00:10:04", "blue": "02:00:00:00:10:02",
+                                                                  "green": "02:00:00:00:10:05"}))
+    svc = await kv_factory()
+
+    async def adopted():
+        rows = await query(svc, "SELECT mac::text, vm, interface, state FROM ipam.mac_leases ORDER BY mac")
+        return rows if len(rows) == 5 else None
+
+    rows = await eventually(adopted)
+    assert {r["mac"]: (r["vm"], r["interface"]) for r in rows} == {
+        "02:00:00:00:10:01": ("old-a", "default"), "02:00:00:00:10:02": ("old-a", "blue"),
+        "02:00:00:00:10:03": ("old-a", "green"), "02:00:00:00:10:04": ("old-b", "default"),
+        "02:00:00:00:10:05": ("old-b", "green"),
+    }
+    assert {r["state"] for r in rows} == {"confirmed"}
+    conflicts = await query(svc, "SELECT mac::text, vm, interface, holder_vm, holder_interface FROM ipam.mac_conflicts")
+    assert [tuple(c.values()) for c in conflicts] == [("02:00:00:00:10:02", "old-b", "blue", "old-a", "blue")]
+    # a new VM never gets an adopted MAC
+    response = await admit(svc.https, svc, review(vm_manifest("new-1")))
+    assert not set(macs_of(apply(vm_manifest("new-1"), response)).values()) & {r["mac"] for r in rows}
+
+
+async def test_the_watch_survives_410_gone_and_dropped_connections(kv_factory, kube):
+    svc = await kv_factory()
+    informer = svc.watcher._vm_informer
+    relists = informer.relists
+    kube.compact()  # the next watch request gets 410 Gone: the client must list again
+    kube.drop_watches()  # and the connection in use drops mid-stream
+    await kube.put("virtualmachines", vm_manifest("late-a", macs={"default": "02:00:00:00:20:01"}))
+
+    async def leased(vm, count):
+        return len(await query(svc, "SELECT 1 FROM ipam.mac_leases WHERE vm = $1", vm)) == count
+
+    await eventually(lambda: leased("late-a", 1))
+    assert informer.relists > relists and kube.gone_sent >= 1
+    resumes = informer.resumes
+    kube.drop_watches()  # a plain disconnect resumes from the last resourceVersion, no relist needed
+    await kube.delete("virtualmachines", "prod", "late-a")
+    await eventually(lambda: leased("late-a", 0))
+    assert informer.resumes > resumes
+    watches = [q for q in kube.requests if "watch=true" in q and "virtualmachines" in q]
+    assert all("allowWatchBookmarks=true" in q and "resourceVersion=" in q for q in watches)
+
+
+async def test_vms_deleted_while_the_watcher_was_down_are_released_on_the_next_list(kv_factory, kube):
+    svc = await kv_factory()
+    vm = vm_manifest("gone-1")
+    created = apply(vm, await admit(svc.https, svc, review(vm)))
+    await kube.put("virtualmachines", created)
+    await eventually(lambda: _count(svc, "gone-1", "confirmed", 3))
+    await svc.stop()
+    await kube.delete("virtualmachines", "prod", "gone-1")  # nobody watching
+    kube.compact()
+    svc2 = await kv_factory()
+    await eventually(lambda: _count(svc2, "gone-1", None, 0))
+
+
+async def _count(svc, vm, state, n):
+    rows = await query(svc, "SELECT state FROM ipam.mac_leases WHERE vm = $1", vm)
+    return len(rows) == n and (state is None or all(r["state"] == state for r in rows))
+
+
+async def test_one_watcher_leads_and_a_standby_takes_over(kv_factory):
+    svc = await kv_factory()
+    standby = Watcher(svc.cfg, svc.db, svc.bus, NamespaceLabels())
+    task = asyncio.create_task(standby.run())
+    try:
+        await asyncio.sleep(3)
+        assert svc.watcher.is_leader and not standby.is_leader
+        for t in svc._tasks:
+            if t.get_name() == "Watcher":
+                t.cancel()  # the leader goes away (its lock connection closes)
+        await eventually(lambda: asyncio.sleep(0, standby.is_leader), timeout=15)
+        await eventually(lambda: asyncio.sleep(0, standby.ready), timeout=15)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
