@@ -98,6 +98,16 @@ async def missing_topics(cfg: Config) -> list[str]:
     return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
+class Unserved:
+    """The broker lists an offset but no fetch returns it (seen on the local broker after restarts)."""
+
+    def __repr__(self) -> str:
+        return "UNSERVED"
+
+
+UNSERVED = Unserved()
+
+
 class CatchUpStalled(RuntimeError):
     """Reading a partition to its end made no progress: the broker says records exist that it does not serve."""
 
@@ -135,10 +145,12 @@ class LogReader:
     async def end(self, tp: TopicPartition) -> int:
         return (await self._consumer.end_offsets([tp]))[tp]
 
-    async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None:
-        """The value of the record at ``offset``, or None when the log does not hold it."""
+    async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None | Unserved:
+        """The value of the record at ``offset``; None when the log does not hold that offset (it
+        was deleted, truncated or recreated shorter); ``UNSERVED`` when the broker lists the offset
+        but returns nothing for it (no proof either way)."""
         async with self._lock:
-            if offset < await self.beginning(tp):
+            if not (await self.beginning(tp) <= offset < await self.end(tp)):
                 return None
             self._consumer.assign([tp])
             self._consumer.seek(tp, offset)
@@ -147,7 +159,7 @@ class LogReader:
                 got = await self._consumer.getmany(tp, timeout_ms=200, max_records=1)
                 for msg in got.get(tp, []):
                     return msg.value if msg.offset == offset else None
-            return None
+            return UNSERVED
 
     async def read_to_end(self, tp: TopicPartition, start: int, idle: float = 0.3, stall: float = 10.0):
         """Yield (offset, value) batches from ``start`` until the log is quiet.

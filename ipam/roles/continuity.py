@@ -2,8 +2,9 @@
 
 Postgres remembers the identity of the last record it consumed from each partition
 (events: a hash of the record's bytes; commands: the command id).  If the broker no longer holds that
-record at that offset, the log was deleted, recreated or truncated: we log one warning,
-record a new generation and continue from the new log's start with Postgres as truth.
+offset, or holds a different record there, the log was deleted, recreated or truncated: we log one
+warning, record a new generation and continue from the new log's start with Postgres as truth.
+An offset the broker lists but does not serve proves nothing and is not taken for a reset.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import msgspec
 import structlog
 from aiokafka import TopicPartition
 
-from ..adapters.kafka import CatchUpStalled, LogReader
+from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader
 from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
@@ -44,6 +45,10 @@ async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> b
     raw = await reader.record_at(tp, row.events_offset - 1)
     if raw is None:
         return False
+    if raw is UNSERVED:
+        log.warning("the broker lists the last record ipam consumed but does not serve it; assuming the log is intact",
+                    topic=tp.topic, partition=row.partition, offset=row.events_offset - 1)
+        return True
     if row.last_record_hash is not None:
         return record_hash(raw) == row.last_record_hash
     if row.last_epoch is None:
@@ -60,6 +65,8 @@ async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) ->
         return True
     offset = row.commands_offset - 1
     raw = await reader.record_at(TopicPartition(cfg.commands_topic, row.partition), offset)
+    if raw is UNSERVED:
+        return True  # no proof of a reset (see _events_intact)
     return raw is not None and command_id_of(raw, row.partition, offset) == row.last_command_id
 
 
