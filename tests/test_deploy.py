@@ -1,0 +1,98 @@
+"""deploy/ validated offline: every core manifest against the Kubernetes OpenAPI schemas
+(kubernetes-validate, strict), cert-manager objects against their required fields, and the
+manifests against each other and against the code (paths, ports, deadlines, least privilege)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ipam.config import SETTINGS
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+K8S_VERSION = "1.33.0"
+
+
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [d for _, d in manifests() if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name, doc", [(f"{n}:{d['kind']}/{d['metadata']['name']}", d) for n, d in manifests()
+                                       if not d["apiVersion"].startswith("cert-manager.io/")])
+def test_core_manifests_match_the_kubernetes_schema(name, doc):
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_cert_manager_objects_have_what_cert_manager_requires():
+    issuer, = by_kind("Issuer")
+    cert, = by_kind("Certificate")
+    assert "selfSigned" in issuer["spec"]
+    assert cert["spec"]["issuerRef"] == {"kind": "Issuer", "name": issuer["metadata"]["name"]}
+    assert cert["spec"]["secretName"] and cert["spec"]["dnsNames"]
+
+
+def test_kustomization_lists_every_file():
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_webhook_points_at_the_service_the_certificate_and_the_route():
+    hook, = by_kind("MutatingWebhookConfiguration")
+    cert, = by_kind("Certificate")
+    [w] = hook["webhooks"]
+    svc = next(s for s in by_kind("Service") if s["metadata"]["name"] == w["clientConfig"]["service"]["name"])
+    assert w["clientConfig"]["service"]["path"] == "/mutate-virtualmachines"
+    assert f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc" in cert["spec"]["dnsNames"]
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"ipam/{cert['metadata']['name']}"
+    assert w["sideEffects"] == "NoneOnDryRun" and w["failurePolicy"] == "Fail"
+    deadline = float(next(s.default for s in SETTINGS if s.env == "IPAM_WEBHOOK_DEADLINE_SECONDS"))
+    assert deadline < w["timeoutSeconds"] <= 30
+    assert w["rules"] == [{"apiGroups": ["kubevirt.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                           "resources": ["virtualmachines"], "scope": "Namespaced"}]
+    opted_out = {e["key"] for e in w["namespaceSelector"]["matchExpressions"] if e["values"] == ["ignore"]}
+    assert opted_out == {"ipam.kubevirt.io/mac-allocation", "mutatevirtualmachines.kubemacpool.io"}
+
+
+def test_rbac_is_read_only_and_only_for_the_watcher():
+    role, = by_kind("ClusterRole")
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"virtualmachines", "virtualmachineinstances",
+                                                                          "namespaces"}
+    binding, = by_kind("ClusterRoleBinding")
+    assert [s["name"] for s in binding["subjects"]] == ["ipam-watcher"]
+    for dep in by_kind("Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        watcher = dep["metadata"]["name"] == "ipam-watcher"
+        assert spec["automountServiceAccountToken"] is watcher
+        assert (spec["serviceAccountName"] == "ipam-watcher") is watcher
+
+
+def test_every_role_runs_and_reads_documented_settings():
+    documented = {s.env for s in SETTINGS}
+    roles = set()
+    for dep in by_kind("Deployment"):
+        [c] = dep["spec"]["template"]["spec"]["containers"]
+        roles.add(c["args"][c["args"].index("--role") + 1])
+        assert {e["name"] for e in c["env"]} <= documented
+    config, = by_kind("ConfigMap")
+    assert set(config["data"]) <= documented
+    assert roles == {"api", "allocator", "projector", "watcher"}
+
+
+def test_the_validation_would_catch_a_mistake():
+    dep = by_kind("Deployment")[0]
+    dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
