@@ -6,6 +6,8 @@ Scenarios:
   baseline  the same workload done the simple way: one transaction per lease that locks
             the pool row and inserts the lease (same Postgres, same run).
   latency   p50/p99/p99.9 of single POST /v1/mac-leases at fixed offered rates.
+  webhook   p50/p99/p99.9 of AdmissionReviews over HTTPS (a VM with three interfaces: three
+            provisional leases each) at fixed offered rates.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -24,7 +28,9 @@ from aiokafka import AIOKafkaProducer
 from ipam.adapters.kafka import partition_for
 from ipam.devenv import select_backends
 from ipam.domain.messages import LeaseMac, Owner, encoder
+from ipam.devenv import free_port
 from tests.harness import ServiceProcess, create_database, drop_database, make_config
+from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 
@@ -172,6 +178,38 @@ async def latency(url: str, rate: int, seconds: float) -> dict:
             "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat), "errors": errors}
 
 
+async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) -> dict:
+    """AdmissionReviews at a fixed offered rate, as the API server sends them, over HTTPS."""
+    lat: list[float] = []
+    errors = 0
+    n = int(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=1000, ssl=tls.client_context())
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async def one(i: int) -> None:
+            nonlocal errors
+            body = review(vm_manifest(f"vm-{rate}-{i}", namespace="bench-webhook"))
+            t = time.perf_counter()
+            async with http.post(url, json=body) as r:
+                answer = await r.json()
+            lat.append((time.perf_counter() - t) * 1000)
+            if not answer["response"]["allowed"]:
+                errors += 1
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return {"scenario": f"webhook@{rate}/s", "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
+            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
+            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat), "denied": errors,
+            "leases_per_review": 3}
+
+
 def table(results: list[dict]) -> str:
     lines = [f"{'scenario':<18} {'figure':<40}"]
     for r in results:
@@ -191,9 +229,11 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 5)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
+    ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
     rates = [int(r) for r in (args.rates or ("100" if args.quick else "100,500,1000")).split(",")]
+    webhook_rates = [int(r) for r in (args.webhook_rates or ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
 
     backends = select_backends()
@@ -202,11 +242,19 @@ async def main(argv: list[str]) -> int:
     svc = None
     try:
         cfg = make_config(backends.kafka_bootstrap, dsn, partitions=args.partitions)
-        svc = ServiceProcess(cfg, log_path="/tmp/ipam-bench-service.log").start()
+        tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
+        webhook_port = free_port()
+        svc = ServiceProcess(cfg, log_path="/tmp/ipam-bench-service.log", extra_env={
+            "IPAM_TLS_CERT_FILE": str(tls.cert_file), "IPAM_TLS_KEY_FILE": str(tls.key_file),
+            "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}"}).start()
         await svc.wait_ready()
         await create_pools(svc.url)
         for rate in rates:
             results.append(await latency(svc.url, rate, lat_seconds))
+            print(json.dumps(results[-1]), flush=True)
+        for rate in webhook_rates:
+            results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
+                                                 lat_seconds))
             print(json.dumps(results[-1]), flush=True)
         results.append(await pipeline(cfg, seconds))
         print(json.dumps(results[-1]), flush=True)
