@@ -17,8 +17,10 @@ import uuid
 
 from aiohttp import web
 
-PATHS = {"/apis/kubevirt.io/v1/virtualmachines": "virtualmachines", "/api/v1/namespaces": "namespaces"}
-KINDS = {"virtualmachines": ("kubevirt.io/v1", "VirtualMachine"), "namespaces": ("v1", "Namespace")}
+PATHS = {"/apis/kubevirt.io/v1/virtualmachines": "virtualmachines",
+         "/apis/kubevirt.io/v1/virtualmachineinstances": "virtualmachineinstances", "/api/v1/namespaces": "namespaces"}
+KINDS = {"virtualmachines": ("kubevirt.io/v1", "VirtualMachine"),
+         "virtualmachineinstances": ("kubevirt.io/v1", "VirtualMachineInstance"), "namespaces": ("v1", "Namespace")}
 
 
 class FakeKubeApi:
@@ -36,8 +38,8 @@ class FakeKubeApi:
 
     async def start(self) -> FakeKubeApi:
         app = web.Application()
-        app.router.add_get("/apis/kubevirt.io/v1/virtualmachines", self.handle)
-        app.router.add_get("/api/v1/namespaces", self.handle)
+        for path in PATHS:
+            app.router.add_get(path, self.handle)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

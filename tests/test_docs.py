@@ -54,10 +54,10 @@ def _sql_blocks(name: str) -> list[str]:
     return re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / name).read_text(), re.S)
 
 
-@pytest.mark.parametrize("index", range(12))
+@pytest.mark.parametrize("index", range(13))
 async def test_psql_questions_run(populated, index):
     blocks = _sql_blocks("psql.md")
-    assert len(blocks) == 12
+    assert len(blocks) == 13
     conn = await asyncpg.connect(populated.cfg.database_url)
     try:
         rows = await conn.fetch(blocks[index])
@@ -81,7 +81,7 @@ async def test_every_view_and_column_has_a_comment(populated):
     finally:
         await conn.close()
     assert not missing
-    assert {v["relname"] for v in views} >= {"mac_leases", "pool_usage", "history", "mac_conflicts"}
+    assert {v["relname"] for v in views} >= {"mac_leases", "pool_usage", "history", "mac_conflicts", "mac_collisions"}
     assert all(v["d"] for v in views)
 
 

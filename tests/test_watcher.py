@@ -182,3 +182,33 @@ async def test_one_watcher_leads_and_a_standby_takes_over(kv_factory):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def vmi(name: str, mac: str, phase: str = "Running") -> dict:
+    return {"metadata": {"name": name, "namespace": "prod"},
+            "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}]}}},
+            "status": {"phase": phase, "interfaces": [{"name": "default", "mac": mac, "ipAddress": "10.0.0.2"}]}}
+
+
+async def test_running_vmis_sharing_a_mac_are_reported_as_collisions(kv_factory, kube):
+    await kube.put("virtualmachineinstances", vmi("a", "02:00:00:00:30:01"))
+    await kube.put("virtualmachineinstances", vmi("stopped", "02:00:00:00:30:01", phase="Succeeded"))
+    svc = await kv_factory()
+    await kube.put("virtualmachineinstances", vmi("b", "02-00-00-00-30-01"))
+
+    async def collisions():
+        return await query(svc, "SELECT mac::text, vmis, interfaces FROM ipam.mac_collisions")
+
+    rows = await eventually(collisions)
+    assert [tuple(r.values()) for r in rows] == [("02:00:00:00:30:01", 2, ["prod/a default", "prod/b default"])]
+    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/metrics") as r:
+        text = await r.text()
+    assert "ipam_mac_collisions 1.0" in text
+    await kube.delete("virtualmachineinstances", "prod", "b")
+
+    async def cleared():
+        return not await collisions()
+
+    await eventually(cleared)
+    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/metrics") as r:
+        assert "ipam_mac_collisions 0.0" in await r.text()

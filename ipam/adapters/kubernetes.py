@@ -21,6 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 log = structlog.get_logger("ipam.kubernetes")
 
 VM = ("kubevirt.io", "v1", "virtualmachines")
+VMI = ("kubevirt.io", "v1", "virtualmachineinstances")
 
 
 async def api_client(where: str) -> client.ApiClient:
@@ -43,14 +44,22 @@ class Resource:
     list_call: Callable[..., Awaitable]  # an API method taking watch/resource_version/... keywords
 
     @classmethod
-    def virtual_machines(cls, api: client.ApiClient) -> Resource:
+    def custom(cls, api: client.ApiClient, gvr: tuple[str, str, str]) -> Resource:
         custom = client.CustomObjectsApi(api)
 
         def call(**kw):
-            return custom.list_cluster_custom_object(*VM, **kw)
+            return custom.list_cluster_custom_object(*gvr, **kw)
 
         call.__doc__ = custom.list_cluster_custom_object.__doc__  # lets Watch find the "watch" argument
-        return cls("virtualmachines", call)
+        return cls(gvr[2], call)
+
+    @classmethod
+    def virtual_machines(cls, api: client.ApiClient) -> Resource:
+        return cls.custom(api, VM)
+
+    @classmethod
+    def virtual_machine_instances(cls, api: client.ApiClient) -> Resource:
+        return cls.custom(api, VMI)
 
     @classmethod
     def namespaces(cls, api: client.ApiClient) -> Resource:

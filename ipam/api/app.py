@@ -21,6 +21,7 @@ from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
 from ..domain.routing import RoutingError, choose_pool
 from . import models
 from ..adapters.bus import CommandBus, OutcomeTimeout
+from .metrics import Metrics
 from .openapi import openapi_document
 
 log = structlog.get_logger("ipam.api")
@@ -102,6 +103,7 @@ class Api:
         self.cfg, self.db, self.bus, self.readiness = cfg, db, bus, readiness
         self.pools: dict = {}
         self._pools_at = 0.0
+        self.metrics = Metrics()
 
     async def refresh_pools(self, max_age: float = 0.0) -> dict:
         if time.monotonic() - self._pools_at >= max_age:
@@ -250,6 +252,12 @@ class Api:
         ok = all(checks.values())
         return _reply({"ready": ok, "checks": checks}, 200 if ok else 503)
 
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        async with self.db.acquire() as conn:
+            await self.metrics.refresh(conn)
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def openapi(self, request: web.Request) -> web.Response:
         return _reply(openapi_document())
 
@@ -285,5 +293,6 @@ def make_app(api: Api, cfg: Config) -> web.Application:
         web.get("/healthz", api.healthz),
         web.get("/readyz", api.readyz),
         web.get("/openapi.json", api.openapi),
+        web.get("/metrics", api.metrics_text),
     ])
     return app

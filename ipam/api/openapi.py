@@ -78,6 +78,8 @@ def openapi_document() -> dict:
                            "parameters": [_param("mac", "path", "MAC address"), idem], "responses": release}},
             "/healthz": {"get": {"summary": "Process is up", "operationId": "healthz",
                                  "responses": {"200": {"description": "Up"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
+                                 "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                       "responses": {"200": {"description": "OpenAPI 3.1 document"}}}},
             "/readyz": {"get": {"summary": "Partitions loaded, broker and database reachable", "operationId": "readyz",

@@ -117,6 +117,7 @@ class Webhook:
             log.warning("review timed out", uid=uid)
             result = answer(uid, False, message=message, code=503)
         self.reviews += 1
+        self.api.metrics.reviews.labels("allowed" if result["response"]["allowed"] else "denied").inc()
         log.debug("review answered", uid=uid, ms=round((time.perf_counter() - started) * 1000, 2))
         return web.json_response(result)
 

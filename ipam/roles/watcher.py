@@ -76,7 +76,9 @@ class Watcher:
                                                   resync_seconds=self.cfg.resync_seconds)
                 ns_informer = kube.Informer(kube.Resource.namespaces(api), self._on_namespace, self._on_namespace_list,
                                             resync_seconds=self.cfg.resync_seconds)
-                await asyncio.gather(self._vm_informer.run(), ns_informer.run(), self._expire_loop())
+                vmi_informer = kube.Informer(kube.Resource.virtual_machine_instances(api), self._on_vmi, self._on_vmi_list,
+                                             resync_seconds=self.cfg.resync_seconds)
+                await asyncio.gather(self._vm_informer.run(), ns_informer.run(), vmi_informer.run(), self._expire_loop())
         finally:
             self.is_leader = False
             await lock.close()
@@ -97,6 +99,25 @@ class Watcher:
             self.namespaces.labels.pop(name, None)
         else:
             self.namespaces.labels[name] = dict(ns["metadata"].get("labels") or {})
+
+    # --- running instances: collisions ---------------------------------------------
+    # What VMIs report is an observation of the cluster, not address state: it is written
+    # straight to ipam_store.vmi_interfaces (replaced on every list) for ipam.mac_collisions.
+
+    async def _on_vmi_list(self, items: list[dict]) -> None:
+        rows = [r for vmi in items for r in vmi_rows(vmi)]
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ipam_store.vmi_interfaces")
+            await _insert_vmi_rows(conn, rows)
+
+    async def _on_vmi(self, kind: str, vmi: dict) -> None:
+        uid = (vmi.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ipam_store.vmi_interfaces WHERE vmi_uid = $1", uid)
+            if kind != "DELETED":
+                await _insert_vmi_rows(conn, vmi_rows(vmi))
 
     # --- virtual machines ---------------------------------------------------------
 
@@ -197,6 +218,39 @@ class Watcher:
                 await self._send(ExpirePending(command_id=f"expire:{r['mac']}:{r['vm_uid']}:{r['until']}", at=_now(),
                                                pool=r["pool"], mac=r["mac"], vm_uid=r["vm_uid"]))
                 self.expired += 1
+
+
+def vmi_rows(vmi: dict) -> list[tuple]:
+    """(uid, namespace, name, interface, mac, phase) for each interface of a VMI: the MAC the guest
+    reports in status.interfaces, else the one in its spec."""
+    meta = vmi.get("metadata") or {}
+    status = vmi.get("status") or {}
+    macs = {}
+    try:
+        for iface in vmi["spec"]["domain"]["devices"]["interfaces"] or []:
+            if isinstance(iface, dict) and iface.get("macAddress") and iface.get("name"):
+                macs[iface["name"]] = iface["macAddress"]
+    except (KeyError, TypeError):
+        pass
+    for iface in status.get("interfaces") or []:
+        if isinstance(iface, dict) and iface.get("mac") and iface.get("name"):
+            macs[iface["name"]] = iface["mac"]
+    rows = []
+    for name, text in sorted(macs.items()):
+        try:
+            mac = format_mac(parse_mac(text))
+        except MacFormatError:
+            continue
+        rows.append((meta.get("uid"), meta.get("namespace"), meta.get("name"), name, mac, status.get("phase") or "Unknown"))
+    return rows
+
+
+async def _insert_vmi_rows(conn, rows: list[tuple]) -> None:
+    if rows:
+        await conn.executemany(
+            "INSERT INTO ipam_store.vmi_interfaces (vmi_uid, namespace, name, interface, mac, phase) "
+            "VALUES ($1, $2, $3, $4, $5::macaddr, $6) ON CONFLICT (vmi_uid, interface) DO UPDATE "
+            "SET mac = EXCLUDED.mac, phase = EXCLUDED.phase, seen_at = now()", rows)
 
 
 def _now() -> int:
