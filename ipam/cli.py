@@ -237,7 +237,7 @@ def leases(client: Client, namespace: str | None, vm: str | None, pool: str | No
     """List live MAC leases."""
     r = client.call("GET", "/v1/mac-leases", query={"namespace": namespace, "vm": vm, "pool": pool, "mac": _check_mac(mac),
                                                    "limit": limit})
-    client.show(r["leases"], ["mac", "pool", "namespace", "vm", "vm_uid", "interface", "since"], r)
+    client.show(r["leases"], ["mac", "pool", "namespace", "vm", "vm_uid", "interface", "state", "since"], r)
 
 
 @main.group()

@@ -187,7 +187,7 @@ class Api:
             raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
         mac = _mac_field(q.get("mac")) if "mac" in q else None
         rows = await self.db.fetch(
-            """SELECT mac::text, pool, namespace, vm, vm_uid, interface, static, since FROM ipam.mac_leases
+            """SELECT mac::text, pool, namespace, vm, vm_uid, interface, static, since, state, pending_until FROM ipam.mac_leases
                WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                  AND ($3::text IS NULL OR pool = $3) AND ($4::macaddr IS NULL OR mac = $4)
                ORDER BY namespace, vm, interface LIMIT $5""",
@@ -195,7 +195,9 @@ class Api:
         )
         return _reply(models.LeaseList(leases=[
             models.Lease(mac=r["mac"], pool=r["pool"], namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
-                         interface=r["interface"], static=r["static"], since=r["since"].isoformat()) for r in rows]))
+                         interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
+                         pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat())
+            for r in rows]))
 
     async def release_vm(self, request: web.Request) -> web.Response:
         ns, vm = request.match_info["namespace"], request.match_info["vm"]

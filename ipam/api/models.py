@@ -53,6 +53,8 @@ class Lease(Struct):
     interface: str
     static: bool = False
     since: str | None = None
+    state: str = "confirmed"  # "pending": leased at admission, its VM not seen yet
+    pending_until: str | None = None
 
 
 class LeaseAnswer(Struct):
