@@ -90,6 +90,14 @@ class CommandBus:
             return None
         return msgspec.json.decode(row["events"])
 
+    async def outcomes(self, command_ids: list[str]) -> dict[str, list]:
+        """Committed outcomes of several commands in one round trip (absent ids are left out)."""
+        rows = await self.db.fetch(
+            "SELECT command_id, events::text FROM ipam_store.command_outcomes WHERE complete AND command_id = ANY($1::text[])",
+            command_ids,
+        )
+        return {r["command_id"]: msgspec.json.decode(r["events"]) for r in rows}
+
     async def outcomes_for_key(self, key: str) -> list[list]:
         """Outcomes of the commands one request fanned out to (ids ``key/<pool>``)."""
         rows = await self.db.fetch(

@@ -177,7 +177,8 @@ class Webhook:
                 owner=owner, mac=None if mac is None else format_mac(mac),
                 pending_until=now + self.cfg.pending_seconds * 1000, dry_run=dry_run,
             )))
-        outcomes = await asyncio.gather(*(self._decide(cmd) for _, cmd in commands))
+        known = await self.api.bus.outcomes([cmd.command_id for _, cmd in commands])  # the API server retried
+        outcomes = await asyncio.gather(*(self._decide(cmd, known.get(cmd.command_id)) for _, cmd in commands))
         assigned = {}
         for (need, _cmd), events in zip(commands, outcomes):
             for ev in events:
@@ -190,9 +191,9 @@ class Webhook:
                  macs={n.name: assigned[n.index] for n in needs})
         return answer(uid, True, patch=patch)
 
-    async def _decide(self, cmd: LeaseMac) -> list[dict]:
-        """The API server retries a review with the same uid: the same command id gets the same answer."""
-        known = await self.api.bus.outcome(cmd.command_id)
+    async def _decide(self, cmd: LeaseMac, known: list[dict] | None) -> list[dict]:
+        """The API server retries a review with the same uid: the same command id gets the same answer
+        (from the stored outcome: the allocator decides a repeated id to nothing)."""
         if known is not None:
             return known
         try:
