@@ -269,3 +269,21 @@ def test_exhaustion_names_pool_and_size():
             evolve(s, ev)
     [ev] = decide(s, LeaseMac(command_id="l3", at=0, pool="tiny", owner=Owner(namespace="n", vm="v3", vm_uid="u", interface="e")))
     assert ev.code == "exhausted" and "'tiny'" in ev.reason and "all 2 addresses" in ev.reason
+
+
+def test_an_observation_can_move_a_mac_between_interfaces_of_one_vm():
+    """Found by the state machine: a MAC freed earlier in the same observation is not a conflict."""
+    state = State(quarantine_ms=QUARANTINE)
+    for ev in decide(state, CreatePool(command_id="p", at=1, name="mixed", range=POOLS["mixed"])):
+        evolve(state, ev)
+    eth0 = Owner(namespace="a", vm="v1", vm_uid="u", interface="eth0")
+    [leased] = decide(state, LeaseMac(command_id="l", at=1, pool="mixed", owner=eth0, mac="04:00:00:00:00:00"))
+    evolve(state, leased)
+    events = decide(state, ObserveVm(command_id="o", at=2, pool="mixed", namespace="a", vm="v1", vm_uid="u",
+                                     interfaces=(ObservedInterface(name="eth0", mac="02:ff:ff:ff:ff:fd"),
+                                                 ObservedInterface(name="eth1", mac="04:00:00:00:00:00"))))
+    assert [(type(e).__name__, e.mac) for e in events] == [
+        ("MacReleased", "04:00:00:00:00:00"), ("MacLeased", "02:ff:ff:ff:ff:fd"), ("MacLeased", "04:00:00:00:00:00")]
+    for ev in events:
+        evolve(state, ev)
+    assert state.books["mixed"].held_by(eth0.__class__(namespace="a", vm="v1", vm_uid="u", interface="eth1")) is not None

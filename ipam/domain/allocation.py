@@ -369,11 +369,12 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
     events: list[AnyEvent] = []
     present: set[str] = set()
     claimed: dict[int, Owner] = {}  # MACs taken by this VM within this command
+    freed: set[int] = set()  # MACs this command already released (decide does not mutate the book)
     for obs in () if cmd.deleted else cmd.interfaces:
         me = Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=obs.name)
         present.add(obs.name)
         mac = mac_of(obs.mac)
-        holder = claimed.get(mac) or book.by_mac.get(mac)
+        holder = claimed.get(mac) or (None if mac in freed else book.by_mac.get(mac))
         if holder == me:
             if mac in book.pending:
                 events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=me))
@@ -381,6 +382,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
             current = book.held_by(me)
             if current is not None:
                 events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
+                freed.add(current)
             events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=holder))
         elif holder is not None:
             events.append(MacConflict(**base, mac=obs.mac, owner=me, holder=holder))
@@ -392,6 +394,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
             current = book.held_by(me)
             if current is not None:  # the spec now names another MAC for this interface
                 events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
+                freed.add(current)
             events.append(MacLeased(**base, mac=obs.mac, owner=me, static=True, adopted=True))
         claimed[mac] = me
     reason = "vm-deleted" if cmd.deleted else "interface-removed"
