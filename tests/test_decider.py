@@ -286,4 +286,14 @@ def test_an_observation_can_move_a_mac_between_interfaces_of_one_vm():
         ("MacReleased", "04:00:00:00:00:00"), ("MacLeased", "02:ff:ff:ff:ff:fd"), ("MacLeased", "04:00:00:00:00:00")]
     for ev in events:
         evolve(state, ev)
-    assert state.books["mixed"].held_by(eth0.__class__(namespace="a", vm="v1", vm_uid="u", interface="eth1")) is not None
+    eth1 = Owner(namespace="a", vm="v1", vm_uid="u", interface="eth1")
+    assert state.books["mixed"].held_by(eth1) == parse_mac("04:00:00:00:00:00")
+    # and two interfaces may swap their MACs
+    swapped = decide(state, ObserveVm(command_id="s", at=3, pool="mixed", namespace="a", vm="v1", vm_uid="u",
+                                      interfaces=(ObservedInterface(name="eth0", mac="04:00:00:00:00:00"),
+                                                  ObservedInterface(name="eth1", mac="02:ff:ff:ff:ff:fd"))))
+    assert not any(isinstance(e, MacConflict) for e in swapped)
+    for ev in swapped:
+        evolve(state, ev)
+    assert state.books["mixed"].held_by(eth0) == parse_mac("04:00:00:00:00:00")
+    assert state.books["mixed"].held_by(eth1) == parse_mac("02:ff:ff:ff:ff:fd")

@@ -370,6 +370,13 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
     present: set[str] = set()
     claimed: dict[int, Owner] = {}  # MACs taken by this VM within this command
     freed: set[int] = set()  # MACs this command already released (decide does not mutate the book)
+    observed = {} if cmd.deleted else {obs.name: mac_of(obs.mac) for obs in cmd.interfaces}
+    # Interfaces whose spec now names another MAC let go of their old one first, so MACs can
+    # move (or swap) between interfaces of this VM within one observation.
+    for owner, mac in sorted(book.vms.get((cmd.namespace, cmd.vm), {}).items(), key=lambda item: item[1]):
+        if owner.vm_uid == cmd.vm_uid and observed.get(owner.interface, mac) != mac and mac in observed.values():
+            events.append(_released(cmd, pool.name, mac, owner, state.quarantine_ms, "replaced"))
+            freed.add(mac)
     for obs in () if cmd.deleted else cmd.interfaces:
         me = Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=obs.name)
         present.add(obs.name)
@@ -380,7 +387,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
                 events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=me))
         elif holder is not None and mac in book.pending and mac not in claimed and binds(holder, me):
             current = book.held_by(me)
-            if current is not None:
+            if current is not None and current not in freed:
                 events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
                 freed.add(current)
             events.append(MacLeaseConfirmed(**base, mac=obs.mac, owner=me, previous=holder))
@@ -392,7 +399,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
             continue
         else:
             current = book.held_by(me)
-            if current is not None:  # the spec now names another MAC for this interface
+            if current is not None and current not in freed:  # the spec now names another MAC for this interface
                 events.append(_released(cmd, pool.name, current, me, state.quarantine_ms, "replaced"))
                 freed.add(current)
             events.append(MacLeased(**base, mac=obs.mac, owner=me, static=True, adopted=True))
