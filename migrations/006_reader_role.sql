@@ -3,9 +3,9 @@
 -- created once per Postgres cluster; grant it to people: GRANT ipam_reader TO alice;
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ipam_reader') THEN
-        CREATE ROLE ipam_reader NOLOGIN;
-    END IF;
+    CREATE ROLE ipam_reader NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- another database of this cluster made it first (possibly at the same moment)
 END
 $$;
 REVOKE ALL ON SCHEMA ipam_store FROM PUBLIC;
