@@ -114,7 +114,7 @@ class Service:
         if "watcher" in self.roles:
             if not cfg.kube_api:
                 raise ValueError("the watcher role needs IPAM_KUBE_API")
-            self.watcher = Watcher(cfg, self.db, self.bus, self.namespaces)
+            self.watcher = Watcher(cfg, self.db, self.bus)
             self._tasks.append(asyncio.create_task(self._supervise(self.watcher), name="Watcher"))
         log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
         return self
@@ -130,6 +130,8 @@ class Service:
         await site.start()
         self.webhook_port = site._server.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
+        if cfg.kube_api:
+            self._tasks.append(asyncio.create_task(self.namespaces.follow(cfg.kube_api, cfg.resync_seconds), name="namespaces"))
         log.info("serving the admission webhook", url=f"https://{host}:{self.webhook_port}/mutate-virtualmachines")
 
     async def _supervise(self, role) -> None:
@@ -169,7 +171,7 @@ class Service:
     async def stop(self) -> None:
         self._stopping = True
         for t in self._tasks:
-            if t.get_name() in ("topic-watchdog", "tls-reload", "Watcher"):
+            if t.get_name() in ("topic-watchdog", "tls-reload", "Watcher", "namespaces"):
                 t.cancel()
         if self._webhook_runner is not None:
             await self._webhook_runner.cleanup()

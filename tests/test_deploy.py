@@ -65,18 +65,19 @@ def test_webhook_points_at_the_service_the_certificate_and_the_route():
     assert opted_out == {"ipam.kubevirt.io/mac-allocation", "mutatevirtualmachines.kubemacpool.io"}
 
 
-def test_rbac_is_read_only_and_only_for_the_watcher():
-    role, = by_kind("ClusterRole")
-    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"virtualmachines", "virtualmachineinstances",
-                                                                          "namespaces"}
-    binding, = by_kind("ClusterRoleBinding")
-    assert [s["name"] for s in binding["subjects"]] == ["ipam-watcher"]
+def test_rbac_is_read_only_and_least_privilege():
+    roles = {r["metadata"]["name"]: r for r in by_kind("ClusterRole")}
+    assert {v for role in roles.values() for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    resources = {name: {r for rule in role["rules"] for r in rule["resources"]} for name, role in roles.items()}
+    assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances"}, "ipam-namespaces": {"namespaces"}}
+    bound = {b["roleRef"]["name"]: [s["name"] for s in b["subjects"]] for b in by_kind("ClusterRoleBinding")}
+    assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"]}
+    accounts = {}
     for dep in by_kind("Deployment"):
         spec = dep["spec"]["template"]["spec"]
-        watcher = dep["metadata"]["name"] == "ipam-watcher"
-        assert spec["automountServiceAccountToken"] is watcher
-        assert (spec["serviceAccountName"] == "ipam-watcher") is watcher
+        accounts[dep["metadata"]["name"]] = (spec["serviceAccountName"], spec["automountServiceAccountToken"])
+    assert accounts == {"ipam-api": ("ipam-api", True), "ipam-watcher": ("ipam-watcher", True),
+                        "ipam-allocator": ("ipam", False), "ipam-projector": ("ipam", False)}
 
 
 def test_every_role_runs_and_reads_documented_settings():

@@ -9,7 +9,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from ipam.adapters.kubernetes import NamespaceLabels
 from ipam.roles.watcher import Watcher
 from ipam.service import Service
 
@@ -169,7 +168,7 @@ async def _count(svc, vm, state, n):
 
 async def test_one_watcher_leads_and_a_standby_takes_over(kv_factory):
     svc = await kv_factory()
-    standby = Watcher(svc.cfg, svc.db, svc.bus, NamespaceLabels())
+    standby = Watcher(svc.cfg, svc.db, svc.bus)
     task = asyncio.create_task(standby.run())
     try:
         await asyncio.sleep(3)

@@ -231,3 +231,18 @@ async def test_the_certificate_is_reloaded_when_its_files_change(kv, tls):
     reader, writer = await asyncio.open_connection("127.0.0.1", kv.webhook_port, ssl=ctx,
                                                    server_hostname="ipam-webhook.ipam.svc")
     writer.close()
+
+
+async def test_opt_in_mode_needs_the_label_and_refuses_to_guess(backends, kv, kube, tls, https):
+    """IPAM_NAMESPACE_OPT_IN=true: unlabelled namespaces pass untouched; unknown labels are a retryable denial."""
+    common = dict(tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file), webhook_addr="127.0.0.1:0",
+                  namespace_opt_in=True)
+    async with Service(make_config(backends.kafka_bootstrap, kv.cfg.database_url, kube_api=kube.url, **common),
+                       roles={"api"}) as informed:
+        await eventually(lambda: asyncio.sleep(0, informed.namespaces.known))
+        response = await admit(https, informed, review(vm_manifest("quiet-1")))
+        assert response == {"uid": response["uid"], "allowed": True}
+    async with Service(make_config(backends.kafka_bootstrap, kv.cfg.database_url, **common), roles={"api"}) as blind:
+        response = await admit(https, blind, review(vm_manifest("quiet-2")))
+        assert response["allowed"] is False and response["status"]["code"] == 503
+        assert "IPAM_KUBE_API" in response["status"]["message"]

@@ -67,7 +67,8 @@ class Resource:
 
 
 class NamespaceLabels:
-    """Labels of the cluster's namespaces, kept by the watcher's namespace informer when it runs."""
+    """Labels of the cluster's namespaces, for the webhook's opt-in/out check: fed by a namespace
+    informer (``follow``) in every process that serves the webhook and can reach the API."""
 
     def __init__(self) -> None:
         self.labels: dict[str, dict[str, str]] = {}
@@ -75,6 +76,22 @@ class NamespaceLabels:
 
     def get(self, namespace: str) -> dict[str, str] | None:
         return self.labels.get(namespace)
+
+    async def _listed(self, items: list[dict]) -> None:
+        self.labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in items}
+        self.known = True
+
+    async def _changed(self, kind: str, ns: dict) -> None:
+        name = ns["metadata"]["name"]
+        if kind == "DELETED":
+            self.labels.pop(name, None)
+        else:
+            self.labels[name] = dict(ns["metadata"].get("labels") or {})
+
+    async def follow(self, where: str, resync_seconds: float) -> None:
+        api = await api_client(where)
+        async with api:
+            await Informer(Resource.namespaces(api), self._changed, self._listed, resync_seconds=resync_seconds).run()
 
 
 Handler = Callable[[str, dict], Awaitable[None]]  # (ADDED|MODIFIED|DELETED, object)

@@ -131,6 +131,9 @@ class Webhook:
         namespace = req.get("namespace")
         if not isinstance(namespace, str) or not namespace:
             raise Denied("request.namespace: a VirtualMachine is namespaced")
+        if self.cfg.namespace_opt_in and not self.namespaces.known:
+            raise Denied("namespace labels are not known yet (set IPAM_KUBE_API so the webhook can read them); "
+                         "in opt-in mode ipam cannot tell whether this namespace opted in. Please retry", 503)
         if not namespace_allows(self.namespaces.get(namespace), self.cfg.namespace_opt_in):
             return answer(uid, True)  # opted out: admitted untouched
         vm = req.get("object")

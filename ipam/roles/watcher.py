@@ -1,6 +1,6 @@
 """The watcher: turns what the cluster holds into commands.
 
-It follows VirtualMachines and Namespaces with list + watch (``adapters.kubernetes``).  Each
+It follows VirtualMachines and VirtualMachineInstances with list + watch (``adapters.kubernetes``).  Each
 VM it sees becomes one ``ObserveVm`` per pool its MACs (or its current leases) are in: the
 decider confirms provisional leases, adopts MACs nobody holds (first start on a cluster that
 KubeMacPool managed), records conflicts and releases what the VM no longer has.  A deleted
@@ -21,7 +21,6 @@ import asyncpg
 import structlog
 
 from ..adapters import kubernetes as kube
-from ..adapters.kubernetes import NamespaceLabels
 from ..adapters.postgres.partitions import load_pools
 from ..adapters.bus import CommandBus
 from ..config import Config
@@ -45,11 +44,10 @@ def spec_interfaces(vm: dict) -> list[tuple[str, str]]:
 
 
 class Watcher:
-    def __init__(self, cfg: Config, db: asyncpg.Pool, bus: CommandBus, namespaces: NamespaceLabels) -> None:
+    def __init__(self, cfg: Config, db: asyncpg.Pool, bus: CommandBus) -> None:
         self.cfg = cfg
         self.db = db
         self.bus = bus
-        self.namespaces = namespaces
         self.is_leader = False
         self.observed = 0
         self.unmanaged = 0
@@ -74,11 +72,9 @@ class Watcher:
             async with api:
                 self._vm_informer = kube.Informer(kube.Resource.virtual_machines(api), self._on_vm, self._on_vm_list,
                                                   resync_seconds=self.cfg.resync_seconds)
-                ns_informer = kube.Informer(kube.Resource.namespaces(api), self._on_namespace, self._on_namespace_list,
-                                            resync_seconds=self.cfg.resync_seconds)
                 vmi_informer = kube.Informer(kube.Resource.virtual_machine_instances(api), self._on_vmi, self._on_vmi_list,
                                              resync_seconds=self.cfg.resync_seconds)
-                await asyncio.gather(self._vm_informer.run(), ns_informer.run(), vmi_informer.run(), self._expire_loop())
+                await asyncio.gather(self._vm_informer.run(), vmi_informer.run(), self._expire_loop())
         finally:
             self.is_leader = False
             await lock.close()
@@ -86,19 +82,6 @@ class Watcher:
     async def recover(self) -> None:
         """After a failure: forget what was sent; the next list observes every VM again."""
         self._last.clear()
-
-    # --- namespaces ---------------------------------------------------------------
-
-    async def _on_namespace_list(self, items: list[dict]) -> None:
-        self.namespaces.labels = {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in items}
-        self.namespaces.known = True
-
-    async def _on_namespace(self, kind: str, ns: dict) -> None:
-        name = ns["metadata"]["name"]
-        if kind == "DELETED":
-            self.namespaces.labels.pop(name, None)
-        else:
-            self.namespaces.labels[name] = dict(ns["metadata"].get("labels") or {})
 
     # --- running instances: collisions ---------------------------------------------
     # What VMIs report is an observation of the cluster, not address state: it is written
