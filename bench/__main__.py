@@ -232,8 +232,8 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
-    rates = [int(r) for r in (args.rates or ("100" if args.quick else "100,500,1000")).split(",")]
-    webhook_rates = [int(r) for r in (args.webhook_rates or ("100" if args.quick else "100,500")).split(",") if r]
+    rates = [int(r) for r in (args.rates if args.rates is not None else ("100" if args.quick else "100,500,1000")).split(",") if r]
+    webhook_rates = [int(r) for r in (args.webhook_rates if args.webhook_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
 
     backends = select_backends()
