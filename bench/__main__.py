@@ -148,11 +148,30 @@ async def baseline(dsn: str, seconds: float, concurrency: int = 16) -> dict:
             "leases": count, "how": "one transaction per lease: SELECT pool FOR UPDATE, INSERT lease, UPDATE pool"}
 
 
+async def offered_load(one, rate: int, seconds: float) -> float:
+    """Start ``one(i)`` at a fixed offered rate (open loop: never waits for answers to send more);
+    return the seconds until every request was answered."""
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start
+
+
+def latency_figures(scenario: str, rate: int, lat: list[float], elapsed: float) -> dict:
+    return {"scenario": scenario, "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
+            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
+            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat)}
+
+
 async def latency(url: str, rate: int, seconds: float) -> dict:
     """Requests at a fixed offered rate; each is one new lease answered after commit."""
     lat: list[float] = []
     errors = 0
-    n = int(rate * seconds)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
         async def one(i: int) -> None:
             nonlocal errors
@@ -164,25 +183,14 @@ async def latency(url: str, rate: int, seconds: float) -> dict:
                     errors += 1
             lat.append((time.perf_counter() - t) * 1000)
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    return {"scenario": f"latency@{rate}/s", "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
-            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
-            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat), "errors": errors}
+        elapsed = await offered_load(one, rate, seconds)
+    return {**latency_figures(f"latency@{rate}/s", rate, lat, elapsed), "errors": errors}
 
 
 async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) -> dict:
     """AdmissionReviews at a fixed offered rate, as the API server sends them, over HTTPS."""
     lat: list[float] = []
     errors = 0
-    n = int(rate * seconds)
     # The API server keeps a small pool of warm connections to a webhook (HTTP/2 or keep-alive), it does
     # not open a TLS connection per review: a bounded pool models that (queueing shows in the latency).
     connector = aiohttp.TCPConnector(limit=64, ssl=tls.client_context())
@@ -197,19 +205,8 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) 
             if not answer["response"]["allowed"]:
                 errors += 1
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    return {"scenario": f"webhook@{rate}/s", "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
-            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
-            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat), "denied": errors,
-            "leases_per_review": 3}
+        elapsed = await offered_load(one, rate, seconds)
+    return {**latency_figures(f"webhook@{rate}/s", rate, lat, elapsed), "denied": errors, "leases_per_review": 3}
 
 
 def table(results: list[dict]) -> str:

@@ -83,12 +83,7 @@ class CommandBus:
 
     async def outcome(self, command_id: str) -> list | None:
         """The committed outcome of an earlier command, or None when there is none (yet)."""
-        row = await self.db.fetchrow(
-            "SELECT events::text, complete FROM ipam_store.command_outcomes WHERE command_id = $1", command_id
-        )
-        if row is None or not row["complete"]:
-            return None
-        return msgspec.json.decode(row["events"])
+        return (await self.outcomes([command_id])).get(command_id)
 
     async def outcomes(self, command_ids: list[str]) -> dict[str, list]:
         """Committed outcomes of several commands in one round trip (absent ids are left out)."""

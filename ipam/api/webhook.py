@@ -25,7 +25,8 @@ from aiohttp import web
 from ..adapters.kubernetes import NamespaceLabels
 from ..config import Config
 from ..domain.allocation import PROVISIONAL_UID_PREFIX
-from ..domain.kubevirt import SpecError, interfaces_needing_macs, mac_patch, namespace_allows
+from ..domain.kubevirt import (INTERFACES_FIELD, SpecError, interfaces_needing_macs, mac_patch, namespace_allows,
+                               spec_macs, vm_interfaces)
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.messages import LeaseMac, Owner
 from ..domain.routing import RoutingError, choose_pool
@@ -46,16 +47,13 @@ class Denied(Exception):
         self.message, self.code = message, code
 
 
-def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str | None = None, code: int = 200,
-           warnings: list[str] | None = None) -> dict:
+def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str | None = None, code: int = 200) -> dict:
     response: dict = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
     if message is not None:
         response["status"] = {"code": code, "message": message}
-    if warnings:
-        response["warnings"] = warnings
     return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": response}
 
 
@@ -64,26 +62,11 @@ def _metadata(obj: Mapping | None) -> Mapping:
     return meta if isinstance(meta, Mapping) else {}
 
 
-def _spec_macs(obj: Mapping | None) -> dict[str, str]:
-    """interface name -> macAddress, as written in a VM's spec (an old object's, on UPDATE)."""
-    try:
-        ifaces = obj["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
-    except (KeyError, TypeError):
-        return {}
-    out = {}
-    for iface in ifaces if isinstance(ifaces, list) else []:
-        if isinstance(iface, Mapping) and isinstance(iface.get("name"), str) and isinstance(iface.get("macAddress"), str):
-            out[iface["name"]] = iface["macAddress"]
-    return out
-
-
 class Webhook:
     def __init__(self, cfg: Config, api, namespaces: NamespaceLabels) -> None:
         self.cfg = cfg
         self.api = api  # the REST Api: pool cache and idempotent submit
         self.namespaces = namespaces
-        self.reviews = 0
-        self.denials = 0
 
     async def mutate(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -107,16 +90,13 @@ class Webhook:
                              f"{review.get('apiVersion')} {review.get('kind')}")
             result = await asyncio.wait_for(self._review(req), self.cfg.webhook_deadline_seconds)
         except Denied as e:
-            self.denials += 1
             log.info("review denied", uid=uid, reason=e.message)
             result = answer(uid, False, message=e.message, code=e.code)
         except asyncio.TimeoutError:
-            self.denials += 1
             message = (f"ipam could not assign MAC addresses within {self.cfg.webhook_deadline_seconds:g}s "
                        "(its pipeline is slow or down); please retry")
             log.warning("review timed out", uid=uid)
             result = answer(uid, False, message=message, code=503)
-        self.reviews += 1
         self.api.metrics.reviews.labels("allowed" if result["response"]["allowed"] else "denied").inc()
         log.debug("review answered", uid=uid, ms=round((time.perf_counter() - started) * 1000, 2))
         return web.json_response(result)
@@ -144,11 +124,9 @@ class Webhook:
             needs = interfaces_needing_macs(vm)
         except SpecError as e:
             raise Denied(f"{e.field}: {e.reason}") from None
-        interfaces = ((vm.get("spec") or {}).get("template") or {}).get("spec", {}) or {}
-        count = len(((interfaces.get("domain") or {}).get("devices") or {}).get("interfaces") or [])
+        count = len(vm_interfaces(vm))  # checked by interfaces_needing_macs
         if count > self.cfg.max_interfaces:
-            raise Denied(f"spec.template.spec.domain.devices.interfaces: {count} interfaces; ipam allows at most "
-                         f"{self.cfg.max_interfaces}")
+            raise Denied(f"{INTERFACES_FIELD}: {count} interfaces; ipam allows at most {self.cfg.max_interfaces}")
         if not needs:
             return answer(uid, True)
         meta, old_meta = _metadata(vm), _metadata(old)
@@ -157,13 +135,13 @@ class Webhook:
             raise Denied("metadata.name: a VirtualMachine needs a name or generateName")
         vm_uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{uid}"
         dry_run = bool(req.get("dryRun"))
-        old_macs = _spec_macs(old)
+        old_macs = spec_macs(old)
         now = int(time.time() * 1000)
         pools = await self.api.refresh_pools(max_age=2.0)
         commands = []
         for need in needs:
             wanted = need.requested_mac or old_macs.get(need.name)
-            field = f"spec.template.spec.domain.devices.interfaces[{need.index}].macAddress"
+            field = f"{INTERFACES_FIELD}[{need.index}].macAddress"
             mac = None
             if wanted is not None:
                 try:
@@ -218,7 +196,8 @@ class TlsFiles:
         self.reload()
 
     def _files_stamp(self) -> tuple:
-        return tuple((os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in (self.cert_file, self.key_file))
+        stats = [os.stat(f) for f in (self.cert_file, self.key_file)]
+        return tuple((st.st_mtime_ns, st.st_size) for st in stats)
 
     def reload(self) -> bool:
         stamp = self._files_stamp()

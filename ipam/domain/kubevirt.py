@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 INTERFACES_PATH = "/spec/template/spec/domain/devices/interfaces"
+INTERFACES_FIELD = "spec.template.spec.domain.devices.interfaces"
 
 # Namespace labels: ipam's own, and KubeMacPool's, honoured so a cluster need not relabel.
 IPAM_LABEL = "ipam.kubevirt.io/mac-allocation"
@@ -46,20 +47,33 @@ def _get(obj: object, path: list[str], field: str) -> object:
     return obj
 
 
-def interfaces_needing_macs(vm: Mapping) -> list[InterfaceNeed]:
-    template = _get(vm, ["spec", "template", "spec"], "spec.template.spec")
-    if template is None:
-        return []
-    interfaces = _get(template, ["domain", "devices", "interfaces"], "spec.template.spec.domain.devices.interfaces") or []
-    networks = _get(template, ["networks"], "spec.template.spec.networks") or []
+def vm_interfaces(vm: Mapping) -> list:
+    """``spec.template.spec.domain.devices.interfaces``, checked to be a list ([] when absent)."""
+    interfaces = _get(vm, ["spec", "template", "spec", "domain", "devices", "interfaces"], INTERFACES_FIELD) or []
     if not isinstance(interfaces, list):
-        raise SpecError("spec.template.spec.domain.devices.interfaces", "expected a list")
+        raise SpecError(INTERFACES_FIELD, "expected a list")
+    return interfaces
+
+
+def spec_macs(vm: Mapping | None) -> dict[str, str]:
+    """interface name -> ``macAddress`` as written in a VM's spec; malformed entries are skipped."""
+    try:
+        interfaces = vm_interfaces(vm or {})
+    except SpecError:
+        return {}
+    return {i["name"]: i["macAddress"] for i in interfaces
+            if isinstance(i, Mapping) and isinstance(i.get("name"), str) and isinstance(i.get("macAddress"), str)}
+
+
+def interfaces_needing_macs(vm: Mapping) -> list[InterfaceNeed]:
+    interfaces = vm_interfaces(vm)
+    networks = _get(vm, ["spec", "template", "spec", "networks"], "spec.template.spec.networks") or []
     if not isinstance(networks, list):
         raise SpecError("spec.template.spec.networks", "expected a list")
     by_name = {n.get("name"): n for n in networks if isinstance(n, Mapping)}
     needs = []
     for index, iface in enumerate(interfaces):
-        field = f"spec.template.spec.domain.devices.interfaces[{index}]"
+        field = f"{INTERFACES_FIELD}[{index}]"
         if not isinstance(iface, Mapping) or not isinstance(iface.get("name"), str):
             raise SpecError(field, "an interface needs a name")
         network = by_name.get(iface["name"])

@@ -25,6 +25,7 @@ from ..adapters.postgres.partitions import load_pools
 from ..adapters.bus import CommandBus
 from ..config import Config
 from ..domain.allocation import PROVISIONAL_UID_PREFIX
+from ..domain.kubevirt import spec_macs
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.messages import ExpirePending, ObservedInterface, ObserveVm
 from ..domain.routing import RoutingError, choose_pool
@@ -33,25 +34,13 @@ log = structlog.get_logger("ipam.watcher")
 LEADER_LOCK = 0x1BA3_0002  # pg_advisory_lock key of the watcher (0x1BA3_0001 is the migrations lock)
 
 
-def spec_interfaces(vm: dict) -> list[tuple[str, str]]:
-    """(interface name, macAddress) of every interface whose spec names a MAC."""
-    try:
-        ifaces = vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] or []
-    except (KeyError, TypeError):
-        return []
-    return [(i["name"], i["macAddress"]) for i in ifaces
-            if isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("macAddress"), str)]
-
-
 class Watcher:
     def __init__(self, cfg: Config, db: asyncpg.Pool, bus: CommandBus) -> None:
         self.cfg = cfg
         self.db = db
         self.bus = bus
         self.is_leader = False
-        self.observed = 0
         self.unmanaged = 0
-        self.expired = 0
         self._last: dict[str, frozenset] = {}  # vm uid -> the (interface, mac) set last sent
         self._pools: dict = {}
         self._pools_at = 0.0
@@ -105,32 +94,38 @@ class Watcher:
     # --- virtual machines ---------------------------------------------------------
 
     async def _on_vm_list(self, items: list[dict]) -> None:
-        """A full picture: observe every VM, and release VMs that hold leases but no longer exist."""
+        """A full picture: observe every VM, and release VMs that hold leases but no longer exist.
+
+        One query for who holds leases where serves the whole list (not one per VM)."""
         await self._refresh_pools()
-        listed = set()
-        self._last.clear()
-        for vm in items:
-            listed.add(vm["metadata"]["uid"])
-            await self._observe(vm, deleted=False)
         async with self.db.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT DISTINCT pool, namespace, vm, vm_uid FROM ipam_store.mac_leases "
                 "WHERE left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX), PROVISIONAL_UID_PREFIX)
+        holding: dict[str, set[str]] = {}
+        for r in rows:
+            holding.setdefault(r["vm_uid"], set()).add(r["pool"])
+        listed = set()
+        self._last.clear()
+        for vm in items:
+            listed.add(vm["metadata"]["uid"])
+            await self._observe(vm, deleted=False, holding=holding.get(vm["metadata"]["uid"], set()))
         gone = [r for r in rows if r["vm_uid"] not in listed]
         for r in gone:
-            await self._send(ObserveVm(command_id=f"watch:{r['vm_uid']}:gone:{r['pool']}", at=_now(), pool=r["pool"],
-                                       namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], deleted=True))
+            await self.bus.send(ObserveVm(command_id=f"watch:{r['vm_uid']}:gone:{r['pool']}", at=_now(), pool=r["pool"],
+                                          namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], deleted=True))
         log.info("virtual machines listed", vms=len(items), released_missing=len(gone))
 
     async def _on_vm(self, kind: str, vm: dict) -> None:
         await self._observe(vm, deleted=kind == "DELETED")
 
-    async def _observe(self, vm: dict, deleted: bool) -> None:
+    async def _observe(self, vm: dict, deleted: bool, holding: set[str] | None = None) -> None:
+        """``holding``: pools where this VM holds leases, when the caller already knows."""
         meta = vm.get("metadata") or {}
         uid, namespace, name, rv = meta.get("uid"), meta.get("namespace"), meta.get("name"), meta.get("resourceVersion")
         if not (uid and namespace and name):
             return
-        seen = frozenset(spec_interfaces(vm))
+        seen = frozenset(spec_macs(vm).items())
         if not deleted and self._last.get(uid) == seen:
             return  # status or metadata changed, not the interfaces
         by_pool, unroutable = self._route(namespace, seen)
@@ -143,15 +138,16 @@ class Watcher:
             self.unmanaged += 1
             log.warning("MAC in a VM spec that ipam does not manage", namespace=namespace, vm=name, interface=iface,
                         mac=text, reason=reason)
-        async with self.db.acquire() as conn:
-            holding = {r["pool"] for r in await conn.fetch(
-                "SELECT DISTINCT pool FROM ipam_store.mac_leases WHERE namespace = $1 AND vm = $2 AND vm_uid = $3",
-                namespace, name, uid)}
+        if holding is None:
+            async with self.db.acquire() as conn:
+                holding = {r["pool"] for r in await conn.fetch(
+                    "SELECT DISTINCT pool FROM ipam_store.mac_leases WHERE namespace = $1 AND vm = $2 AND vm_uid = $3",
+                    namespace, name, uid)}
         tag = "deleted" if deleted else rv
         for pool in sorted(set(by_pool) | holding):
-            await self._send(ObserveVm(command_id=f"watch:{uid}:{tag}:{pool}", at=_now(), pool=pool, namespace=namespace,
-                                       vm=name, vm_uid=uid, interfaces=() if deleted else tuple(by_pool.get(pool, ())),
-                                       deleted=deleted))
+            await self.bus.send(ObserveVm(command_id=f"watch:{uid}:{tag}:{pool}", at=_now(), pool=pool,
+                                          namespace=namespace, vm=name, vm_uid=uid,
+                                          interfaces=() if deleted else tuple(by_pool.get(pool, ())), deleted=deleted))
         if deleted or seen is None:
             self._last.pop(uid, None)
         else:
@@ -169,10 +165,6 @@ class Watcher:
                 continue
             by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
         return by_pool, unroutable
-
-    async def _send(self, cmd) -> None:
-        await self.bus.send(cmd)
-        self.observed += 1
 
     async def _refresh_pools(self) -> None:
         async with self.db.acquire() as conn:
@@ -198,9 +190,8 @@ class Watcher:
                     "SELECT pool, mac::text, vm_uid, (extract(epoch FROM pending_until) * 1000)::bigint AS until "
                     "FROM ipam_store.mac_leases WHERE pending_until < now() LIMIT 1000")
             for r in rows:
-                await self._send(ExpirePending(command_id=f"expire:{r['mac']}:{r['vm_uid']}:{r['until']}", at=_now(),
+                await self.bus.send(ExpirePending(command_id=f"expire:{r['mac']}:{r['vm_uid']}:{r['until']}", at=_now(),
                                                pool=r["pool"], mac=r["mac"], vm_uid=r["vm_uid"]))
-                self.expired += 1
 
 
 def vmi_rows(vmi: dict) -> list[tuple]:
