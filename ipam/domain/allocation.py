@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from . import ip_allocation as ip
 from .mac import MacFormatError, format_mac, parse_mac, unicast_at, unicast_below, unicast_problem
 from .messages import (
     AnyCommand,
     AnyEvent,
     CommandRejected,
     CreatePool,
+    DefineNetwork,
+    DeleteNetwork,
     ExpirePending,
+    ExpirePendingIp,
+    LeaseIp,
+    ObserveGuestIps,
+    ObserveVmIps,
+    ReleaseIp,
+    ReleaseIps,
     LeaseMac,
     MacConflict,
     MacLeaseConfirmed,
@@ -55,8 +64,18 @@ def binds(holder: Owner, owner: Owner) -> bool:
 
 
 def stream_key(command: AnyCommand) -> str:
-    """The key a command is partitioned by: the pool, or the registry for pool definitions."""
-    return REGISTRY_KEY if isinstance(command, CreatePool) else command.pool
+    """The key a command is partitioned by: the pool, the network, or the registry for pool definitions."""
+    if isinstance(command, CreatePool):
+        return REGISTRY_KEY
+    if isinstance(command, (DefineNetwork, DeleteNetwork)):
+        return command.name
+    network = getattr(command, "network", None)
+    return network if network is not None else command.pool
+
+
+def pool_of(command: AnyCommand) -> str | None:
+    """The pool a MAC command needs to know (None for pool definitions and IP commands)."""
+    return None if isinstance(command, CreatePool) else getattr(command, "pool", None)
 
 
 def mac_of(text: str) -> int:
@@ -109,11 +128,12 @@ class PoolBook:
 
 
 class State:
-    __slots__ = ("pools", "books", "recent", "quarantine_ms", "recent_max")
+    __slots__ = ("pools", "books", "networks", "recent", "quarantine_ms", "recent_max")
 
     def __init__(self, quarantine_ms: int = DEFAULT_QUARANTINE_MS, recent_max: int = DEFAULT_RECENT_MAX) -> None:
         self.pools: dict[str, Pool] = {}
         self.books: dict[str, PoolBook] = {}
+        self.networks: dict[str, ip.NetworkBook] = {}  # the networks keyed to this partition
         self.recent: dict[str, None] = {}
         self.quarantine_ms = quarantine_ms
         self.recent_max = recent_max
@@ -135,7 +155,8 @@ class State:
     def snapshot(self) -> dict:
         """A comparable picture of the state, for replay-equality checks."""
         books = {n: b.snapshot() for n, b in self.books.items() if b.by_mac or b.quarantine or b.cursor != b.pool.start}
-        return {"pools": dict(self.pools), "books": books, "recent": list(self.recent)}
+        networks = {n: b.snapshot() for n, b in self.networks.items()}
+        return {"pools": dict(self.pools), "books": books, "networks": networks, "recent": list(self.recent)}
 
 
 def pool_from_event(ev: PoolCreated) -> Pool:
@@ -166,6 +187,23 @@ def decide(state: State, command: AnyCommand) -> list[AnyEvent]:
         return _expire(state, command)
     if isinstance(command, CreatePool):
         return _create_pool(state, command)
+    networks, quarantine_ms = state.networks, state.quarantine_ms
+    if isinstance(command, LeaseIp):
+        return ip.lease(networks, command, quarantine_ms, binds)
+    if isinstance(command, ObserveVmIps):
+        return ip.observe(networks, command, quarantine_ms, binds)
+    if isinstance(command, ObserveGuestIps):
+        return ip.drift(networks, command, binds)
+    if isinstance(command, ExpirePendingIp):
+        return ip.expire(networks, command, quarantine_ms)
+    if isinstance(command, ReleaseIps):
+        return ip.release_owner(networks, command, quarantine_ms)
+    if isinstance(command, ReleaseIp):
+        return ip.release_address(networks, command, quarantine_ms)
+    if isinstance(command, DefineNetwork):
+        return ip.define(networks, command)
+    if isinstance(command, DeleteNetwork):
+        return ip.delete(networks, command)
     raise TypeError(f"not a command: {command!r}")
 
 
@@ -457,6 +495,8 @@ def evolve(state: State, event: AnyEvent) -> State:
         book.hold(mac, event.owner)
     elif kind is PoolCreated:
         state.pools[event.name] = pool_from_event(event)
+    elif kind in ip.IP_STATE_EVENTS:
+        ip.evolve_ip(state.networks, event)
     return state
 
 

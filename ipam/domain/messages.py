@@ -110,7 +110,109 @@ class ExpirePending(Command, tag="ExpirePending", frozen=True):
     vm_uid: Name
 
 
-AnyCommand = Union[CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending]
+# --- IP commands: keyed by network, so one partition owns each network's addresses -------
+
+
+class SubnetSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """One subnet of a network as written by people: ``exclude`` holds addresses, ``first-last``
+    ranges or CIDRs inside it; the gateway is never handed out."""
+
+    cidr: Annotated[str, Meta(min_length=1, max_length=64)]
+    gateway: str | None = None
+    exclude: tuple[str, ...] = ()
+
+
+class DefineNetwork(Command, tag="DefineNetwork", frozen=True):
+    """Create a network, or replace its definition (``create_only``: refuse if it exists and differs).
+
+    A new definition that would leave a live lease outside the network (or excluded, or the
+    gateway) is rejected with the leases named.  ``source``: "api" or "nad:<namespace>/<name>".
+    """
+
+    name: Name
+    subnets: tuple[SubnetSpec, ...]
+    dns: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()
+    create_only: bool = False
+    source: str = "api"
+
+
+class DeleteNetwork(Command, tag="DeleteNetwork", frozen=True):
+    """Remove a network; refused while it holds live leases (they are named)."""
+
+    name: Name
+    source: str = "api"
+
+
+class LeaseIp(Command, tag="LeaseIp", frozen=True):
+    """Lease an interface its addresses in a network: one per family the network has (both for
+    dual-stack).  Per family: the address in ``addresses`` (static), else the one it holds
+    (sticky), else the next free.  All or nothing: one refusal rejects the command."""
+
+    network: Name
+    owner: Owner
+    addresses: tuple[str, ...] = ()
+    pending_until: Millis = 0
+    dry_run: bool = False
+
+
+class ReleaseIps(Command, tag="ReleaseIps", frozen=True):
+    """Release a VM's addresses in a network, or one interface's."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    interface: str | None = None
+
+
+class ReleaseIp(Command, tag="ReleaseIp", frozen=True):
+    """Release whatever lease holds this address."""
+
+    network: Name
+    address: str
+
+
+class ObservedAddresses(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    addresses: tuple[str, ...] = ()
+
+
+class ObserveVmIps(Command, tag="ObserveVmIps", frozen=True):
+    """What the watcher saw of one VM for one network: the addresses each interface carries in its
+    ``ipam.kubevirt.io/ip-addresses`` annotation.  Confirms pending leases, adopts addresses nobody
+    holds, reports conflicts, releases interfaces the VM no longer has (everything when ``deleted``).
+    An interface listed without addresses keeps what it holds."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interfaces: tuple[ObservedAddresses, ...] = ()
+    deleted: bool = False
+
+
+class ExpirePendingIp(Command, tag="ExpirePendingIp", frozen=True):
+    network: Name
+    address: str
+    vm_uid: Name
+
+
+class ObserveGuestIps(Command, tag="ObserveGuestIps", frozen=True):
+    """Addresses a running guest reports on one interface (VMI status, from the guest agent).
+    Those inside the network that are not this interface's lease become ``IpDrift``."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interface: Name
+    addresses: tuple[str, ...] = ()
+
+
+AnyCommand = Union[
+    CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
+    DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
+]
 
 
 # --- events -------------------------------------------------------------------------
@@ -189,15 +291,107 @@ class CommandRejected(Event, tag="CommandRejected", frozen=True):
     field: str | None = None
     pool: str | None = None
     holder: Owner | None = None
+    network: str | None = None
+
+
+# --- IP events ------------------------------------------------------------------------
+
+
+class NetworkDefined(Event, tag="NetworkDefined", frozen=True):
+    """A network was created (``created``) or its definition replaced."""
+
+    name: Name
+    subnets: tuple[SubnetSpec, ...]
+    dns: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()
+    source: str = "api"
+    created: bool = True
+
+
+class NetworkDeleted(Event, tag="NetworkDeleted", frozen=True):
+    name: Name
+    source: str = "api"
+
+
+class IpLeased(Event, tag="IpLeased", frozen=True):
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+    static: bool = False
+    pending_until: Millis = 0
+    adopted: bool = False
+
+
+class IpLeaseReturned(Event, tag="IpLeaseReturned", frozen=True):
+    """The interface already held this address: sticky answer, state unchanged."""
+
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+
+
+class IpLeaseOffered(Event, tag="IpLeaseOffered", frozen=True):
+    """Answer to a dry run: the address the interface would get.  Nothing changed."""
+
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+
+
+class IpLeaseConfirmed(Event, tag="IpLeaseConfirmed", frozen=True):
+    """A pending lease was seen on a real VM: it is now that VM's (``owner``)."""
+
+    network: Name
+    address: str
+    owner: Owner
+    previous: Owner
+
+
+class IpReleased(Event, tag="IpReleased", frozen=True):
+    network: Name
+    address: str
+    owner: Owner
+    quarantined_until: Millis = 0
+    reason: str = "requested"
+
+
+class IpConflict(Event, tag="IpConflict", frozen=True):
+    """A VM's annotation carries an address another interface holds.  Recorded, nothing changed."""
+
+    network: Name
+    address: str
+    owner: Owner
+    holder: Owner
+
+
+class IpDrift(Event, tag="IpDrift", frozen=True):
+    """A guest uses an address of a managed network that is not its lease.  ``kind``: "unleased"
+    (nobody holds it) or "held-by-other" (``holder`` does).  Recorded, nothing changed."""
+
+    network: Name
+    address: str
+    owner: Owner
+    kind: str
+    holder: Owner | None = None
 
 
 AnyEvent = Union[
     PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
+    NetworkDefined, NetworkDeleted, IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict,
+    IpDrift,
 ]
 
-COMMAND_TYPES: tuple[type, ...] = (CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending)
+COMMAND_TYPES: tuple[type, ...] = (
+    CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
+    DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
+)
 EVENT_TYPES: tuple[type, ...] = (
     PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
+    NetworkDefined, NetworkDeleted, IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict,
+    IpDrift,
 )
 
 command_decoder = msgspec.json.Decoder(AnyCommand)

@@ -26,8 +26,8 @@ from ..adapters import kafka
 from ..adapters.postgres.partitions import (claim, current_epochs, load_fences, load_pools, load_state, read_partition,
                                             set_fence)
 from ..config import Config
-from ..domain.allocation import State, decide, evolve, stream_key
-from ..domain.messages import CommandRejected, CreatePool, command_decoder
+from ..domain.allocation import State, decide, evolve, pool_of, stream_key
+from ..domain.messages import CommandRejected, command_decoder
 from ..domain.records import EventRecord, record_decoder
 from .ownership import take_until_done
 from .continuity import command_id_of, ensure_continuity, skip_unserved
@@ -222,7 +222,8 @@ class Allocator:
                     )
                 ]
             else:
-                if not isinstance(command, CreatePool) and command.pool not in owned.state.pools:
+                pool = pool_of(command)
+                if pool is not None and pool not in owned.state.pools:
                     await self._refresh_pools(command.at)
                 events = decide(owned.state, command)
         state = owned.state

@@ -1,0 +1,271 @@
+"""IP networks: subnets (IPv4, IPv6, dual-stack), exclusions, gateway, DNS; addresses as integer keys.
+
+An address travels as text (``10.0.0.5``, ``fd00::5``) and lives in memory as an integer key:
+its value, with bit 128 set for IPv6 so the two families never collide in one dict.  A subnet
+is never materialised: allocation walks offsets inside ``[lo, hi]`` and jumps over excluded
+intervals, so a /64 costs the same as a /24.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+V6 = 1 << 128
+SUBNETS_MAX = 16
+EXCLUDES_MAX = 256
+DNS_MAX = 8
+ATTACHMENTS_MAX = 256
+START_SPAN = 1 << 32  # random cursor starts stay within the first 2^32 offsets (JSON-safe, any subnet size)
+
+
+class NetworkError(ValueError):
+    """A network definition that cannot be used; ``field`` names the part of it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class AddressError(ValueError):
+    pass
+
+
+def parse_address(text: object) -> int:
+    """An address in any spelling ``ipaddress`` accepts -> its key."""
+    if not isinstance(text, str):
+        raise AddressError("expected an IP address as a string")
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise AddressError(f"{text[:80]!r} is not an IPv4 or IPv6 address") from None
+    return int(addr) | (V6 if addr.version == 6 else 0)
+
+
+def family_of(key: int) -> int:
+    return 6 if key & V6 else 4
+
+
+def format_address(key: int) -> str:
+    if key & V6:
+        return str(ipaddress.IPv6Address(key ^ V6))
+    return str(ipaddress.IPv4Address(key))
+
+
+def address_of(text: str) -> int:
+    """Fast path for addresses we wrote ourselves (canonical text)."""
+    return parse_address(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    """One subnet of a network: the usable addresses ``[lo, hi]`` (values, not keys) minus ``excluded``
+    (sorted, merged, inclusive intervals, the gateway among them).  ``size`` is what can be handed out."""
+
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: int | None  # key
+    excluded: tuple[tuple[int, int], ...]
+    lo: int
+    hi: int
+    size: int
+    start: int  # offset where the next-fit cursor begins
+    _starts: tuple[int, ...] = field(repr=False, compare=False, default=())
+
+    @property
+    def family(self) -> int:
+        return self.cidr.version
+
+    @property
+    def mark(self) -> int:
+        return V6 if self.cidr.version == 6 else 0
+
+    @property
+    def span(self) -> int:
+        return self.hi - self.lo + 1
+
+    def usable(self, key: int) -> bool:
+        """Inside the subnet's usable range and not excluded (nor the gateway)."""
+        if (key & V6) != self.mark:
+            return False
+        value = key & ~V6
+        return self.lo <= value <= self.hi and self.excluded_end(value) is None
+
+    def holds(self, key: int) -> bool:
+        """Inside the subnet at all (network and broadcast included)."""
+        if (key & V6) != self.mark:
+            return False
+        value = key & ~V6
+        return int(self.cidr.network_address) <= value <= int(self.cidr.broadcast_address)
+
+    def excluded_end(self, value: int) -> int | None:
+        """If ``value`` is excluded, the last value of its excluded interval."""
+        i = bisect_right(self._starts, value) - 1
+        if i >= 0 and value <= self.excluded[i][1]:
+            return self.excluded[i][1]
+        return None
+
+    def why_not(self, key: int) -> str | None:
+        """Why an address of this subnet cannot be leased, or None."""
+        value = key & ~V6
+        if self.cidr.version == 4 and self.cidr.prefixlen <= 30:
+            if value == int(self.cidr.network_address):
+                return "is the network address"
+            if value == int(self.cidr.broadcast_address):
+                return "is the broadcast address"
+        if self.cidr.version == 6 and self.cidr.prefixlen <= 126 and value == int(self.cidr.network_address):
+            return "is the subnet-router anycast address"
+        if self.gateway is not None and key == self.gateway:
+            return "is the gateway"
+        if self.excluded_end(value) is not None:
+            return "is excluded"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    subnets: tuple[Subnet, ...]
+    dns: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()  # "namespace/name" of NetworkAttachmentDefinitions that attach to it
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        return tuple(sorted({s.family for s in self.subnets}))
+
+    def subnet_of(self, key: int) -> int | None:
+        """Index of the subnet the address is inside (usable or not)."""
+        for i, s in enumerate(self.subnets):
+            if s.holds(key):
+                return i
+        return None
+
+    def problem(self, key: int) -> str | None:
+        """Why this address cannot be leased in this network, or None."""
+        i = self.subnet_of(key)
+        if i is None:
+            return f"is outside network {self.name!r} ({', '.join(str(s.cidr) for s in self.subnets)})"
+        why = self.subnets[i].why_not(key)
+        return None if why is None else f"{why} of {self.subnets[i].cidr} in network {self.name!r}"
+
+
+def _address_in(text: str, net, field_name: str) -> int:
+    try:
+        key = parse_address(text)
+    except AddressError as e:
+        raise NetworkError(field_name, str(e)) from None
+    if family_of(key) != net.version or not (int(net.network_address) <= key & ~V6 <= int(net.broadcast_address)):
+        raise NetworkError(field_name, f"{text} is outside subnet {net}")
+    return key
+
+
+def _interval(text: str, net, field_name: str) -> tuple[int, int]:
+    """One exclusion: an address, ``first-last``, or a CIDR inside the subnet."""
+    if not isinstance(text, str) or not text.strip():
+        raise NetworkError(field_name, "expected an address, a range 'first-last' or a CIDR")
+    text = text.strip()
+    if "/" in text:
+        try:
+            sub = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise NetworkError(field_name, f"{text[:80]!r} is not a CIDR") from None
+        if sub.version != net.version or not sub.subnet_of(net):
+            raise NetworkError(field_name, f"{text} is outside subnet {net}")
+        return int(sub.network_address), int(sub.broadcast_address)
+    if "-" in text:
+        first, _, last = text.partition("-")
+        lo, hi = _address_in(first, net, field_name) & ~V6, _address_in(last, net, field_name) & ~V6
+        if lo > hi:
+            raise NetworkError(field_name, f"range {text} starts after it ends")
+        return lo, hi
+    value = _address_in(text, net, field_name) & ~V6
+    return value, value
+
+
+def _merge(intervals: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((a, b) for a, b in merged)
+
+
+def start_of(network: str, cidr: str, span: int) -> int:
+    """Deterministic 'random' cursor start per (network, subnet): replays make the same choice."""
+    digest = hashlib.blake2b(f"{network}\x00{cidr}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % min(span, START_SPAN)
+
+
+def build_subnet(network: str, index: int, cidr: str, gateway: str | None, exclude: Sequence[str]) -> Subnet:
+    where = f"subnets[{index}]"
+    if not isinstance(cidr, str):
+        raise NetworkError(f"{where}.cidr", "expected a CIDR such as 10.0.0.0/24 or fd00::/64")
+    try:
+        net = ipaddress.ip_network(cidr.strip())
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise NetworkError(f"{where}.cidr", f"{cidr[:80]!r} is not a CIDR: {e}") from None
+        raise NetworkError(f"{where}.cidr", f"{cidr} has host bits set; did you mean {loose}?") from None
+    first, last = int(net.network_address), int(net.broadcast_address)
+    if net.version == 4:
+        lo, hi = (first + 1, last - 1) if net.prefixlen <= 30 else (first, last)
+    else:
+        lo, hi = (first + 1, last) if net.prefixlen <= 126 else (first, last)
+    if len(exclude) > EXCLUDES_MAX:
+        raise NetworkError(f"{where}.exclude", f"at most {EXCLUDES_MAX} exclusions per subnet")
+    intervals = [_interval(x, net, f"{where}.exclude[{i}]") for i, x in enumerate(exclude)]
+    gw = None
+    if gateway is not None:
+        gw = _address_in(gateway, net, f"{where}.gateway")
+        if not lo <= gw & ~V6 <= hi:
+            raise NetworkError(f"{where}.gateway", f"{gateway} is the network or broadcast address of {net}")
+        intervals.append((gw & ~V6, gw & ~V6))
+    clipped = [(max(a, lo), min(b, hi)) for a, b in intervals if b >= lo and a <= hi]
+    excluded = _merge(clipped)
+    size = hi - lo + 1 - sum(b - a + 1 for a, b in excluded)
+    if size <= 0:
+        raise NetworkError(f"{where}.exclude", f"nothing of {net} is left to hand out")
+    return Subnet(cidr=net, gateway=gw, excluded=excluded, lo=lo, hi=hi, size=size,
+                  start=start_of(network, str(net), hi - lo + 1), _starts=tuple(a for a, _ in excluded))
+
+
+def build_network(name: str, subnets: Sequence, dns: Sequence[str] = (), attachments: Sequence[str] = ()) -> Network:
+    """Check and build a network from its definition (``subnets``: items with cidr, gateway, exclude)."""
+    from .pools import pool_name_problem  # same naming rule as pools
+
+    problem = pool_name_problem(name)
+    if problem:
+        raise NetworkError("name", f"network name {problem}")
+    if not subnets:
+        raise NetworkError("subnets", "a network needs at least one subnet")
+    if len(subnets) > SUBNETS_MAX:
+        raise NetworkError("subnets", f"at most {SUBNETS_MAX} subnets per network")
+    built = tuple(build_subnet(name, i, s.cidr, s.gateway, s.exclude) for i, s in enumerate(subnets))
+    for i, a in enumerate(built):
+        for j in range(i):
+            b = built[j]
+            if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):
+                raise NetworkError(f"subnets[{i}].cidr", f"{a.cidr} overlaps subnets[{j}] ({b.cidr})")
+    if len(dns) > DNS_MAX:
+        raise NetworkError("dns", f"at most {DNS_MAX} DNS servers")
+    for i, d in enumerate(dns):
+        try:
+            parse_address(d)
+        except AddressError as e:
+            raise NetworkError(f"dns[{i}]", str(e)) from None
+    if len(attachments) > ATTACHMENTS_MAX:
+        raise NetworkError("attachments", f"at most {ATTACHMENTS_MAX} attachments")
+    for i, a in enumerate(attachments):
+        ns, slash, nad = a.partition("/") if isinstance(a, str) else ("", "", "")
+        if not slash or not ns or not nad or "/" in nad or pool_name_problem(ns) or pool_name_problem(nad):
+            raise NetworkError(f"attachments[{i}]", f"{str(a)[:80]!r} is not 'namespace/name' of a NetworkAttachmentDefinition")
+    if len(set(attachments)) != len(attachments):
+        raise NetworkError("attachments", "lists an attachment twice")
+    return Network(name=name, subnets=built, dns=tuple(str(ipaddress.ip_address(d.strip())) for d in dns),
+                   attachments=tuple(attachments))
