@@ -1,10 +1,9 @@
-"""aiohttp application: REST for pools and MAC leases, health, readiness, OpenAPI."""
+"""aiohttp application: REST for pools and MAC leases (IP networks and leases in ``networks``), health, readiness, OpenAPI."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -16,79 +15,17 @@ from aiohttp import web
 
 from ..adapters.postgres.partitions import load_pools
 from ..config import Config
-from ..domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from ..domain.mac import format_mac
 from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
 from ..domain.routing import RoutingError, choose_pool
 from . import models
+from .http import CONFIG, STATUS, ApiError, decode_body, mac_field, now_ms, raise_rejection, reply
 from ..adapters.bus import CommandBus, OutcomeTimeout
 from .metrics import Metrics
+from .networks import routes as network_routes
 from .openapi import openapi_document
 
 log = structlog.get_logger("ipam.api")
-_json = msgspec.json.Encoder()
-
-# Stable rejection codes from the decider -> HTTP status.
-STATUS = {
-    "invalid": 400, "malformed": 400, "unknown_pool": 404, "not_found": 404, "no_pool": 422,
-    "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
-    "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
-}
-CONFIG = web.AppKey("config", Config)
-_FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
-
-
-class ApiError(Exception):
-    """A request that cannot be served: becomes a JSON error body naming the field."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-    def response(self) -> web.Response:
-        body = models.Error(models.ErrorBody(code=self.code, message=self.message, field=self.field))
-        return web.Response(body=_json.encode(body), status=self.status, content_type="application/json")
-
-
-def _reply(obj, status: int = 200) -> web.Response:
-    return web.Response(body=_json.encode(obj), status=status, content_type="application/json")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def _decode(request: web.Request, kind: type):
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body") from None
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as e:
-        m = _FIELD.search(str(e))
-        field = (m.group(1) or m.group(2)) if m else None
-        raise ApiError(400, "invalid", str(e), field) from None
-    except msgspec.DecodeError as e:
-        raise ApiError(400, "invalid", f"body is not valid JSON: {e}", "body") from None
-
-
-def _mac_field(text: str | None, field: str = "mac") -> int | None:
-    if text is None:
-        return None
-    try:
-        mac = parse_mac(text)
-    except MacFormatError as e:
-        raise ApiError(400, "invalid", str(e), field) from None
-    problem = unicast_problem(mac)
-    if problem:
-        raise ApiError(400, "invalid", f"{format_mac(mac)}: {problem}", field)
-    return mac
-
-
-def _rejection(events: list[dict]) -> None:
-    for ev in events:
-        if ev["type"] == "CommandRejected":
-            raise ApiError(STATUS.get(ev["code"], 400), ev["code"], ev["reason"], ev.get("field"))
 
 
 def _lease_of(ev: dict) -> models.Lease:
@@ -135,17 +72,17 @@ class Api:
     # --- pools --------------------------------------------------------------------
 
     async def create_pool(self, request: web.Request) -> web.Response:
-        body = await _decode(request, models.PoolRequest)
-        cmd = CreatePool(command_id=self._command_id(request, body.command_id), at=_now_ms(), name=body.name,
+        body = await decode_body(request, models.PoolRequest)
+        cmd = CreatePool(command_id=self._command_id(request, body.command_id), at=now_ms(), name=body.name,
                          range=body.range, namespaces=tuple(body.namespaces), default=body.default, external=body.external)
         events = await self.submit(cmd)
-        _rejection(events)
+        raise_rejection(events)
         await self.refresh_pools()
         pools = await self._pool_rows(body.name)
-        return _reply(pools[0], 201)
+        return reply(pools[0], 201)
 
     async def list_pools(self, request: web.Request) -> web.Response:
-        return _reply(models.PoolList(pools=await self._pool_rows(None)))
+        return reply(models.PoolList(pools=await self._pool_rows(None)))
 
     async def _pool_rows(self, name: str | None) -> list[models.Pool]:
         rows = await self.db.fetch(
@@ -160,8 +97,8 @@ class Api:
     # --- leases -------------------------------------------------------------------
 
     async def lease(self, request: web.Request) -> web.Response:
-        body = await _decode(request, models.LeaseRequest)
-        mac = _mac_field(body.mac)
+        body = await decode_body(request, models.LeaseRequest)
+        mac = mac_field(body.mac)
         command_id = self._command_id(request, body.command_id)
         pools = await self.refresh_pools(max_age=2.0)
         if body.pool is not None and body.pool not in pools:
@@ -171,13 +108,13 @@ class Api:
         except RoutingError as e:
             raise ApiError(STATUS.get(e.code, 422), e.code, e.reason, e.field) from None
         owner = {"namespace": body.namespace, "vm": body.vm, "vm_uid": body.vm_uid, "interface": body.interface}
-        cmd = msgspec.convert({"type": "LeaseMac", "command_id": command_id, "at": _now_ms(), "pool": pool.name,
+        cmd = msgspec.convert({"type": "LeaseMac", "command_id": command_id, "at": now_ms(), "pool": pool.name,
                                "owner": owner, "mac": None if mac is None else format_mac(mac)}, LeaseMac)
         events = await self.submit(cmd)
-        _rejection(events)
+        raise_rejection(events)
         final = events[-1]
         existing = final["type"] == "MacLeaseReturned"
-        return _reply(models.LeaseAnswer(lease=_lease_of(final), existing=existing, command_id=command_id),
+        return reply(models.LeaseAnswer(lease=_lease_of(final), existing=existing, command_id=command_id),
                       200 if existing else 201)
 
     async def list_leases(self, request: web.Request) -> web.Response:
@@ -185,7 +122,7 @@ class Api:
         limit = q.get("limit", "1000")
         if not limit.isdigit() or not 1 <= int(limit) <= 100000:
             raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
-        mac = _mac_field(q.get("mac")) if "mac" in q else None
+        mac = mac_field(q.get("mac")) if "mac" in q else None
         rows = await self.db.fetch(
             """SELECT mac::text, pool, namespace, vm, vm_uid, interface, static, since, state, pending_until FROM ipam.mac_leases
                WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
@@ -193,7 +130,7 @@ class Api:
                ORDER BY namespace, vm, interface LIMIT $5""",
             q.get("namespace"), q.get("vm"), q.get("pool"), None if mac is None else format_mac(mac), int(limit),
         )
-        return _reply(models.LeaseList(leases=[
+        return reply(models.LeaseList(leases=[
             models.Lease(mac=r["mac"], pool=r["pool"], namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
                          interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
                          pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat())
@@ -214,17 +151,17 @@ class Api:
         if not pools:
             raise ApiError(404, "not_found", f"{what} holds no MAC lease")
         results = await asyncio.gather(*[
-            self.submit(ReleaseOwner(command_id=f"{base}/{p}", at=_now_ms(), pool=p,
+            self.submit(ReleaseOwner(command_id=f"{base}/{p}", at=now_ms(), pool=p,
                                      namespace=ns, vm=vm, interface=interface))
             for p in pools])
         return self._released([ev for events in results for ev in events], what)
 
     async def release_mac(self, request: web.Request) -> web.Response:
-        mac = _mac_field(request.match_info["mac"])
+        mac = mac_field(request.match_info["mac"])
         pool = await self.db.fetchval("SELECT pool FROM ipam_store.mac_leases WHERE mac = $1::macaddr", format_mac(mac))
         if pool is None:
             raise ApiError(404, "not_found", f"{format_mac(mac)} is not leased", "mac")
-        events = await self.submit(ReleaseMac(command_id=self._command_id(request, None), at=_now_ms(), pool=pool,
+        events = await self.submit(ReleaseMac(command_id=self._command_id(request, None), at=now_ms(), pool=pool,
                                               mac=format_mac(mac)))
         return self._released(events, format_mac(mac))
 
@@ -232,15 +169,15 @@ class Api:
     def _released(events: list[dict], what: str) -> web.Response:
         released = [e for e in events if e["type"] == "MacReleased"]
         if not released:
-            _rejection(events)
+            raise_rejection(events)
             raise ApiError(404, "not_found", f"{what} holds no MAC lease")
         until = [dt.datetime.fromtimestamp(e["quarantined_until"] / 1000, dt.timezone.utc).isoformat() for e in released]
-        return _reply(models.Released(released=[_lease_of(e) for e in released], quarantined_until=until))
+        return reply(models.Released(released=[_lease_of(e) for e in released], quarantined_until=until))
 
     # --- health -------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _reply({"status": "ok"})
+        return reply({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
         checks = dict(self.readiness())
@@ -252,7 +189,7 @@ class Api:
         checks["notifications"] = await self.bus.healthy()
         checks["broker"] = await self.bus.broker_reachable()
         ok = all(checks.values())
-        return _reply({"ready": ok, "checks": checks}, 200 if ok else 503)
+        return reply({"ready": ok, "checks": checks}, 200 if ok else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         async with self.db.acquire() as conn:
@@ -261,7 +198,7 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _reply(openapi_document())
+        return reply(openapi_document())
 
 
 @web.middleware
@@ -292,6 +229,7 @@ def make_app(api: Api, cfg: Config) -> web.Application:
         web.delete("/v1/mac-leases/{namespace}/{vm}", api.release_vm),
         web.delete("/v1/mac-leases/{namespace}/{vm}/{interface}", api.release_vm),
         web.delete("/v1/macs/{mac}", api.release_mac),
+        *network_routes(api),
         web.get("/healthz", api.healthz),
         web.get("/readyz", api.readyz),
         web.get("/openapi.json", api.openapi),

@@ -202,7 +202,7 @@ def lease(networks: dict[str, NetworkBook], cmd: LeaseIp, quarantine_ms: int, bi
             events.append(IpLeaseReturned(**base, address=text, prefix_length=prefix, owner=owner))
             continue
         if holder is not None and not (want in book.pending and binds(holder, owner)):
-            return _reject(cmd, "held", f"{text} is held by {holder.describe()}", f"addresses", holder)
+            return _reject(cmd, "held", f"{text} is held by {holder.describe()}", "addresses", holder)
         if cmd.dry_run:
             events.append(IpLeaseOffered(**base, address=text, prefix_length=prefix, owner=owner))
             continue

@@ -10,7 +10,9 @@ import msgspec
 
 from ...domain.allocation import PoolBook, State, mac_of
 from ...domain.fencing import Fences
-from ...domain.messages import EVENT_TYPES, Owner
+from ...domain.ip import parse_address
+from ...domain.ip_allocation import NetworkBook, network_from, spec_of
+from ...domain.messages import EVENT_TYPES, NetworkDefined, Owner
 
 EVENT_TAGS = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
 from ...domain.pools import MacRange, Pool
@@ -217,6 +219,7 @@ async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms:
             ):
                 if r["until"] > now_ms:
                     state.books[r["pool"]].quarantine[mac_of(r["mac"])] = r["until"]
+    await load_networks(conn, state, partition)
     # Only events that were applied: a command whose events were dropped (zombie epoch,
     # duplicate, poison) was not decided, and its next delivery must be decided.
     rows = await conn.fetch(
@@ -229,3 +232,36 @@ async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms:
     for r in reversed(rows):
         state.remember(r["command_id"])
     return state
+
+
+async def load_networks(conn: asyncpg.Connection, state: State, partition: int) -> None:
+    """The networks keyed to this partition, with their cursors, leases, pending leases and quarantine."""
+    rows = await conn.fetch("SELECT name, definition::text FROM ipam_store.networks WHERE partition = $1", partition)
+    if not rows:
+        return
+    for r in rows:
+        ev = msgspec.json.decode(r["definition"], type=NetworkDefined)
+        state.networks[r["name"]] = NetworkBook(network_from(ev), spec_of(ev))
+    names = list(state.networks)
+    async with conn.transaction():
+        for r in await conn.fetch("SELECT network, cidr::text, cursor::text FROM ipam_store.network_subnets "
+                                  "WHERE network = ANY($1::text[])", names):
+            book = state.networks[r["network"]]
+            for i, sn in enumerate(book.network.subnets):
+                if str(sn.cidr) == r["cidr"]:
+                    book.cursors[i] = int(r["cursor"])
+        for r in await conn.fetch(
+                "SELECT network, host(address) AS address, namespace, vm, vm_uid, interface, "
+                "(extract(epoch FROM pending_until) * 1000)::bigint AS pending "
+                "FROM ipam_store.ip_leases WHERE network = ANY($1::text[])", names):
+            book = state.networks[r["network"]]
+            key = parse_address(r["address"])
+            book.hold(key, Owner(namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], interface=r["interface"]))
+            if r["pending"] is not None:
+                book.pending[key] = r["pending"]
+        now_ms = int(time.time() * 1000)
+        for r in await conn.fetch(
+                "SELECT network, host(address) AS address, (extract(epoch FROM until) * 1000)::bigint AS until "
+                "FROM ipam_store.ip_quarantine WHERE network = ANY($1::text[]) AND until > now()", names):
+            if r["until"] > now_ms:
+                state.networks[r["network"]].quarantine[parse_address(r["address"])] = r["until"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,9 +22,10 @@ from ... import failpoints
 from ...domain.allocation import mac_of
 from ...domain.fencing import Fences
 from ...domain.mac import format_mac, unicast_below
-from ...domain.messages import MacLeaseConfirmed, MacLeased, MacReleased, PoolCreated, encoder
+from ...domain.messages import MacLeaseConfirmed, MacLeased, MacReleased, NetworkDefined, NetworkDeleted, PoolCreated, encoder
 from ...domain.pools import parse_range
 from ...domain.records import EventRecord, record_decoder
+from .ip_projection import IP_EVENTS, IpChanges, NetworkCache
 from .partitions import load_fences
 
 NOTIFY_CHANNEL = "ipam_outcomes"
@@ -32,7 +34,7 @@ _NOTIFY_LIMIT = 7000  # Postgres caps a NOTIFY payload at 8000 bytes
 
 _LEDGER_COLUMNS = (
     "generation", "partition", "offset", "epoch", "seq", "at", "type", "command_id",
-    "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body",
+    "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body", "network", "address",
 )
 
 
@@ -78,12 +80,21 @@ class Projector:
 
     def __init__(self, partition_of) -> None:
         self._fences: dict[int, tuple[int, Fences]] = {}
-        self._partition_of = partition_of  # pool name -> partition, for new pools
+        self._partition_of = partition_of  # pool or network name -> partition
+        self._networks = NetworkCache()
 
     def forget(self, partition: int) -> None:
         self._fences.pop(partition, None)
+        self._networks.forget()  # whoever projects it next may change its networks
 
     async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
+        try:
+            return await self._apply(conn, partition, expected, batch)
+        except BaseException:
+            self._networks.forget()  # it may hold definitions of a batch that was not committed
+            raise
+
+    async def _apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT generation, events_offset, commands_offset, applied_epoch, applied_seq "
@@ -108,6 +119,8 @@ class Projector:
             last_raw = None
             applied_epoch, applied_seq = row["applied_epoch"], row["applied_seq"]
             fences = await self._fences_for(conn, partition, generation, 0)
+            await self._networks.ensure(conn)
+            ip = IpChanges(self._networks, self._partition_of)
             for offset, raw in batch:
                 result.next_offset = offset + 1
                 last_raw = raw
@@ -178,7 +191,11 @@ class Projector:
                         confirms[ev.mac] = (o.namespace, o.vm, o.vm_uid, o.interface)
                 elif kind is PoolCreated:
                     pools.append(_pool_row(ev, self._partition_of(ev.name)))
+                elif kind in IP_EVENTS:
+                    ip.add(ev)
             await self._write(conn, ledger, pools, leases, quarantine, cursors, confirms)
+            if ip:
+                await ip.write(conn)
             failpoints.hit("projector.mid_batch")
             await _write_outcomes(conn, partition, outcomes, complete)
             await conn.execute(
@@ -277,19 +294,22 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
     owner = getattr(ev, "owner", None) or getattr(ev, "holder", None)
     mac = getattr(ev, "mac", None)
     pool = getattr(ev, "pool", None) if not isinstance(ev, PoolCreated) else ev.name
+    network = ev.name if isinstance(ev, (NetworkDefined, NetworkDeleted)) else getattr(ev, "network", None)
+    address = getattr(ev, "address", None)
     return (
         generation, partition, offset, rec.epoch, rec.seq, _ts(ev.at), type(ev).__name__, ev.command_id,
         pool, mac,
         owner.namespace if owner else None, owner.vm if owner else None,
         owner.vm_uid if owner else None, owner.interface if owner else None,
         encoder.encode(ev).decode(),
+        network, None if address is None else ipaddress.ip_address(address),
     )
 
 
 def _note(generation, partition, offset, kind, command_id, reason, raw, epoch=0, seq=0) -> tuple:
     body = {"reason": reason, "record": raw[:2000].decode("utf-8", "replace")}
     return (generation, partition, offset, epoch, seq, dt.datetime.now(dt.timezone.utc), kind, command_id,
-            None, None, None, None, None, None, msgspec.json.encode(body).decode())
+            None, None, None, None, None, None, msgspec.json.encode(body).decode(), None, None)
 
 
 async def _write_outcomes(conn: asyncpg.Connection, partition: int, outcomes: dict[str, list], complete: set[str]) -> None:

@@ -9,6 +9,7 @@ the projection never lost, duplicated or invented a lease.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +18,17 @@ import asyncpg
 import msgspec
 
 from ...domain.allocation import State, evolve
+from ...domain.ip import V6
 from ...domain.mac import format_mac
 from ...domain.messages import AnyEvent
 
 _decoder = msgspec.json.Decoder(AnyEvent)
-EVENT_TYPES = ("PoolCreated", "MacLeased", "MacReleased", "MacLeaseConfirmed")  # the events that change state
+
+
+def _inet(key: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(key ^ V6) if key & V6 else ipaddress.IPv4Address(key)
+EVENT_TYPES = ("PoolCreated", "MacLeased", "MacReleased", "MacLeaseConfirmed",  # the events that change state
+               "NetworkDefined", "NetworkDeleted", "IpLeased", "IpReleased", "IpLeaseConfirmed")
 CHUNK = 20000
 
 
@@ -62,7 +69,19 @@ async def rebuild(conn: asyncpg.Connection, progress: Callable[[int, int], None]
             CREATE TABLE ipam_rebuild.mac_leases (mac macaddr PRIMARY KEY, pool text, namespace text, vm text, vm_uid text,
                                                   interface text, pending boolean);
             CREATE TABLE ipam_rebuild.mac_quarantine (mac macaddr PRIMARY KEY, pool text, until timestamptz);
-            CREATE TABLE ipam_rebuild.pools (name text PRIMARY KEY, cursor bigint);""")
+            CREATE TABLE ipam_rebuild.pools (name text PRIMARY KEY, cursor bigint);
+            CREATE TABLE ipam_rebuild.ip_leases (network text, address inet, namespace text, vm text, vm_uid text,
+                                                 interface text, pending boolean, PRIMARY KEY (network, address));
+            CREATE TABLE ipam_rebuild.ip_quarantine (network text, address inet, until timestamptz, PRIMARY KEY (network, address));
+            CREATE TABLE ipam_rebuild.network_subnets (network text, cidr cidr, cursor numeric);""")
+        ip_leases = [(name, _inet(k), o.namespace, o.vm, o.vm_uid, o.interface, k in book.pending)
+                     for name, book in state.networks.items() for k, o in book.by_key.items()]
+        await conn.copy_records_to_table("ip_leases", schema_name="ipam_rebuild", records=ip_leases)
+        await conn.copy_records_to_table("ip_quarantine", schema_name="ipam_rebuild", records=[
+            (name, _inet(k), dt.datetime.fromtimestamp(until / 1000, dt.timezone.utc))
+            for name, book in state.networks.items() for k, until in book.quarantine.items()])
+        await conn.copy_records_to_table("network_subnets", schema_name="ipam_rebuild", records=[
+            (name, sn.cidr, c) for name, book in state.networks.items() for sn, c in zip(book.network.subnets, book.cursors)])
         leases = [(format_mac(m), name, o.namespace, o.vm, o.vm_uid, o.interface, m in book.pending)
                   for name, book in state.books.items() for m, o in book.by_mac.items()]
         await conn.copy_records_to_table("mac_leases", schema_name="ipam_rebuild", records=leases)
@@ -79,7 +98,13 @@ async def rebuild(conn: asyncpg.Connection, progress: Callable[[int, int], None]
         ("mac_quarantine", "SELECT mac, pool, until FROM ipam_store.mac_quarantine",
          "SELECT mac, pool, until FROM ipam_rebuild.mac_quarantine"),
         ("pools", "SELECT name, cursor FROM ipam_store.pools", "SELECT name, cursor FROM ipam_rebuild.pools"),
+        ("ip_leases", "SELECT network, address, namespace, vm, vm_uid, interface, pending_until IS NOT NULL FROM ipam_store.ip_leases",
+         "SELECT network, address, namespace, vm, vm_uid, interface, pending FROM ipam_rebuild.ip_leases"),
+        ("ip_quarantine", "SELECT network, address, until FROM ipam_store.ip_quarantine",
+         "SELECT network, address, until FROM ipam_rebuild.ip_quarantine"),
+        ("network_subnets", "SELECT network, cidr, cursor FROM ipam_store.network_subnets",
+         "SELECT network, cidr, cursor FROM ipam_rebuild.network_subnets"),
     ):
         diffs[name] = await conn.fetchval(f"SELECT count(*) FROM (({live} EXCEPT {rebuilt}) UNION ALL ({rebuilt} EXCEPT {live})) d")
-    return RebuildReport(events=done, seconds=time.perf_counter() - started, leases=len(leases),
+    return RebuildReport(events=done, seconds=time.perf_counter() - started, leases=len(leases) + len(ip_leases),
                          quarantined=len(quarantine), differences=diffs)

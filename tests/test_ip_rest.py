@@ -1,0 +1,138 @@
+"""IP leasing end to end over REST on the real broker and Postgres: exhaustion under concurrency,
+dual-stack, stickiness, static requests, network changes refused while leases sit outside them,
+and a rebuild from the ledger equal to the live tables."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import asyncpg
+
+from ipam.adapters.postgres.codecs import connect
+from ipam.adapters.postgres.rebuild import rebuild
+
+EXCLUDED = ["10.30.0.1", "10.30.0.2", "10.30.0.3", "10.30.0.10", "10.30.0.20", "10.30.0.21", "10.30.0.22", "10.30.0.100",
+            "10.30.0.200", "10.30.0.254"]
+
+
+async def call(http, method, url, body=None):
+    async with http.request(method, url, json=body) as r:
+        return r.status, await r.json()
+
+
+def owner(i: int, iface: str = "eth1", ns: str = "ns-ip") -> dict:
+    return {"namespace": ns, "vm": f"vm-{i}", "vm_uid": f"uid-{i}", "interface": iface}
+
+
+async def test_a_slash_24_with_ten_exclusions_gives_exactly_the_free_addresses_then_a_clear_error(service, http):
+    base = service.url
+    # gateway .1 is one of the ten exclusions (written as the gateway), the other nine are explicit
+    status, net = await call(http, "POST", f"{base}/v1/networks", {
+        "name": "lab", "subnets": [{"cidr": "10.30.0.0/24", "gateway": "10.30.0.1", "exclude": EXCLUDED[1:]}],
+        "dns": ["10.30.0.53"]})
+    assert status == 201, net
+    assert net["subnets"][0]["size"] == 254 - 10 and net["dns"] == ["10.30.0.53"]
+    gate = asyncio.Semaphore(100)
+
+    async def one(i):
+        async with gate:
+            return await call(http, "POST", f"{base}/v1/ip-leases", {"network": "lab", **owner(i)})
+
+    results = await asyncio.gather(*[one(i) for i in range(260)])
+    granted = [b["leases"][0]["address"] for s, b in results if s == 201]
+    refused = [b for s, b in results if s != 201]
+    expected = {str(a) for a in ipaddress.ip_network("10.30.0.0/24").hosts()} - set(EXCLUDED)
+    assert len(granted) == len(set(granted)) == 244
+    assert set(granted) == expected
+    assert len(refused) == 16
+    for body in refused:
+        assert body["error"]["code"] == "exhausted" and "'lab'" in body["error"]["message"], body
+    # sticky: asking again returns the same address, 200
+    first = next(b for s, b in results if s == 201)
+    again_owner = {k: first["leases"][0][k] for k in ("namespace", "vm", "vm_uid", "interface")}
+    status, again = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "lab", **again_owner})
+    assert status == 200 and again["existing"] and again["leases"][0]["address"] == first["leases"][0]["address"]
+    status, usage = await call(http, "GET", f"{base}/v1/networks/lab")
+    assert usage["subnets"][0]["used"] == 244 and usage["subnets"][0]["free"] == 0
+
+
+async def test_dual_stack_gets_one_of_each_and_static_requests_name_the_holder(service, http):
+    base = service.url
+    status, net = await call(http, "POST", f"{base}/v1/networks", {
+        "name": "dual", "subnets": [{"cidr": "192.168.50.0/24", "gateway": "192.168.50.1"},
+                                    {"cidr": "fd00:50::/64", "gateway": "fd00:50::1", "exclude": ["fd00:50::/120"]}]})
+    assert status == 201, net
+    assert net["subnets"][1]["size"] == 2 ** 64 - 256  # the /64 minus the excluded /120 (which holds the anycast address and the gateway)
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "dual", **owner(1)})
+    assert status == 201, body
+    got = {ipaddress.ip_address(lease["address"]).version: lease for lease in body["leases"]}
+    assert set(got) == {4, 6}
+    assert got[4]["prefix_length"] == 24 and got[6]["prefix_length"] == 64
+    assert ipaddress.ip_address(got[6]["address"]) not in ipaddress.ip_network("fd00:50::/120")
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases",
+                              {"network": "dual", **owner(2), "addresses": [got[4]["address"]]})
+    assert status == 409 and body["error"]["code"] == "held" and "ns-ip/vm-1" in body["error"]["message"]
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases",
+                              {"network": "dual", **owner(2), "addresses": ["192.168.50.1"]})
+    assert status == 422 and body["error"]["code"] == "unusable" and body["error"]["field"] == "addresses[0]"
+    assert "gateway" in body["error"]["message"]
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases",
+                              {"network": "dual", **owner(2), "addresses": ["192.168.50.77", "fd00:50::77:1"]})
+    assert status == 201 and {x["address"] for x in body["leases"]} == {"192.168.50.77", "fd00:50::77:1"}
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "dual", **owner(3), "addresses": ["bogus"]})
+    assert status == 400 and body["error"]["field"] == "addresses[0]"
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "nowhere", **owner(3)})
+    assert status == 404 and body["error"]["code"] == "unknown_network"
+
+    # a change that would leave a lease outside is refused with the lease named
+    status, body = await call(http, "PUT", f"{base}/v1/networks/dual", {"subnets": [{"cidr": "192.168.51.0/24"}]})
+    assert status == 409 and body["error"]["code"] == "in_use" and "192.168.50.77" in body["error"]["message"]
+    status, body = await call(http, "PUT", f"{base}/v1/networks/dual", {
+        "subnets": [{"cidr": "192.168.50.0/24", "gateway": "192.168.50.1", "exclude": ["192.168.50.200-192.168.50.250"]},
+                    {"cidr": "fd00:50::/64", "gateway": "fd00:50::1", "exclude": ["fd00:50::/120"]}], "dns": ["fd00:50::53"]})
+    assert status == 200 and body["dns"] == ["fd00:50::53"]
+    status, body = await call(http, "DELETE", f"{base}/v1/networks/dual")
+    assert status == 409 and body["error"]["code"] == "in_use"
+
+    # release: quarantined, listed, gone; then the network can go
+    status, body = await call(http, "DELETE", f"{base}/v1/ip-leases/dual/ns-ip/vm-1")
+    assert status == 200 and len(body["released"]) == 2
+    status, body = await call(http, "DELETE", f"{base}/v1/ips/dual/192.168.50.77")
+    assert status == 200 and body["released"][0]["vm"] == "vm-2"
+    status, body = await call(http, "GET", f"{base}/v1/ip-leases?network=dual")
+    assert [x["address"] for x in body["leases"]] == ["fd00:50::77:1"]
+    await call(http, "DELETE", f"{base}/v1/ip-leases/dual/ns-ip/vm-2")
+    status, body = await call(http, "DELETE", f"{base}/v1/networks/dual")
+    assert status == 200, body
+
+    conn = await connect(service.cfg.database_url)
+    try:
+        report = await rebuild(conn)
+        assert report.equal, report.differences
+        history = await conn.fetch("SELECT what FROM ipam.history WHERE network = 'dual' ORDER BY id")
+        whats = [r["what"] for r in history]
+        assert whats[0] == "network created" and "network changed" in whats and whats[-1] == "network deleted"
+    finally:
+        await conn.close()
+
+
+async def test_bad_network_definitions_name_the_field(service, http):
+    base = service.url
+    cases = [
+        ({"name": "x", "subnets": [{"cidr": "10.0.0.1/24"}]}, "subnets[0].cidr", "did you mean 10.0.0.0/24"),
+        ({"name": "x", "subnets": []}, "subnets", None),
+        ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24", "gateway": "10.9.9.9"}]}, "subnets[0].gateway", "outside"),
+        ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24"}], "attachments": ["no-slash"]}, "attachments[0]", None),
+        ({"name": "Bad_Name", "subnets": [{"cidr": "10.0.0.0/24"}]}, "name", None),
+        ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24", "bogus": 1}]}, None, "bogus"),
+    ]
+    for body, field, words in cases:
+        status, answer = await call(http, "POST", f"{base}/v1/networks", body)
+        assert status == 400, (body, answer)
+        if field:
+            assert answer["error"]["field"] == field, (body, answer)
+        if words:
+            assert words in answer["error"]["message"], (body, answer)
+    async with asyncpg.create_pool(service.cfg.database_url) as db:
+        assert await db.fetchval("SELECT count(*) FROM ipam_store.networks") == 0
