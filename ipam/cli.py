@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Config, ConfigError
+from .domain.ip import AddressError, NetworkError, build_network, format_address, parse_address
+from .domain.kubevirt import SpecError
 from .domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from .domain.nad import subnet_specs
 from .domain.pools import RangeError, parse_range
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -238,6 +241,153 @@ def leases(client: Client, namespace: str | None, vm: str | None, pool: str | No
     r = client.call("GET", "/v1/mac-leases", query={"namespace": namespace, "vm": vm, "pool": pool, "mac": _check_mac(mac),
                                                    "limit": limit})
     client.show(r["leases"], ["mac", "pool", "namespace", "vm", "vm_uid", "interface", "state", "since"], r)
+
+
+@main.group()
+def network() -> None:
+    """IP networks (secondary networks whose VM interfaces get addresses)."""
+
+
+def _check_network(name: str, subnets, gateways, excludes, dns, attachments) -> dict:
+    """The request body, checked here with the service's own rules (exit 2 naming the option)."""
+    try:
+        specs = subnet_specs(list(subnets), list(gateways), list(excludes), ("--subnet", "--gateway", "--exclude"))
+    except SpecError as e:
+        _fail(e.field, e.reason)
+    try:
+        build_network(name, specs, dns, attachments)
+    except NetworkError as e:
+        option = {"name": "NAME", "dns": "--dns", "attachments": "--attachment"}.get(e.field.split("[")[0].split(".")[0])
+        _fail(option or "--subnet", e.reason)
+    return {"subnets": [{"cidr": x.cidr, "gateway": x.gateway, "exclude": list(x.exclude)} for x in specs],
+            "dns": list(dns), "attachments": list(attachments)}
+
+
+_NETWORK_OPTIONS = [
+    click.option("--subnet", "subnets", multiple=True, required=True, help="CIDR (repeatable; IPv4 and IPv6 for dual-stack)."),
+    click.option("--gateway", "gateways", multiple=True, help="Gateway of the subnet containing it (reserved; default route)."),
+    click.option("--exclude", "excludes", multiple=True, help="Address, first-last range or CIDR never handed out (repeatable)."),
+    click.option("--dns", multiple=True, help="DNS server written to cloud-init (repeatable)."),
+    click.option("--attachment", "attachments", multiple=True,
+                 help="NetworkAttachmentDefinition namespace/name whose VM interfaces get addresses here (repeatable)."),
+]
+
+
+def _network_options(f):
+    for option in reversed(_NETWORK_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _show_network(client: Client, r: dict) -> None:
+    rows = [{"name": r["name"], **s, "dns": ",".join(r["dns"]), "attachments": ",".join(r["attachments"])} for s in r["subnets"]]
+    client.show(rows, ["name", "cidr", "gateway", "size", "used", "quarantined", "free", "percent", "dns", "attachments"], r)
+
+
+@network.command("create")
+@click.argument("name")
+@_network_options
+@click.pass_obj
+def network_create(client: Client, name: str, subnets, gateways, excludes, dns, attachments) -> None:
+    """Create network NAME."""
+    body = _check_network(name, subnets, gateways, excludes, dns, attachments)
+    _show_network(client, client.call("POST", "/v1/networks", {"name": name, **body}))
+
+
+@network.command("update")
+@click.argument("name")
+@_network_options
+@click.pass_obj
+def network_update(client: Client, name: str, subnets, gateways, excludes, dns, attachments) -> None:
+    """Replace the definition of network NAME (refused while a lease would fall outside it)."""
+    body = _check_network(name, subnets, gateways, excludes, dns, attachments)
+    _show_network(client, client.call("PUT", f"/v1/networks/{urllib.parse.quote(name, safe='')}", body))
+
+
+@network.command("list")
+@click.pass_obj
+def network_list(client: Client) -> None:
+    """Networks, one row per subnet, with size, used, quarantined and free."""
+    r = client.call("GET", "/v1/networks")
+    rows = [{"name": n["name"], **s, "attachments": ",".join(n["attachments"]), "source": n["source"]}
+            for n in r["networks"] for s in n["subnets"]]
+    client.show(rows, ["name", "cidr", "gateway", "size", "used", "free", "percent", "attachments", "source"], r)
+
+
+@network.command("delete")
+@click.argument("name")
+@click.pass_obj
+def network_delete(client: Client, name: str) -> None:
+    """Delete network NAME (refused while it holds leases)."""
+    r = client.call("DELETE", f"/v1/networks/{urllib.parse.quote(name, safe='')}")
+    client.show([r], ["deleted"], r)
+
+
+@main.group()
+def ip() -> None:
+    """IP leases."""
+
+
+def _check_address(value: str, field: str) -> str:
+    try:
+        return format_address(parse_address(value))
+    except AddressError as e:
+        _fail(field, str(e))
+
+
+@ip.command("lease")
+@click.option("--network", required=True)
+@click.option("--namespace", required=True)
+@click.option("--vm", required=True)
+@click.option("--vm-uid", required=True)
+@click.option("--interface", required=True)
+@click.option("--address", "addresses", multiple=True, help="Ask for this address (one per family).")
+@click.option("--command-id", default=None, help="Retry key: the same id gets the same outcome.")
+@click.pass_obj
+def ip_lease(client: Client, network: str, namespace: str, vm: str, vm_uid: str, interface: str, addresses, command_id) -> None:
+    """Lease an interface its addresses in a network (one per family)."""
+    body = {"network": network, "namespace": namespace, "vm": vm, "vm_uid": vm_uid, "interface": interface,
+            "addresses": [_check_address(a, "--address") for a in addresses], "command_id": command_id}
+    r = client.call("POST", "/v1/ip-leases", {k: v for k, v in body.items() if v is not None})
+    client.show([{**x, "existing": r["existing"]} for x in r["leases"]],
+                ["address", "prefix_length", "network", "namespace", "vm", "interface", "existing"], r)
+
+
+@ip.command("list")
+@click.option("--network", default=None)
+@click.option("--namespace", default=None)
+@click.option("--vm", default=None)
+@click.option("--address", default=None)
+@click.option("--limit", default=1000, type=click.IntRange(1, 100000), show_default=True)
+@click.pass_obj
+def ip_list(client: Client, network, namespace, vm, address, limit) -> None:
+    """List live IP leases."""
+    r = client.call("GET", "/v1/ip-leases", query={
+        "network": network, "namespace": namespace, "vm": vm,
+        "address": None if address is None else _check_address(address, "--address"), "limit": limit})
+    client.show(r["leases"], ["address", "prefix_length", "network", "namespace", "vm", "interface", "state", "since"], r)
+
+
+@ip.command("release")
+@click.argument("network")
+@click.argument("namespace", required=False)
+@click.argument("vm", required=False)
+@click.argument("interface", required=False)
+@click.option("--address", default=None, help="Release the lease holding this address instead.")
+@click.pass_obj
+def ip_release(client: Client, network: str, namespace, vm, interface, address) -> None:
+    """Release NETWORK NAMESPACE VM [INTERFACE], or NETWORK --address ADDRESS."""
+    quoted = urllib.parse.quote(network, safe="")
+    if address is not None:
+        if namespace:
+            _fail("--address", "give either --address or NAMESPACE VM, not both")
+        r = client.call("DELETE", f"/v1/ips/{quoted}/{urllib.parse.quote(_check_address(address, '--address'))}")
+    else:
+        if not namespace or not vm:
+            _fail("NAMESPACE VM", "both are required (or --address)")
+        path = "/".join(urllib.parse.quote(p, safe="") for p in (namespace, vm, interface) if p)
+        r = client.call("DELETE", f"/v1/ip-leases/{quoted}/{path}")
+    client.show(r["released"], ["address", "network", "namespace", "vm", "interface"], r)
 
 
 @main.group()

@@ -1,4 +1,5 @@
-"""A small Kubernetes API server for the tests: list and watch of VirtualMachines and Namespaces.
+"""A small Kubernetes API server for the tests: list and watch of VirtualMachines, their instances,
+NetworkAttachmentDefinitions and Namespaces.
 
 It speaks the protocol the real one does, as far as a controller sees it: lists carry
 ``metadata.resourceVersion``; ``?watch=true&resourceVersion=N`` streams newline-delimited
@@ -18,9 +19,11 @@ import uuid
 from aiohttp import web
 
 PATHS = {"/apis/kubevirt.io/v1/virtualmachines": "virtualmachines",
-         "/apis/kubevirt.io/v1/virtualmachineinstances": "virtualmachineinstances", "/api/v1/namespaces": "namespaces"}
+         "/apis/kubevirt.io/v1/virtualmachineinstances": "virtualmachineinstances", "/api/v1/namespaces": "namespaces",
+         "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions": "network-attachment-definitions"}
 KINDS = {"virtualmachines": ("kubevirt.io/v1", "VirtualMachine"),
-         "virtualmachineinstances": ("kubevirt.io/v1", "VirtualMachineInstance"), "namespaces": ("v1", "Namespace")}
+         "virtualmachineinstances": ("kubevirt.io/v1", "VirtualMachineInstance"), "namespaces": ("v1", "Namespace"),
+         "network-attachment-definitions": ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")}
 
 
 class FakeKubeApi:

@@ -69,7 +69,8 @@ def test_rbac_is_read_only_and_least_privilege():
     roles = {r["metadata"]["name"]: r for r in by_kind("ClusterRole")}
     assert {v for role in roles.values() for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
     resources = {name: {r for rule in role["rules"] for r in rule["resources"]} for name, role in roles.items()}
-    assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances"}, "ipam-namespaces": {"namespaces"}}
+    assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances", "network-attachment-definitions"},
+                         "ipam-namespaces": {"namespaces"}}
     bound = {b["roleRef"]["name"]: [s["name"] for s in b["subjects"]] for b in by_kind("ClusterRoleBinding")}
     assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"]}
     accounts = {}

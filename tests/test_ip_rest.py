@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import subprocess
+import sys
 
 import asyncpg
+import pytest
 
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
@@ -136,3 +140,47 @@ async def test_bad_network_definitions_name_the_field(service, http):
             assert words in answer["error"]["message"], (body, answer)
     async with asyncpg.create_pool(service.cfg.database_url) as db:
         assert await db.fetchval("SELECT count(*) FROM ipam_store.networks") == 0
+
+
+def cli(*args, url):
+    return subprocess.run([sys.executable, "-m", "ipam", "--url", url, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["network", "create", "n1", "--subnet", "10.0.0.1/24"], "--subnet: 10.0.0.1/24 has host bits set"),
+    (["network", "create", "n1", "--subnet", "10.0.0.0/24", "--gateway", "10.1.0.1"], "--gateway: 10.1.0.1 is in none"),
+    (["network", "create", "n1", "--subnet", "10.0.0.0/24", "--exclude", "bogus"], "--exclude"),
+    (["network", "create", "n1", "--subnet", "10.0.0.0/24", "--dns", "x"], "--dns"),
+    (["network", "create", "Bad", "--subnet", "10.0.0.0/24"], "NAME"),
+    (["network", "create", "n1"], "--subnet"),
+    (["ip", "lease", "--network", "n", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e",
+      "--address", "300.1.1.1"], "--address"),
+    (["ip", "release", "n", "ns"], "NAMESPACE VM"),
+    (["ip", "lease", "--network", "nope", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e"],
+     "network 'nope' does not exist"),
+])
+async def test_cli_bad_ip_input_exits_2_naming_the_option(service, args, words):
+    result = await asyncio.to_thread(cli, *args, url=service.url)
+    assert result.returncode == 2, result
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_cli_network_and_ip_round_trip(service):
+    made = await asyncio.to_thread(cli, "--json", "network", "create", "cli-net", "--subnet", "10.50.0.0/29",
+                                   "--subnet", "fd00:50::/64", "--gateway", "10.50.0.1", "--exclude", "10.50.0.2-10.50.0.3",
+                                   "--dns", "10.50.0.53", url=service.url)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["subnets"][0]["size"] == 6 - 3
+    leased = await asyncio.to_thread(cli, "--json", "ip", "lease", "--network", "cli-net", "--namespace", "ns", "--vm", "v",
+                                     "--vm-uid", "u", "--interface", "eth1", url=service.url)
+    assert leased.returncode == 0, leased.stderr
+    addresses = [x["address"] for x in json.loads(leased.stdout)["leases"]]
+    assert len(addresses) == 2
+    listed = await asyncio.to_thread(cli, "ip", "list", "--network", "cli-net", url=service.url)
+    assert all(a in listed.stdout for a in addresses)
+    networks = await asyncio.to_thread(cli, "network", "list", url=service.url)
+    assert "10.50.0.0/29" in networks.stdout and "fd00:50::/64" in networks.stdout
+    released = await asyncio.to_thread(cli, "ip", "release", "cli-net", "--address", addresses[0], url=service.url)
+    assert released.returncode == 0 and addresses[0] in released.stdout
+    refused = await asyncio.to_thread(cli, "network", "delete", "cli-net", url=service.url)
+    assert refused.returncode == 2 and "still holds 1 lease" in refused.stderr

@@ -22,6 +22,7 @@ log = structlog.get_logger("ipam.kubernetes")
 
 VM = ("kubevirt.io", "v1", "virtualmachines")
 VMI = ("kubevirt.io", "v1", "virtualmachineinstances")
+NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 
 
 async def api_client(where: str) -> client.ApiClient:
@@ -60,6 +61,10 @@ class Resource:
     @classmethod
     def virtual_machine_instances(cls, api: client.ApiClient) -> Resource:
         return cls.custom(api, VMI)
+
+    @classmethod
+    def network_attachment_definitions(cls, api: client.ApiClient) -> Resource:
+        return cls.custom(api, NAD)
 
     @classmethod
     def namespaces(cls, api: client.ApiClient) -> Resource:

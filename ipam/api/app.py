@@ -13,6 +13,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from ..adapters.postgres.ip_projection import network_definitions
 from ..adapters.postgres.partitions import load_pools
 from ..config import Config
 from ..domain.mac import format_mac
@@ -40,7 +41,22 @@ class Api:
         self.cfg, self.db, self.bus, self.readiness = cfg, db, bus, readiness
         self.pools: dict = {}
         self._pools_at = 0.0
+        self.attachments: dict[str, list] = {}
+        self._networks_at = 0.0
         self.metrics = Metrics()
+
+    async def refresh_networks(self, max_age: float = 0.0) -> dict[str, list]:
+        """NetworkAttachmentDefinition ("namespace/name") -> the networks that serve it (one, normally)."""
+        if time.monotonic() - self._networks_at >= max_age:
+            async with self.db.acquire() as conn:
+                networks = await network_definitions(conn)
+            by_attachment: dict[str, list] = {}
+            for network in networks.values():
+                for attachment in network.attachments:
+                    by_attachment.setdefault(attachment, []).append(network)
+            self.attachments = by_attachment
+            self._networks_at = time.monotonic()
+        return self.attachments
 
     async def refresh_pools(self, max_age: float = 0.0) -> dict:
         if time.monotonic() - self._pools_at >= max_age:

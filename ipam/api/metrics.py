@@ -18,6 +18,11 @@ class Metrics:
         self.conflicts = Gauge("ipam_mac_conflicts", "VM interfaces whose spec carries a MAC another interface holds",
                                registry=self.registry)
         self.leases = Gauge("ipam_mac_leases", "Live MAC leases", ["pool", "state"], registry=self.registry)
+        self.ip_leases = Gauge("ipam_ip_leases", "Live IP leases", ["network", "state"], registry=self.registry)
+        self.ip_free = Gauge("ipam_ip_free", "Addresses that can be handed out now, per subnet", ["network", "cidr"],
+                             registry=self.registry)
+        self.ip_drift = Gauge("ipam_ip_drift", "Addresses running guests use that are not their lease (ipam.ip_drift)",
+                              registry=self.registry)
         self.reviews = Counter("ipam_webhook_reviews", "AdmissionReviews answered", ["result"], registry=self.registry)
 
     async def refresh(self, conn: asyncpg.Connection) -> None:
@@ -26,6 +31,13 @@ class Metrics:
         self.leases.clear()
         for r in await conn.fetch("SELECT pool, state, count(*) AS n FROM ipam.mac_leases GROUP BY pool, state"):
             self.leases.labels(r["pool"], r["state"]).set(r["n"])
+        self.ip_leases.clear()
+        for r in await conn.fetch("SELECT network, state, count(*) AS n FROM ipam.ip_leases GROUP BY network, state"):
+            self.ip_leases.labels(r["network"], r["state"]).set(r["n"])
+        self.ip_free.clear()
+        for r in await conn.fetch("SELECT network, cidr::text, free::float8 AS free FROM ipam.network_usage"):
+            self.ip_free.labels(r["network"], r["cidr"]).set(r["free"])
+        self.ip_drift.set(await conn.fetchval("SELECT count(*) FROM ipam.ip_drift"))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

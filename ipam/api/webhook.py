@@ -25,10 +25,12 @@ from aiohttp import web
 from ..adapters.kubernetes import NamespaceLabels
 from ..config import Config
 from ..domain.allocation import PROVISIONAL_UID_PREFIX
-from ..domain.kubevirt import (INTERFACES_FIELD, SpecError, interfaces_needing_macs, mac_patch, namespace_allows,
-                               spec_macs, vm_interfaces)
+from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch
+from ..domain.ip import format_address, parse_address
+from ..domain.kubevirt import (INTERFACES_FIELD, SpecError, annotated_addresses, annotation_patch, interfaces_needing_macs,
+                               mac_patch, multus_interfaces, namespace_allows, spec_macs, vm_interfaces)
 from ..domain.mac import MacFormatError, format_mac, parse_mac
-from ..domain.messages import LeaseMac, Owner
+from ..domain.messages import LeaseIp, LeaseMac, Owner
 from ..domain.routing import RoutingError, choose_pool
 from ..adapters.bus import OutcomeTimeout
 
@@ -47,8 +49,11 @@ class Denied(Exception):
         self.message, self.code = message, code
 
 
-def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str | None = None, code: int = 200) -> dict:
+def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str | None = None, code: int = 200,
+           warnings: list[str] | None = None) -> dict:
     response: dict = {"uid": uid, "allowed": allowed}
+    if warnings:
+        response["warnings"] = warnings
     if patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
@@ -93,7 +98,7 @@ class Webhook:
             log.info("review denied", uid=uid, reason=e.message)
             result = answer(uid, False, message=e.message, code=e.code)
         except asyncio.TimeoutError:
-            message = (f"ipam could not assign MAC addresses within {self.cfg.webhook_deadline_seconds:g}s "
+            message = (f"ipam could not assign addresses within {self.cfg.webhook_deadline_seconds:g}s "
                        "(its pipeline is slow or down); please retry")
             log.warning("review timed out", uid=uid)
             result = answer(uid, False, message=message, code=503)
@@ -122,12 +127,23 @@ class Webhook:
         old = req.get("oldObject") if operation == "UPDATE" else None
         try:
             needs = interfaces_needing_macs(vm)
+            multus = multus_interfaces(vm, namespace)
+            wanted_ips = {**annotated_addresses(old), **annotated_addresses(vm)}
         except SpecError as e:
             raise Denied(f"{e.field}: {e.reason}") from None
         count = len(vm_interfaces(vm))  # checked by interfaces_needing_macs
         if count > self.cfg.max_interfaces:
             raise Denied(f"{INTERFACES_FIELD}: {count} interfaces; ipam allows at most {self.cfg.max_interfaces}")
-        if not needs:
+        attachments = await self.api.refresh_networks(max_age=2.0) if multus else {}
+        addressed = []  # (interface, network) for interfaces on networks ipam addresses
+        for m in multus:
+            networks = attachments.get(m.attachment, [])
+            if len(networks) > 1:
+                raise Denied(f"interface {m.name}: NetworkAttachmentDefinition {m.attachment} is attached to several ipam "
+                             f"networks ({', '.join(sorted(n.name for n in networks))}); it must serve one", 409)
+            if networks:
+                addressed.append((m, networks[0]))
+        if not needs and not addressed:
             return answer(uid, True)
         meta, old_meta = _metadata(vm), _metadata(old)
         name = meta.get("name") or old_meta.get("name") or meta.get("generateName")
@@ -137,7 +153,9 @@ class Webhook:
         dry_run = bool(req.get("dryRun"))
         old_macs = spec_macs(old)
         now = int(time.time() * 1000)
+        pending_until = now + self.cfg.pending_seconds * 1000
         pools = await self.api.refresh_pools(max_age=2.0)
+        suffix = ":dry-run" if dry_run else ""
         commands = []
         for need in needs:
             wanted = need.requested_mac or old_macs.get(need.name)
@@ -153,24 +171,54 @@ class Webhook:
             except RoutingError as e:
                 raise Denied(f"{field if e.field == 'mac' else 'pool'}: {e.reason}") from None
             owner = Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name)
-            commands.append((need, LeaseMac(
-                command_id=f"admission:{uid}:{need.name}" + (":dry-run" if dry_run else ""), at=now, pool=pool.name,
-                owner=owner, mac=None if mac is None else format_mac(mac),
-                pending_until=now + self.cfg.pending_seconds * 1000, dry_run=dry_run,
+            commands.append((need.name, LeaseMac(
+                command_id=f"admission:{uid}:{need.name}{suffix}", at=now, pool=pool.name, owner=owner,
+                mac=None if mac is None else format_mac(mac), pending_until=pending_until, dry_run=dry_run,
+            )))
+        for m, network in addressed:
+            owner = Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=m.name)
+            commands.append((m.name, LeaseIp(
+                command_id=f"admission:{uid}:ip:{m.name}{suffix}", at=now, network=network.name, owner=owner,
+                addresses=tuple(wanted_ips.get(m.name, ())), pending_until=pending_until, dry_run=dry_run,
             )))
         known = await self.api.bus.outcomes([cmd.command_id for _, cmd in commands])  # the API server retried
         outcomes = await asyncio.gather(*(self._decide(cmd, known.get(cmd.command_id)) for _, cmd in commands))
-        assigned = {}
-        for (need, _cmd), events in zip(commands, outcomes):
+        macs: dict[str, str] = {}
+        ips: dict[str, list[tuple[str, int]]] = {}
+        for (iface, cmd), events in zip(commands, outcomes):
             for ev in events:
                 if ev["type"] == "CommandRejected":
-                    raise Denied(f"interface {need.name}: {ev['reason']}", 409 if ev["code"] in ("held", "exhausted") else 400)
-            assigned[need.index] = events[-1]["mac"]
+                    what = "MAC" if isinstance(cmd, LeaseMac) else "IP addresses"
+                    raise Denied(f"interface {iface} ({what}): {ev['reason']}", 409 if ev["code"] in ("held", "exhausted") else 400)
+            if isinstance(cmd, LeaseMac):
+                macs[iface] = events[-1]["mac"]
+            else:
+                ips[iface] = [(ev["address"], ev["prefix_length"]) for ev in events
+                              if ev["type"] in ("IpLeased", "IpLeaseReturned", "IpLeaseOffered")]
+                held = {ev["address"] for ev in events if ev["type"] == "IpLeaseConfirmed"}
+                if held:  # confirmed a provisional lease: its prefix comes from the network
+                    ips[iface] += [(a, network_prefix(cmd.network, a, addressed)) for a in sorted(held)]
         # Interfaces without a MAC in the new object get theirs (old MACs come back on a re-apply).
-        patch = mac_patch(assigned, needs)
+        patch = mac_patch({n.index: macs[n.name] for n in needs}, needs)
+        warnings = []
+        if addressed:
+            entries = []
+            for m, network in addressed:
+                if m.name not in macs:
+                    raise Denied(f"interface {m.name}: has no MAC address to match its cloud-init networkData by")
+                entries.append(addressed_entry(m.name, macs[m.name], ips[m.name], network))
+            dhcp = {n.name: macs[n.name] for n in needs if n.network == "pod"}
+            try:
+                ops, warning = cloud_init_patch(vm, entries, dhcp)
+            except SpecError as e:
+                raise Denied(f"{e.field}: {e.reason}") from None
+            except NetworkDataConflict as e:
+                raise Denied(str(e)) from None
+            patch += annotation_patch(vm, {m.name: [a for a, _ in ips[m.name]] for m, _ in addressed}) + ops
+            warnings += [warning] if warning else []
         log.info("review admitted", uid=uid, operation=operation, namespace=namespace, vm=name, dry_run=dry_run,
-                 macs={n.name: assigned[n.index] for n in needs})
-        return answer(uid, True, patch=patch)
+                 macs=macs, ips={k: [a for a, _ in v] for k, v in ips.items()})
+        return answer(uid, True, patch=patch, warnings=warnings)
 
     async def _decide(self, cmd: LeaseMac, known: list[dict] | None) -> list[dict]:
         """The API server retries a review with the same uid: the same command id gets the same answer
@@ -181,6 +229,22 @@ class Webhook:
             return await self.api.bus.submit(cmd)
         except OutcomeTimeout:
             raise asyncio.TimeoutError from None
+
+
+def network_prefix(name: str, address: str, addressed) -> int:
+    network = next(n for _, n in addressed if n.name == name)
+    return network.subnets[network.subnet_of(parse_address(address))].cidr.prefixlen
+
+
+def addressed_entry(iface: str, mac: str, leased: list[tuple[str, int]], network) -> Addressed:
+    """What cloud-init gets for one interface: address/prefix, the gateway of each leased subnet, the network's DNS."""
+    gateways = []
+    for address, _ in leased:
+        subnet = network.subnets[network.subnet_of(parse_address(address))]
+        if subnet.gateway is not None:
+            gateways.append(format_address(subnet.gateway))
+    return Addressed(name=iface, mac=mac, addresses=tuple(f"{a}/{p}" for a, p in leased), gateways=tuple(gateways),
+                     dns=network.dns)
 
 
 class TlsFiles:

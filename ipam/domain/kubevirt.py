@@ -10,6 +10,7 @@ left alone, as are interfaces without a matching network (the API server rejects
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -113,3 +114,67 @@ def namespace_allows(labels: Mapping[str, str] | None, opt_in_required: bool) ->
     if "allocate" in values:
         return True
     return not opt_in_required
+
+
+# --- IP addresses on secondary networks --------------------------------------------------
+
+IP_ANNOTATION = "ipam.kubevirt.io/ip-addresses"  # {"<interface>": ["10.0.0.5", "fd00::5"]}: asked for, then as leased
+NETWORKS_FIELD = "spec.template.spec.networks"
+
+
+@dataclass(frozen=True)
+class MultusInterface:
+    index: int
+    name: str
+    attachment: str  # "namespace/name" of the NetworkAttachmentDefinition
+
+
+def multus_interfaces(vm: Mapping, namespace: str) -> list[MultusInterface]:
+    """Interfaces on Multus networks with the NetworkAttachmentDefinition each uses (a bare
+    ``networkName`` is in the VM's own namespace)."""
+    interfaces = vm_interfaces(vm)
+    networks = _get(vm, ["spec", "template", "spec", "networks"], NETWORKS_FIELD) or []
+    if not isinstance(networks, list):
+        raise SpecError(NETWORKS_FIELD, "expected a list")
+    by_name = {n.get("name"): n for n in networks if isinstance(n, Mapping)}
+    found = []
+    for index, iface in enumerate(interfaces):
+        if not isinstance(iface, Mapping) or not isinstance(iface.get("name"), str):
+            continue
+        multus = (by_name.get(iface["name"]) or {}).get("multus")
+        if not isinstance(multus, Mapping):
+            continue
+        ref = multus.get("networkName")
+        if not isinstance(ref, str) or not ref:
+            raise SpecError(f"{NETWORKS_FIELD}[{iface['name']}].multus.networkName", "expected a string")
+        found.append(MultusInterface(index=index, name=iface["name"], attachment=ref if "/" in ref else f"{namespace}/{ref}"))
+    return found
+
+
+def annotated_addresses(vm: Mapping | None) -> dict[str, list[str]]:
+    """The ``ipam.kubevirt.io/ip-addresses`` annotation: interface -> addresses (JSON)."""
+    text = (_metadata_of(vm).get("annotations") or {}).get(IP_ANNOTATION)
+    if text is None:
+        return {}
+    field = f"metadata.annotations[{IP_ANNOTATION}]"
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError as e:
+        raise SpecError(field, f"not JSON: {e}") from None
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(a, str) for a in v) for k, v in value.items()):
+        raise SpecError(field, 'expected {"<interface>": ["<address>", ...]}')
+    return {k: list(v) for k, v in value.items()}
+
+
+def _metadata_of(vm: Mapping | None) -> Mapping:
+    meta = (vm or {}).get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def annotation_patch(vm: Mapping, addresses: Mapping[str, list[str]]) -> list[dict]:
+    """JSONPatch setting the annotation to what is leased (RFC 6901 escapes '/' as '~1')."""
+    value = json.dumps(dict(sorted(addresses.items())), separators=(",", ":"))
+    if not isinstance(_metadata_of(vm).get("annotations"), Mapping):
+        return [{"op": "add", "path": "/metadata/annotations", "value": {IP_ANNOTATION: value}}]
+    return [{"op": "add", "path": "/metadata/annotations/" + IP_ANNOTATION.replace("~", "~0").replace("/", "~1"), "value": value}]

@@ -1,5 +1,8 @@
 """The watcher: turns what the cluster holds into commands.
 
+IP addresses (NetworkAttachmentDefinitions, the VMs' address annotation, what guests report) are
+handled by ``ip_watcher.IpWatch`` on the same lists and events.
+
 It follows VirtualMachines and VirtualMachineInstances with list + watch (``adapters.kubernetes``).  Each
 VM it sees becomes one ``ObserveVm`` per pool its MACs (or its current leases) are in: the
 decider confirms provisional leases, adopts MACs nobody holds (first start on a cluster that
@@ -29,9 +32,11 @@ from ..domain.kubevirt import spec_macs
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.messages import ExpirePending, ObservedInterface, ObserveVm
 from ..domain.routing import RoutingError, choose_pool
+from .ip_watcher import IpWatch, insert_guest_rows
 
 log = structlog.get_logger("ipam.watcher")
 LEADER_LOCK = 0x1BA3_0002  # pg_advisory_lock key of the watcher (0x1BA3_0001 is the migrations lock)
+NAD_SYNC_WAIT = 10.0  # seconds the first VM list waits for the NetworkAttachmentDefinitions
 
 
 class Watcher:
@@ -41,10 +46,16 @@ class Watcher:
         self.bus = bus
         self.is_leader = False
         self.unmanaged = 0
-        self._last: dict[str, frozenset] = {}  # vm uid -> the (interface, mac) set last sent
+        self._last: dict[str, tuple] = {}  # vm uid -> the (interface, mac) set and address picture last sent
         self._pools: dict = {}
         self._pools_at = 0.0
         self._vm_informer: kube.Informer | None = None
+        self.ip = IpWatch(db, bus, networks_changed=self._relist_vms)
+
+    def _relist_vms(self) -> None:
+        if self._vm_informer is not None and self._vm_informer.synced.is_set():
+            log.info("networks changed: listing VMs again to observe their addresses")
+            self._vm_informer.request_relist()
 
     @property
     def ready(self) -> bool:
@@ -59,11 +70,22 @@ class Watcher:
             log.info("watcher is the leader")
             api = await kube.api_client(self.cfg.kube_api)
             async with api:
+                nads = kube.Informer(kube.Resource.network_attachment_definitions(api), self.ip.nad_changed,
+                                     self.ip.nads_listed, resync_seconds=self.cfg.resync_seconds)
+                nad_task = asyncio.ensure_future(nads.run())
+                try:  # networks first, so the first VM list knows which interfaces are addressed
+                    await asyncio.wait_for(nads.synced.wait(), NAD_SYNC_WAIT)
+                except asyncio.TimeoutError:
+                    log.warning("NetworkAttachmentDefinitions not listed yet (is Multus installed?); going on without them")
+                await self.ip.refresh(force=True)
                 self._vm_informer = kube.Informer(kube.Resource.virtual_machines(api), self._on_vm, self._on_vm_list,
                                                   resync_seconds=self.cfg.resync_seconds)
                 vmi_informer = kube.Informer(kube.Resource.virtual_machine_instances(api), self._on_vmi, self._on_vmi_list,
                                              resync_seconds=self.cfg.resync_seconds)
-                await asyncio.gather(self._vm_informer.run(), vmi_informer.run(), self._expire_loop())
+                try:
+                    await asyncio.gather(self._vm_informer.run(), vmi_informer.run(), self._expire_loop())
+                finally:
+                    nad_task.cancel()
         finally:
             self.is_leader = False
             await lock.close()
@@ -71,6 +93,7 @@ class Watcher:
     async def recover(self) -> None:
         """After a failure: forget what was sent; the next list observes every VM again."""
         self._last.clear()
+        self.ip.forget_guest()
 
     # --- running instances: collisions ---------------------------------------------
     # What VMIs report is an observation of the cluster, not address state: it is written
@@ -78,18 +101,32 @@ class Watcher:
 
     async def _on_vmi_list(self, items: list[dict]) -> None:
         rows = [r for vmi in items for r in vmi_rows(vmi)]
+        await self.ip.refresh()
+        guests = [(vmi, self.ip.guest_rows(vmi)) for vmi in items]
         async with self.db.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM ipam_store.vmi_interfaces")
             await _insert_vmi_rows(conn, rows)
+            await conn.execute("DELETE FROM ipam_store.vmi_addresses")
+            await insert_guest_rows(conn, [r for _, g in guests for r in g])
+        self.ip.forget_guest()
+        for vmi, g in guests:
+            await self.ip.report_guest(vmi, g)
 
     async def _on_vmi(self, kind: str, vmi: dict) -> None:
         uid = (vmi.get("metadata") or {}).get("uid")
         if not uid:
             return
+        guest = [] if kind == "DELETED" else self.ip.guest_rows(vmi)
         async with self.db.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM ipam_store.vmi_interfaces WHERE vmi_uid = $1", uid)
+            await conn.execute("DELETE FROM ipam_store.vmi_addresses WHERE vmi_uid = $1", uid)
             if kind != "DELETED":
                 await _insert_vmi_rows(conn, vmi_rows(vmi))
+                await insert_guest_rows(conn, guest)
+        if kind == "DELETED":
+            self.ip.forget_guest(uid)
+        else:
+            await self.ip.report_guest(vmi, guest)
 
     # --- virtual machines ---------------------------------------------------------
 
@@ -105,33 +142,40 @@ class Watcher:
         holding: dict[str, set[str]] = {}
         for r in rows:
             holding.setdefault(r["vm_uid"], set()).add(r["pool"])
+        await self.ip.refresh()
+        ip_holding = await self.ip.holding()
         listed = set()
         self._last.clear()
         for vm in items:
-            listed.add(vm["metadata"]["uid"])
-            await self._observe(vm, deleted=False, holding=holding.get(vm["metadata"]["uid"], set()))
+            uid = vm["metadata"]["uid"]
+            listed.add(uid)
+            await self._observe(vm, deleted=False, holding=holding.get(uid, set()), ip_holding=ip_holding.get(uid, set()))
         gone = [r for r in rows if r["vm_uid"] not in listed]
         for r in gone:
             await self.bus.send(ObserveVm(command_id=f"watch:{r['vm_uid']}:gone:{r['pool']}", at=_now(), pool=r["pool"],
                                           namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], deleted=True))
-        log.info("virtual machines listed", vms=len(items), released_missing=len(gone))
+        released_ip = await self.ip.release_missing(listed)
+        log.info("virtual machines listed", vms=len(items), released_missing=len(gone), released_missing_ip=released_ip)
 
     async def _on_vm(self, kind: str, vm: dict) -> None:
         await self._observe(vm, deleted=kind == "DELETED")
 
-    async def _observe(self, vm: dict, deleted: bool, holding: set[str] | None = None) -> None:
-        """``holding``: pools where this VM holds leases, when the caller already knows."""
+    async def _observe(self, vm: dict, deleted: bool, holding: set[str] | None = None,
+                       ip_holding: set[str] | None = None) -> None:
+        """``holding``/``ip_holding``: pools/networks where this VM holds leases, when the caller already knows."""
         meta = vm.get("metadata") or {}
         uid, namespace, name, rv = meta.get("uid"), meta.get("namespace"), meta.get("name"), meta.get("resourceVersion")
         if not (uid and namespace and name):
             return
-        seen = frozenset(spec_macs(vm).items())
+        macs = frozenset(spec_macs(vm).items())
+        seen = (macs, self.ip.seen(vm))
         if not deleted and self._last.get(uid) == seen:
-            return  # status or metadata changed, not the interfaces
-        by_pool, unroutable = self._route(namespace, seen)
+            return  # status or metadata changed, not the interfaces or their addresses
+        await self.ip.observe_vm(vm, deleted, ip_holding)
+        by_pool, unroutable = self._route(namespace, macs)
         if unroutable and time.monotonic() - self._pools_at > 0.5:  # a pool created since we last looked?
             await self._refresh_pools()
-            by_pool, unroutable = self._route(namespace, seen)
+            by_pool, unroutable = self._route(namespace, macs)
         if unroutable:
             seen = None  # not fully observed: the next event or list tries again
         for iface, text, reason in unroutable:
@@ -180,6 +224,7 @@ class Watcher:
             await asyncio.sleep(interval)
             if not self.ready:
                 continue
+            await self.ip.expire_pending()
             before = set(self._pools)
             await self._refresh_pools()
             if set(self._pools) - before and self.unmanaged:

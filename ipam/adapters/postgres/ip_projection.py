@@ -43,9 +43,14 @@ class NetworkCache:
     async def ensure(self, conn: asyncpg.Connection) -> None:
         if self.loaded:
             return
-        rows = await conn.fetch("SELECT definition::text FROM ipam_store.networks")
-        self.networks = {n.name: n for n in (network_from(msgspec.json.decode(r[0], type=NetworkDefined)) for r in rows)}
+        self.networks = await network_definitions(conn)
         self.loaded = True
+
+
+async def network_definitions(conn) -> dict[str, Network]:
+    """Every network, built from its stored definition."""
+    rows = await conn.fetch("SELECT definition::text FROM ipam_store.networks")
+    return {n.name: n for n in (network_from(msgspec.json.decode(r[0], type=NetworkDefined)) for r in rows)}
 
 
 class IpChanges:

@@ -1,0 +1,284 @@
+"""IP addresses end to end: NetworkAttachmentDefinitions discovered through the list/watch test
+server, AdmissionReviews over real HTTPS, the real broker and Postgres.  A VM with two secondary
+networks gets MACs, addresses and cloud-init networkData that matches its leases; a restart keeps
+them; a hot-plugged interface gets an address; the guest's reports show drift; delete releases."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import ipaddress
+import json
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from ipam.service import Service
+
+from .harness import create_database, drop_database, make_config
+from .kube_api import FakeKubeApi
+from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
+from .test_webhook import POOL, admit, eventually
+
+NAD = "network-attachment-definitions"
+ANNOTATION = "ipam.kubevirt.io/ip-addresses"
+
+
+def nad(name: str, namespace: str = "prod", **annotations: str) -> dict:
+    config = json.dumps({"cniVersion": "0.3.1", "type": "bridge", "bridge": f"br-{name}"})
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace,
+                         "annotations": {f"ipam.kubevirt.io/{k}": v for k, v in annotations.items()}},
+            "spec": {"config": config}}
+
+
+@pytest.fixture(scope="module")
+async def kube():
+    api = await FakeKubeApi().start()
+    await api.put("namespaces", {"metadata": {"name": "prod"}})
+    await api.put(NAD, nad("blue-net", subnets="10.40.0.0/24, fd00:40::/64", gateways="10.40.0.1, fd00:40::1",
+                           exclude="10.40.0.2-10.40.0.9", dns="10.40.0.53"))
+    await api.put(NAD, nad("green-net", subnets="192.168.60.0/28", network="shared-green"))
+    await api.put(NAD, nad("purple-net", subnets="172.20.0.0/24"))
+    await api.put(NAD, nad("red-net"))  # no ipam annotations: not addressed
+    yield api
+    await api.stop()
+
+
+@pytest.fixture(scope="module")
+async def kv(backends, kube, tmp_path_factory):
+    tls = WebhookTls(tmp_path_factory.mktemp("tls-ip"))
+    dsn = await create_database(backends.postgres_dsn)
+    cfg = make_config(backends.kafka_bootstrap, dsn, tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file),
+                      webhook_addr="127.0.0.1:0", kube_api=kube.url)
+    try:
+        async with Service(cfg) as svc:
+            await svc.wait_ready()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{svc.url}/v1/pools", json=POOL) as r:
+                    assert r.status == 201
+                svc.http = http
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as https:
+                    svc.https = https
+
+                    async def networks_known():
+                        async with http.get(f"{svc.url}/v1/networks") as r:
+                            names = {n["name"] for n in (await r.json())["networks"]}
+                        return {"prod.blue-net", "shared-green", "prod.purple-net"} <= names
+
+                    await eventually(networks_known)
+                    yield svc
+    finally:
+        await drop_database(backends.postgres_dsn, dsn)
+
+
+async def rows(svc, sql, *args):
+    conn = await asyncpg.connect(svc.cfg.database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def network_data(vm: dict) -> dict:
+    spec = vm["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if "cloudInitNoCloud" in v]
+    return yaml.safe_load(volume["cloudInitNoCloud"]["networkData"])
+
+
+def leased(vm: dict) -> dict[str, list[str]]:
+    return json.loads(vm["metadata"]["annotations"][ANNOTATION])
+
+
+async def test_nad_annotations_become_networks(kv):
+    async with kv.http.get(f"{kv.url}/v1/networks/prod.blue-net") as r:
+        blue = await r.json()
+    assert [s["cidr"] for s in blue["subnets"]] == ["10.40.0.0/24", "fd00:40::/64"]
+    assert blue["subnets"][0]["gateway"] == "10.40.0.1" and blue["subnets"][0]["size"] == 254 - 9
+    assert blue["dns"] == ["10.40.0.53"] and blue["attachments"] == ["prod/blue-net"]
+    assert blue["source"] == "nad:prod/blue-net"
+    async with kv.http.get(f"{kv.url}/v1/networks/shared-green") as r:
+        assert (await r.json())["attachments"] == ["prod/green-net"]
+
+
+async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_data(kv, kube):
+    https = kv.https
+    vm = vm_manifest("app-1", multus=("blue", "green", "red"))
+    body = review(vm)
+    response = await admit(https, kv, body)
+    assert response["allowed"] is True, response
+    created = apply(vm, response)
+    macs = macs_of(created)
+    addresses = leased(created)
+    assert set(addresses) == {"blue", "green"}  # red's NAD carries no ipam annotation
+    v4, v6 = (ipaddress.ip_address(a) for a in addresses["blue"])
+    assert v4 in ipaddress.ip_network("10.40.0.0/24") and v6 in ipaddress.ip_network("fd00:40::/64")
+    assert not ipaddress.ip_address("10.40.0.1") <= v4 <= ipaddress.ip_address("10.40.0.9")
+    data = network_data(created)
+    assert data["version"] == 2
+    eth = data["ethernets"]
+    assert eth["default"] == {"match": {"macaddress": macs["default"]}, "dhcp4": True}
+    assert eth["blue"]["match"] == {"macaddress": macs["blue"]}
+    assert eth["blue"]["addresses"] == [f"{v4}/24", f"{v6}/64"]
+    assert {r["via"] for r in eth["blue"]["routes"]} == {"10.40.0.1", "fd00:40::1"}
+    assert eth["blue"]["nameservers"] == {"addresses": ["10.40.0.53"]}
+    assert eth["green"] == {"match": {"macaddress": macs["green"]}, "addresses": [f"{addresses['green'][0]}/28"]}
+    assert "red" not in eth
+    disks = created["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+    assert {"name": "ipam-cloudinit", "disk": {"bus": "virtio"}} in disks
+    pending = await rows(kv, "SELECT network, host(address) AS a, state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
+    assert {(r["network"], r["a"]) for r in pending} == {("prod.blue-net", str(v4)), ("prod.blue-net", str(v6)),
+                                                         ("shared-green", addresses["green"][0])}
+    assert {r["state"] for r in pending} == {"pending"}
+    again = apply(vm, await admit(https, kv, body))  # the API server retries: same answer
+    assert leased(again) == addresses and network_data(again) == data
+
+    # the VM is persisted: the watcher binds the pending leases to its uid
+    stored = await kube.put("virtualmachines", created)
+    uid = stored["metadata"]["uid"]
+
+    async def confirmed():
+        got = await rows(kv, "SELECT state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
+        return len(got) == 3 and all(r["state"] == "confirmed" and r["vm_uid"] == uid for r in got)
+
+    await eventually(confirmed)
+
+    # stop and start (runStrategy), same uid: same addresses, same networkData
+    for strategy in ("Halted", "Always"):
+        changed = copy.deepcopy(stored)
+        changed["spec"]["runStrategy"] = strategy
+        answer = await admit(https, kv, review(changed, "UPDATE", old=stored))
+        assert answer["allowed"] is True
+        stored = await kube.put("virtualmachines", apply(changed, answer))
+        assert leased(stored) == addresses and network_data(stored) == data
+
+    # hot plug an interface on another managed network
+    plugged = copy.deepcopy(stored)
+    spec = plugged["spec"]["template"]["spec"]
+    spec["domain"]["devices"]["interfaces"].append({"name": "purple", "bridge": {}})
+    spec["networks"].append({"name": "purple", "multus": {"networkName": "purple-net"}})
+    answer = await admit(https, kv, review(plugged, "UPDATE", old=stored))
+    assert answer["allowed"] is True, answer
+    plugged = apply(plugged, answer)
+    assert leased(plugged)["blue"] == addresses["blue"]
+    assert ipaddress.ip_address(leased(plugged)["purple"][0]) in ipaddress.ip_network("172.20.0.0/24")
+    assert network_data(plugged)["ethernets"]["purple"]["match"] == {"macaddress": macs_of(plugged)["purple"]}
+    assert network_data(plugged)["ethernets"]["blue"] == eth["blue"]
+    stored = await kube.put("virtualmachines", plugged)
+
+    # the guest runs and reports its addresses: one it was not given is drift
+    vmi = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+           "metadata": {"name": "app-1", "namespace": "prod",
+                        "ownerReferences": [{"kind": "VirtualMachine", "name": "app-1", "uid": uid}]},
+           "spec": copy.deepcopy(stored["spec"]["template"]["spec"]),
+           "status": {"phase": "Running", "interfaces": [
+               {"name": "blue", "mac": macs["blue"], "ipAddresses": [f"{v4}/24", "10.40.0.77", f"{v6}/64", "fe80::1"]},
+               {"name": "green", "mac": macs["green"], "ipAddresses": [addresses["green"][0]]}]}}
+    await kube.put("virtualmachineinstances", vmi)
+
+    async def drift_seen():
+        got = await rows(kv, "SELECT network, host(address) AS a, kind, leased FROM ipam.ip_drift WHERE vm = 'app-1'")
+        events = await rows(kv, "SELECT body FROM ipam_store.ledger WHERE type = 'IpDrift' AND vm = 'app-1'")
+        return got and events and (got, events)
+
+    drift, events = await eventually(drift_seen)
+    assert [(r["network"], r["a"], r["kind"]) for r in drift] == [("prod.blue-net", "10.40.0.77", "unleased")]
+    assert sorted(drift[0]["leased"]) == sorted([str(v4), str(v6)])
+    assert json.loads(events[0]["body"])["address"] == "10.40.0.77"
+    async with kv.http.get(f"{kv.url}/metrics") as r:
+        assert "ipam_ip_drift 1.0" in await r.text()
+
+    # delete: every address goes back (quarantined)
+    await kube.delete("virtualmachineinstances", "prod", "app-1")
+    await kube.delete("virtualmachines", "prod", "app-1")
+
+    async def released():
+        return not await rows(kv, "SELECT 1 FROM ipam.ip_leases WHERE vm = 'app-1'")
+
+    await eventually(released)
+    quarantined = await rows(kv, "SELECT count(*) AS n FROM ipam_store.ip_quarantine WHERE vm = 'app-1'")
+    assert quarantined[0]["n"] == 4
+
+
+async def test_user_network_data_is_merged_or_the_conflict_denied(kv):
+    https = kv.https
+    mine = {"version": 2, "ethernets": {"mgmt": {"match": {"macaddress": "02:aa:00:00:00:01"}, "dhcp4": True}}}
+    vm = vm_manifest("merge-1", multus=("green",))
+    vm["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#cloud-config\npassword: x\n", "networkData": yaml.safe_dump(mine)}})
+    created = apply(vm, await admit(https, kv, review(vm)))
+    data = network_data(created)
+    assert data["ethernets"]["mgmt"] == mine["ethernets"]["mgmt"]  # the user's entry is kept
+    assert data["ethernets"]["green"]["addresses"] == [f"{leased(created)['green'][0]}/28"]
+    assert "default" not in data["ethernets"]  # the user wrote networkData: the pod interface is theirs to configure
+    assert len([v for v in created["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v]) == 1
+
+    clash = vm_manifest("clash-1", multus=("green",))
+    theirs = {"version": 2, "ethernets": {"green": {"addresses": ["10.99.0.5/24"]}}}
+    clash["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "cloudinit", "cloudInitNoCloud": {"networkDataBase64": base64.b64encode(yaml.safe_dump(theirs).encode()).decode()}})
+    response = await admit(https, kv, review(clash))
+    assert response["allowed"] is False
+    assert "ethernets.green" in response["status"]["message"] and "10.99.0.5/24" in response["status"]["message"]
+
+    v1 = vm_manifest("v1-1", multus=("green",))
+    v1["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "cloudinit", "cloudInitNoCloud": {"networkData": "version: 1\nconfig: []\n"}})
+    response = await admit(https, kv, review(v1))
+    assert response["allowed"] is False and "version 2" in response["status"]["message"]
+
+    secret = vm_manifest("secret-1", multus=("green",))
+    secret["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "cloudinit", "cloudInitNoCloud": {"networkDataSecretRef": {"name": "my-net"}}})
+    response = await admit(https, kv, review(secret))
+    assert response["allowed"] is True and "my-net" in response["warnings"][0]
+    patched = apply(secret, response)
+    assert set(leased(patched)) == {"green"}
+    assert patched["spec"]["template"]["spec"]["volumes"] == secret["spec"]["template"]["spec"]["volumes"]
+
+
+async def test_static_address_by_annotation_and_holder_named_when_taken(kv):
+    https = kv.https
+    vm = vm_manifest("static-1", multus=("green",))
+    vm["metadata"]["annotations"] = {ANNOTATION: json.dumps({"green": ["192.168.60.12"]})}
+    created = apply(vm, await admit(https, kv, review(vm)))
+    assert leased(created) == {"green": ["192.168.60.12"]}
+    other = vm_manifest("static-2", multus=("green",))
+    other["metadata"]["annotations"] = {ANNOTATION: json.dumps({"green": ["192.168.60.12"]})}
+    response = await admit(https, kv, review(other))
+    assert response["allowed"] is False
+    assert "static-1" in response["status"]["message"] and response["status"]["code"] == 409
+    bad = vm_manifest("static-3", multus=("green",))
+    bad["metadata"]["annotations"] = {ANNOTATION: "{not json"}
+    response = await admit(https, kv, review(bad))
+    assert response["allowed"] is False and ANNOTATION in response["status"]["message"]
+
+
+async def test_nad_update_and_delete_become_commands(kv, kube):
+    await kube.put(NAD, nad("temp-net", subnets="10.77.0.0/24"))
+
+    async def network(name):
+        async with kv.http.get(f"{kv.url}/v1/networks/{name}") as r:
+            return r.status == 200 and await r.json()
+
+    await eventually(lambda: network("prod.temp-net"))
+    await kube.put(NAD, nad("temp-net", subnets="10.77.0.0/24", dns="10.77.0.53", gateways="10.77.0.1"))
+
+    async def updated():
+        got = await network("prod.temp-net")
+        return got and got["dns"] == ["10.77.0.53"] and got["subnets"][0]["gateway"] == "10.77.0.1"
+
+    await eventually(updated)
+    await kube.delete(NAD, "prod", "temp-net")
+
+    async def gone():
+        async with kv.http.get(f"{kv.url}/v1/networks/prod.temp-net") as r:
+            return r.status == 404
+
+    await eventually(gone)
+    history = await rows(kv, "SELECT what FROM ipam.history WHERE network = 'prod.temp-net' ORDER BY id")
+    assert [r["what"] for r in history] == ["network created", "network changed", "network deleted"]
+    await asyncio.sleep(0)
