@@ -3,6 +3,9 @@
 Scenarios:
   pipeline  leases/s sustained: commands produced straight to the commands topic, counted
             when committed in Postgres by a separate `ipam serve` process.
+  ip-pipeline  IP leases/s the same way: LeaseIp commands on 16 dual-stack networks (a /16 and a /64
+            each: two addresses per command), counted when committed in Postgres.
+  ip-latency  p50/p99/p99.9 of single POST /v1/ip-leases (dual-stack: two addresses) at fixed rates.
   baseline  the same workload done the simple way: one transaction per lease that locks
             the pool row and inserts the lease (same Postgres, same run).
   latency   p50/p99/p99.9 of single POST /v1/mac-leases at fixed offered rates.
@@ -27,12 +30,13 @@ from aiokafka import AIOKafkaProducer
 
 from ipam.adapters.kafka import partition_for
 from ipam.devenv import select_backends
-from ipam.domain.messages import LeaseMac, Owner, encoder
+from ipam.domain.messages import LeaseIp, LeaseMac, Owner, encoder
 from ipam.devenv import free_port
 from tests.harness import ServiceProcess, create_database, drop_database, make_config
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
+NETWORKS = [f"net-{i:02d}" for i in range(16)]
 
 
 def pool_range(i: int) -> str:
@@ -53,18 +57,42 @@ async def create_pools(url: str) -> None:
                 assert r.status == 201, await r.text()
 
 
+async def create_networks(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for i, name in enumerate(NETWORKS):
+            body = {"name": name, "subnets": [{"cidr": f"10.{100 + i}.0.0/16", "gateway": f"10.{100 + i}.0.1"},
+                                              {"cidr": f"fd00:{100 + i:x}::/64", "gateway": f"fd00:{100 + i:x}::1"}]}
+            async with http.post(f"{url}/v1/networks", json=body) as r:
+                assert r.status == 201, await r.text()
+
+
+def mac_command(n: int, at: int) -> tuple[str, LeaseMac]:
+    pool = POOLS[n % len(POOLS)]
+    return pool, LeaseMac(command_id=f"b{uuid.uuid4().hex}", at=at, pool=pool,
+                          owner=Owner(namespace="bench", vm=f"vm-{n}", vm_uid=f"u{n}", interface="eth0"))
+
+
+def ip_command(n: int, at: int) -> tuple[str, LeaseIp]:
+    network = NETWORKS[n % len(NETWORKS)]
+    return network, LeaseIp(command_id=f"i{uuid.uuid4().hex}", at=at, network=network,
+                            owner=Owner(namespace="bench", vm=f"vm-{n}", vm_uid=f"u{n}", interface="eth1"))
+
+
 async def projected(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(sum(events_offset), 0)::bigint FROM ipam_store.partitions"))
 
 
-async def pipeline(cfg, seconds: float, max_inflight: int = 40000) -> dict:
-    """Produce LeaseMac commands as fast as the pipeline absorbs them; count commits in Postgres."""
+async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = False) -> dict:
+    """Produce lease commands as fast as the pipeline absorbs them; count committed events in Postgres
+    (one per MAC lease; two per dual-stack IP lease command)."""
+    make = ip_command if ip else mac_command
+    per_command = 2 if ip else 1
     producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, linger_ms=5, max_batch_size=512 * 1024,
                                 enable_idempotence=False, acks="all")
     await producer.start()
     conn = await asyncpg.connect(cfg.database_url)
     base = await projected(conn)
-    parts = {p: partition_for(p, cfg.partitions) for p in POOLS}
+    parts = {p: partition_for(p, cfg.partitions) for p in (NETWORKS if ip else POOLS)}
     sent = 0
     samples: list[tuple[float, int]] = []
     start = time.perf_counter()
@@ -78,16 +106,14 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000) -> dict:
                 done = await projected(conn)
                 samples.append((now - start, done - base))
                 next_poll = now + 0.25
-            if sent - (done - base) > max_inflight:
+            if sent - (done - base) // per_command > max_inflight:
                 await asyncio.sleep(0.01)
                 continue
             at = int(time.time() * 1000)
             futures = []
             for _ in range(2000):
-                pool = POOLS[sent % len(POOLS)]
-                cmd = LeaseMac(command_id=f"b{uuid.uuid4().hex}", at=at, pool=pool,
-                               owner=Owner(namespace="bench", vm=f"vm-{sent}", vm_uid=f"u{sent}", interface="eth0"))
-                futures.append(await producer.send(cfg.commands_topic, encoder.encode(cmd), key=pool.encode(), partition=parts[pool]))
+                key, cmd = make(sent, at)
+                futures.append(await producer.send(cfg.commands_topic, encoder.encode(cmd), key=key.encode(), partition=parts[key]))
                 sent += 1
             await asyncio.gather(*futures)
         done = await projected(conn)
@@ -97,14 +123,23 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000) -> dict:
         rate = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) if len(warm) > 1 else 0.0
         # drain: everything sent must be committed
         drain_start = time.perf_counter()
-        while done - base < sent and time.perf_counter() - drain_start < 120:
+        while done - base < sent * per_command and time.perf_counter() - drain_start < 120:
             await asyncio.sleep(0.1)
             done = await projected(conn)
-        leases = await conn.fetchval("SELECT count(*) FROM ipam_store.mac_leases")
-        distinct = await conn.fetchval("SELECT count(DISTINCT mac) FROM ipam_store.mac_leases")
+        if ip:
+            leases = await conn.fetchval("SELECT count(*) FROM ipam_store.ip_leases WHERE namespace = 'bench'")
+            distinct = await conn.fetchval("SELECT count(DISTINCT (network, address)) FROM ipam_store.ip_leases "
+                                           "WHERE namespace = 'bench'")
+        else:
+            leases = await conn.fetchval("SELECT count(*) FROM ipam_store.mac_leases")
+            distinct = await conn.fetchval("SELECT count(DISTINCT mac) FROM ipam_store.mac_leases")
     finally:
         await producer.stop()
         await conn.close()
+    if ip:
+        return {"scenario": "ip-pipeline", "seconds": seconds, "leases_per_s": round(rate), "commands_per_s": round(rate / 2),
+                "sent_commands": sent, "committed_leases": done - base, "live_leases": leases, "distinct_addresses": distinct,
+                "networks": len(NETWORKS), "partitions": cfg.partitions, "leases_per_command": 2}
     return {"scenario": "pipeline", "seconds": seconds, "leases_per_s": round(rate), "sent": sent,
             "committed": done - base, "live_leases": leases, "distinct_macs": distinct, "pools": len(POOLS),
             "partitions": cfg.partitions}
@@ -168,23 +203,27 @@ def latency_figures(scenario: str, rate: int, lat: list[float], elapsed: float) 
             "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat)}
 
 
-async def latency(url: str, rate: int, seconds: float) -> dict:
-    """Requests at a fixed offered rate; each is one new lease answered after commit."""
+async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict:
+    """Requests at a fixed offered rate; each is one new lease (MAC, or dual-stack IP) answered after commit."""
     lat: list[float] = []
     errors = 0
+    path = "/v1/ip-leases" if ip else "/v1/mac-leases"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
         async def one(i: int) -> None:
             nonlocal errors
             t = time.perf_counter()
             body = {"namespace": "lat", "vm": f"vm-{rate}-{i}", "vm_uid": f"u{i}", "interface": "eth0"}
-            async with http.post(f"{url}/v1/mac-leases", json=body) as r:
+            if ip:
+                body["network"] = NETWORKS[i % len(NETWORKS)]
+            async with http.post(f"{url}{path}", json=body) as r:
                 await r.read()
                 if r.status != 201:
                     errors += 1
             lat.append((time.perf_counter() - t) * 1000)
 
         elapsed = await offered_load(one, rate, seconds)
-    return {**latency_figures(f"latency@{rate}/s", rate, lat, elapsed), "errors": errors}
+    scenario = f"{'ip-latency' if ip else 'latency'}@{rate}/s"
+    return {**latency_figures(scenario, rate, lat, elapsed), "errors": errors}
 
 
 async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) -> dict:
@@ -229,11 +268,19 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
+    ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
+    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, ip-latency, "
+                                                 "pipeline, ip-pipeline, baseline (default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
     rates = [int(r) for r in (args.rates if args.rates is not None else ("100" if args.quick else "100,500,1000")).split(",") if r]
     webhook_rates = [int(r) for r in (args.webhook_rates if args.webhook_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
+    ip_rates = [int(r) for r in (args.ip_rates if args.ip_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
+    only = set(args.only.split(",")) if args.only else {"latency", "webhook", "ip-latency", "pipeline", "ip-pipeline", "baseline"}
+    rates = rates if "latency" in only else []
+    webhook_rates = webhook_rates if "webhook" in only else []
+    ip_rates = ip_rates if "ip-latency" in only else []
 
     backends = select_backends()
     results: list[dict] = []
@@ -248,6 +295,7 @@ async def main(argv: list[str]) -> int:
             "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}"}).start()
         await svc.wait_ready()
         await create_pools(svc.url)
+        await create_networks(svc.url)
         for rate in rates:
             results.append(await latency(svc.url, rate, lat_seconds))
             print(json.dumps(results[-1]), flush=True)
@@ -261,17 +309,32 @@ async def main(argv: list[str]) -> int:
             results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
                                                  lat_seconds))
             print(json.dumps(results[-1]), flush=True)
-        results.append(await pipeline(cfg, seconds))
-        print(json.dumps(results[-1]), flush=True)
+        if ip_rates and (rates or webhook_rates):
+            svc.terminate()  # a fresh process, for the same reason
+            svc.start()
+            await svc.wait_ready()
+        for rate in ip_rates:
+            results.append(await latency(svc.url, rate, lat_seconds, ip=True))
+            print(json.dumps(results[-1]), flush=True)
+        if "pipeline" in only:
+            results.append(await pipeline(cfg, seconds))
+            print(json.dumps(results[-1]), flush=True)
+        if "ip-pipeline" in only:
+            results.append(await pipeline(cfg, seconds, ip=True))
+            print(json.dumps(results[-1]), flush=True)
         svc.terminate()
         svc = None
-        results.append(await baseline(dsn, seconds))
-        print(json.dumps(results[-1]), flush=True)
-        pipe = next(r for r in results if r["scenario"] == "pipeline")
-        pipe["ratio_to_baseline"] = round(pipe["leases_per_s"] / max(1, results[-1]["leases_per_s"]), 2)
-        summary = {"scenario": "summary", "backends": backends.kind, "pipeline_leases_per_s": pipe["leases_per_s"],
-                   "baseline_leases_per_s": results[-1]["leases_per_s"], "ratio_to_baseline": pipe["ratio_to_baseline"]}
-        print(json.dumps(summary), flush=True)
+        if "baseline" in only:
+            results.append(await baseline(dsn, seconds))
+            print(json.dumps(results[-1]), flush=True)
+            base = results[-1]["leases_per_s"]
+            summary = {"scenario": "summary", "backends": backends.kind, "baseline_leases_per_s": base}
+            for r in results:
+                if r["scenario"] in ("pipeline", "ip-pipeline"):
+                    r["ratio_to_baseline"] = round(r["leases_per_s"] / max(1, base), 2)
+                    summary[f"{r['scenario'].replace('-', '_')}_leases_per_s"] = r["leases_per_s"]
+                    summary[f"{r['scenario'].replace('-', '_')}_ratio_to_baseline"] = r["ratio_to_baseline"]
+            print(json.dumps(summary), flush=True)
         print(table(results), file=sys.stderr)
     finally:
         if svc is not None:

@@ -47,6 +47,9 @@ async def populated(shared_service):
         async with http.post(base + "/v1/mac-leases", json={"namespace": "prod", "vm": "db-1", "vm_uid": "u1",
                                                             "interface": "default", "mac": "02:00:00:00:00:01"}) as r:
             assert r.status == 409
+        await post("/v1/networks", {"name": "lab", "subnets": [{"cidr": "10.30.0.0/24", "gateway": "10.30.0.1"}]})
+        await post("/v1/ip-leases", {"network": "lab", "namespace": "prod", "vm": "db-0", "vm_uid": "u0",
+                                     "interface": "default", "addresses": ["10.30.0.5"]})
     return shared_service
 
 
@@ -54,16 +57,16 @@ def _sql_blocks(name: str) -> list[str]:
     return re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / name).read_text(), re.S)
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(18))
 async def test_psql_questions_run(populated, index):
     blocks = _sql_blocks("psql.md")
-    assert len(blocks) == 13
+    assert len(blocks) == 18
     conn = await asyncpg.connect(populated.cfg.database_url)
     try:
         rows = await conn.fetch(blocks[index])
     finally:
         await conn.close()
-    if index in (0, 1, 2, 3, 6, 8):  # questions whose answer the fixture made non-empty
+    if index in (0, 1, 2, 3, 6, 8, 13, 14, 17):  # questions whose answer the fixture made non-empty
         assert rows, blocks[index]
     if index == 0:
         assert rows[0]["vm"] == "db-0" and rows[0]["interface"] == "default"
@@ -81,7 +84,8 @@ async def test_every_view_and_column_has_a_comment(populated):
     finally:
         await conn.close()
     assert not missing
-    assert {v["relname"] for v in views} >= {"mac_leases", "pool_usage", "history", "mac_conflicts", "mac_collisions"}
+    assert {v["relname"] for v in views} >= {"mac_leases", "pool_usage", "history", "mac_conflicts", "mac_collisions",
+                                             "ip_leases", "network_usage", "ip_drift"}
     assert all(v["d"] for v in views)
 
 

@@ -29,6 +29,7 @@ class NadNetwork:
     network: str
     subnets: tuple[SubnetSpec, ...]
     dns: tuple[str, ...]
+    version: str = ""  # the NAD's resourceVersion: a definition changed back and forth is still a new command
 
 
 def _items(value: str) -> list[str]:
@@ -53,7 +54,8 @@ def nad_network(nad: Mapping) -> NadNetwork | None:
     subnets = subnet_specs(_items(texts[SUBNETS]), _items(texts[GATEWAYS] or ""), _items(texts[EXCLUDE] or ""),
                            (_field(SUBNETS), _field(GATEWAYS), _field(EXCLUDE)))
     network = (texts[NETWORK] or "").strip() or f"{namespace}.{name}"
-    return NadNetwork(attachment=f"{namespace}/{name}", network=network, subnets=subnets, dns=tuple(_items(texts[DNS] or "")))
+    return NadNetwork(attachment=f"{namespace}/{name}", network=network, subnets=subnets, dns=tuple(_items(texts[DNS] or "")),
+                      version=str(meta.get("resourceVersion") or ""))
 
 
 def subnet_specs(cidrs: list[str], gateways: list[str], excludes: list[str],

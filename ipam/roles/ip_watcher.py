@@ -104,7 +104,7 @@ class IpWatch:
             log.warning("NetworkAttachmentDefinition names a network made through the API; left alone",
                         attachment=source.attachment, network=network)
             return
-        cmd = DefineNetwork(command_id=f"nad:{network}:{_digest(source.subnets, source.dns, members)}", at=_now(),
+        cmd = DefineNetwork(command_id=f"nad:{network}:{source.version}:{_digest(source.subnets, source.dns, members)}", at=_now(),
                             name=network, subnets=source.subnets, dns=source.dns, attachments=tuple(members),
                             source=f"nad:{source.attachment}")
         events = await self.bus.submit(cmd)
