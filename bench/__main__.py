@@ -5,6 +5,8 @@ Scenarios:
             when committed in Postgres by a separate `ipam serve` process.
   ip-pipeline  IP leases/s the same way: LeaseIp commands on 16 dual-stack networks (a /16 and a /64
             each: two addresses per command), counted when committed in Postgres.
+  webhook-ip  the same with the VM's two Multus networks being ipam networks: 3 MACs, 4 addresses
+            (dual-stack) and cloud-init networkData per review.
   ip-latency  p50/p99/p99.9 of single POST /v1/ip-leases (dual-stack: two addresses) at fixed rates.
   baseline  the same workload done the simple way: one transaction per lease that locks
             the pool row and inserts the lease (same Postgres, same run).
@@ -37,6 +39,8 @@ from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
+WEBHOOK_IP_NAMESPACE = "bench-webhook-ip"  # its VMs' two Multus networks are attached to net-00 and net-01
+WEBHOOK_NADS = ["blue-net", "green-net"]
 
 
 def pool_range(i: int) -> str:
@@ -61,7 +65,8 @@ async def create_networks(url: str) -> None:
     async with aiohttp.ClientSession() as http:
         for i, name in enumerate(NETWORKS):
             body = {"name": name, "subnets": [{"cidr": f"10.{100 + i}.0.0/16", "gateway": f"10.{100 + i}.0.1"},
-                                              {"cidr": f"fd00:{100 + i:x}::/64", "gateway": f"fd00:{100 + i:x}::1"}]}
+                                              {"cidr": f"fd00:{100 + i:x}::/64", "gateway": f"fd00:{100 + i:x}::1"}],
+                    "attachments": [f"{WEBHOOK_IP_NAMESPACE}/{WEBHOOK_NADS[i]}"] if i < len(WEBHOOK_NADS) else []}
             async with http.post(f"{url}/v1/networks", json=body) as r:
                 assert r.status == 201, await r.text()
 
@@ -226,8 +231,10 @@ async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict
     return {**latency_figures(scenario, rate, lat, elapsed), "errors": errors}
 
 
-async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) -> dict:
-    """AdmissionReviews at a fixed offered rate, as the API server sends them, over HTTPS."""
+async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, ip: bool = False) -> dict:
+    """AdmissionReviews at a fixed offered rate, as the API server sends them, over HTTPS.  With ``ip`` the
+    VM's two Multus networks are ipam networks: 3 MACs, 4 addresses and cloud-init networkData per review."""
+    namespace = WEBHOOK_IP_NAMESPACE if ip else "bench-webhook"
     lat: list[float] = []
     errors = 0
     # The API server keeps a small pool of warm connections to a webhook (HTTP/2 or keep-alive), it does
@@ -236,7 +243,7 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) 
     async with aiohttp.ClientSession(connector=connector) as http:
         async def one(i: int) -> None:
             nonlocal errors
-            body = review(vm_manifest(f"vm-{rate}-{i}", namespace="bench-webhook"))
+            body = review(vm_manifest(f"vm-{rate}-{i}", namespace=namespace))
             t = time.perf_counter()
             async with http.post(url, json=body) as r:
                 answer = await r.json()
@@ -245,6 +252,9 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float) 
                 errors += 1
 
         elapsed = await offered_load(one, rate, seconds)
+    if ip:
+        return {**latency_figures(f"webhook-ip@{rate}/s", rate, lat, elapsed), "denied": errors, "mac_leases_per_review": 3,
+                "ip_leases_per_review": 4}
     return {**latency_figures(f"webhook@{rate}/s", rate, lat, elapsed), "denied": errors, "leases_per_review": 3}
 
 
@@ -268,16 +278,21 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
+    ap.add_argument("--webhook-ip-rates", default=None, help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
-    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, ip-latency, "
+    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, webhook-ip, ip-latency, "
                                                  "pipeline, ip-pipeline, baseline (default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
     rates = [int(r) for r in (args.rates if args.rates is not None else ("100" if args.quick else "100,500,1000")).split(",") if r]
     webhook_rates = [int(r) for r in (args.webhook_rates if args.webhook_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
+    webhook_ip_rates = [int(r) for r in (args.webhook_ip_rates if args.webhook_ip_rates is not None
+                                         else ("100" if args.quick else "100,500")).split(",") if r]
     ip_rates = [int(r) for r in (args.ip_rates if args.ip_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
-    only = set(args.only.split(",")) if args.only else {"latency", "webhook", "ip-latency", "pipeline", "ip-pipeline", "baseline"}
+    only = set(args.only.split(",")) if args.only else {"latency", "webhook", "webhook-ip", "ip-latency", "pipeline", "ip-pipeline",
+                                                        "baseline"}
+    webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
     webhook_rates = webhook_rates if "webhook" in only else []
     ip_rates = ip_rates if "ip-latency" in only else []
@@ -299,7 +314,7 @@ async def main(argv: list[str]) -> int:
         for rate in rates:
             results.append(await latency(svc.url, rate, lat_seconds))
             print(json.dumps(results[-1]), flush=True)
-        if webhook_rates and rates:
+        if (webhook_rates or webhook_ip_rates) and rates:
             # A fresh process for the webhook scenarios: after the REST scenarios saturate it (1000/s is past
             # this machine's capacity) the service stays slow for a while, which is not what we measure here.
             svc.terminate()
@@ -309,7 +324,11 @@ async def main(argv: list[str]) -> int:
             results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
                                                  lat_seconds))
             print(json.dumps(results[-1]), flush=True)
-        if ip_rates and (rates or webhook_rates):
+        for rate in webhook_ip_rates:
+            results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
+                                                 lat_seconds, ip=True))
+            print(json.dumps(results[-1]), flush=True)
+        if ip_rates and (rates or webhook_rates or webhook_ip_rates):
             svc.terminate()  # a fresh process, for the same reason
             svc.start()
             await svc.wait_ready()

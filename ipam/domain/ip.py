@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from socket import AF_INET, AF_INET6, inet_pton
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,8 +57,11 @@ def format_address(key: int) -> str:
 
 
 def address_of(text: str) -> int:
-    """Fast path for addresses we wrote ourselves (canonical text)."""
-    return parse_address(text)
+    """Fast path for addresses we wrote ourselves (events, the database): ``inet_pton`` is C, and
+    ``ipaddress`` parsing was a sixth of the projector's time.  Not for user input (see parse_address)."""
+    if ":" in text:
+        return int.from_bytes(inet_pton(AF_INET6, text), "big") | V6
+    return int.from_bytes(inet_pton(AF_INET, text), "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,9 @@ class Subnet:
     size: int
     start: int  # offset where the next-fit cursor begins
     _starts: tuple[int, ...] = field(repr=False, compare=False, default=())
+    first: int = field(repr=False, compare=False, default=0)  # network and broadcast values: membership is hot
+    last: int = field(repr=False, compare=False, default=0)
+    cidr_text: str = field(repr=False, compare=False, default="")
 
     @property
     def family(self) -> int:
@@ -97,8 +104,7 @@ class Subnet:
         """Inside the subnet at all (network and broadcast included)."""
         if (key & V6) != self.mark:
             return False
-        value = key & ~V6
-        return int(self.cidr.network_address) <= value <= int(self.cidr.broadcast_address)
+        return self.first <= (key & ~V6) <= self.last
 
     def excluded_end(self, value: int) -> int | None:
         """If ``value`` is excluded, the last value of its excluded interval."""
@@ -232,7 +238,8 @@ def build_subnet(network: str, index: int, cidr: str, gateway: str | None, exclu
     if size <= 0:
         raise NetworkError(f"{where}.exclude", f"nothing of {net} is left to hand out")
     return Subnet(cidr=net, gateway=gw, excluded=excluded, lo=lo, hi=hi, size=size,
-                  start=start_of(network, str(net), hi - lo + 1), _starts=tuple(a for a, _ in excluded))
+                  start=start_of(network, str(net), hi - lo + 1), _starts=tuple(a for a, _ in excluded),
+                  first=first, last=last, cidr_text=str(net))
 
 
 def build_network(name: str, subnets: Sequence, dns: Sequence[str] = (), attachments: Sequence[str] = ()) -> Network:

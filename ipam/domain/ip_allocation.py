@@ -8,7 +8,8 @@ addresses quarantined, sticky per (network, VM uid, interface), one address per 
 
 from __future__ import annotations
 
-from .ip import AddressError, Network, NetworkError, build_network, family_of, format_address, parse_address
+from .ip import (AddressError, Network, NetworkError, address_of, build_network, family_of, format_address,
+                 parse_address)
 from .messages import (
     AnyEvent,
     CommandRejected,
@@ -395,7 +396,7 @@ def evolve_ip(networks: dict[str, NetworkBook], event: AnyEvent) -> None:
     kind = type(event)
     if kind is IpLeased:
         book = networks[event.network]
-        key = parse_address(event.address)
+        key = address_of(event.address)
         book.hold(key, event.owner)
         if event.pending_until:
             book.pending[key] = event.pending_until
@@ -407,13 +408,13 @@ def evolve_ip(networks: dict[str, NetworkBook], event: AnyEvent) -> None:
             book.cursors[i] = ((key & ~(1 << 128)) - sn.lo + 1) % sn.span
     elif kind is IpReleased:
         book = networks[event.network]
-        key = parse_address(event.address)
+        key = address_of(event.address)
         book.drop(key)
         if event.quarantined_until > event.at:
             book.quarantine[key] = event.quarantined_until
     elif kind is IpLeaseConfirmed:
         book = networks[event.network]
-        key = parse_address(event.address)
+        key = address_of(event.address)
         book.drop(key)
         book.hold(key, event.owner)
     elif kind is NetworkDefined:

@@ -1,9 +1,18 @@
 """Type codecs set on every connection: macaddr travels as canonical text in Python and as
-six raw bytes on the wire (asyncpg has no binary macaddr codec, which COPY needs)."""
+six raw bytes on the wire (asyncpg has no binary macaddr codec, which COPY needs); inet is
+written from the domain's integer address keys (or text, or ``ipaddress`` objects) straight to
+its binary form, because asyncpg's own codec formats and re-parses every address (it was most of
+the IP projection's time), and read back as canonical text."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import asyncpg
+
+from ...domain.ip import V6, parse_address
+
+_PGSQL_AF_INET, _PGSQL_AF_INET6 = 2, 3
 
 
 def _encode_mac(text: str) -> bytes:
@@ -14,8 +23,36 @@ def _decode_mac(data: bytes) -> str:
     return data.hex(":")
 
 
+def _encode_inet(value) -> bytes:
+    bits = None
+    if isinstance(value, int):
+        key = value
+    elif isinstance(value, str):
+        if "/" in value:
+            iface = ipaddress.ip_interface(value.strip())
+            key, bits = int(iface.ip) | (V6 if iface.version == 6 else 0), iface.network.prefixlen
+        else:
+            key = parse_address(value)
+    else:  # ipaddress.IPv4Address / IPv6Address
+        key = int(value) | (V6 if value.version == 6 else 0)
+    if key & V6:
+        return bytes((_PGSQL_AF_INET6, 128 if bits is None else bits, 0, 16)) + (key ^ V6).to_bytes(16, "big")
+    return bytes((_PGSQL_AF_INET, 32 if bits is None else bits, 0, 4)) + key.to_bytes(4, "big")
+
+
+def _decode_inet(data: bytes) -> str:
+    family, bits = data[0], data[1]
+    value = int.from_bytes(data[4:], "big")
+    if family == _PGSQL_AF_INET6:
+        text, full = str(ipaddress.IPv6Address(value)), 128
+    else:
+        text, full = str(ipaddress.IPv4Address(value)), 32
+    return text if bits == full else f"{text}/{bits}"
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("macaddr", schema="pg_catalog", encoder=_encode_mac, decoder=_decode_mac, format="binary")
+    await conn.set_type_codec("inet", schema="pg_catalog", encoder=_encode_inet, decoder=_decode_inet, format="binary")
 
 
 async def create_pool(dsn: str, **kwargs) -> asyncpg.Pool:

@@ -1,5 +1,7 @@
 """The IP half of a projected batch: networks, their subnets and cursors, IP leases and quarantine.
 
+Addresses go to Postgres as the domain's integer keys (the connection's inet codec writes them).
+
 ``IpChanges`` folds one batch's IP events into the last state of each row they touch, then
 writes them with a few set-based statements inside the batch's transaction (the same
 exactly-once transaction as the MAC tables and the partition offset).
@@ -13,7 +15,7 @@ import ipaddress
 import asyncpg
 import msgspec
 
-from ...domain.ip import V6, Network, family_of, parse_address
+from ...domain.ip import V6, Network, address_of, family_of
 from ...domain.ip_allocation import network_from
 from ...domain.messages import IpLeaseConfirmed, IpLeased, IpReleased, NetworkDefined, NetworkDeleted, encoder
 
@@ -22,10 +24,6 @@ IP_EVENTS = (IpLeased, IpReleased, IpLeaseConfirmed, NetworkDefined, NetworkDele
 
 def _ts(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
-
-
-def _inet(key: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.IPv6Address(key ^ V6) if key & V6 else ipaddress.IPv4Address(key)
 
 
 class NetworkCache:
@@ -69,7 +67,7 @@ class IpChanges:
     def add(self, ev) -> None:
         kind = type(ev)
         if kind is IpLeased:
-            key = parse_address(ev.address)
+            key = address_of(ev.address)
             o = ev.owner
             self.leases[(ev.network, key)] = (family_of(key), ev.prefix_length, o.namespace, o.vm, o.vm_uid, o.interface,
                                               ev.static, _ts(ev.at), _ts(ev.pending_until) if ev.pending_until else None,
@@ -80,9 +78,9 @@ class IpChanges:
             i = None if ev.static or network is None else network.subnet_of(key)
             if i is not None:
                 sn = network.subnets[i]
-                self.cursors[(ev.network, str(sn.cidr))] = ((key & ~V6) - sn.lo + 1) % sn.span
+                self.cursors[(ev.network, sn.cidr_text)] = ((key & ~V6) - sn.lo + 1) % sn.span
         elif kind is IpReleased:
-            key = parse_address(ev.address)
+            key = address_of(ev.address)
             o = ev.owner
             self.leases[(ev.network, key)] = None
             self.confirms.pop((ev.network, key), None)
@@ -90,7 +88,7 @@ class IpChanges:
                 (_ts(ev.quarantined_until), _ts(ev.at), o.namespace, o.vm, o.vm_uid, o.interface)
                 if ev.quarantined_until > ev.at else None)
         elif kind is IpLeaseConfirmed:
-            key = parse_address(ev.address)
+            key = address_of(ev.address)
             o = ev.owner
             current = self.leases.get((ev.network, key))
             if current is not None:  # leased earlier in this batch: rewrite the row to insert
@@ -118,8 +116,8 @@ class IpChanges:
             await conn.execute(
                 "DELETE FROM ipam_store.ip_leases l USING unnest($1::text[], $2::inet[]) AS t(network, address) "
                 "WHERE l.network = t.network AND l.address = t.address",
-                [n for n, _ in touched], [_inet(k) for _, k in touched])
-            live = [(n, _inet(k), *v) for (n, k), v in self.leases.items() if v is not None]
+                [n for n, _ in touched], [k for _, k in touched])
+            live = [(n, k, *v) for (n, k), v in self.leases.items() if v is not None]
             if live:
                 await conn.execute(
                     """INSERT INTO ipam_store.ip_leases (network, address, family, prefix_length, namespace, vm, vm_uid,
@@ -129,7 +127,7 @@ class IpChanges:
                                             $12::text[])""",
                     *zip(*live))
         if self.confirms:
-            rows = [(n, _inet(k), *v) for (n, k), v in self.confirms.items()]
+            rows = [(n, k, *v) for (n, k), v in self.confirms.items()]
             await conn.execute(
                 """UPDATE ipam_store.ip_leases l SET namespace = c.ns, vm = c.vm, vm_uid = c.uid, interface = c.iface,
                           pending_until = NULL
@@ -142,8 +140,8 @@ class IpChanges:
             await conn.execute(
                 "DELETE FROM ipam_store.ip_quarantine q USING unnest($1::text[], $2::inet[]) AS t(network, address) "
                 "WHERE q.network = t.network AND q.address = t.address",
-                [n for n, _ in touched], [_inet(k) for _, k in touched])
-            held = [(n, _inet(k), *v) for (n, k), v in self.quarantine.items() if v is not None]
+                [n for n, _ in touched], [k for _, k in touched])
+            held = [(n, k, *v) for (n, k), v in self.quarantine.items() if v is not None]
             if held:
                 await conn.execute(
                     """INSERT INTO ipam_store.ip_quarantine (network, address, until, released_at, namespace, vm, vm_uid, interface)
@@ -182,7 +180,7 @@ class IpChanges:
         await conn.execute("DELETE FROM ipam_store.network_subnets WHERE network = $1", ev.name)
         rows = []
         for i, (spec, sn) in enumerate(zip(ev.subnets, network.subnets)):
-            rows.append((ev.name, i, sn.cidr, None if sn.gateway is None else _inet(sn.gateway), list(spec.exclude), sn.size,
+            rows.append((ev.name, i, sn.cidr, sn.gateway, list(spec.exclude), sn.size,
                          old.get(str(sn.cidr), sn.start)))
         await conn.executemany(
             "INSERT INTO ipam_store.network_subnets (network, idx, cidr, gateway, exclude, size, cursor) "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,6 +20,7 @@ from ... import failpoints
 
 from ...domain.allocation import mac_of
 from ...domain.fencing import Fences
+from ...domain.ip import address_of
 from ...domain.mac import format_mac, unicast_below
 from ...domain.messages import MacLeaseConfirmed, MacLeased, MacReleased, NetworkDefined, NetworkDeleted, PoolCreated, encoder
 from ...domain.pools import parse_range
@@ -302,7 +302,7 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
         owner.namespace if owner else None, owner.vm if owner else None,
         owner.vm_uid if owner else None, owner.interface if owner else None,
         encoder.encode(ev).decode(),
-        network, None if address is None else ipaddress.ip_address(address),
+        network, None if address is None else address_of(address),
     )
 
 

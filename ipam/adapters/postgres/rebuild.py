@@ -9,7 +9,6 @@ the projection never lost, duplicated or invented a lease.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,15 +17,11 @@ import asyncpg
 import msgspec
 
 from ...domain.allocation import State, evolve
-from ...domain.ip import V6
 from ...domain.mac import format_mac
 from ...domain.messages import AnyEvent
 
 _decoder = msgspec.json.Decoder(AnyEvent)
 
-
-def _inet(key: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.IPv6Address(key ^ V6) if key & V6 else ipaddress.IPv4Address(key)
 EVENT_TYPES = ("PoolCreated", "MacLeased", "MacReleased", "MacLeaseConfirmed",  # the events that change state
                "NetworkDefined", "NetworkDeleted", "IpLeased", "IpReleased", "IpLeaseConfirmed")
 CHUNK = 20000
@@ -74,11 +69,11 @@ async def rebuild(conn: asyncpg.Connection, progress: Callable[[int, int], None]
                                                  interface text, pending boolean, PRIMARY KEY (network, address));
             CREATE TABLE ipam_rebuild.ip_quarantine (network text, address inet, until timestamptz, PRIMARY KEY (network, address));
             CREATE TABLE ipam_rebuild.network_subnets (network text, cidr cidr, cursor numeric);""")
-        ip_leases = [(name, _inet(k), o.namespace, o.vm, o.vm_uid, o.interface, k in book.pending)
+        ip_leases = [(name, k, o.namespace, o.vm, o.vm_uid, o.interface, k in book.pending)
                      for name, book in state.networks.items() for k, o in book.by_key.items()]
         await conn.copy_records_to_table("ip_leases", schema_name="ipam_rebuild", records=ip_leases)
         await conn.copy_records_to_table("ip_quarantine", schema_name="ipam_rebuild", records=[
-            (name, _inet(k), dt.datetime.fromtimestamp(until / 1000, dt.timezone.utc))
+            (name, k, dt.datetime.fromtimestamp(until / 1000, dt.timezone.utc))
             for name, book in state.networks.items() for k, until in book.quarantine.items()])
         await conn.copy_records_to_table("network_subnets", schema_name="ipam_rebuild", records=[
             (name, sn.cidr, c) for name, book in state.networks.items() for sn, c in zip(book.network.subnets, book.cursors)])
