@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +41,10 @@ from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
-WEBHOOK_IP_NAMESPACE = "bench-webhook-ip"  # its VMs' two Multus networks are attached to net-00 and net-01
-WEBHOOK_NADS = ["blue-net", "green-net"]
+# Requests come from 16 namespaces of each kind, one bound to each pool (and, for VMs on ipam networks,
+# attached to each network), so they spread over the partitions as a real cluster's do.  Sending every
+# request to one pool made one partition of the local broker grow until it slowed every later scenario.
+SPREAD = 16
 
 
 def pool_range(i: int) -> str:
@@ -57,7 +61,9 @@ def percentile(values: list[float], q: float) -> float:
 async def create_pools(url: str) -> None:
     async with aiohttp.ClientSession() as http:
         for i, name in enumerate(POOLS):
-            async with http.post(f"{url}/v1/pools", json={"name": name, "range": pool_range(i), "default": i == 0}) as r:
+            body = {"name": name, "range": pool_range(i), "default": i == 0,
+                    "namespaces": [f"lat-{i}", f"hook-{i}", f"hook-ip-{i}"]}
+            async with http.post(f"{url}/v1/pools", json=body) as r:
                 assert r.status == 201, await r.text()
 
 
@@ -66,7 +72,7 @@ async def create_networks(url: str) -> None:
         for i, name in enumerate(NETWORKS):
             body = {"name": name, "subnets": [{"cidr": f"10.{100 + i}.0.0/16", "gateway": f"10.{100 + i}.0.1"},
                                               {"cidr": f"fd00:{100 + i:x}::/64", "gateway": f"fd00:{100 + i:x}::1"}],
-                    "attachments": [f"{WEBHOOK_IP_NAMESPACE}/{WEBHOOK_NADS[i]}"] if i < len(WEBHOOK_NADS) else []}
+                    "attachments": [f"hook-ip-{i}/blue-net", f"hook-ip-{i}/green-net"]}
             async with http.post(f"{url}/v1/networks", json=body) as r:
                 assert r.status == 201, await r.text()
 
@@ -125,6 +131,8 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = Fa
         samples.append((time.perf_counter() - start, done - base))
         # sustained rate: commits between the 20% and 100% marks of the window (skip warm-up)
         warm = [s for s in samples if s[0] >= seconds * 0.2]
+        if os.environ.get("BENCH_SAMPLES"):
+            print(samples, file=sys.stderr)
         rate = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) if len(warm) > 1 else 0.0
         # drain: everything sent must be committed
         drain_start = time.perf_counter()
@@ -217,7 +225,7 @@ async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict
         async def one(i: int) -> None:
             nonlocal errors
             t = time.perf_counter()
-            body = {"namespace": "lat", "vm": f"vm-{rate}-{i}", "vm_uid": f"u{i}", "interface": "eth0"}
+            body = {"namespace": f"lat-{i % SPREAD}", "vm": f"vm-{rate}-{i}", "vm_uid": f"u{i}", "interface": "eth0"}
             if ip:
                 body["network"] = NETWORKS[i % len(NETWORKS)]
             async with http.post(f"{url}{path}", json=body) as r:
@@ -233,8 +241,9 @@ async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict
 
 async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, ip: bool = False) -> dict:
     """AdmissionReviews at a fixed offered rate, as the API server sends them, over HTTPS.  With ``ip`` the
-    VM's two Multus networks are ipam networks: 3 MACs, 4 addresses and cloud-init networkData per review."""
-    namespace = WEBHOOK_IP_NAMESPACE if ip else "bench-webhook"
+    VM's two Multus networks are ipam networks: 3 MACs, 4 addresses and cloud-init networkData per review.
+    Reviews come from 16 namespaces, each bound to its own pool (and network)."""
+    prefix = "hook-ip" if ip else "hook"
     lat: list[float] = []
     errors = 0
     # The API server keeps a small pool of warm connections to a webhook (HTTP/2 or keep-alive), it does
@@ -243,7 +252,7 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
     async with aiohttp.ClientSession(connector=connector) as http:
         async def one(i: int) -> None:
             nonlocal errors
-            body = review(vm_manifest(f"vm-{rate}-{i}", namespace=namespace))
+            body = review(vm_manifest(f"vm-{rate}-{i}", namespace=f"{prefix}-{i % SPREAD}"))
             t = time.perf_counter()
             async with http.post(url, json=body) as r:
                 answer = await r.json()
@@ -299,53 +308,35 @@ async def main(argv: list[str]) -> int:
 
     backends = select_backends()
     results: list[dict] = []
-    dsn = await create_database(backends.postgres_dsn)
-    svc = None
+    tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
+
+    def report(result: dict) -> None:
+        results.append(result)
+        print(json.dumps(result), flush=True)
+
     try:
-        cfg = make_config(backends.kafka_bootstrap, dsn, partitions=args.partitions)
-        tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
-        webhook_port = free_port()
-        svc = ServiceProcess(cfg, log_path="/tmp/ipam-bench-service.log", extra_env={
-            "IPAM_TLS_CERT_FILE": str(tls.cert_file), "IPAM_TLS_KEY_FILE": str(tls.key_file),
-            "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{webhook_port}"}).start()
-        await svc.wait_ready()
-        await create_pools(svc.url)
-        await create_networks(svc.url)
         for rate in rates:
-            results.append(await latency(svc.url, rate, lat_seconds))
-            print(json.dumps(results[-1]), flush=True)
-        if (webhook_rates or webhook_ip_rates) and rates:
-            # A fresh process for the webhook scenarios: after the REST scenarios saturate it (1000/s is past
-            # this machine's capacity) the service stays slow for a while, which is not what we measure here.
-            svc.terminate()
-            svc.start()
-            await svc.wait_ready()
+            async with Stack(backends, tls, args.partitions) as stack:
+                report(await latency(stack.svc.url, rate, lat_seconds))
         for rate in webhook_rates:
-            results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
-                                                 lat_seconds))
-            print(json.dumps(results[-1]), flush=True)
+            async with Stack(backends, tls, args.partitions) as stack:
+                report(await webhook_latency(stack.webhook_url, tls, rate, lat_seconds))
         for rate in webhook_ip_rates:
-            results.append(await webhook_latency(f"https://127.0.0.1:{webhook_port}/mutate-virtualmachines", tls, rate,
-                                                 lat_seconds, ip=True))
-            print(json.dumps(results[-1]), flush=True)
-        if ip_rates and (rates or webhook_rates or webhook_ip_rates):
-            svc.terminate()  # a fresh process, for the same reason
-            svc.start()
-            await svc.wait_ready()
+            async with Stack(backends, tls, args.partitions) as stack:
+                report(await webhook_latency(stack.webhook_url, tls, rate, lat_seconds, ip=True))
         for rate in ip_rates:
-            results.append(await latency(svc.url, rate, lat_seconds, ip=True))
-            print(json.dumps(results[-1]), flush=True)
-        if "pipeline" in only:
-            results.append(await pipeline(cfg, seconds))
-            print(json.dumps(results[-1]), flush=True)
-        if "ip-pipeline" in only:
-            results.append(await pipeline(cfg, seconds, ip=True))
-            print(json.dumps(results[-1]), flush=True)
-        svc.terminate()
-        svc = None
+            async with Stack(backends, tls, args.partitions) as stack:
+                report(await latency(stack.svc.url, rate, lat_seconds, ip=True))
+        for ip in (False, True):
+            if ("ip-pipeline" if ip else "pipeline") in only:
+                async with Stack(backends, tls, args.partitions) as stack:
+                    report(await pipeline(stack.cfg, seconds, ip=ip))
         if "baseline" in only:
-            results.append(await baseline(dsn, seconds))
-            print(json.dumps(results[-1]), flush=True)
+            dsn = await create_database(backends.postgres_dsn)
+            try:
+                report(await baseline(dsn, seconds))
+            finally:
+                await drop_database(backends.postgres_dsn, dsn)
             base = results[-1]["leases_per_s"]
             summary = {"scenario": "summary", "backends": backends.kind, "baseline_leases_per_s": base}
             for r in results:
@@ -356,11 +347,46 @@ async def main(argv: list[str]) -> int:
             print(json.dumps(summary), flush=True)
         print(table(results), file=sys.stderr)
     finally:
-        if svc is not None:
-            svc.kill()
-        await drop_database(backends.postgres_dsn, dsn)
         backends.close()
     return 0
+
+
+class Stack:
+    """A fresh database and ``ipam serve`` process, on a fresh log when the broker is the local one.
+
+    Every scenario (and every rate) gets its own: the local broker slows down as a partition grows
+    (docs/performance.md), so a scenario run after others would measure their leftovers, not itself.
+    Baseline and pipelines still share the Postgres server, as the comparison requires."""
+
+    def __init__(self, backends, tls: WebhookTls, partitions: int) -> None:
+        self.backends, self.tls, self.partitions = backends, tls, partitions
+
+    async def __aenter__(self) -> Stack:
+        if self.backends.broker is not None:
+            self.backends.broker.restart()
+        self.dsn = await create_database(self.backends.postgres_dsn)
+        self.cfg = make_config(self.backends.kafka_bootstrap, self.dsn, partitions=self.partitions)
+        port = free_port()
+        self.webhook_url = f"https://127.0.0.1:{port}/mutate-virtualmachines"
+        self.svc = ServiceProcess(self.cfg, log_path="/tmp/ipam-bench-service.log", extra_env={
+            "IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
+            "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}"}).start()
+        try:
+            await self.svc.wait_ready()
+            await create_pools(self.svc.url)
+            await create_networks(self.svc.url)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await asyncio.to_thread(self.svc.terminate, 30)
+        except subprocess.TimeoutExpired:
+            pass
+        self.svc.kill()
+        await drop_database(self.backends.postgres_dsn, self.dsn)
 
 
 if __name__ == "__main__":
