@@ -8,6 +8,9 @@ Scenarios:
   webhook-ip  the same with the VM's two Multus networks being ipam networks: 3 MACs, 4 addresses
             (dual-stack) and cloud-init networkData per review.
   ip-latency  p50/p99/p99.9 of single POST /v1/ip-leases (dual-stack: two addresses) at fixed rates.
+  takeover  seconds for an allocator to take a partition whose pool holds a million leases (bench/large_state.py)
+  memory    that allocator's resident memory per live lease
+  rebuild   seconds to replay a million ledger events into fresh tables, checked equal to the live ones
   baseline  the same workload done the simple way: one transaction per lease that locks
             the pool row and inserts the lease (same Postgres, same run).
   latency   p50/p99/p99.9 of single POST /v1/mac-leases at fixed offered rates.
@@ -36,7 +39,9 @@ from ipam.adapters.kafka import partition_for
 from ipam.devenv import select_backends
 from ipam.domain.messages import LeaseIp, LeaseMac, Owner, encoder
 from ipam.devenv import free_port
-from tests.harness import ServiceProcess, create_database, drop_database, make_config
+from tests.harness import ServiceProcess, create_database, drop_database, env_of, make_config
+
+from .large_state import BIG_POOL, BIG_RANGE, measure_rebuild, measure_takeover, populate
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
@@ -270,7 +275,11 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
 def table(results: list[dict]) -> str:
     lines = [f"{'scenario':<18} {'figure':<40}"]
     for r in results:
-        if "leases_per_s" in r:
+        if r["scenario"] in ("takeover", "rebuild", "populate"):
+            fig = f"{r['seconds']} s for {r.get('leases', r.get('events')):,}"
+        elif r["scenario"] == "memory":
+            fig = f"{r['bytes_per_lease']} bytes per live lease ({r['leases']:,})"
+        elif "leases_per_s" in r:
             fig = f"{r['leases_per_s']:,} leases/s"
             if "ratio_to_baseline" in r:
                 fig += f"  ({r['ratio_to_baseline']}x baseline)"
@@ -289,8 +298,10 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
     ap.add_argument("--webhook-ip-rates", default=None, help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
+    ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, webhook-ip, ip-latency, "
-                                                 "pipeline, ip-pipeline, baseline (default: all)")
+                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory "
+                                                 "(default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
     rates = [int(r) for r in (args.rates if args.rates is not None else ("100" if args.quick else "100,500,1000")).split(",") if r]
@@ -300,7 +311,8 @@ async def main(argv: list[str]) -> int:
     ip_rates = [int(r) for r in (args.ip_rates if args.ip_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
     only = set(args.only.split(",")) if args.only else {"latency", "webhook", "webhook-ip", "ip-latency", "pipeline", "ip-pipeline",
-                                                        "baseline"}
+                                                        "baseline", "takeover", "rebuild", "memory"}
+    leases = args.leases or (20_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
     webhook_rates = webhook_rates if "webhook" in only else []
@@ -331,6 +343,11 @@ async def main(argv: list[str]) -> int:
             if ("ip-pipeline" if ip else "pipeline") in only:
                 async with Stack(backends, tls, args.partitions) as stack:
                     report(await pipeline(stack.cfg, seconds, ip=ip))
+        if {"takeover", "rebuild", "memory"} & only:
+            async with Stack(backends, tls, args.partitions) as stack:
+                for r in await large_state(stack, leases):
+                    if r["scenario"] in only or (r["scenario"] == "populate"):
+                        report(r)
         if "baseline" in only:
             dsn = await create_database(backends.postgres_dsn)
             try:
@@ -349,6 +366,26 @@ async def main(argv: list[str]) -> int:
     finally:
         backends.close()
     return 0
+
+
+async def large_state(stack: Stack, leases: int) -> list[dict]:
+    """A pool made through the service, a million leases written under it, then the service stopped:
+    time an allocator's takeover of that partition (and its memory), and a rebuild of the ledger."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.svc.url}/v1/pools", json={"name": BIG_POOL, "range": BIG_RANGE}) as r:
+            assert r.status == 201, await r.text()
+    stack.stop_service()  # nobody else owns the partition while it is taken
+    partition = partition_for(BIG_POOL, stack.cfg.partitions)
+    seconds = await populate(stack.dsn, partition, leases)
+    out = [{"scenario": "populate", "leases": leases, "seconds": round(seconds, 1), "how": "generate_series into "
+            "mac_leases and the ledger (the pool itself made through the service)"}]
+    taken = await asyncio.to_thread(measure_takeover, env_of(stack.cfg), partition)
+    out.append(taken)
+    out.append({"scenario": "memory", "leases": taken["leases"], "bytes_per_lease": taken["bytes_per_lease"],
+                "rss_before_mb": taken["rss_before_mb"], "rss_after_mb": taken["rss_after_mb"],
+                "how": "allocator process resident memory after taking the partition, minus before, per live lease"})
+    out.append(await measure_rebuild(stack.dsn))
+    return out
 
 
 class Stack:
@@ -379,6 +416,12 @@ class Stack:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def stop_service(self) -> None:
+        try:
+            self.svc.terminate(30)
+        except subprocess.TimeoutExpired:
+            self.svc.kill()
 
     async def __aexit__(self, *exc) -> None:
         try:

@@ -1,0 +1,26 @@
+"""CI runs the benchmarks in their quick form only to check that they still run and report every
+scenario (figures are not asserted: timing assertions do not belong in a test suite)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = {"latency@100/s", "webhook@100/s", "webhook-ip@100/s", "ip-latency@100/s", "pipeline", "ip-pipeline",
+             "populate", "takeover", "memory", "rebuild", "baseline", "summary"}
+
+
+def test_bench_quick_runs_every_scenario():
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert {r["scenario"] for r in results} == SCENARIOS
+    by = {r["scenario"]: r for r in results}
+    assert by["pipeline"]["committed"] == by["pipeline"]["sent"] == by["pipeline"]["distinct_macs"]
+    assert by["ip-pipeline"]["committed_leases"] == 2 * by["ip-pipeline"]["sent_commands"] == by["ip-pipeline"]["distinct_addresses"]
+    assert by["takeover"]["leases"] == by["populate"]["leases"] == 20_000
+    assert by["rebuild"]["equal"] is True and by["rebuild"]["events"] >= 20_000
+    assert all(r.get("errors", 0) == 0 and r.get("denied", 0) == 0 for r in results)
