@@ -84,41 +84,64 @@ def mac_of(text: str) -> int:
 
 
 class PoolBook:
-    """Leases of one pool.  ``vms`` indexes owners by (namespace, vm) so release by VM is O(VM);
-    ``pending`` holds the provisional leases (MAC -> time they lapse)."""
+    """Leases of one pool.  ``vms`` indexes the MACs of each VM name, so release by VM is O(VM);
+    ``pending`` holds the provisional leases (MAC -> time they lapse).
+
+    Memory matters here (a partition may hold millions of leases): the VM index is keyed by the VM
+    name string the Owner already holds, and maps to the MAC itself (the same int object as the
+    ``by_mac`` key) or, for VMs with several leases, a tuple of them; a namespace is told apart
+    through ``by_mac`` (a name used in many namespaces costs a scan of its MACs per change).  A dict per
+    VM keyed by (namespace, vm) used to take most of a lease's bytes."""
 
     __slots__ = ("pool", "by_mac", "vms", "quarantine", "cursor", "pending")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.by_mac: dict[int, Owner] = {}
-        self.vms: dict[tuple[str, str], dict[Owner, int]] = {}
+        self.vms: dict[str, int | tuple[int, ...]] = {}
         self.quarantine: dict[int, int] = {}
         self.cursor = pool.start
         self.pending: dict[int, int] = {}
 
+    def _macs(self, vm: str) -> tuple[int, ...]:
+        macs = self.vms.get(vm)
+        return () if macs is None else (macs,) if type(macs) is int else macs
+
     def hold(self, mac: int, owner: Owner) -> None:
         self.by_mac[mac] = owner
-        vm = self.vms.get((owner.namespace, owner.vm))
-        if vm is None:
-            vm = self.vms[(owner.namespace, owner.vm)] = {}
-        vm[owner] = mac
+        macs = self.vms.get(owner.vm)
+        if macs is None:
+            self.vms[owner.vm] = mac
+        else:
+            self.vms[owner.vm] = ((macs,) if type(macs) is int else macs) + (mac,)
 
     def drop(self, mac: int) -> Owner | None:
         owner = self.by_mac.pop(mac, None)
         self.pending.pop(mac, None)
         if owner is not None:
-            key = (owner.namespace, owner.vm)
-            vm = self.vms.get(key)
-            if vm is not None:
-                vm.pop(owner, None)
-                if not vm:
-                    del self.vms[key]
+            rest = tuple(m for m in self._macs(owner.vm) if m != mac)
+            if not rest:
+                self.vms.pop(owner.vm, None)
+            else:
+                self.vms[owner.vm] = rest[0] if len(rest) == 1 else rest
         return owner
 
     def held_by(self, owner: Owner) -> int | None:
-        held = self.vms.get((owner.namespace, owner.vm))
-        return None if held is None else held.get(owner)
+        by_mac = self.by_mac
+        for mac in self._macs(owner.vm):
+            if by_mac.get(mac) == owner:
+                return mac
+        return None
+
+    def owners_of(self, namespace: str, vm: str) -> dict[Owner, int]:
+        """Every lease of one VM (all its incarnations): owner -> MAC."""
+        by_mac = self.by_mac
+        found = {}
+        for mac in self._macs(vm):
+            owner = by_mac[mac]
+            if owner.namespace == namespace:
+                found[owner] = mac
+        return found
 
     def quarantined(self, at: int) -> int:
         return sum(1 for until in self.quarantine.values() if until > at)
@@ -375,7 +398,7 @@ def _release_owner(state: State, cmd: ReleaseOwner) -> list[AnyEvent]:
     if cmd.pool not in state.pools:
         return _reject(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
     book = state.books.get(cmd.pool)
-    held = {} if book is None else book.vms.get((cmd.namespace, cmd.vm), {})
+    held = {} if book is None else book.owners_of(cmd.namespace, cmd.vm)
     chosen = sorted((mac, o) for o, mac in held.items() if cmd.interface is None or o.interface == cmd.interface)
     if not chosen:
         what = f"{cmd.namespace}/{cmd.vm}" + (f" interface {cmd.interface}" if cmd.interface else "")
@@ -411,7 +434,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
     observed = {} if cmd.deleted else {obs.name: mac_of(obs.mac) for obs in cmd.interfaces}
     # Interfaces whose spec now names another MAC let go of their old one first, so MACs can
     # move (or swap) between interfaces of this VM within one observation.
-    for owner, mac in sorted(book.vms.get((cmd.namespace, cmd.vm), {}).items(), key=lambda item: item[1]):
+    for owner, mac in sorted(book.owners_of(cmd.namespace, cmd.vm).items(), key=lambda item: item[1]):
         if owner.vm_uid == cmd.vm_uid and observed.get(owner.interface, mac) != mac and mac in observed.values():
             events.append(_released(cmd, pool.name, mac, owner, state.quarantine_ms, "replaced"))
             freed.add(mac)
@@ -443,7 +466,7 @@ def _observe(state: State, cmd: ObserveVm) -> list[AnyEvent]:
             events.append(MacLeased(**base, mac=obs.mac, owner=me, static=True, adopted=True))
         claimed[mac] = me
     reason = "vm-deleted" if cmd.deleted else "interface-removed"
-    held = book.vms.get((cmd.namespace, cmd.vm), {})
+    held = book.owners_of(cmd.namespace, cmd.vm)
     for owner, mac in sorted(held.items(), key=lambda item: item[1]):
         if owner.vm_uid != cmd.vm_uid or owner.interface in present:
             continue

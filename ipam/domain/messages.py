@@ -20,7 +20,8 @@ Millis = Annotated[int, Meta(ge=0, description="milliseconds since the Unix epoc
 CanonicalMac = Annotated[str, Meta(pattern="^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", description="lower-case colon form")]
 
 
-class Owner(Struct, frozen=True, forbid_unknown_fields=True):
+# gc=False: an Owner holds only strings, so the cycle collector need not track the millions an allocator keeps.
+class Owner(Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Who holds a lease: one interface of one VM incarnation."""
 
     namespace: Name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class PartitionRow:
     def of(cls, row: asyncpg.Record) -> PartitionRow:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
+
+LOAD_CHUNK = 20_000  # lease rows per fetch when loading a partition
 
 _COLUMNS = ("partition, generation, epoch, fence_offset, events_offset, last_epoch, last_seq, commands_offset, "
             "last_command_id, last_record_hash")
@@ -199,18 +202,22 @@ async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms:
             mine.append(name)
     if mine:
         async with conn.transaction():
-            rows = await conn.fetch(
-                "SELECT pool, mac::text, namespace, vm, vm_uid, interface, "
-                "(extract(epoch FROM pending_until) * 1000)::bigint AS pending "
-                "FROM ipam_store.mac_leases WHERE pool = ANY($1::text[])",
-                mine,
-            )
-            for pool, mac, ns, vm, uid, iface, pending in rows:
-                book = state.books[pool]
-                m = mac_of(mac)
-                book.hold(m, Owner(namespace=ns, vm=vm, vm_uid=uid, interface=iface))
-                if pending is not None:
-                    book.pending[m] = pending
+            # In chunks through a cursor: a million rows fetched at once leave their records' memory
+            # behind in the allocator's heap.  Namespace and interface names repeat: one string each.
+            intern, from_bytes = sys.intern, int.from_bytes
+            for pool in mine:  # one pool at a time: no pool column to decode a million times
+                hold = state.books[pool].hold
+                cursor = await conn.cursor(
+                    "SELECT macaddr_send(mac), namespace, vm, vm_uid, interface "  # the MAC as 6 raw bytes
+                    "FROM ipam_store.mac_leases WHERE pool = $1", pool)
+                while rows := await cursor.fetch(LOAD_CHUNK):
+                    for mac, ns, vm, uid, iface in rows:
+                        hold(from_bytes(mac, "big"), Owner(namespace=intern(ns), vm=vm, vm_uid=uid, interface=intern(iface)))
+                    del rows
+            for r in await conn.fetch(
+                    "SELECT pool, macaddr_send(mac) AS mac, (extract(epoch FROM pending_until) * 1000)::bigint AS pending "
+                    "FROM ipam_store.mac_leases WHERE pool = ANY($1::text[]) AND pending_until IS NOT NULL", mine):
+                state.books[r["pool"]].pending[int.from_bytes(r["mac"], "big")] = r["pending"]
             now_ms = int(time.time() * 1000)
             for r in await conn.fetch(
                 "SELECT pool, mac::text, (extract(epoch FROM until) * 1000)::bigint AS until FROM ipam_store.mac_quarantine "
