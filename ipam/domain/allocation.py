@@ -10,6 +10,7 @@ Time comes from the command (``at``), so the same command always gives the same 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from . import ip_allocation as ip
@@ -157,7 +158,9 @@ class State:
         self.pools: dict[str, Pool] = {}
         self.books: dict[str, PoolBook] = {}
         self.networks: dict[str, ip.NetworkBook] = {}  # the networks keyed to this partition
-        self.recent: dict[str, None] = {}
+        # OrderedDict: dropping the oldest of a plain dict (del d[next(iter(d))]) walks the deleted slots
+        # left at its front, which grows until the next resize (4 % of the pipeline in a profile).
+        self.recent: OrderedDict[str, None] = OrderedDict()
         self.quarantine_ms = quarantine_ms
         self.recent_max = recent_max
 
@@ -173,7 +176,7 @@ class State:
             return
         recent[command_id] = None
         if len(recent) > self.recent_max:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def snapshot(self) -> dict:
         """A comparable picture of the state, for replay-equality checks."""
