@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -98,7 +97,7 @@ async def projected(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(sum(events_offset), 0)::bigint FROM ipam_store.partitions"))
 
 
-async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = False) -> dict:
+async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = False, show_samples: bool = False) -> dict:
     """Produce lease commands as fast as the pipeline absorbs them; count committed events in Postgres
     (one per MAC lease; two per dual-stack IP lease command)."""
     make = ip_command if ip else mac_command
@@ -136,8 +135,9 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = Fa
         samples.append((time.perf_counter() - start, done - base))
         # sustained rate: commits between the 20% and 100% marks of the window (skip warm-up)
         warm = [s for s in samples if s[0] >= seconds * 0.2]
-        if os.environ.get("BENCH_SAMPLES"):
-            print(samples, file=sys.stderr)
+        if show_samples:  # the commit timeline: (seconds, committed) every 0.25 s
+            print(json.dumps({"scenario": f"{'ip-' if ip else ''}pipeline-samples",
+                              "samples": [[round(t, 2), n] for t, n in samples]}), file=sys.stderr)
         rate = (warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0]) if len(warm) > 1 else 0.0
         # drain: everything sent must be committed
         drain_start = time.perf_counter()
@@ -298,6 +298,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
     ap.add_argument("--webhook-ip-rates", default=None, help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
+    ap.add_argument("--samples", action="store_true", help="print each pipeline's commit timeline (stderr, JSON)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, webhook-ip, ip-latency, "
                                                  "pipeline, ip-pipeline, baseline, takeover, rebuild, memory "
@@ -342,7 +343,7 @@ async def main(argv: list[str]) -> int:
         for ip in (False, True):
             if ("ip-pipeline" if ip else "pipeline") in only:
                 async with Stack(backends, tls, args.partitions) as stack:
-                    report(await pipeline(stack.cfg, seconds, ip=ip))
+                    report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples))
         if {"takeover", "rebuild", "memory"} & only:
             async with Stack(backends, tls, args.partitions) as stack:
                 for r in await large_state(stack, leases):

@@ -20,7 +20,7 @@ from ..domain.mac import format_mac
 from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
 from ..domain.routing import RoutingError, choose_pool
 from . import models
-from .http import CONFIG, STATUS, ApiError, decode_body, mac_field, now_ms, raise_rejection, reply
+from .http import CONFIG, STATUS, ApiError, decode_body, limit_of, mac_field, now_ms, raise_rejection, reply
 from ..adapters.bus import CommandBus, OutcomeTimeout
 from .metrics import Metrics
 from .networks import routes as network_routes
@@ -135,16 +135,14 @@ class Api:
 
     async def list_leases(self, request: web.Request) -> web.Response:
         q = request.query
-        limit = q.get("limit", "1000")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
+        limit = limit_of(request)
         mac = mac_field(q.get("mac")) if "mac" in q else None
         rows = await self.db.fetch(
             """SELECT mac::text, pool, namespace, vm, vm_uid, interface, static, since, state, pending_until FROM ipam.mac_leases
                WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                  AND ($3::text IS NULL OR pool = $3) AND ($4::macaddr IS NULL OR mac = $4)
                ORDER BY namespace, vm, interface LIMIT $5""",
-            q.get("namespace"), q.get("vm"), q.get("pool"), None if mac is None else format_mac(mac), int(limit),
+            q.get("namespace"), q.get("vm"), q.get("pool"), None if mac is None else format_mac(mac), limit,
         )
         return reply(models.LeaseList(leases=[
             models.Lease(mac=r["mac"], pool=r["pool"], namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],

@@ -60,6 +60,14 @@ async def decode_body(request: web.Request, kind: type):
         raise ApiError(400, "invalid", f"body is not valid JSON: {e}", "body") from None
 
 
+def limit_of(request: web.Request) -> int:
+    """The ``limit`` query parameter of a listing (default 1000)."""
+    limit = request.query.get("limit", "1000")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100000:
+        raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
+    return int(limit)
+
+
 def mac_field(text: str | None, field: str = "mac") -> int | None:
     if text is None:
         return None

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..domain.ip import AddressError, format_address, parse_address
 from ..domain.messages import DefineNetwork, DeleteNetwork, LeaseIp, Owner, ReleaseIp, ReleaseIps, SubnetSpec
 from . import models
-from .http import ApiError, decode_body, now_ms, raise_rejection, reply
+from .http import ApiError, decode_body, limit_of, now_ms, raise_rejection, reply
 
 LEASE_EVENTS = ("IpLeased", "IpLeaseReturned", "IpLeaseConfirmed")
 
@@ -115,9 +115,7 @@ class NetworkApi:
 
     async def list_leases(self, request: web.Request) -> web.Response:
         q = request.query
-        limit = q.get("limit", "1000")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100000:
-            raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
+        limit = limit_of(request)
         address = _address(q["address"], "address") if "address" in q else None
         rows = await self.db.fetch(
             """SELECT network, host(address) AS address, prefix_length, namespace, vm, vm_uid, interface, static, since,
@@ -125,7 +123,7 @@ class NetworkApi:
                WHERE ($1::text IS NULL OR network = $1) AND ($2::text IS NULL OR namespace = $2)
                  AND ($3::text IS NULL OR vm = $3) AND ($4::inet IS NULL OR address = $4::inet)
                ORDER BY network, namespace, vm, interface, family LIMIT $5""",
-            q.get("network"), q.get("namespace"), q.get("vm"), address, int(limit))
+            q.get("network"), q.get("namespace"), q.get("vm"), address, limit)
         return reply(models.IpLeaseList(leases=[
             models.IpLease(network=r["network"], address=r["address"], prefix_length=r["prefix_length"],
                            namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], interface=r["interface"],

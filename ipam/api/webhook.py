@@ -28,7 +28,8 @@ from ..domain.allocation import PROVISIONAL_UID_PREFIX
 from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch
 from ..domain.ip import format_address, parse_address
 from ..domain.kubevirt import (INTERFACES_FIELD, SpecError, annotated_addresses, annotation_patch, interfaces_needing_macs,
-                               mac_patch, multus_interfaces, namespace_allows, spec_macs, vm_interfaces)
+                               mac_patch, metadata_of, multus_interfaces, namespace_allows, spec_macs,
+                               vm_interfaces)
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.messages import LeaseIp, LeaseMac, Owner
 from ..domain.routing import RoutingError, choose_pool
@@ -37,6 +38,7 @@ from ..adapters.bus import OutcomeTimeout
 log = structlog.get_logger("ipam.webhook")
 
 REVIEW_VERSION = "admission.k8s.io/v1"
+LEASED = ("IpLeased", "IpLeaseReturned", "IpLeaseOffered", "IpLeaseConfirmed")  # events that carry an address it holds
 VM_KIND = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
 _UID = re.compile(rb'"uid"\s*:\s*"([^"]{1,128})"')
 
@@ -60,11 +62,6 @@ def answer(uid: str, allowed: bool, *, patch: list | None = None, message: str |
     if message is not None:
         response["status"] = {"code": code, "message": message}
     return {"apiVersion": REVIEW_VERSION, "kind": "AdmissionReview", "response": response}
-
-
-def _metadata(obj: Mapping | None) -> Mapping:
-    meta = (obj or {}).get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
 
 
 class Webhook:
@@ -145,7 +142,7 @@ class Webhook:
                 addressed.append((m, networks[0]))
         if not needs and not addressed:
             return answer(uid, True)
-        meta, old_meta = _metadata(vm), _metadata(old)
+        meta, old_meta = metadata_of(vm), metadata_of(old)
         name = meta.get("name") or old_meta.get("name") or meta.get("generateName")
         if not isinstance(name, str) or not name:
             raise Denied("metadata.name: a VirtualMachine needs a name or generateName")
@@ -184,7 +181,7 @@ class Webhook:
         known = await self.api.bus.outcomes([cmd.command_id for _, cmd in commands])  # the API server retried
         outcomes = await asyncio.gather(*(self._decide(cmd, known.get(cmd.command_id)) for _, cmd in commands))
         macs: dict[str, str] = {}
-        ips: dict[str, list[tuple[str, int]]] = {}
+        ips: dict[str, list[str]] = {}
         for (iface, cmd), events in zip(commands, outcomes):
             for ev in events:
                 if ev["type"] == "CommandRejected":
@@ -193,11 +190,7 @@ class Webhook:
             if isinstance(cmd, LeaseMac):
                 macs[iface] = events[-1]["mac"]
             else:
-                ips[iface] = [(ev["address"], ev["prefix_length"]) for ev in events
-                              if ev["type"] in ("IpLeased", "IpLeaseReturned", "IpLeaseOffered")]
-                held = {ev["address"] for ev in events if ev["type"] == "IpLeaseConfirmed"}
-                if held:  # confirmed a provisional lease: its prefix comes from the network
-                    ips[iface] += [(a, network_prefix(cmd.network, a, addressed)) for a in sorted(held)]
+                ips[iface] = [ev["address"] for ev in events if ev["type"] in LEASED]
         # Interfaces without a MAC in the new object get theirs (old MACs come back on a re-apply).
         patch = mac_patch({n.index: macs[n.name] for n in needs}, needs)
         warnings = []
@@ -214,10 +207,10 @@ class Webhook:
                 raise Denied(f"{e.field}: {e.reason}") from None
             except NetworkDataConflict as e:
                 raise Denied(str(e)) from None
-            patch += annotation_patch(vm, {m.name: [a for a, _ in ips[m.name]] for m, _ in addressed}) + ops
+            patch += annotation_patch(vm, {m.name: ips[m.name] for m, _ in addressed}) + ops
             warnings += [warning] if warning else []
         log.info("review admitted", uid=uid, operation=operation, namespace=namespace, vm=name, dry_run=dry_run,
-                 macs=macs, ips={k: [a for a, _ in v] for k, v in ips.items()})
+                 macs=macs, ips=ips)
         return answer(uid, True, patch=patch, warnings=warnings)
 
     async def _decide(self, cmd: LeaseMac, known: list[dict] | None) -> list[dict]:
@@ -231,20 +224,11 @@ class Webhook:
             raise asyncio.TimeoutError from None
 
 
-def network_prefix(name: str, address: str, addressed) -> int:
-    network = next(n for _, n in addressed if n.name == name)
-    return network.subnets[network.subnet_of(parse_address(address))].cidr.prefixlen
-
-
-def addressed_entry(iface: str, mac: str, leased: list[tuple[str, int]], network) -> Addressed:
-    """What cloud-init gets for one interface: address/prefix, the gateway of each leased subnet, the network's DNS."""
-    gateways = []
-    for address, _ in leased:
-        subnet = network.subnets[network.subnet_of(parse_address(address))]
-        if subnet.gateway is not None:
-            gateways.append(format_address(subnet.gateway))
-    return Addressed(name=iface, mac=mac, addresses=tuple(f"{a}/{p}" for a, p in leased), gateways=tuple(gateways),
-                     dns=network.dns)
+def addressed_entry(iface: str, mac: str, leased: list[str], network) -> Addressed:
+    """What cloud-init gets for one interface: address/prefix and the gateway of each leased subnet, the network's DNS."""
+    subnets = [network.subnets[network.subnet_of(parse_address(address))] for address in leased]
+    return Addressed(name=iface, mac=mac, addresses=tuple(f"{a}/{s.cidr.prefixlen}" for a, s in zip(leased, subnets)),
+                     gateways=tuple(format_address(s.gateway) for s in subnets if s.gateway is not None), dns=network.dns)
 
 
 class TlsFiles:

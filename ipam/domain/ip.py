@@ -56,6 +56,14 @@ def format_address(key: int) -> str:
     return str(ipaddress.IPv4Address(key))
 
 
+def canonical(text: str) -> str:
+    """An address in its canonical spelling (text that is not an address is returned as it is)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return text
+
+
 def address_of(text: str) -> int:
     """Fast path for addresses we wrote ourselves (events, the database): ``inet_pton`` is C, and
     ``ipaddress`` parsing was a sixth of the projector's time.  Not for user input (see parse_address)."""
@@ -93,18 +101,15 @@ class Subnet:
     def span(self) -> int:
         return self.hi - self.lo + 1
 
-    def usable(self, key: int) -> bool:
-        """Inside the subnet's usable range and not excluded (nor the gateway)."""
-        if (key & V6) != self.mark:
-            return False
-        value = key & ~V6
-        return self.lo <= value <= self.hi and self.excluded_end(value) is None
-
     def holds(self, key: int) -> bool:
         """Inside the subnet at all (network and broadcast included)."""
         if (key & V6) != self.mark:
             return False
         return self.first <= (key & ~V6) <= self.last
+
+    def cursor_after(self, key: int) -> int:
+        """Where next-fit continues after handing out ``key`` (an offset from ``lo``)."""
+        return ((key & ~V6) - self.lo + 1) % self.span
 
     def excluded_end(self, value: int) -> int | None:
         """If ``value`` is excluded, the last value of its excluded interval."""
@@ -274,5 +279,5 @@ def build_network(name: str, subnets: Sequence, dns: Sequence[str] = (), attachm
             raise NetworkError(f"attachments[{i}]", f"{str(a)[:80]!r} is not 'namespace/name' of a NetworkAttachmentDefinition")
     if len(set(attachments)) != len(attachments):
         raise NetworkError("attachments", "lists an attachment twice")
-    return Network(name=name, subnets=built, dns=tuple(str(ipaddress.ip_address(d.strip())) for d in dns),
+    return Network(name=name, subnets=built, dns=tuple(canonical(d) for d in dns),
                    attachments=tuple(attachments))

@@ -404,8 +404,7 @@ def evolve_ip(networks: dict[str, NetworkBook], event: AnyEvent) -> None:
             book.quarantine.pop(key, None)
         if not event.static:
             i = book.network.subnet_of(key)
-            sn = book.network.subnets[i]
-            book.cursors[i] = ((key & ~(1 << 128)) - sn.lo + 1) % sn.span
+            book.cursors[i] = book.network.subnets[i].cursor_after(key)
     elif kind is IpReleased:
         book = networks[event.network]
         key = address_of(event.address)

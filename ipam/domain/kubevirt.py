@@ -153,7 +153,7 @@ def multus_interfaces(vm: Mapping, namespace: str) -> list[MultusInterface]:
 
 def annotated_addresses(vm: Mapping | None) -> dict[str, list[str]]:
     """The ``ipam.kubevirt.io/ip-addresses`` annotation: interface -> addresses (JSON)."""
-    text = (_metadata_of(vm).get("annotations") or {}).get(IP_ANNOTATION)
+    text = (metadata_of(vm).get("annotations") or {}).get(IP_ANNOTATION)
     if text is None:
         return {}
     field = f"metadata.annotations[{IP_ANNOTATION}]"
@@ -167,7 +167,7 @@ def annotated_addresses(vm: Mapping | None) -> dict[str, list[str]]:
     return {k: list(v) for k, v in value.items()}
 
 
-def _metadata_of(vm: Mapping | None) -> Mapping:
+def metadata_of(vm: Mapping | None) -> Mapping:
     meta = (vm or {}).get("metadata")
     return meta if isinstance(meta, Mapping) else {}
 
@@ -175,6 +175,6 @@ def _metadata_of(vm: Mapping | None) -> Mapping:
 def annotation_patch(vm: Mapping, addresses: Mapping[str, list[str]]) -> list[dict]:
     """JSONPatch setting the annotation to what is leased (RFC 6901 escapes '/' as '~1')."""
     value = json.dumps(dict(sorted(addresses.items())), separators=(",", ":"))
-    if not isinstance(_metadata_of(vm).get("annotations"), Mapping):
+    if not isinstance(metadata_of(vm).get("annotations"), Mapping):
         return [{"op": "add", "path": "/metadata/annotations", "value": {IP_ANNOTATION: value}}]
     return [{"op": "add", "path": "/metadata/annotations/" + IP_ANNOTATION.replace("~", "~0").replace("/", "~1"), "value": value}]

@@ -8,7 +8,6 @@ Driven by ``Watcher`` (same leader, same informers' lists and events).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import time
 
 import asyncpg
@@ -18,7 +17,7 @@ import structlog
 from ..adapters.bus import CommandBus
 from ..adapters.postgres.ip_projection import network_definitions
 from ..domain.allocation import PROVISIONAL_UID_PREFIX
-from ..domain.ip import AddressError, Network, format_address, parse_address
+from ..domain.ip import AddressError, Network, canonical, format_address, parse_address
 from ..domain.kubevirt import SpecError, annotated_addresses, multus_interfaces
 from ..domain.messages import (DefineNetwork, DeleteNetwork, ExpirePendingIp, NetworkDefined, ObservedAddresses,
                                ObserveGuestIps, ObserveVmIps)
@@ -98,7 +97,7 @@ class IpWatch:
         source = self.nads[prefer if prefer in members else members[0]]
         current = stored.get(network)
         if current is not None and (current.subnets, current.dns, current.attachments) == (
-                source.subnets, tuple(_canonical_dns(source.dns)), tuple(members)):
+                source.subnets, tuple(canonical(d) for d in source.dns), tuple(members)):
             return
         if current is not None and not current.source.startswith("nad:"):
             log.warning("NetworkAttachmentDefinition names a network made through the API; left alone",
@@ -260,16 +259,6 @@ class IpWatch:
         else:
             for key in [k for k in self._guest_last if k[0] == vmi_uid]:
                 del self._guest_last[key]
-
-
-def _canonical_dns(dns) -> list[str]:
-    out = []
-    for d in dns:
-        try:
-            out.append(str(ipaddress.ip_address(d.strip())))
-        except ValueError:
-            out.append(d)
-    return out
 
 
 async def insert_guest_rows(conn, rows: list[tuple]) -> None:

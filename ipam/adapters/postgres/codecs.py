@@ -58,8 +58,8 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 # Statements are prepared once per connection and run for the life of the process. With the default
 # plan_cache_mode, Postgres settles on a generic plan after five runs; planned while a table is still
 # small (a fresh database), that plan is a sequential scan, kept as the table grows to millions of rows:
-# the projector's per-batch DELETE ... WHERE mac = ANY($1) then slowed the pipeline from 7,600 to 1,300
-# leases/s within 25 s. Batched statements are few and large, so planning each one is cheap.
+# the projector's per-batch DELETE ... WHERE mac = ANY($1) then slowed the pipeline several-fold within
+# seconds (docs/performance.md). Batched statements are few and large, so planning each one is cheap.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 

@@ -15,7 +15,7 @@ import ipaddress
 import asyncpg
 import msgspec
 
-from ...domain.ip import V6, Network, address_of, family_of
+from ...domain.ip import Network, address_of, family_of
 from ...domain.ip_allocation import network_from
 from ...domain.messages import IpLeaseConfirmed, IpLeased, IpReleased, NetworkDefined, NetworkDeleted, encoder
 
@@ -78,7 +78,7 @@ class IpChanges:
             i = None if ev.static or network is None else network.subnet_of(key)
             if i is not None:
                 sn = network.subnets[i]
-                self.cursors[(ev.network, sn.cidr_text)] = ((key & ~V6) - sn.lo + 1) % sn.span
+                self.cursors[(ev.network, sn.cidr_text)] = sn.cursor_after(key)
         elif kind is IpReleased:
             key = address_of(ev.address)
             o = ev.owner
