@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## migrate and serve everything on 127.0.0.1:8080 (local broker unless IPAM_KAFKA_BOOTSTRAP is set)
-	IPAM_LOG_FORMAT=$${IPAM_LOG_FORMAT:-console} $(BIN)/ipam serve
+run: $(STAMP)  ## migrate and serve everything on 127.0.0.1:8080, plain HTTP on loopback (local broker unless IPAM_KAFKA_BOOTSTRAP is set)
+	IPAM_LOG_FORMAT=$${IPAM_LOG_FORMAT:-console} IPAM_PLAIN_HTTP=$${IPAM_PLAIN_HTTP:-true} $(BIN)/ipam serve
 
 test: $(STAMP)  ## the whole suite on real services (local broker and Postgres, or Docker, or IPAM_TEST_*)
 	$(BIN)/lint-imports

@@ -100,6 +100,7 @@ def serve(roles: tuple[str, ...], listen: str | None) -> None:
 
     try:
         cfg = Config.from_env(http_addr=listen)
+        cfg.check_listener()
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     logs.configure(cfg.log_level, cfg.log_format)

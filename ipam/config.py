@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, fields
 
@@ -16,6 +17,7 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/ipam", "Postgres DSN; the database is created by `ipam migrate` when missing."),
+    Setting("IPAM_MIGRATE", "true", "true: `ipam serve` applies pending migrations at start. false: it only checks the schema is current (run as ipam_writer; `ipam migrate` as the owner)."),
     Setting("IPAM_KAFKA_BOOTSTRAP", None, "Kafka bootstrap servers. Unset: `ipam serve` starts a local memory-only broker (Tansu)."),
     Setting("IPAM_LOCAL_BROKER_ADDR", "127.0.0.1:9092", "Where the local broker listens when IPAM_KAFKA_BOOTSTRAP is unset."),
     Setting("IPAM_COMMANDS_TOPIC", "ipam.commands", "Topic of commands, keyed by pool (or the pool registry)."),
@@ -23,7 +25,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_DEAD_LETTER_TOPIC", "ipam.dead-letter", "Where records that cannot be decoded go, with the reason in a header."),
     Setting("IPAM_PARTITIONS", "8", "Partitions of both topics, created on start-up. Fixed once the database has seen it."),
     Setting("IPAM_GROUP_PREFIX", "ipam", "Prefix of the consumer group ids (<prefix>-allocator, <prefix>-projector)."),
-    Setting("IPAM_HTTP_ADDR", "127.0.0.1:8080", "host:port of the REST API (also --listen)."),
+    Setting("IPAM_HTTP_ADDR", "127.0.0.1:8080", "host:port of the REST API, health and metrics (also --listen); HTTPS with the TLS files below."),
+    Setting("IPAM_PLAIN_HTTP", "false", "true: serve REST as plain HTTP, with no tokens unless a token source is set. Refused unless IPAM_HTTP_ADDR is a loopback address (development, `make run`, tests)."),
     Setting("IPAM_QUARANTINE_SECONDS", "600", "How long a released MAC or IP address is kept from automatic reuse."),
     Setting("IPAM_REQUEST_TIMEOUT_SECONDS", "10", "How long the API waits for a command's outcome before answering 504 (retry with the same command id)."),
     Setting("IPAM_MAX_BODY_BYTES", "1048576", "Largest accepted request body; larger bodies get 413."),
@@ -32,10 +35,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_LOG_LEVEL", "info", "debug, info, warning or error."),
     Setting("IPAM_LOG_FORMAT", "json", "json (one object per line) or console."),
     Setting("IPAM_KAFKA_LINGER_MS", "1", "Producer linger: batches records for up to this many ms."),
+    Setting("IPAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (passed to aiokafka)."),
+    Setting("IPAM_KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a SASL_* protocol."),
+    Setting("IPAM_KAFKA_SASL_USERNAME", "", "SASL user name."),
+    Setting("IPAM_KAFKA_SASL_PASSWORD_FILE", "", "File holding the SASL password (a mounted Secret); read at start-up."),
+    Setting("IPAM_KAFKA_CA_FILE", "", "PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL); empty: the system's CAs."),
+    Setting("IPAM_KAFKA_CERT_FILE", "", "PEM client certificate for brokers that require mutual TLS."),
+    Setting("IPAM_KAFKA_KEY_FILE", "", "PEM private key of the client certificate."),
     Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", "5", "Longest a fetch waits for data. Tansu waits it out even when data arrives, so keep it low there."),
     Setting("IPAM_WEBHOOK_ADDR", "127.0.0.1:8443", "host:port of the HTTPS admission webhook (served only when the TLS files are set)."),
-    Setting("IPAM_TLS_CERT_FILE", "", "PEM certificate (chain) of the webhook listener; reloaded when the file changes."),
-    Setting("IPAM_TLS_KEY_FILE", "", "PEM private key of the webhook listener; reloaded with the certificate."),
+    Setting("IPAM_TLS_CERT_FILE", "", "PEM certificate (chain) of the HTTPS listeners (REST and webhook); reloaded when the file changes."),
+    Setting("IPAM_TLS_KEY_FILE", "", "PEM private key of the HTTPS listeners; reloaded with the certificate."),
+    Setting("IPAM_WEBHOOK_CLIENT_CA_FILE", "", "PEM CA bundle: when set, the webhook listener requires a client certificate it signed (the API server's, from its admission kubeconfig)."),
+    Setting("IPAM_TOKEN_FILE", "", "Bearer tokens for REST, one per line: `<token> <reader|admin> <name>`; re-read when the file changes."),
+    Setting("IPAM_TOKEN_REVIEW", "false", "true: bearer tokens unknown to the token file are checked with a Kubernetes TokenReview (through IPAM_KUBE_API)."),
+    Setting("IPAM_ADMIN_SUBJECTS", "", "Comma-separated `user:NAME` / `group:NAME` that TokenReview-authenticated callers need to be admins."),
+    Setting("IPAM_READER_SUBJECTS", "", "Comma-separated `user:NAME` / `group:NAME` that may read (leases, pools, metrics) after a TokenReview."),
     Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", "8", "The webhook denies a review it could not decide in this time; keep it below the webhook's timeoutSeconds (10)."),
     Setting("IPAM_PENDING_SECONDS", "300", "How long a MAC or IP address leased at admission waits for its VM to appear before it is released."),
     Setting("IPAM_NAMESPACE_OPT_IN", "false", "true: only namespaces labelled ipam.kubevirt.io/mac-allocation=allocate (or KubeMacPool's label) get MACs."),
@@ -48,6 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class Config:
     database_url: str
+    migrate: bool
     kafka_bootstrap: str | None
     local_broker_addr: str
     commands_topic: str
@@ -56,6 +72,7 @@ class Config:
     partitions: int
     group_prefix: str
     http_addr: str
+    plain_http: bool
     quarantine_seconds: int
     request_timeout_seconds: float
     max_body_bytes: int
@@ -64,10 +81,22 @@ class Config:
     log_level: str
     log_format: str
     kafka_linger_ms: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password_file: str
+    kafka_ca_file: str
+    kafka_cert_file: str
+    kafka_key_file: str
     kafka_fetch_max_wait_ms: int
     webhook_addr: str
     tls_cert_file: str
     tls_key_file: str
+    webhook_client_ca_file: str
+    token_file: str
+    token_review: bool
+    admin_subjects: str
+    reader_subjects: str
     webhook_deadline_seconds: float
     pending_seconds: int
     namespace_opt_in: bool
@@ -89,7 +118,29 @@ class Config:
         cfg = cls(**values)  # type: ignore[arg-type]
         if cfg.partitions < 1:
             raise ConfigError("IPAM_PARTITIONS must be at least 1")
+        if cfg.kafka_security_protocol not in KAFKA_PROTOCOLS:
+            raise ConfigError(f"IPAM_KAFKA_SECURITY_PROTOCOL={cfg.kafka_security_protocol!r}: expected one of {', '.join(KAFKA_PROTOCOLS)}")
+        if cfg.kafka_security_protocol.startswith("SASL_") and cfg.kafka_sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"IPAM_KAFKA_SASL_MECHANISM={cfg.kafka_sasl_mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)} "
+                              f"with IPAM_KAFKA_SECURITY_PROTOCOL={cfg.kafka_security_protocol}")
+        for setting in ("IPAM_ADMIN_SUBJECTS", "IPAM_READER_SUBJECTS"):
+            subjects(env.get(setting, ""), setting)
         return cfg
+
+    def check_listener(self) -> None:
+        """REST is HTTPS with tokens, unless plain HTTP was asked for on a loopback address."""
+        host = self.http_addr.rsplit(":", 1)[0].strip("[]")
+        if self.plain_http:
+            if not is_loopback(host):
+                raise ConfigError(f"IPAM_PLAIN_HTTP=true: IPAM_HTTP_ADDR={self.http_addr} is not a loopback address; "
+                                  "plain HTTP is served on loopback only (set IPAM_TLS_CERT_FILE and IPAM_TLS_KEY_FILE)")
+            return
+        if not (self.tls_cert_file and self.tls_key_file):
+            raise ConfigError("IPAM_TLS_CERT_FILE and IPAM_TLS_KEY_FILE are needed to serve REST over HTTPS "
+                              "(or IPAM_PLAIN_HTTP=true on a loopback address, for development)")
+        if not (self.token_file or self.token_review):
+            raise ConfigError("REST needs a token source: IPAM_TOKEN_FILE and/or IPAM_TOKEN_REVIEW=true "
+                              "(or IPAM_PLAIN_HTTP=true on a loopback address, for development)")
 
     @property
     def quarantine_ms(self) -> int:
@@ -98,6 +149,30 @@ class Config:
 
 class ConfigError(ValueError):
     pass
+
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def subjects(text: str, setting: str = "subjects") -> frozenset[tuple[str, str]]:
+    """``user:alice,group:ipam-admins`` -> {("user", "alice"), ("group", "ipam-admins")}."""
+    out = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, name = item.partition(":")
+        if kind not in ("user", "group") or not name:
+            raise ConfigError(f"{setting}: {item!r} is not user:NAME or group:NAME")
+        out.add((kind, name))
+    return frozenset(out)
 
 
 def _convert(kind: object, raw: str) -> object:

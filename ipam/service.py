@@ -20,10 +20,12 @@ from aiohttp import web
 
 from .adapters.kafka import ensure_topics, missing_topics
 from .adapters.postgres.codecs import create_pool
-from .adapters.postgres.migrations import check_partitions, migrate
+from .adapters.postgres.migrations import check_current, check_partitions, migrate
 from .adapters.kubernetes import NamespaceLabels
-from .api.app import Api, make_app
-from .api.webhook import TlsFiles, Webhook, make_webhook_app
+from .api.app import Api, make_app, make_ops_app
+from .api.auth import Authenticator
+from .api.tls import TlsFiles
+from .api.webhook import Webhook, make_webhook_app
 from .adapters.bus import CommandBus
 from .config import Config
 from .devenv import LocalBroker
@@ -51,6 +53,8 @@ class Service:
         self._webhook_runner: web.AppRunner | None = None
         self.webhook: Webhook | None = None
         self.tls: TlsFiles | None = None
+        self.http_tls: TlsFiles | None = None
+        self.auth: Authenticator | None = None
         self.webhook_port: int | None = None
         self.watcher: Watcher | None = None
         self.namespaces = NamespaceLabels()
@@ -61,7 +65,7 @@ class Service:
     @property
     def url(self) -> str:
         host = self.cfg.http_addr.rsplit(":", 1)[0]
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.http_tls else 'http'}://{host}:{self.port}"
 
     def readiness(self) -> dict[str, bool]:
         checks = {}
@@ -75,13 +79,18 @@ class Service:
 
     async def start(self) -> Service:
         cfg = self.cfg
+        cfg.check_listener()
+        self.auth = Authenticator(cfg)
         if cfg.kafka_bootstrap is None:
             self.broker = LocalBroker(cfg.local_broker_addr).start()
             log.info("started local broker (memory only)", bootstrap=self.broker.bootstrap, log=self.broker.log_path)
             cfg = self.cfg = dataclasses.replace(cfg, kafka_bootstrap=self.broker.bootstrap)
-        applied = await migrate(cfg.database_url)
-        if applied:
-            log.info("migrations applied", versions=applied)
+        if cfg.migrate:
+            applied = await migrate(cfg.database_url)
+            if applied:
+                log.info("migrations applied", versions=applied)
+        else:
+            await check_current(cfg.database_url)
         self.db = await create_pool(cfg.database_url, min_size=2, max_size=12)
         async with self.db.acquire() as conn:
             await check_partitions(conn, cfg.partitions)
@@ -100,17 +109,21 @@ class Service:
         if self.roles & {"api", "watcher"}:
             self.bus = CommandBus(cfg, self.db)
             await self.bus.start()
-        if "api" in self.roles:
-            api = Api(cfg, self.db, self.bus, self.readiness)
-            self._runner = web.AppRunner(make_app(api, cfg), access_log=None, handle_signals=False)
-            await self._runner.setup()
-            host, port = cfg.http_addr.rsplit(":", 1)
-            site = web.TCPSite(self._runner, host, int(port))
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            log.info("serving HTTP", url=self.url)
-            if cfg.tls_cert_file and cfg.tls_key_file:
-                await self._serve_webhook(api)
+        api = Api(cfg, self.db, self.bus, self.readiness) if "api" in self.roles else None
+        app = make_app(api, cfg, self.auth) if api is not None else make_ops_app(self.readiness, cfg, self.auth)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        if not cfg.plain_http:
+            self.http_tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file)
+            self._tasks.append(asyncio.create_task(self.http_tls.watch(), name="tls-reload"))
+        host, port = cfg.http_addr.rsplit(":", 1)
+        site = web.TCPSite(self._runner, host, int(port), ssl_context=self.http_tls.context if self.http_tls else None)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        log.info("serving REST" if api else "serving health and metrics", url=self.url,
+                 tokens="required" if self.auth.enabled else "not required (plain HTTP on loopback)")
+        if api is not None and cfg.tls_cert_file and cfg.tls_key_file:
+            await self._serve_webhook(api)
         if "watcher" in self.roles:
             if not cfg.kube_api:
                 raise ValueError("the watcher role needs IPAM_KUBE_API")
@@ -121,7 +134,7 @@ class Service:
 
     async def _serve_webhook(self, api: Api) -> None:
         cfg = self.cfg
-        self.tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file)
+        self.tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.webhook_client_ca_file)
         self.webhook = Webhook(cfg, api, self.namespaces)
         self._webhook_runner = web.AppRunner(make_webhook_app(self.webhook, cfg), access_log=None, handle_signals=False)
         await self._webhook_runner.setup()
@@ -189,6 +202,8 @@ class Service:
             await self.bus.stop()
         if self.db is not None:
             await self.db.close()
+        if self.auth is not None:
+            await self.auth.close()
         if self.broker is not None:
             self.broker.stop()
         log.info("ipam stopped")

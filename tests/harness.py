@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,7 +42,7 @@ def make_config(kafka_bootstrap: str, database_url: str, **overrides) -> Config:
     values = dict(
         database_url=database_url, kafka_bootstrap=kafka_bootstrap, commands_topic=f"t{uid}.commands",
         events_topic=f"t{uid}.events", group_prefix=f"t{uid}", http_addr="127.0.0.1:0", partitions=4,
-        log_format="console", log_level="warning",
+        log_format="console", log_level="warning", plain_http=True,
     )
     values.update(overrides)
     return Config.from_env(env={}, **values)
@@ -55,9 +56,21 @@ def env_of(cfg: Config) -> dict[str, str]:
         "IPAM_COMMANDS_TOPIC": cfg.commands_topic, "IPAM_EVENTS_TOPIC": cfg.events_topic,
         "IPAM_GROUP_PREFIX": cfg.group_prefix, "IPAM_PARTITIONS": str(cfg.partitions),
         "IPAM_HTTP_ADDR": cfg.http_addr, "IPAM_QUARANTINE_SECONDS": str(cfg.quarantine_seconds),
-        "IPAM_LOG_LEVEL": cfg.log_level, "IPAM_LOG_FORMAT": "json",
+        "IPAM_LOG_LEVEL": cfg.log_level, "IPAM_LOG_FORMAT": "json", "IPAM_PLAIN_HTTP": str(cfg.plain_http).lower(),
     })
     return env
+
+
+async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
+    """Await ``check()`` until it is truthy (and return it), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
 
 
 class ServiceProcess:

@@ -38,11 +38,14 @@ class FakeKubeApi:
         self.gone_sent = 0
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.tokens: dict[str, tuple[str, list[str]]] = {}  # bearer token -> (user name, groups), for TokenReview
+        self.token_reviews = 0
 
     async def start(self) -> FakeKubeApi:
         app = web.Application()
         for path in PATHS:
             app.router.add_get(path, self.handle)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -92,6 +95,17 @@ class FakeKubeApi:
             self.changed.notify_all()
 
     # --- the protocol -------------------------------------------------------------------
+
+    async def token_review(self, request: web.Request) -> web.Response:
+        """authentication.k8s.io/v1 TokenReview: the spec's token is known (user, groups) or not."""
+        review = await request.json()
+        self.token_reviews += 1
+        known = self.tokens.get(review["spec"]["token"])
+        if known is None:
+            review["status"] = {"authenticated": False, "error": "invalid bearer token"}
+        else:
+            review["status"] = {"authenticated": True, "user": {"username": known[0], "uid": known[0], "groups": known[1]}}
+        return web.json_response(review, status=201)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         resource = PATHS[request.path]

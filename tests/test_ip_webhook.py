@@ -21,7 +21,8 @@ from ipam.service import Service
 from .harness import create_database, drop_database, make_config
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
-from .test_webhook import POOL, admit, eventually
+from .harness import eventually
+from .test_webhook import POOL, admit
 
 NAD = "network-attachment-definitions"
 ANNOTATION = "ipam.kubevirt.io/ip-addresses"

@@ -13,23 +13,12 @@ import pytest
 
 from ipam.service import Service
 
-from .harness import create_database, drop_database, make_config
+from .harness import create_database, drop_database, eventually, make_config
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
 
 POOL = {"name": "kv", "range": "02:00:00:00:00:00-02:00:00:ff:ff:ff", "default": True}
 TINY = {"name": "tiny", "range": "0a:00:00:00:00:00-0a:00:00:00:00:01", "namespaces": ["tiny"]}
-
-
-async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture(scope="module")

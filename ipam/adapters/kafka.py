@@ -11,8 +11,10 @@ import functools
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
+from .. import telemetry
 from ..config import Config
 
 TOPIC_EXISTS = 36
@@ -30,9 +32,34 @@ class TopicError(RuntimeError):
     pass
 
 
+def connection_options(cfg: Config) -> dict:
+    """Bootstrap servers and security settings, the same for every client (producer, consumer, admin)."""
+    options: dict = {"bootstrap_servers": cfg.kafka_bootstrap, "security_protocol": cfg.kafka_security_protocol}
+    if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = create_ssl_context(cafile=cfg.kafka_ca_file or None, certfile=cfg.kafka_cert_file or None,
+                                     keyfile=cfg.kafka_key_file or None)
+        options["ssl_context"] = context
+    if cfg.kafka_security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = cfg.kafka_sasl_mechanism
+        options["sasl_plain_username"] = cfg.kafka_sasl_username
+        options["sasl_plain_password"] = _read_secret(cfg.kafka_sasl_password_file)
+    return options
+
+
+def _read_secret(path: str) -> str:
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def admin_client(cfg: Config) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_options(cfg))
+
+
 async def ensure_topics(cfg: Config) -> None:
     """Create the commands and events topics with the configured partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    admin = admin_client(cfg)
     await admin.start()
     try:
         wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
@@ -52,7 +79,7 @@ async def ensure_topics(cfg: Config) -> None:
 
 def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
     options = dict(
-        bootstrap_servers=cfg.kafka_bootstrap,
+        **connection_options(cfg),
         acks="all",
         enable_idempotence=False,  # not supported by the local broker; Postgres dedupes instead
         linger_ms=cfg.kafka_linger_ms,
@@ -65,7 +92,7 @@ def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
 
 def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
     options = dict(
-        bootstrap_servers=cfg.kafka_bootstrap,
+        **connection_options(cfg),
         group_id=group,
         enable_auto_commit=False,  # positions live in Postgres
         auto_offset_reset="earliest",
@@ -86,10 +113,11 @@ async def dead_letter(producer: AIOKafkaProducer, cfg: Config, source_topic: str
     headers = [("ipam-reason", reason[:1000].encode()), ("ipam-source-topic", source_topic.encode()),
                ("ipam-source-partition", str(partition).encode()), ("ipam-source-offset", str(offset).encode())]
     await producer.send(cfg.dead_letter_topic, raw, partition=partition % cfg.partitions, headers=headers)
+    telemetry.dead_letters.labels(source_topic).inc()
 
 
 async def missing_topics(cfg: Config) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    admin = admin_client(cfg)
     await admin.start()
     try:
         present = set(await admin.list_topics())

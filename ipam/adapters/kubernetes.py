@@ -181,3 +181,24 @@ class Informer:
             log.info("watch connection dropped; resuming", resource=self.resource.name, error=repr(e))
         finally:
             await w.close()
+
+
+@dataclass(frozen=True)
+class ReviewedToken:
+    """What the API server said about a bearer token (TokenReview status)."""
+
+    authenticated: bool
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    error: str = ""
+
+
+async def review_token(api: client.ApiClient, token: str) -> ReviewedToken:
+    """Ask the API server who a bearer token belongs to (authentication.k8s.io/v1 TokenReview)."""
+    body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+    review = await client.AuthenticationV1Api(api).create_token_review(body)
+    status = review.status
+    if status is None or not status.authenticated:
+        return ReviewedToken(False, error=(status.error if status is not None else "") or "")
+    user = status.user
+    return ReviewedToken(True, user.username or "", tuple(user.groups or ()))

@@ -13,6 +13,8 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from .. import telemetry
+
 from ..adapters.postgres.ip_projection import network_definitions
 from ..adapters.postgres.partitions import load_pools
 from ..config import Config
@@ -22,7 +24,8 @@ from ..domain.routing import RoutingError, choose_pool
 from . import models
 from .http import CONFIG, STATUS, ApiError, decode_body, limit_of, mac_field, now_ms, raise_rejection, reply
 from ..adapters.bus import CommandBus, OutcomeTimeout
-from .metrics import Metrics
+from .auth import AUTH, Authenticator
+from .metrics import Metrics, render
 from .networks import routes as network_routes
 from .openapi import openapi_document
 
@@ -216,8 +219,21 @@ class Api:
 
 
 @web.middleware
+async def observed(request: web.Request, handler):
+    """Count every request by route template and status, and time it."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    started = time.perf_counter()
+    response = await handler(request)
+    telemetry.http_seconds.labels(route, request.method).observe(time.perf_counter() - started)
+    telemetry.http_requests.labels(route, request.method, str(response.status)).inc()
+    return response
+
+
+@web.middleware
 async def errors(request: web.Request, handler):
     try:
+        await request.app[AUTH].check(request)
         return await handler(request)
     except ApiError as e:
         return e.response()
@@ -232,9 +248,10 @@ async def errors(request: web.Request, handler):
         return ApiError(500, "internal", "internal error; see the service log").response()
 
 
-def make_app(api: Api, cfg: Config) -> web.Application:
-    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[errors])
+def make_app(api: Api, cfg: Config, auth: Authenticator) -> web.Application:
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[observed, errors])
     app[CONFIG] = cfg
+    app[AUTH] = auth
     app.add_routes([
         web.post("/v1/pools", api.create_pool),
         web.get("/v1/pools", api.list_pools),
@@ -249,4 +266,26 @@ def make_app(api: Api, cfg: Config) -> web.Application:
         web.get("/openapi.json", api.openapi),
         web.get("/metrics", api.metrics_text),
     ])
+    return app
+
+
+def make_ops_app(readiness: Callable[[], dict[str, bool]], cfg: Config, auth: Authenticator) -> web.Application:
+    """Health, readiness and metrics for a process without the REST API (allocator, projector, watcher)."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return reply({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = readiness()
+        ok = all(checks.values())
+        return reply({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[observed, errors])
+    app[CONFIG] = cfg
+    app[AUTH] = auth
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_text)])
     return app

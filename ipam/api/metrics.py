@@ -7,7 +7,9 @@ gives the same answer); counters count what this process did.
 from __future__ import annotations
 
 import asyncpg
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from .. import telemetry
 
 
 class Metrics:
@@ -23,7 +25,12 @@ class Metrics:
                              registry=self.registry)
         self.ip_drift = Gauge("ipam_ip_drift", "Addresses running guests use that are not their lease (ipam.ip_drift)",
                               registry=self.registry)
-        self.reviews = Counter("ipam_webhook_reviews", "AdmissionReviews answered", ["result"], registry=self.registry)
+        self.pool_used = Gauge("ipam_pool_used_ratio", "Share of a MAC pool leased or quarantined (0-1)", ["pool"],
+                               registry=self.registry)
+        self.subnet_used = Gauge("ipam_subnet_used_ratio", "Share of a network's subnet leased or quarantined (0-1)",
+                                 ["network", "cidr"], registry=self.registry)
+        self.pending = Gauge("ipam_pending_leases", "Leases made at admission still waiting for their VM", ["kind"],
+                             registry=self.registry)
 
     async def refresh(self, conn: asyncpg.Connection) -> None:
         self.collisions.set(await conn.fetchval("SELECT count(*) FROM ipam.mac_collisions"))
@@ -38,6 +45,19 @@ class Metrics:
         for r in await conn.fetch("SELECT network, cidr::text, free::float8 AS free FROM ipam.network_usage"):
             self.ip_free.labels(r["network"], r["cidr"]).set(r["free"])
         self.ip_drift.set(await conn.fetchval("SELECT count(*) FROM ipam.ip_drift"))
+        self.pool_used.clear()
+        for r in await conn.fetch("SELECT pool, percent::float8 AS percent FROM ipam.pool_usage WHERE percent IS NOT NULL"):
+            self.pool_used.labels(r["pool"]).set(r["percent"] / 100)
+        self.subnet_used.clear()
+        for r in await conn.fetch("SELECT network, cidr::text, percent::float8 AS percent FROM ipam.network_usage"):
+            self.subnet_used.labels(r["network"], r["cidr"]).set(r["percent"] / 100)
+        self.pending.labels("mac").set(await conn.fetchval("SELECT count(*) FROM ipam.mac_leases WHERE state = 'pending'"))
+        self.pending.labels("ip").set(await conn.fetchval("SELECT count(*) FROM ipam.ip_leases WHERE state = 'pending'"))
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return render(self.registry)
+
+
+def render(*registries: CollectorRegistry) -> tuple[bytes, str]:
+    """This process's counters and histograms, then the given registries, in the text format."""
+    return b"".join(generate_latest(r) for r in (telemetry.REGISTRY, *registries)), CONTENT_TYPE_LATEST

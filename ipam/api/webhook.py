@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
-import ssl
 import time
 from collections.abc import Mapping
 
@@ -34,6 +32,7 @@ from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.messages import LeaseIp, LeaseMac, Owner
 from ..domain.routing import RoutingError, choose_pool
 from ..adapters.bus import OutcomeTimeout
+from .. import telemetry
 
 log = structlog.get_logger("ipam.webhook")
 
@@ -99,7 +98,8 @@ class Webhook:
                        "(its pipeline is slow or down); please retry")
             log.warning("review timed out", uid=uid)
             result = answer(uid, False, message=message, code=503)
-        self.api.metrics.reviews.labels("allowed" if result["response"]["allowed"] else "denied").inc()
+        telemetry.webhook_reviews.labels("allowed" if result["response"]["allowed"] else "denied").inc()
+        telemetry.webhook_seconds.observe(time.perf_counter() - started)
         log.debug("review answered", uid=uid, ms=round((time.perf_counter() - started) * 1000, 2))
         return web.json_response(result)
 
@@ -229,41 +229,6 @@ def addressed_entry(iface: str, mac: str, leased: list[str], network) -> Address
     subnets = [network.subnets[network.subnet_of(parse_address(address))] for address in leased]
     return Addressed(name=iface, mac=mac, addresses=tuple(f"{a}/{s.cidr.prefixlen}" for a, s in zip(leased, subnets)),
                      gateways=tuple(format_address(s.gateway) for s in subnets if s.gateway is not None), dns=network.dns)
-
-
-class TlsFiles:
-    """An SSL context for the webhook listener whose certificate is reloaded when the files change
-    (cert-manager rotates them in place); new connections get the new certificate."""
-
-    def __init__(self, cert_file: str, key_file: str) -> None:
-        self.cert_file, self.key_file = cert_file, key_file
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._stamp = None
-        self.reloads = 0
-        self.reload()
-
-    def _files_stamp(self) -> tuple:
-        stats = [os.stat(f) for f in (self.cert_file, self.key_file)]
-        return tuple((st.st_mtime_ns, st.st_size) for st in stats)
-
-    def reload(self) -> bool:
-        stamp = self._files_stamp()
-        if stamp == self._stamp:
-            return False
-        self.context.load_cert_chain(self.cert_file, self.key_file)
-        self._stamp = stamp
-        self.reloads += 1
-        return True
-
-    async def watch(self, interval: float = 2.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if self.reload():
-                    log.info("webhook certificate reloaded", cert=self.cert_file)
-            except (OSError, ssl.SSLError) as e:  # half-written files during a rotation: try again next time
-                log.warning("cannot reload the webhook certificate yet", error=str(e))
 
 
 def make_webhook_app(hook: Webhook, cfg: Config) -> web.Application:

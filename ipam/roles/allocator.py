@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from .. import failpoints
+from .. import failpoints, telemetry
 from ..adapters import kafka
 from ..adapters.postgres.partitions import (claim, current_epochs, load_fences, load_pools, load_state, read_partition,
                                             set_fence)
@@ -169,6 +169,7 @@ class Allocator:
                     await self.take(tp.partition)
                     break
                 owned.position = msgs[-1].offset + 1
+                telemetry.lag("allocator", self._consumer, tp, owned.position)
                 for msg in msgs:
                     for rec in await self._decide_one(tp.partition, owned, msg.offset, msg.value):
                         sends.append(self._producer.send(events_topic, record_encoder.encode(rec), partition=tp.partition))
@@ -209,7 +210,8 @@ class Allocator:
                     command="unknown", code="malformed", reason=f"undecodable command: {e}",
                 )
             ]
-            log.warning("poison command sent to the dead-letter topic", partition=partition, offset=offset, error=str(e))
+            log.warning("poison command sent to the dead-letter topic", **command_context(raw, partition, offset, events[0]),
+                        error=str(e))
             await kafka.dead_letter(self._producer, self.cfg, self.cfg.commands_topic, partition, offset, raw,
                                     f"undecodable command: {e}")
         else:
@@ -226,6 +228,11 @@ class Allocator:
                 if pool is not None and pool not in owned.state.pools:
                     await self._refresh_pools(command.at)
                 events = decide(owned.state, command)
+        telemetry.commands.labels(events[0].command if isinstance(events[0], CommandRejected) else type(command).__name__).inc()
+        for ev in events:
+            if isinstance(ev, CommandRejected):
+                telemetry.rejections.labels(ev.code).inc()
+                log.info("command rejected", **command_context(raw, partition, offset, ev), code=ev.code, reason=ev.reason)
         state = owned.state
         out = []
         for i, ev in enumerate(events):
@@ -252,6 +259,24 @@ class Allocator:
         for owned in list(self.owned.values()):
             for name, (pool, _part, _cursor) in pools.items():
                 owned.state.pools.setdefault(name, pool)
+
+
+def command_context(raw: bytes, partition: int, offset: int, rejected: CommandRejected) -> dict:
+    """What every log line about a command carries: its id, type, owner and where it was read."""
+    context = {"command_id": rejected.command_id, "command": rejected.command, "partition": partition, "offset": offset}
+    try:
+        command = command_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return context
+    owner = getattr(command, "owner", None)
+    if owner is not None:
+        context["owner"] = f"{owner.namespace}/{owner.vm}/{owner.interface}"
+    elif getattr(command, "namespace", None) and getattr(command, "vm", None):
+        context["owner"] = f"{command.namespace}/{command.vm}"
+    for scope in ("pool", "network"):
+        if getattr(command, scope, None):
+            context[scope] = getattr(command, scope)
+    return context
 
 
 class _Listener(ConsumerRebalanceListener):

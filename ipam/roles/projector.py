@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from .. import failpoints
+from .. import failpoints, telemetry
 from ..adapters import kafka
 from ..adapters.postgres.partitions import fence_at
 from ..adapters.postgres.projection import OffsetConflict, Projector, SequenceGap, prune_outcomes
@@ -102,8 +102,13 @@ class ProjectorRole:
                     continue
                 failpoints.hit("projector.after_commit")
                 self.positions[tp.partition] = result.next_offset
+                telemetry.projector_batch.labels(str(tp.partition)).observe(len(batch))
+                telemetry.lag("projector", self._consumer, tp, result.next_offset)
                 for offset, raw, reason in result.dead_letters:
                     await kafka.dead_letter(self._producer, self.cfg, self.cfg.events_topic, tp.partition, offset, raw, reason)
+                for reason, count in (("zombie", result.dropped), ("poison", result.poison), ("duplicate", result.duplicates)):
+                    if count:
+                        telemetry.records_skipped.labels(reason).inc(count)
                 if result.dropped or result.poison or result.duplicates:
                     log.warning("records skipped", partition=tp.partition, zombie=result.dropped, poison=result.poison,
                                 duplicates=result.duplicates)

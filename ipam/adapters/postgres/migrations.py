@@ -37,6 +37,26 @@ async def ensure_database(dsn: str) -> bool:
     return False
 
 
+class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+async def check_current(dsn: str) -> None:
+    """For a service that does not migrate (it runs as ipam_writer): refuse to start on an old schema."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        try:
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM public.ipam_migrations")}
+        except asyncpg.UndefinedTableError:
+            done = set()
+    finally:
+        await conn.close()
+    missing = [p.stem for p in sorted(migrations_dir().glob("*.sql")) if p.stem not in done]
+    if missing:
+        raise SchemaOutOfDate(f"the database lacks migrations {', '.join(missing)}: run `ipam migrate` as the schema owner "
+                              "(IPAM_MIGRATE=false keeps the service from applying them itself)")
+
+
 async def migrate(dsn: str) -> list[str]:
     """Bring the schema up to date; returns the versions applied now."""
     await ensure_database(dsn)

@@ -1,0 +1,43 @@
+"""What this process did, as Prometheus counters and histograms (one registry per process).
+
+Roles, the API and the Kafka adapter all count here; ``/metrics`` renders it together with
+the gauges the API reads from Postgres at scrape time (``ipam.api.metrics``).  Label values
+are bounded: partitions, rejection codes, route templates, never names chosen by users.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+# Seconds: the webhook must answer in milliseconds, REST within the request timeout.
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+http_requests = Counter("ipam_http_requests", "REST requests answered, by route template and status",
+                        ["route", "method", "status"], registry=REGISTRY)
+http_seconds = Histogram("ipam_http_request_duration_seconds", "REST request latency, by route template",
+                         ["route", "method"], buckets=_LATENCY, registry=REGISTRY)
+webhook_reviews = Counter("ipam_webhook_reviews", "AdmissionReviews answered", ["result"], registry=REGISTRY)
+webhook_seconds = Histogram("ipam_webhook_review_duration_seconds", "AdmissionReview latency", buckets=_LATENCY,
+                            registry=REGISTRY)
+auth_failures = Counter("ipam_auth_failures", "REST calls refused: missing or invalid token (401), role too weak (403)",
+                        ["reason"], registry=REGISTRY)
+commands = Counter("ipam_commands_decided", "Commands decided by the allocators in this process, by type",
+                   ["command"], registry=REGISTRY)
+rejections = Counter("ipam_rejections", "Commands rejected by the decider, by reason code", ["code"], registry=REGISTRY)
+dead_letters = Counter("ipam_dead_letters", "Records copied to the dead-letter topic, by the topic they came from",
+                       ["topic"], registry=REGISTRY)
+consumer_lag = Gauge("ipam_consumer_lag", "Records on a partition not yet processed by this process (high watermark - position)",
+                     ["group", "partition"], registry=REGISTRY)
+projector_batch = Histogram("ipam_projector_batch_records", "Events applied to Postgres per projector transaction",
+                            ["partition"], buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000), registry=REGISTRY)
+records_skipped = Counter("ipam_projector_skipped_records", "Events the projector dropped: zombie (older epoch), poison, duplicate",
+                          ["reason"], registry=REGISTRY)
+
+
+def lag(group: str, consumer, tp, position: int) -> None:
+    """Record how far ``position`` is behind the partition's last known high watermark."""
+    high = consumer.highwater(tp)
+    if high is not None:
+        consumer_lag.labels(group, str(tp.partition)).set(max(0, high - position))
