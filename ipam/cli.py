@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -28,17 +29,22 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class Client:
-    def __init__(self, url: str, as_json: bool) -> None:
+    def __init__(self, url: str, as_json: bool, token: str | None = None, cacert: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.as_json = as_json
+        self.token = token
+        self.context = ssl.create_default_context(cafile=cacert) if cacert else None
 
     def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> dict:
         q = {k: v for k, v in (query or {}).items() if v is not None}
         full = self.url + path + (("?" + urllib.parse.urlencode(q)) if q else "")
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(full, data=data, method=method, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(full, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with urllib.request.urlopen(req, timeout=60, context=self.context) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as e:
             try:
@@ -83,10 +89,13 @@ def _check_mac(value: str | None, field: str = "--mac") -> str | None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="IPAM_URL", default=DEFAULT_URL, show_default=True, help="REST API of a running ipam.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--token", envvar="IPAM_TOKEN", default=None, help="Bearer token for the REST API (reader or admin).")
+@click.option("--cacert", envvar="IPAM_CA_FILE", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="PEM CA bundle that signed the API's certificate (https URLs).")
 @click.pass_context
-def main(ctx: click.Context, url: str, as_json: bool) -> None:
-    """ipam: MAC address management for KubeVirt VMs."""
-    ctx.obj = Client(url, as_json)
+def main(ctx: click.Context, url: str, as_json: bool, token: str | None, cacert: str | None) -> None:
+    """ipam: MAC and IP address management for KubeVirt VMs."""
+    ctx.obj = Client(url, as_json, token, cacert)
 
 
 @main.command()

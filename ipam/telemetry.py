@@ -35,6 +35,14 @@ projector_batch = Histogram("ipam_projector_batch_records", "Events applied to P
 records_skipped = Counter("ipam_projector_skipped_records", "Events the projector dropped: zombie (older epoch), poison, duplicate",
                           ["reason"], registry=REGISTRY)
 
+# Series with a known, fixed set of labels exist from the start (at 0), so rates and alerts see them.
+for _reason in ("missing", "invalid", "forbidden"):
+    auth_failures.labels(_reason)
+for _result in ("allowed", "denied", "error"):
+    webhook_reviews.labels(_result)
+for _reason in ("zombie", "poison", "duplicate"):
+    records_skipped.labels(_reason)
+
 
 def lag(group: str, consumer, tp, position: int) -> None:
     """Record how far ``position`` is behind the partition's last known high watermark."""

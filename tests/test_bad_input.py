@@ -85,6 +85,18 @@ async def test_oversized_and_malformed_bodies_then_service_still_serves(with_poo
         await conn.close()
 
 
+async def test_a_vm_holds_at_most_max_interfaces_leases(with_pool, http):
+    url = f"{with_pool.url}/v1/mac-leases"
+    most = with_pool.cfg.max_interfaces
+    wide = {**GOOD, "vm": "wide", "vm_uid": "wide-uid"}
+    answers = await asyncio.gather(*[call(http, "POST", url, json={**wide, "interface": f"if{i}"}) for i in range(most)])
+    assert [status for status, _ in answers] == [201] * most
+    status, answer = await call(http, "POST", url, json={**wide, "interface": "one-too-many"})
+    assert status == 422 and answer["error"]["field"] == "interface" and "IPAM_MAX_INTERFACES" in answer["error"]["message"]
+    status, _ = await call(http, "POST", url, json={**wide, "interface": "if0"})  # interfaces it holds are answered
+    assert status == 200
+
+
 def cli(*args, url):
     return subprocess.run([sys.executable, "-m", "ipam", "--url", url, *args], capture_output=True, text=True, timeout=60)
 

@@ -4,9 +4,11 @@ manifests against each other and against the code (paths, ports, deadlines, leas
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 
@@ -29,8 +31,11 @@ def by_kind(kind: str) -> list[dict]:
     return [d for _, d in manifests() if d["kind"] == kind]
 
 
+CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")  # checked by the tests below, not by the core schemas
+
+
 @pytest.mark.parametrize("name, doc", [(f"{n}:{d['kind']}/{d['metadata']['name']}", d) for n, d in manifests()
-                                       if not d["apiVersion"].startswith("cert-manager.io/")])
+                                       if not d["apiVersion"].startswith(CRD_GROUPS)])
 def test_core_manifests_match_the_kubernetes_schema(name, doc):
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -44,8 +49,10 @@ def test_cert_manager_objects_have_what_cert_manager_requires():
 
 
 def test_kustomization_lists_every_file():
-    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
-    assert listed == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert set(kustomization["resources"]) == {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    generated = [f for g in kustomization["configMapGenerator"] for f in g["files"]]
+    assert generated == ["dashboards/ipam.json"] and all((DEPLOY / f).is_file() for f in generated)
 
 
 def test_webhook_points_at_the_service_the_certificate_and_the_route():
@@ -72,13 +79,17 @@ def test_rbac_is_read_only_and_least_privilege():
     assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances", "network-attachment-definitions"},
                          "ipam-namespaces": {"namespaces"}}
     bound = {b["roleRef"]["name"]: [s["name"] for s in b["subjects"]] for b in by_kind("ClusterRoleBinding")}
-    assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"]}
+    # system:auth-delegator (built in) lets the api create TokenReviews and nothing else of note
+    assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"], "system:auth-delegator": ["ipam-api"]}
     accounts = {}
     for dep in by_kind("Deployment"):
         spec = dep["spec"]["template"]["spec"]
         accounts[dep["metadata"]["name"]] = (spec["serviceAccountName"], spec["automountServiceAccountToken"])
     assert accounts == {"ipam-api": ("ipam-api", True), "ipam-watcher": ("ipam-watcher", True),
                         "ipam-allocator": ("ipam", False), "ipam-projector": ("ipam", False)}
+    job, = by_kind("Job")
+    assert (job["spec"]["template"]["spec"]["serviceAccountName"], job["spec"]["template"]["spec"]["automountServiceAccountToken"]) \
+        == ("ipam", False)
 
 
 def test_every_role_runs_and_reads_documented_settings():
@@ -98,3 +109,58 @@ def test_the_validation_would_catch_a_mistake():
     dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+def test_every_listener_is_https_with_tokens_and_the_service_runs_without_ddl():
+    config, = by_kind("ConfigMap")
+    assert config["data"]["IPAM_MIGRATE"] == "false" and config["data"]["IPAM_TOKEN_FILE"]
+    assert "IPAM_PLAIN_HTTP" not in config["data"]
+    cert, = by_kind("Certificate")
+    for dep in by_kind("Deployment"):
+        [c] = dep["spec"]["template"]["spec"]["containers"]
+        assert "IPAM_PLAIN_HTTP" not in {e["name"] for e in c["env"]}
+        assert {p["name"] for p in c["ports"]} >= {"http"}
+        for probe in (c["readinessProbe"], c["livenessProbe"]):
+            assert probe["httpGet"]["scheme"] == "HTTPS" and probe["httpGet"]["path"] in ("/readyz", "/healthz")
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert "/tls" in mounts and "/etc/ipam/tokens" in mounts
+    monitor, = by_kind("ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"] in cert["spec"]["dnsNames"]
+    metrics = next(s for s in by_kind("Service") if s["metadata"]["name"] == "ipam-metrics")
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in metrics["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+
+
+def alert_rules() -> list[dict]:
+    rule, = by_kind("PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def dashboard_targets() -> list[dict]:
+    dashboard = json.loads((DEPLOY / "dashboards" / "ipam.json").read_text())
+    return [t for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_alerts_cover_what_the_issue_names_and_parse_as_promql():
+    rules = alert_rules()
+    names = {r["alert"] for r in rules}
+    assert {"IpamDown", "IpamMacCollision", "IpamPoolNearlyFull", "IpamSubnetNearlyFull", "IpamProjectorLag",
+            "IpamWebhookErrors"} <= names
+    for r in rules:
+        promql_parser.parse(r["expr"])  # raises on a syntax error
+        assert r["labels"]["severity"] in ("critical", "warning", "info")
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+    with pytest.raises(ValueError):
+        promql_parser.parse("max by (pool) (ipam_pool_used_ratio > 0.9")
+
+
+def test_the_dashboard_is_grafana_json_whose_queries_parse():
+    dashboard = json.loads((DEPLOY / "dashboards" / "ipam.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["type"] in ("stat", "timeseries") and panel["targets"]
+        assert panel["datasource"]["uid"] == "${datasource}"
+    for target in dashboard_targets():
+        promql_parser.parse(target["expr"])

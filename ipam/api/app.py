@@ -83,6 +83,16 @@ class Api:
                 "to get the same outcome",
             ) from None
 
+    async def check_interfaces(self, table: str, namespace: str, vm: str, interface: str) -> None:
+        """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
+        REST callers are held to the same bound here).  A new interface past the bound is refused."""
+        others = await self.db.fetchval(
+            f"SELECT count(DISTINCT interface) FROM ipam_store.{table} WHERE namespace = $1 AND vm = $2 AND interface <> $3",
+            namespace, vm, interface)
+        if others >= self.cfg.max_interfaces:
+            raise ApiError(422, "limit", f"{namespace}/{vm} already holds leases for {others} interfaces; "
+                                         f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
+
     @staticmethod
     def _command_id(request: web.Request, body_id: str | None) -> str:
         """The client's retry key, or a fresh id (prefixed so it never collides with a client key)."""
@@ -126,6 +136,7 @@ class Api:
             pool = choose_pool(pools, body.namespace, body.pool, mac)
         except RoutingError as e:
             raise ApiError(STATUS.get(e.code, 422), e.code, e.reason, e.field) from None
+        await self.check_interfaces("mac_leases", body.namespace, body.vm, body.interface)
         owner = {"namespace": body.namespace, "vm": body.vm, "vm_uid": body.vm_uid, "interface": body.interface}
         cmd = msgspec.convert({"type": "LeaseMac", "command_id": command_id, "at": now_ms(), "pool": pool.name,
                                "owner": owner, "mac": None if mac is None else format_mac(mac)}, LeaseMac)

@@ -104,6 +104,7 @@ class NetworkApi:
         body = await decode_body(request, models.IpLeaseRequest)
         addresses = tuple(_address(a, f"addresses[{i}]") for i, a in enumerate(body.addresses))
         command_id = self.api._command_id(request, body.command_id)
+        await self.api.check_interfaces("ip_leases", body.namespace, body.vm, body.interface)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface)
         events = await self.api.submit(LeaseIp(command_id=command_id, at=now_ms(), network=body.network, owner=owner,
                                                addresses=addresses))

@@ -98,7 +98,10 @@ class Webhook:
                        "(its pipeline is slow or down); please retry")
             log.warning("review timed out", uid=uid)
             result = answer(uid, False, message=message, code=503)
-        telemetry.webhook_reviews.labels("allowed" if result["response"]["allowed"] else "denied").inc()
+        outcome = "allowed" if result["response"]["allowed"] else "denied"
+        if result["response"].get("status", {}).get("code", 0) >= 500:
+            outcome = "error"  # ipam could not decide: the API server refuses the change (failurePolicy Fail)
+        telemetry.webhook_reviews.labels(outcome).inc()
         telemetry.webhook_seconds.observe(time.perf_counter() - started)
         log.debug("review answered", uid=uid, ms=round((time.perf_counter() - started) * 1000, 2))
         return web.json_response(result)

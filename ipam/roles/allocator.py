@@ -232,7 +232,8 @@ class Allocator:
         for ev in events:
             if isinstance(ev, CommandRejected):
                 telemetry.rejections.labels(ev.code).inc()
-                log.info("command rejected", **command_context(raw, partition, offset, ev), code=ev.code, reason=ev.reason)
+                if ev.command != "unknown":  # a poison command was logged as such above
+                    log.info("command rejected", **command_context(raw, partition, offset, ev), code=ev.code, reason=ev.reason)
         state = owned.state
         out = []
         for i, ev in enumerate(events):
