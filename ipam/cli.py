@@ -7,6 +7,7 @@ reason naming the field; an unreachable or failing service exits 1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 import sys
@@ -400,6 +401,63 @@ def ip_release(client: Client, network: str, namespace, vm, interface, address) 
     client.show(r["released"], ["address", "network", "namespace", "vm", "interface"], r)
 
 
+@main.command()
+@click.pass_obj
+def status(client: Client) -> None:
+    """Partitions (owner, epoch, what waits), pools and networks with usage, pending leases."""
+    raw = client.call("GET", "/v1/status")
+    if client.as_json:
+        click.echo(json.dumps(raw, indent=2))
+        return
+    if not raw["broker"]:
+        click.echo("broker: NOT reachable (waiting counts unknown)")
+    click.echo("partitions")
+    client.show([{**p, "owner": p["owner"] or "-", "caught up": "yes" if p["caught_up"] else "no",
+                  "commands waiting": p["commands_waiting"], "events waiting": p["events_waiting"]}
+                 for p in raw["partitions"]],
+                ["partition", "epoch", "owner", "caught up", "commands waiting", "events waiting", "generation"], raw)
+    click.echo("\nMAC pools")
+    client.show([{**p, "percent": f"{p['percent']:.1f}%" if p["percent"] is not None else "-"} for p in raw["pools"]],
+                ["name", "range", "used", "quarantined", "free", "percent"], raw)
+    click.echo("\nnetworks")
+    client.show([{"name": n["name"], "cidr": s["cidr"], "used": s["used"], "free": s["free"], "percent": f"{s['percent']:.1f}%"}
+                 for n in raw["networks"] for s in n["subnets"]], ["name", "cidr", "used", "free", "percent"], raw)
+    click.echo(f"\npending leases (admitted, VM not seen yet): {raw['pending']['mac']} MAC, {raw['pending']['ip']} IP")
+
+
+@main.group()
+def events() -> None:
+    """Read the events topic."""
+
+
+@events.command("tail")
+@click.option("-n", "--last", default=10, show_default=True, type=click.IntRange(0, 1_000_000),
+              help="Start this many events before the end of each partition.")
+@click.option("-f", "--follow", is_flag=True, help="Keep going: print new events as they are decided (Ctrl-C stops).")
+@click.option("--partition", "partitions", multiple=True, type=click.IntRange(0), help="Only this partition (repeat).")
+@click.pass_obj
+def events_tail(client: Client, last: int, follow: bool, partitions: tuple[int, ...]) -> None:
+    """Print events from the topic (IPAM_KAFKA_BOOTSTRAP, or the local broker's address), one per line or --json."""
+    from .tail import run
+
+    try:
+        cfg = Config.from_env()
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    if cfg.kafka_bootstrap is None:
+        cfg = dataclasses.replace(cfg, kafka_bootstrap=cfg.local_broker_addr)
+    wrong = [p for p in partitions if p >= cfg.partitions]
+    if wrong:
+        _fail("--partition", f"{wrong[0]} is not a partition (IPAM_PARTITIONS={cfg.partitions})")
+    from aiokafka.errors import KafkaError
+
+    try:
+        run(cfg, last, follow, client.as_json, list(partitions) or None, click.echo)
+    except KafkaError as e:
+        click.echo(f"error: cannot read {cfg.events_topic} from {cfg.kafka_bootstrap}: {e}", err=True)
+        sys.exit(1)
+
+
 @main.group()
 def schemas() -> None:
     """JSON Schemas of commands and events (the event catalogue)."""
@@ -408,12 +466,14 @@ def schemas() -> None:
 @schemas.command("export")
 @click.option("--dir", "target", default=None, type=click.Path(file_okay=False), help="Where to write (default: schemas/).")
 def schemas_export(target: str | None) -> None:
-    """Write schemas/ from the msgspec types."""
+    """Write schemas/ (and docs/asyncapi.yaml, in a source checkout) from the msgspec types."""
     from pathlib import Path
 
-    from .schemas import export
+    from .schemas import ASYNCAPI_PATH, export, export_asyncapi
 
     written = export(Path(target) if target else None)
+    if target is None and ASYNCAPI_PATH.parent.is_dir() and export_asyncapi():
+        written.append("docs/asyncapi.yaml")
     click.echo(f"wrote {len(written)} schema(s)" + (": " + ", ".join(written) if written else ""))
 
 

@@ -97,6 +97,17 @@ async def test_a_vm_holds_at_most_max_interfaces_leases(with_pool, http):
     assert status == 200
 
 
+async def test_an_idempotency_key_reused_for_another_kind_of_request_is_refused(with_pool, http):
+    key = {"Idempotency-Key": "reused-key-1"}
+    status, first = await call(http, "POST", f"{with_pool.url}/v1/mac-leases", json={**GOOD, "vm": "reuse"}, headers=key)
+    assert status == 201
+    status, again = await call(http, "POST", f"{with_pool.url}/v1/mac-leases", json={**GOOD, "vm": "reuse"}, headers=key)
+    assert status == 201 and again["lease"] == first["lease"]  # a retry gets the same outcome
+    status, answer = await call(http, "POST", f"{with_pool.url}/v1/networks", json={"name": "n1", "subnets": [{"cidr": "10.1.0.0/24"}]},
+                                headers=key)
+    assert status == 422 and answer["error"]["code"] == "key_reused" and answer["error"]["field"] == "Idempotency-Key"
+
+
 def cli(*args, url):
     return subprocess.run([sys.executable, "-m", "ipam", "--url", url, *args], capture_output=True, text=True, timeout=60)
 

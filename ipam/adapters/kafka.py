@@ -173,6 +173,9 @@ class LogReader:
     async def end(self, tp: TopicPartition) -> int:
         return (await self._consumer.end_offsets([tp]))[tp]
 
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return await self._consumer.end_offsets(tps)
+
     async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None | Unserved:
         """The value of the record at ``offset``; None when the log does not hold that offset (it
         was deleted, truncated or recreated shorter); ``UNSERVED`` when the broker lists the offset

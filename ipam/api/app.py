@@ -12,6 +12,8 @@ import asyncpg
 import msgspec
 import structlog
 from aiohttp import web
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from .. import telemetry
 
@@ -22,7 +24,8 @@ from ..domain.mac import format_mac
 from ..domain.messages import CreatePool, LeaseMac, ReleaseMac, ReleaseOwner
 from ..domain.routing import RoutingError, choose_pool
 from . import models
-from .http import CONFIG, STATUS, ApiError, decode_body, limit_of, mac_field, now_ms, raise_rejection, reply
+from .http import CONFIG, STATUS, ApiError, check_request_text, decode_body, limit_of, mac_field, now_ms, raise_rejection, reply
+from ..adapters import kafka
 from ..adapters.bus import CommandBus, OutcomeTimeout
 from .auth import AUTH, Authenticator
 from .metrics import Metrics, render
@@ -47,6 +50,7 @@ class Api:
         self.attachments: dict[str, list] = {}
         self._networks_at = 0.0
         self.metrics = Metrics()
+        self.networks = None  # the NetworkApi, set when the routes are made
 
     async def refresh_networks(self, max_age: float = 0.0) -> dict[str, list]:
         """NetworkAttachmentDefinition ("namespace/name") -> the networks that serve it (one, normally)."""
@@ -73,6 +77,9 @@ class Api:
         if not command.command_id.startswith("api-"):
             known = await self.bus.outcome(command.command_id)
             if known is not None:
+                if not answers(command, known):
+                    raise ApiError(422, "key_reused", f"command id {command.command_id!r} was already used for another kind "
+                                                      "of request; use a new Idempotency-Key or command_id", "Idempotency-Key")
                 return known
         try:
             return await self.bus.submit(command)
@@ -202,6 +209,40 @@ class Api:
         until = [dt.datetime.fromtimestamp(e["quarantined_until"] / 1000, dt.timezone.utc).isoformat() for e in released]
         return reply(models.Released(released=[_lease_of(e) for e in released], quarantined_until=until))
 
+    # --- status -------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Partitions (owner, epoch, how far decided and projected, what waits), pools, networks, pending leases."""
+        rows = await self.db.fetch("SELECT * FROM ipam.partitions ORDER BY partition")
+        ends = await self._end_offsets()
+        partitions = []
+        for r in rows:
+            commands_end, events_end = ends.get(("commands", r["partition"])), ends.get(("events", r["partition"]))
+            partitions.append(models.PartitionStatus(
+                partition=r["partition"], generation=r["generation"], epoch=r["epoch"], owner=r["owner"],
+                caught_up=r["caught_up"], commands_decided=r["commands_decided"], events_projected=r["events_projected"],
+                commands_end=commands_end, events_end=events_end,
+                commands_waiting=None if commands_end is None else max(0, commands_end - r["commands_decided"]),
+                events_waiting=None if events_end is None else max(0, events_end - r["events_projected"])))
+        pending = await self.db.fetchrow(
+            "SELECT (SELECT count(*) FROM ipam.mac_leases WHERE state = 'pending') AS mac, "
+            "(SELECT count(*) FROM ipam.ip_leases WHERE state = 'pending') AS ip")
+        return reply(models.Status(broker=bool(ends) or not rows, partitions=partitions, pools=await self._pool_rows(None),
+                                   networks=await self.networks.rows(None),
+                                   pending=models.PendingCounts(mac=pending["mac"], ip=pending["ip"])))
+
+    async def _end_offsets(self) -> dict[tuple[str, int], int]:
+        cfg = self.cfg
+        tps = [TopicPartition(topic, p) for topic in (cfg.commands_topic, cfg.events_topic) for p in range(cfg.partitions)]
+        try:
+            async with kafka.LogReader(cfg) as reader:
+                ends = await asyncio.wait_for(reader.end_offsets(tps), 5)
+        except (KafkaError, OSError, asyncio.TimeoutError) as e:
+            log.warning("cannot read end offsets for the status", error=repr(e))
+            return {}
+        name = {cfg.commands_topic: "commands", cfg.events_topic: "events"}
+        return {(name[tp.topic], tp.partition): offset for tp, offset in ends.items()}
+
     # --- health -------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -229,6 +270,32 @@ class Api:
         return reply(openapi_document())
 
 
+# The address space a command (or event) is about: a retry must be the same kind of request, and
+# no command of one family ever produces events of another.
+_FAMILY = {"CreatePool": "pool", "PoolCreated": "pool", "DefineNetwork": "network", "DeleteNetwork": "network",
+           "NetworkDefined": "network", "NetworkDeleted": "network"}
+
+
+def _family(name: str) -> str | None:
+    if name in _FAMILY:
+        return _FAMILY[name]
+    if name.startswith(("Mac", "LeaseMac", "ReleaseMac", "ReleaseOwner", "ObserveVm", "ExpirePending")):
+        return "ip" if name in ("ObserveVmIps", "ExpirePendingIp") else "mac"
+    if name.startswith(("Ip", "LeaseIp", "ReleaseIp", "ObserveGuestIps")):
+        return "ip"
+    return None  # unknown: no opinion
+
+
+def answers(command, events: list[dict]) -> bool:
+    """Whether a stored outcome can be the outcome of this command (same family of request)."""
+    mine = _family(type(command).__name__)
+    for ev in events:
+        theirs = _family(ev.get("command", "") if ev["type"] == "CommandRejected" else ev["type"])
+        if theirs is not None and theirs != mine:
+            return False
+    return True
+
+
 @web.middleware
 async def observed(request: web.Request, handler):
     """Count every request by route template and status, and time it."""
@@ -245,6 +312,7 @@ async def observed(request: web.Request, handler):
 async def errors(request: web.Request, handler):
     try:
         await request.app[AUTH].check(request)
+        check_request_text(request)
         return await handler(request)
     except ApiError as e:
         return e.response()
@@ -252,7 +320,10 @@ async def errors(request: web.Request, handler):
         return ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body").response()
     except web.HTTPException as e:
         if e.status >= 400:
-            return ApiError(e.status, "http", e.reason).response()
+            response = ApiError(e.status, "http", e.reason).response()
+            if "Allow" in e.headers:  # 405 says which methods the path has
+                response.headers["Allow"] = e.headers["Allow"]
+            return response
         raise
     except Exception:
         log.exception("request failed", path=request.path)
@@ -272,6 +343,7 @@ def make_app(api: Api, cfg: Config, auth: Authenticator) -> web.Application:
         web.delete("/v1/mac-leases/{namespace}/{vm}/{interface}", api.release_vm),
         web.delete("/v1/macs/{mac}", api.release_mac),
         *network_routes(api),
+        web.get("/v1/status", api.status),
         web.get("/healthz", api.healthz),
         web.get("/readyz", api.readyz),
         web.get("/openapi.json", api.openapi),

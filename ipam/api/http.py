@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from ..domain.messages import nul_field
 from . import models
 
 _json = msgspec.json.Encoder()
@@ -19,7 +20,7 @@ STATUS = {
     "invalid": 400, "malformed": 400, "unknown_pool": 404, "not_found": 404, "no_pool": 422,
     "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
     "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
-    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422,
+    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422,
 }
 CONFIG = web.AppKey("config", Config)
 _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
@@ -51,13 +52,31 @@ async def decode_body(request: web.Request, kind: type):
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body") from None
     try:
-        return msgspec.json.decode(raw, type=kind)
+        body = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as e:
         m = _FIELD.search(str(e))
         field = (m.group(1) or m.group(2)) if m else None
         raise ApiError(400, "invalid", str(e), field) from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid", f"body is not valid JSON: {e}", "body") from None
+    bad = nul_field(body)
+    if bad is not None:
+        raise ApiError(400, "invalid", f"{bad} contains U+0000, which ipam does not store", bad)
+    return body
+
+
+def check_request_text(request: web.Request) -> None:
+    """Query and path parameters and the Idempotency-Key are text ipam stores or compares in Postgres."""
+    for name, value in [*request.query.items(), *request.match_info.items()]:
+        if "\x00" in value or "\x00" in name:
+            raise ApiError(400, "invalid", f"{name} contains U+0000", name)
+    for name, value in request.query.items():
+        if not value:
+            raise ApiError(400, "invalid", f"{name} is empty; leave it out to match everything", name)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 128:
+        raise ApiError(400, "invalid", f"Idempotency-Key is {len(key)} characters; a command id has 1 to 128",
+                       "Idempotency-Key")
 
 
 def limit_of(request: web.Request) -> int:

@@ -176,3 +176,30 @@ class IpLeaseList(Struct):
 class IpReleased(Struct):
     released: list[IpLease]
     quarantined_until: list[str]
+
+
+class PartitionStatus(Struct):
+    partition: int
+    generation: int
+    epoch: int
+    owner: str | None
+    caught_up: bool
+    commands_decided: int
+    events_projected: int
+    commands_end: int | None = None
+    commands_waiting: int | None = None  # commands on the topic whose decision is not projected yet
+    events_end: int | None = None
+    events_waiting: int | None = None  # events on the topic not projected yet
+
+
+class PendingCounts(Struct):
+    mac: int
+    ip: int
+
+
+class Status(Struct):
+    broker: bool
+    partitions: list[PartitionStatus]
+    pools: list[Pool]
+    networks: list[Network]
+    pending: PendingCounts

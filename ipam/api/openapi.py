@@ -8,11 +8,12 @@ import msgspec
 
 from .. import __version__
 from . import models
+from .auth import OPEN_PATHS
 
 _MODELS = (models.PoolRequest, models.Pool, models.PoolList, models.LeaseRequest, models.Lease, models.LeaseAnswer,
            models.LeaseList, models.Released, models.Error, models.NetworkRequest, models.NetworkUpdate, models.Network,
            models.NetworkList, models.NetworkDeleted, models.IpLeaseRequest, models.IpLeaseAnswer, models.IpLeaseList,
-           models.IpReleased)
+           models.IpReleased, models.Status)
 
 
 def _ref(model: type) -> dict:
@@ -26,7 +27,8 @@ def _json(model: type, description: str) -> dict:
 def _errors(*codes: int) -> dict:
     text = {400: "Invalid input; `error.field` names the field", 404: "Not found",
             409: "Conflict (held, exhausted, overlap, in use)",
-            413: "Body too large", 422: "Request cannot be routed to a pool", 504: "No answer in time; retry with the same command id"}
+            413: "Body too large", 422: "Request cannot be routed to a pool, or a limit was reached",
+            504: "No answer in time; retry with the same command id"}
     return {str(c): _json(models.Error, text[c]) for c in codes}
 
 
@@ -42,7 +44,7 @@ def openapi_document() -> dict:
             "description": "Command id: a retry with the same key gets the same outcome."}
     release = {"200": _json(models.Released, "Released; the MACs are quarantined"), **_errors(400, 404, 504)}
     ip_release = {"200": _json(models.IpReleased, "Released; the addresses are quarantined"), **_errors(400, 404, 504)}
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {"title": "ipam", "version": __version__,
                  "description": "MAC and IP address management for KubeVirt VMs. Answers come after the lease is committed in Postgres."},
@@ -131,6 +133,8 @@ def openapi_document() -> dict:
                 "delete": {"summary": "Release the lease holding an address", "operationId": "releaseIp",
                            "parameters": [_param("network", "path", "Network"), _param("address", "path", "IP address"), idem],
                            "responses": ip_release}},
+            "/v1/status": {"get": {"summary": "Partitions (owner, epoch, what waits), pools and networks with usage, pending leases",
+                                   "operationId": "status", "responses": {"200": _json(models.Status, "Status")}}},
             "/healthz": {"get": {"summary": "Process is up", "operationId": "healthz",
                                  "responses": {"200": {"description": "Up"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)", "operationId": "metrics",
@@ -140,5 +144,26 @@ def openapi_document() -> dict:
             "/readyz": {"get": {"summary": "Partitions loaded, broker and database reachable", "operationId": "readyz",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
         },
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "A token from IPAM_TOKEN_FILE, or a Kubernetes token checked by TokenReview. Reading needs the "
+                           "reader role, changing anything the admin role."}}},
+        "security": [{"bearer": []}],
     }
+    _secure(document)
+    return document
+
+
+def _secure(document: dict) -> None:
+    """Open paths need no token; every other operation may answer 401 and 403."""
+    denied = {"401": _json(models.Error, "No token, or a token that is not valid"),
+              "403": _json(models.Error, "The token's role may not do this (reading needs reader, changing needs admin)")}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+            else:
+                operation["responses"].update(denied)
+                operation["responses"].setdefault("400", _json(models.Error, "Invalid input; `error.field` names the field"))
+                if "Idempotency-Key" in [p.get("name") for p in operation.get("parameters", [])]:
+                    operation["responses"].setdefault("422", _json(models.Error, "The Idempotency-Key was used for another kind of request"))

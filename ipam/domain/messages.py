@@ -398,3 +398,29 @@ EVENT_TYPES: tuple[type, ...] = (
 command_decoder = msgspec.json.Decoder(AnyCommand)
 event_decoder = msgspec.json.Decoder(AnyEvent)
 encoder = msgspec.json.Encoder()
+
+
+def nul_field(message: Struct, prefix: str = "") -> str | None:
+    """The first field (dotted path) whose text holds U+0000, or None.
+
+    JSON allows "\\u0000" in strings but Postgres text cannot store it; a command carrying one
+    is refused where it is decided, so it never reaches (and stalls) the projection."""
+    for name in message.__struct_fields__:
+        value = getattr(message, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path
+        elif isinstance(value, Struct):
+            found = nul_field(value, path + ".")
+            if found:
+                return found
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                if isinstance(item, str) and "\x00" in item:
+                    return f"{path}[{i}]"
+                if isinstance(item, Struct):
+                    found = nul_field(item, f"{path}[{i}].")
+                    if found:
+                        return found
+    return None

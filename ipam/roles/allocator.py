@@ -12,6 +12,7 @@ command ids make repeats harmless.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ..adapters.postgres.partitions import (claim, current_epochs, load_fences, 
                                             set_fence)
 from ..config import Config
 from ..domain.allocation import State, decide, evolve, pool_of, stream_key
-from ..domain.messages import CommandRejected, command_decoder
+from ..domain.messages import CommandRejected, command_decoder, nul_field
 from ..domain.records import EventRecord, record_decoder
 from .ownership import take_until_done
 from .continuity import command_id_of, ensure_continuity, skip_unserved
@@ -48,7 +49,7 @@ class Allocator:
     def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:
         self.cfg = cfg
         self.db = db
-        self.owner_id = f"allocator-{uuid.uuid4().hex[:8]}"
+        self.owner_id = f"{socket.gethostname()}/allocator-{uuid.uuid4().hex[:8]}"  # the pod name in Kubernetes
         self.owned: dict[int, Owned] = {}
         self.assigned: set[int] = set()
         self._consumer = kafka.consumer(cfg, f"{cfg.group_prefix}-allocator")
@@ -171,8 +172,10 @@ class Allocator:
                 owned.position = msgs[-1].offset + 1
                 telemetry.lag("allocator", self._consumer, tp, owned.position)
                 for msg in msgs:
+                    # events keep their command's key (pool, network or @registry); a poison command's have none
                     for rec in await self._decide_one(tp.partition, owned, msg.offset, msg.value):
-                        sends.append(self._producer.send(events_topic, record_encoder.encode(rec), partition=tp.partition))
+                        sends.append(self._producer.send(events_topic, record_encoder.encode(rec), key=msg.key,
+                                                         partition=tp.partition))
             if sends:
                 failpoints.hit("allocator.before_produce")
                 futures = await asyncio.gather(*sends)
@@ -216,7 +219,15 @@ class Allocator:
                                     f"undecodable command: {e}")
         else:
             key = stream_key(command)
-            if kafka.partition_for(key, self.cfg.partitions) != partition:
+            bad = nul_field(command) if b"\\u0000" in raw else None  # JSON can only carry U+0000 escaped
+            if bad == "command_id":  # not even the id can be stored: answered under a made-up id, like poison
+                events = [CommandRejected(command_id=f"undecodable:{partition}:{offset}", at=command.at,
+                                          command=type(command).__name__, code="invalid", field=bad,
+                                          reason="command_id contains U+0000, which ipam does not store")]
+            elif bad is not None:
+                events = [CommandRejected(command_id=command.command_id, at=command.at, command=type(command).__name__,
+                                          code="invalid", field=bad, reason=f"{bad} contains U+0000, which ipam does not store")]
+            elif kafka.partition_for(key, self.cfg.partitions) != partition:
                 events = [
                     CommandRejected(
                         command_id=command.command_id, at=command.at, command=type(command).__name__,

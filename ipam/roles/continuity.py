@@ -17,21 +17,24 @@ from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader
 from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
+from ..domain.messages import CommandId
 from ..domain.records import record_decoder
 
 log = structlog.get_logger("ipam.continuity")
 
 
 class _Id(msgspec.Struct):
-    command_id: str = ""
+    command_id: CommandId | None = None
 
 
 def command_id_of(raw: bytes, partition: int, offset: int) -> str:
+    """The command id of an undecodable command, when it is itself a valid id (so the caller
+    waiting on it is answered); else ``undecodable:<partition>:<offset>``."""
     try:
         cid = msgspec.json.decode(raw, type=_Id).command_id
     except (msgspec.DecodeError, msgspec.ValidationError):
-        cid = ""
-    return cid or f"undecodable:{partition}:{offset}"
+        cid = None
+    return cid if cid and "\x00" not in cid else f"undecodable:{partition}:{offset}"
 
 
 async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
+import structlog
 
 from ... import failpoints
 
@@ -27,6 +28,8 @@ from ...domain.pools import parse_range
 from ...domain.records import EventRecord, record_decoder
 from .ip_projection import IP_EVENTS, IpChanges, NetworkCache
 from .partitions import load_fences
+
+log = structlog.get_logger("ipam.projection")
 
 NOTIFY_CHANNEL = "ipam_outcomes"
 PRUNE_BATCH = 10000
@@ -66,6 +69,13 @@ class BatchResult:
     completed: list[str] = field(default_factory=list)
     dead_letters: list[tuple[int, bytes, str]] = field(default_factory=list)
 
+    def merge(self, later: BatchResult) -> BatchResult:
+        """This batch followed by ``later`` (when one batch was applied in parts)."""
+        return BatchResult(next_offset=later.next_offset, applied=self.applied + later.applied,
+                           dropped=self.dropped + later.dropped, duplicates=self.duplicates + later.duplicates,
+                           poison=self.poison + later.poison, completed=self.completed + later.completed,
+                           dead_letters=self.dead_letters + later.dead_letters)
+
 
 def record_hash(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
@@ -87,14 +97,33 @@ class Projector:
         self._fences.pop(partition, None)
         self._networks.forget()  # whoever projects it next may change its networks
 
-    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
+    async def apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]],
+                    poison: dict[int, str] | None = None) -> BatchResult:
+        """Apply a batch in one transaction.  Records at the offsets in ``poison`` are treated as
+        undecodable.  If Postgres refuses a value in the batch, the batch is applied record by record
+        and only the refused record is skipped, as poison: a bad record never stalls a partition."""
         try:
-            return await self._apply(conn, partition, expected, batch)
+            return await self._apply(conn, partition, expected, batch, poison or {})
+        except asyncpg.DataError as e:
+            self._networks.forget()
+            if len(batch) == 1:
+                if batch[0][0] in (poison or {}):
+                    raise
+                return await self.apply(conn, partition, expected, batch, {batch[0][0]: f"refused by Postgres: {e}"})
+            log.warning("Postgres refused a value in a batch; applying it record by record", partition=partition,
+                        records=len(batch), error=str(e))
+            total = None
+            for record in batch:
+                result = await self.apply(conn, partition, expected, [record], poison)
+                expected = result.next_offset
+                total = result if total is None else total.merge(result)
+            return total
         except BaseException:
             self._networks.forget()  # it may hold definitions of a batch that was not committed
             raise
 
-    async def _apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]]) -> BatchResult:
+    async def _apply(self, conn: asyncpg.Connection, partition: int, expected: int, batch: list[tuple[int, bytes]],
+                     poison: dict[int, str]) -> BatchResult:
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT generation, events_offset, commands_offset, applied_epoch, applied_seq "
@@ -125,11 +154,29 @@ class Projector:
                 result.next_offset = offset + 1
                 last_raw = raw
                 try:
+                    if offset in poison:
+                        raise msgspec.ValidationError(poison[offset])
                     rec = record_decoder.decode(raw)
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
                     result.poison += 1
                     result.dead_letters.append((offset, raw, str(e)))
-                    ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", str(e), raw))
+                    # Its envelope usually still reads: then it keeps its place in the epoch's sequence,
+                    # so one bad event is skipped instead of looking like a lost one (which fences the writer).
+                    header = _header_of(raw)
+                    if header is not None:
+                        if header.epoch > fences.max_epoch:
+                            fences = await self._fences_for(conn, partition, generation, header.epoch)
+                        last_epoch, last_seq = header.epoch, header.seq
+                        if fences.admits(header.epoch, offset) and not (
+                                header.epoch == applied_epoch and header.seq <= applied_seq):
+                            if applied_epoch is not None:
+                                want = applied_seq + 1 if header.epoch == applied_epoch else 1
+                                if header.seq != want:
+                                    raise SequenceGap(offset, f"epoch {header.epoch} seq {header.seq} after epoch "
+                                                              f"{applied_epoch} seq {applied_seq}")
+                            applied_epoch, applied_seq = header.epoch, header.seq
+                    ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", str(e), raw,
+                                        header.epoch if header else 0, header.seq if header else 0))
                     continue
                 if rec.epoch > fences.max_epoch:
                     fences = await self._fences_for(conn, partition, generation, rec.epoch)
@@ -304,6 +351,20 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
         encoder.encode(ev).decode(),
         network, None if address is None else address_of(address),
     )
+
+
+class _Header(msgspec.Struct):
+    """The envelope of an event record, read when the event inside cannot be."""
+
+    epoch: int
+    seq: int
+
+
+def _header_of(raw: bytes) -> _Header | None:
+    try:
+        return msgspec.json.decode(raw, type=_Header)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _note(generation, partition, offset, kind, command_id, reason, raw, epoch=0, seq=0) -> tuple:
