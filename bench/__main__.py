@@ -33,6 +33,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ipam.adapters.kafka import partition_for
 from ipam.devenv import select_backends
@@ -62,8 +64,8 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def create_pools(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
+async def create_pools(url: str, **session) -> None:
+    async with aiohttp.ClientSession(**session) as http:
         for i, name in enumerate(POOLS):
             body = {"name": name, "range": pool_range(i), "default": i == 0,
                     "namespaces": [f"lat-{i}", f"hook-{i}", f"hook-ip-{i}"]}
@@ -71,8 +73,8 @@ async def create_pools(url: str) -> None:
                 assert r.status == 201, await r.text()
 
 
-async def create_networks(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
+async def create_networks(url: str, **session) -> None:
+    async with aiohttp.ClientSession(**session) as http:
         for i, name in enumerate(NETWORKS):
             body = {"name": name, "subnets": [{"cidr": f"10.{100 + i}.0.0/16", "gateway": f"10.{100 + i}.0.1"},
                                               {"cidr": f"fd00:{100 + i:x}::/64", "gateway": f"fd00:{100 + i:x}::1"}],
@@ -221,12 +223,14 @@ def latency_figures(scenario: str, rate: int, lat: list[float], elapsed: float) 
             "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat)}
 
 
-async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict:
-    """Requests at a fixed offered rate; each is one new lease (MAC, or dual-stack IP) answered after commit."""
+async def latency(url: str, rate: int, seconds: float, ip: bool = False, **session) -> dict:
+    """Requests at a fixed offered rate; each is one new lease (MAC, or dual-stack IP) answered after commit.
+    ``session``: headers and a connector for the HTTPS-with-token variant."""
     lat: list[float] = []
     errors = 0
     path = "/v1/ip-leases" if ip else "/v1/mac-leases"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as http:
+    session.setdefault("connector", aiohttp.TCPConnector(limit=1000))
+    async with aiohttp.ClientSession(**session) as http:
         async def one(i: int) -> None:
             nonlocal errors
             t = time.perf_counter()
@@ -240,7 +244,7 @@ async def latency(url: str, rate: int, seconds: float, ip: bool = False) -> dict
             lat.append((time.perf_counter() - t) * 1000)
 
         elapsed = await offered_load(one, rate, seconds)
-    scenario = f"{'ip-latency' if ip else 'latency'}@{rate}/s"
+    scenario = f"{'ip-latency' if ip else 'latency'}{'-https' if url.startswith('https') else ''}@{rate}/s"
     return {**latency_figures(scenario, rate, lat, elapsed), "errors": errors}
 
 
@@ -298,9 +302,11 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
     ap.add_argument("--webhook-ip-rates", default=None, help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
+    ap.add_argument("--https-rates", default=None, help="offered POST /v1/mac-leases per second over HTTPS with a bearer "
+                                                        "token (default 100,500)")
     ap.add_argument("--samples", action="store_true", help="print each pipeline's commit timeline (stderr, JSON)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
-    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, webhook, webhook-ip, ip-latency, "
+    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, webhook-ip, ip-latency, "
                                                  "pipeline, ip-pipeline, baseline, takeover, rebuild, memory "
                                                  "(default: all)")
     args = ap.parse_args(argv)
@@ -310,27 +316,43 @@ async def main(argv: list[str]) -> int:
     webhook_ip_rates = [int(r) for r in (args.webhook_ip_rates if args.webhook_ip_rates is not None
                                          else ("100" if args.quick else "100,500")).split(",") if r]
     ip_rates = [int(r) for r in (args.ip_rates if args.ip_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
+    https_rates = [int(r) for r in (args.https_rates if args.https_rates is not None
+                                    else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
-    only = set(args.only.split(",")) if args.only else {"latency", "webhook", "webhook-ip", "ip-latency", "pipeline", "ip-pipeline",
-                                                        "baseline", "takeover", "rebuild", "memory"}
+    only = set(args.only.split(",")) if args.only else {"latency", "latency-https", "webhook", "webhook-ip", "ip-latency",
+                                                        "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory"}
     leases = args.leases or (20_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
     webhook_rates = webhook_rates if "webhook" in only else []
     ip_rates = ip_rates if "ip-latency" in only else []
+    https_rates = https_rates if "latency-https" in only else []
 
     backends = select_backends()
     results: list[dict] = []
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
 
+    planned = (len(rates) + len(https_rates) + len(webhook_rates) + len(webhook_ip_rates) + len(ip_rates)
+               + len({"pipeline", "ip-pipeline", "baseline"} & only) + (1 if {"takeover", "rebuild", "memory"} & only else 0))
+    # A progress bar on stderr when it is a terminal (figures stay on stdout, one JSON object per line).
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+    bar = progress.add_task("bench", total=planned)
+    progress.start()
+
     def report(result: dict) -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
+        if result.get("scenario") not in ("populate", "summary"):
+            progress.update(bar, advance=1, description=f"bench: {result.get('scenario')} done")
 
     try:
         for rate in rates:
             async with Stack(backends, tls, args.partitions) as stack:
                 report(await latency(stack.svc.url, rate, lat_seconds))
+        for rate in https_rates:
+            async with Stack(backends, tls, args.partitions, secure=True) as stack:
+                report(await latency(stack.svc.url, rate, lat_seconds, **stack.session(1000)))
         for rate in webhook_rates:
             async with Stack(backends, tls, args.partitions) as stack:
                 report(await webhook_latency(stack.webhook_url, tls, rate, lat_seconds))
@@ -362,9 +384,15 @@ async def main(argv: list[str]) -> int:
                     r["ratio_to_baseline"] = round(r["leases_per_s"] / max(1, base), 2)
                     summary[f"{r['scenario'].replace('-', '_')}_leases_per_s"] = r["leases_per_s"]
                     summary[f"{r['scenario'].replace('-', '_')}_ratio_to_baseline"] = r["ratio_to_baseline"]
+            by = {r["scenario"]: r for r in results}
+            for rate in set(rates) & set(https_rates):  # what HTTPS and a bearer token cost, measured in this run
+                plain, secure = by[f"latency@{rate}/s"], by[f"latency-https@{rate}/s"]
+                summary[f"https_to_plain_p50_at_{rate}"] = round(secure["p50_ms"] / max(plain["p50_ms"], 0.01), 2)
             print(json.dumps(summary), flush=True)
+        progress.stop()
         print(table(results), file=sys.stderr)
     finally:
+        progress.stop()
         backends.close()
     return 0
 
@@ -396,8 +424,18 @@ class Stack:
     (docs/performance.md), so a scenario run after others would measure their leftovers, not itself.
     Baseline and pipelines still share the Postgres server, as the comparison requires."""
 
-    def __init__(self, backends, tls: WebhookTls, partitions: int) -> None:
-        self.backends, self.tls, self.partitions = backends, tls, partitions
+    TOKEN = "bench-admin-token-0123456789"
+
+    def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False) -> None:
+        """``secure``: REST over HTTPS with a bearer token (what production runs), not plain HTTP on loopback."""
+        self.backends, self.tls, self.partitions, self.secure = backends, tls, partitions, secure
+
+    def session(self, limit: int = 100) -> dict:
+        """aiohttp.ClientSession arguments that reach this stack's REST API."""
+        if not self.secure:
+            return {"connector": aiohttp.TCPConnector(limit=limit)}
+        return {"connector": aiohttp.TCPConnector(limit=limit, ssl=self.tls.client_context()),
+                "headers": {"Authorization": f"Bearer {self.TOKEN}"}}
 
     async def __aenter__(self) -> Stack:
         if self.backends.broker is not None:
@@ -406,13 +444,18 @@ class Stack:
         self.cfg = make_config(self.backends.kafka_bootstrap, self.dsn, partitions=self.partitions)
         port = free_port()
         self.webhook_url = f"https://127.0.0.1:{port}/mutate-virtualmachines"
-        self.svc = ServiceProcess(self.cfg, log_path="/tmp/ipam-bench-service.log", extra_env={
-            "IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
-            "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}"}).start()
+        env = {"IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
+               "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}"}
+        if self.secure:
+            tokens = self.tls.folder / "bench-tokens"
+            tokens.write_text(f"{self.TOKEN} admin bench\n")
+            env |= {"IPAM_PLAIN_HTTP": "false", "IPAM_TOKEN_FILE": str(tokens)}
+        self.svc = ServiceProcess(self.cfg, log_path="/tmp/ipam-bench-service.log", extra_env=env,
+                                  client_ssl=self.tls.client_context() if self.secure else None).start()
         try:
             await self.svc.wait_ready()
-            await create_pools(self.svc.url)
-            await create_networks(self.svc.url)
+            await create_pools(self.svc.url, **self.session())
+            await create_networks(self.svc.url, **self.session())
         except BaseException:
             await self.__aexit__(None, None, None)
             raise

@@ -125,6 +125,8 @@ class Config:
                               f"with IPAM_KAFKA_SECURITY_PROTOCOL={cfg.kafka_security_protocol}")
         for setting in ("IPAM_ADMIN_SUBJECTS", "IPAM_READER_SUBJECTS"):
             subjects(env.get(setting, ""), setting)
+        if cfg.token_review and not cfg.kube_api:
+            raise ConfigError("IPAM_TOKEN_REVIEW=true needs IPAM_KUBE_API (in-cluster, a kubeconfig path or a URL)")
         return cfg
 
     def check_listener(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def make_config(kafka_bootstrap: str, database_url: str, **overrides) -> Config:
     uid = uuid.uuid4().hex[:8]
     values = dict(
         database_url=database_url, kafka_bootstrap=kafka_bootstrap, commands_topic=f"t{uid}.commands",
-        events_topic=f"t{uid}.events", group_prefix=f"t{uid}", http_addr="127.0.0.1:0", partitions=4,
+        events_topic=f"t{uid}.events", dead_letter_topic=f"t{uid}.dead-letter", group_prefix=f"t{uid}", http_addr="127.0.0.1:0", partitions=4,
         log_format="console", log_level="warning", plain_http=True,
     )
     values.update(overrides)
@@ -53,7 +54,7 @@ def env_of(cfg: Config) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "IPAM_DATABASE_URL": cfg.database_url, "IPAM_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap or "",
-        "IPAM_COMMANDS_TOPIC": cfg.commands_topic, "IPAM_EVENTS_TOPIC": cfg.events_topic,
+        "IPAM_COMMANDS_TOPIC": cfg.commands_topic, "IPAM_EVENTS_TOPIC": cfg.events_topic, "IPAM_DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
         "IPAM_GROUP_PREFIX": cfg.group_prefix, "IPAM_PARTITIONS": str(cfg.partitions),
         "IPAM_HTTP_ADDR": cfg.http_addr, "IPAM_QUARANTINE_SECONDS": str(cfg.quarantine_seconds),
         "IPAM_LOG_LEVEL": cfg.log_level, "IPAM_LOG_FORMAT": "json", "IPAM_PLAIN_HTTP": str(cfg.plain_http).lower(),
@@ -73,17 +74,27 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.1):
         await asyncio.sleep(interval)
 
 
+async def lease_one(http: aiohttp.ClientSession, url: str, pool: str, mac_range: str, namespace: str = "team") -> dict:
+    """Create a pool serving ``namespace`` and lease one MAC in it through REST: the pipeline works end to end."""
+    async with http.post(url + "/v1/pools", json={"name": pool, "range": mac_range, "namespaces": [namespace]}) as r:
+        assert r.status == 201, await r.text()
+    async with http.post(url + "/v1/mac-leases", json={"namespace": namespace, "vm": "v", "vm_uid": "u", "interface": "eth0"}) as r:
+        assert r.status == 201, await r.text()
+        return (await r.json())["lease"]
+
+
 class ServiceProcess:
     """`ipam serve` as a child process, so a test can kill -9 it."""
 
     def __init__(self, cfg: Config, roles: tuple[str, ...] = ("all",), log_path: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, client_ssl: ssl.SSLContext | None = None) -> None:
         port = free_port() if cfg.http_addr.endswith(":0") else int(cfg.http_addr.rsplit(":", 1)[1])
         self.cfg = cfg
         self.env = env_of(cfg)
         self.env["IPAM_HTTP_ADDR"] = f"127.0.0.1:{port}"
         self.env.update(extra_env or {})
-        self.url = f"http://127.0.0.1:{port}"
+        self.client_ssl = client_ssl  # set when the process serves HTTPS: how clients trust it
+        self.url = f"{'https' if client_ssl else 'http'}://127.0.0.1:{port}"
         self.roles = roles
         self.log_path = log_path or f"/tmp/ipam-test-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen | None = None
@@ -107,7 +118,7 @@ class ServiceProcess:
 
     async def wait_ready(self, timeout: float = 90) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.client_ssl or True)) as http:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"ipam serve exited with {self.proc.returncode}; log: {self.log_path}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = {"latency@100/s", "webhook@100/s", "webhook-ip@100/s", "ip-latency@100/s", "pipeline", "ip-pipeline",
+SCENARIOS = {"latency@100/s", "latency-https@100/s", "webhook@100/s", "webhook-ip@100/s", "ip-latency@100/s", "pipeline", "ip-pipeline",
              "populate", "takeover", "memory", "rebuild", "baseline", "summary"}
 
 

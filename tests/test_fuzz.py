@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from .harness import ServiceProcess, create_database, drop_database, make_config
+from .harness import ServiceProcess, create_database, drop_database, lease_one, make_config
 
 TOKEN = "fuzz-admin-token-0123456789"
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
@@ -51,12 +51,7 @@ async def test_the_api_survives_fuzzing_with_no_server_error(fuzzed):
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         async with http.get(fuzzed.url + "/readyz") as r:
             assert r.status == 200
-        async with http.post(fuzzed.url + "/v1/pools", json={"name": "after-fuzz", "range": "02:90:00:00:00:00-02:90:00:00:00:ff",
-                                                             "namespaces": ["after"]}) as r:
-            assert r.status == 201, await r.text()
-        async with http.post(fuzzed.url + "/v1/mac-leases", json={"namespace": "after", "vm": "v", "vm_uid": "u",
-                                                                  "interface": "eth0"}) as r:
-            assert r.status == 201, await r.text()
+        await lease_one(http, fuzzed.url, "after-fuzz", "02:90:00:00:00:00-02:90:00:00:00:ff", "after")
     conn = await asyncpg.connect(fuzzed.cfg.database_url)
     try:
         assert await conn.fetchval("SELECT max(epoch) FROM ipam.partitions") == 1  # nothing fenced, nothing decided twice

@@ -21,7 +21,7 @@ from ipam.config import Config
 from ipam.devenv import _wait_port, free_port
 from ipam.service import Service
 
-from .harness import make_config
+from .harness import lease_one, make_config
 
 
 class TlsProxy:
@@ -88,12 +88,7 @@ async def test_the_pipeline_runs_over_mutual_tls_to_the_broker(tls_broker, datab
                       kafka_cert_file=str(files / "client.pem"), kafka_key_file=str(files / "client.key"), partitions=2)
     async with Service(cfg) as svc, aiohttp.ClientSession() as http:
         await svc.wait_ready()
-        async with http.post(svc.url + "/v1/pools", json={"name": "tls", "range": "02:30:00:00:00:00-02:30:00:00:00:0f",
-                                                          "namespaces": ["team"]}) as r:
-            assert r.status == 201, await r.text()
-        async with http.post(svc.url + "/v1/mac-leases", json={"namespace": "team", "vm": "v", "vm_uid": "u",
-                                                               "interface": "default"}) as r:
-            assert r.status == 201, await r.text()
+        await lease_one(http, svc.url, "tls", "02:30:00:00:00:00-02:30:00:00:00:0f")
     assert proxy.sessions >= 3  # bootstrap, producer and consumers all came through TLS
 
 

@@ -98,3 +98,32 @@ async def test_commands_the_api_would_refuse_do_not_stall_their_partition(servic
         assert epoch == 1  # nothing was fenced or decided again
     finally:
         await conn.close()
+
+
+async def test_a_command_the_decider_fails_on_is_rejected_and_the_partition_goes_on(service, http, monkeypatch):
+    """Fault injection of a decider bug: one command makes ``decide`` raise.  It is rejected (500 `internal`),
+    dead-lettered, and the next command on the same partition is decided at once; nothing is fenced."""
+    from ipam.roles import allocator
+
+    real = allocator.decide
+
+    def buggy(state, command):
+        if getattr(command, "owner", None) is not None and command.owner.vm == "trips-the-bug":
+            raise ZeroDivisionError("injected")
+        return real(state, command)
+
+    monkeypatch.setattr(allocator, "decide", buggy)
+    async with http.post(service.url + "/v1/pools", json={"name": "bug", "range": "02:82:00:00:00:00-02:82:00:00:00:ff",
+                                                          "default": True}) as r:
+        assert r.status == 201
+    owner = {"namespace": "team", "vm_uid": "u", "interface": "eth0"}
+    async with http.post(service.url + "/v1/mac-leases", json={**owner, "vm": "trips-the-bug"}) as r:
+        assert r.status == 500 and (await r.json())["error"]["code"] == "internal"
+    async with http.post(service.url + "/v1/mac-leases", json={**owner, "vm": "fine"}) as r:
+        assert r.status == 201, await r.text()
+    conn = await asyncpg.connect(service.cfg.database_url)
+    try:
+        partition = partition_for("bug", service.cfg.partitions)
+        assert await conn.fetchval("SELECT epoch FROM ipam.partitions WHERE partition = $1", partition) == 1
+    finally:
+        await conn.close()

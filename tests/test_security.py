@@ -78,9 +78,16 @@ async def test_rest_over_https_needs_a_token_and_the_right_role(backends, databa
             assert r.status == 201, await r.text()
         async with https.get(svc.url + "/v1/pools", headers=_bearer(READER)) as r:
             assert r.status == 200 and [p["name"] for p in (await r.json())["pools"]] == ["sec"]
+        tls.ca.cert_pem.write_to_path(str(tls.folder / "ca.pem"))
+        cli = [sys.executable, "-m", "ipam", "--url", svc.url, "--cacert", str(tls.folder / "ca.pem"), "--json"]
+        listed = await asyncio.to_thread(subprocess.run, [*cli, "--token", READER, "pool", "list"], capture_output=True,
+                                         text=True, timeout=60)
+        assert listed.returncode == 0 and "sec" in listed.stdout, listed.stderr
+        refused = await asyncio.to_thread(subprocess.run, [*cli, "pool", "list"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "Authorization: missing bearer token" in refused.stderr
         after = await _auth_failures(https, svc.url, READER)
-        for reason in ("missing", "invalid", "forbidden"):
-            assert after.get(reason, 0) - before.get(reason, 0) == 1, (reason, before, after)
+        for reason, count in (("missing", 2), ("invalid", 1), ("forbidden", 1)):
+            assert after.get(reason, 0) - before.get(reason, 0) == count, (reason, before, after)
         # the webhook listener serves the webhook only: REST paths and tokens do not exist there
         async with https.get(f"https://127.0.0.1:{svc.webhook_port}/v1/pools", headers=_bearer(ADMIN)) as r:
             assert r.status == 404
@@ -146,6 +153,7 @@ async def test_token_review_maps_users_and_groups_to_roles(backends, database, t
     ({"IPAM_TLS_CERT_FILE": "/c", "IPAM_TLS_KEY_FILE": "/k"}, "needs a token source"),
     ({"IPAM_ADMIN_SUBJECTS": "admins"}, "IPAM_ADMIN_SUBJECTS: 'admins' is not user:NAME or group:NAME"),
     ({"IPAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "IPAM_KAFKA_SASL_MECHANISM=''"),
+    ({"IPAM_TOKEN_REVIEW": "true"}, "IPAM_TOKEN_REVIEW=true needs IPAM_KUBE_API"),
 ])
 def test_unsafe_or_broken_listener_settings_are_refused(settings, complaint):
     with pytest.raises(ConfigError, match=complaint.replace("(", r"\(")):

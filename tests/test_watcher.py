@@ -8,8 +8,10 @@ import asyncio
 import aiohttp
 import asyncpg
 import pytest
+import structlog
 
 from ipam.roles.watcher import Watcher
+from ipam.roles import watcher as watcher_module
 from ipam.service import Service
 
 from .harness import create_database, drop_database, make_config
@@ -101,8 +103,11 @@ async def test_a_vm_that_never_appears_loses_its_pending_lease(kv_factory):
     assert [r["detail"] for r in reasons] == ["pending-expired"]
 
 
-async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factory, kube):
+async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factory, kube, monkeypatch):
     """Migration from KubeMacPool: MACs already in VM specs become leases; a MAC two VMs carry is a conflict."""
+    monkeypatch.setattr(watcher_module, "PROGRESS_SECONDS", 0.0)  # report progress after every VM
+    logs = structlog.testing.LogCapture()
+    monkeypatch.setattr(watcher_module, "log", structlog.wrap_logger(None, processors=[logs], wrapper_class=structlog.BoundLogger))
     await kube.put("virtualmachines", vm_manifest("old-a", macs={"default": "02:00:00:00:10:01", "blue": "02:00:00:00:10:02",
                                                                   "green": "02:00:00:00:10:03"}))
     await kube.put("virtualmachines", vm_manifest("old-b", macs={"default": "02:00:00:00:10:04", "blue": "02:00:00:00:10:02",
@@ -114,6 +119,8 @@ async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factor
         return rows if len(rows) == 5 else None
 
     rows = await eventually(adopted)
+    progress = [(e["observed"], e["of"]) for e in logs.entries if e["event"] == "observing listed VMs"]
+    assert progress[:2] == [(1, 2), (2, 2)]
     assert {r["mac"]: (r["vm"], r["interface"]) for r in rows} == {
         "02:00:00:00:10:01": ("old-a", "default"), "02:00:00:00:10:02": ("old-a", "blue"),
         "02:00:00:00:10:03": ("old-a", "green"), "02:00:00:00:10:04": ("old-b", "default"),

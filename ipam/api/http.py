@@ -20,7 +20,7 @@ STATUS = {
     "invalid": 400, "malformed": 400, "unknown_pool": 404, "not_found": 404, "no_pool": 422,
     "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
     "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
-    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422,
+    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422, "internal": 500,
 }
 CONFIG = web.AppKey("config", Config)
 _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")

@@ -204,6 +204,7 @@ class Allocator:
                 await take_until_done(self, partition, log)
 
     async def _decide_one(self, partition: int, owned: Owned, offset: int, raw: bytes) -> list[EventRecord]:
+        command = None
         try:
             command = command_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -238,8 +239,16 @@ class Allocator:
                 pool = pool_of(command)
                 if pool is not None and pool not in owned.state.pools:
                     await self._refresh_pools(command.at)
-                events = decide(owned.state, command)
-        telemetry.commands.labels(events[0].command if isinstance(events[0], CommandRejected) else type(command).__name__).inc()
+                try:
+                    events = decide(owned.state, command)  # pure: on an exception the state is as it was
+                except Exception as e:  # a command the decider cannot handle is poison: refuse it, keep the partition going
+                    reason = f"ipam could not decide this command: {e!r}"
+                    log.exception("decider failed; command rejected and dead-lettered", command_id=command.command_id,
+                                  command=type(command).__name__, partition=partition, offset=offset)
+                    events = [CommandRejected(command_id=command.command_id, at=command.at, command=type(command).__name__,
+                                              code="internal", reason=reason)]
+                    await kafka.dead_letter(self._producer, self.cfg, self.cfg.commands_topic, partition, offset, raw, reason)
+        telemetry.commands.labels(type(command).__name__ if command is not None else "unknown").inc()
         for ev in events:
             if isinstance(ev, CommandRejected):
                 telemetry.rejections.labels(ev.code).inc()

@@ -35,6 +35,7 @@ from ..domain.routing import RoutingError, choose_pool
 from .ip_watcher import IpWatch, insert_guest_rows
 
 log = structlog.get_logger("ipam.watcher")
+PROGRESS_SECONDS = 5.0  # how often a long full list logs its progress
 LEADER_LOCK = 0x1BA3_0002  # pg_advisory_lock key of the watcher (0x1BA3_0001 is the migrations lock)
 NAD_SYNC_WAIT = 10.0  # seconds the first VM list waits for the NetworkAttachmentDefinitions
 
@@ -146,10 +147,14 @@ class Watcher:
         ip_holding = await self.ip.holding()
         listed = set()
         self._last.clear()
-        for vm in items:
+        reported = time.monotonic()
+        for done, vm in enumerate(items, 1):
             uid = vm["metadata"]["uid"]
             listed.add(uid)
             await self._observe(vm, deleted=False, holding=holding.get(uid, set()), ip_holding=ip_holding.get(uid, set()))
+            if time.monotonic() - reported >= PROGRESS_SECONDS:  # adopting a large cluster takes a while: say how far
+                reported = time.monotonic()
+                log.info("observing listed VMs", observed=done, of=len(items), percent=round(100 * done / len(items), 1))
         gone = [r for r in rows if r["vm_uid"] not in listed]
         for r in gone:
             await self.bus.send(ObserveVm(command_id=f"watch:{r['vm_uid']}:gone:{r['pool']}", at=_now(), pool=r["pool"],
