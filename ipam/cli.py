@@ -22,7 +22,7 @@ from rich.table import Table
 from .config import Config, ConfigError
 from .domain.ip import AddressError, NetworkError, build_network, format_address, parse_address
 from .domain.kubevirt import SpecError
-from .domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from .domain.mac import MacFormatError, format_mac, parse_unicast
 from .domain.nad import subnet_specs
 from .domain.pools import RangeError, parse_range
 
@@ -74,17 +74,26 @@ def _fail(field: str, reason: str) -> None:
     raise click.UsageError(f"{field}: {reason}")
 
 
+def _neither(option: str, namespace: str | None) -> None:
+    """A release names one address (``option``) or an owner, not both."""
+    if namespace:
+        _fail(option, f"give either {option} or NAMESPACE VM, not both")
+
+
+def _owner_path(namespace: str | None, vm: str | None, interface: str | None, option: str) -> str:
+    """NAMESPACE/VM[/INTERFACE] of a release, quoted for a URL path."""
+    if not namespace or not vm:
+        _fail("NAMESPACE VM", f"both are required (or {option})")
+    return "/".join(urllib.parse.quote(p, safe="") for p in (namespace, vm, interface) if p)
+
+
 def _check_mac(value: str | None, field: str = "--mac") -> str | None:
     if value is None:
         return None
     try:
-        mac = parse_mac(value)
+        return format_mac(parse_unicast(value))
     except MacFormatError as e:
         _fail(field, str(e))
-    problem = unicast_problem(mac)
-    if problem:
-        _fail(field, f"{format_mac(mac)}: {problem}")
-    return format_mac(mac)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -229,14 +238,10 @@ def lease(client: Client, namespace: str, vm: str, vm_uid: str, interface: str, 
 def release(client: Client, namespace: str | None, vm: str | None, interface: str | None, mac: str | None) -> None:
     """Release NAMESPACE VM [INTERFACE], or --mac MAC."""
     if mac is not None:
-        if namespace:
-            _fail("--mac", "give either --mac or NAMESPACE VM, not both")
+        _neither("--mac", namespace)
         r = client.call("DELETE", f"/v1/macs/{urllib.parse.quote(_check_mac(mac))}")
     else:
-        if not namespace or not vm:
-            _fail("NAMESPACE VM", "both are required (or --mac)")
-        path = "/".join(urllib.parse.quote(p, safe="") for p in (namespace, vm, interface) if p)
-        r = client.call("DELETE", f"/v1/mac-leases/{path}")
+        r = client.call("DELETE", f"/v1/mac-leases/{_owner_path(namespace, vm, interface, '--mac')}")
     client.show(r["released"], ["mac", "pool", "namespace", "vm", "interface"], r)
 
 
@@ -390,14 +395,10 @@ def ip_release(client: Client, network: str, namespace, vm, interface, address) 
     """Release NETWORK NAMESPACE VM [INTERFACE], or NETWORK --address ADDRESS."""
     quoted = urllib.parse.quote(network, safe="")
     if address is not None:
-        if namespace:
-            _fail("--address", "give either --address or NAMESPACE VM, not both")
+        _neither("--address", namespace)
         r = client.call("DELETE", f"/v1/ips/{quoted}/{urllib.parse.quote(_check_address(address, '--address'))}")
     else:
-        if not namespace or not vm:
-            _fail("NAMESPACE VM", "both are required (or --address)")
-        path = "/".join(urllib.parse.quote(p, safe="") for p in (namespace, vm, interface) if p)
-        r = client.call("DELETE", f"/v1/ip-leases/{quoted}/{path}")
+        r = client.call("DELETE", f"/v1/ip-leases/{quoted}/{_owner_path(namespace, vm, interface, '--address')}")
     client.show(r["released"], ["address", "network", "namespace", "vm", "interface"], r)
 
 

@@ -32,8 +32,12 @@ class TopicError(RuntimeError):
     pass
 
 
+@functools.lru_cache(maxsize=8)
 def connection_options(cfg: Config) -> dict:
-    """Bootstrap servers and security settings, the same for every client (producer, consumer, admin)."""
+    """Bootstrap servers and security settings, the same for every client (producer, consumer, admin).
+
+    Made once per configuration: the SSL context and the password file are not read again for each
+    client (a LogReader is made per partition takeover and per status call).  Callers copy, never mutate."""
     options: dict = {"bootstrap_servers": cfg.kafka_bootstrap, "security_protocol": cfg.kafka_security_protocol}
     if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
         context = create_ssl_context(cafile=cfg.kafka_ca_file or None, certfile=cfg.kafka_cert_file or None,

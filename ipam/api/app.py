@@ -29,7 +29,7 @@ from ..adapters import kafka
 from ..adapters.bus import CommandBus, OutcomeTimeout
 from .auth import AUTH, Authenticator
 from .metrics import Metrics, render
-from .networks import routes as network_routes
+from .networks import NetworkApi, routes as network_routes
 from .openapi import openapi_document
 
 log = structlog.get_logger("ipam.api")
@@ -50,7 +50,7 @@ class Api:
         self.attachments: dict[str, list] = {}
         self._networks_at = 0.0
         self.metrics = Metrics()
-        self.networks = None  # the NetworkApi, set when the routes are made
+        self.networks = NetworkApi(self)
 
     async def refresh_networks(self, max_age: float = 0.0) -> dict[str, list]:
         """NetworkAttachmentDefinition ("namespace/name") -> the networks that serve it (one, normally)."""

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from ..config import Config
-from ..domain.mac import MacFormatError, format_mac, parse_mac, unicast_problem
+from ..domain.mac import MacFormatError, parse_unicast
 from ..domain.messages import nul_field
 from . import models
 
@@ -59,7 +59,7 @@ async def decode_body(request: web.Request, kind: type):
         raise ApiError(400, "invalid", str(e), field) from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid", f"body is not valid JSON: {e}", "body") from None
-    bad = nul_field(body)
+    bad = nul_field(body) if b"\\u0000" in raw else None  # JSON can only carry U+0000 escaped
     if bad is not None:
         raise ApiError(400, "invalid", f"{bad} contains U+0000, which ipam does not store", bad)
     return body
@@ -91,13 +91,9 @@ def mac_field(text: str | None, field: str = "mac") -> int | None:
     if text is None:
         return None
     try:
-        mac = parse_mac(text)
+        return parse_unicast(text)
     except MacFormatError as e:
         raise ApiError(400, "invalid", str(e), field) from None
-    problem = unicast_problem(mac)
-    if problem:
-        raise ApiError(400, "invalid", f"{format_mac(mac)}: {problem}", field)
-    return mac
 
 
 def raise_rejection(events: list[dict]) -> None:

@@ -155,7 +155,7 @@ class NetworkApi:
 
 
 def routes(api) -> list[web.RouteDef]:
-    n = api.networks = NetworkApi(api)
+    n = api.networks
     return [
         web.post("/v1/networks", n.create),
         web.get("/v1/networks", n.list),

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from . import ip_allocation as ip
-from .mac import MacFormatError, format_mac, parse_mac, unicast_at, unicast_below, unicast_problem
+from .mac import MacFormatError, format_mac, parse_mac, parse_unicast, unicast_at, unicast_below
 from .messages import (
     AnyCommand,
     AnyEvent,
@@ -328,12 +328,9 @@ def _lease(state: State, cmd: LeaseMac) -> list[AnyEvent]:
 
 def _lease_static(state: State, cmd: LeaseMac, pool: Pool, book: PoolBook, held: int | None) -> list[AnyEvent]:
     try:
-        mac = parse_mac(cmd.mac)
+        mac = parse_unicast(cmd.mac)
     except MacFormatError as e:
         return _reject(cmd, "invalid", str(e), "mac")
-    problem = unicast_problem(mac)
-    if problem:
-        return _reject(cmd, "invalid", f"{format_mac(mac)}: {problem}", "mac")
     if pool.range is None:
         inside = next((p for p in state.pools.values() if p.range is not None and mac in p.range), None)
         if inside is not None:

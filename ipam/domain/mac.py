@@ -51,6 +51,15 @@ def unicast_problem(value: int) -> str | None:
     return None
 
 
+def parse_unicast(text: str) -> int:
+    """A MAC that can be assigned to an interface: parsed, and refused (MacFormatError) if it is not unicast."""
+    mac = parse_mac(text)
+    problem = unicast_problem(mac)
+    if problem:
+        raise MacFormatError(f"{format_mac(mac)}: {problem}")
+    return mac
+
+
 # Unicast ordinals: the n-th unicast MAC.  Bit 40 is the multicast bit, so the unicast
 # addresses are the blocks [k*2^41, k*2^41 + 2^40).  Working in ordinal space lets a
 # pool like 02:00:00:00:00:00-fd:ff:ff:ff:ff:ff be a contiguous run of integers that we

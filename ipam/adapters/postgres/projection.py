@@ -146,7 +146,7 @@ class Projector:
             last_command_id = None
             last_epoch = last_seq = None
             last_raw = None
-            applied_epoch, applied_seq = row["applied_epoch"], row["applied_seq"]
+            order = _Order(row["applied_epoch"], row["applied_seq"])
             fences = await self._fences_for(conn, partition, generation, 0)
             await self._networks.ensure(conn)
             ip = IpChanges(self._networks, self._partition_of)
@@ -157,49 +157,36 @@ class Projector:
                     if offset in poison:
                         raise msgspec.ValidationError(poison[offset])
                     rec = record_decoder.decode(raw)
+                    head = rec
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    rec, head, why = None, _header_of(raw), str(e)
                     result.poison += 1
-                    result.dead_letters.append((offset, raw, str(e)))
-                    # Its envelope usually still reads: then it keeps its place in the epoch's sequence,
-                    # so one bad event is skipped instead of looking like a lost one (which fences the writer).
-                    header = _header_of(raw)
-                    if header is not None:
-                        if header.epoch > fences.max_epoch:
-                            fences = await self._fences_for(conn, partition, generation, header.epoch)
-                        last_epoch, last_seq = header.epoch, header.seq
-                        if fences.admits(header.epoch, offset) and not (
-                                header.epoch == applied_epoch and header.seq <= applied_seq):
-                            if applied_epoch is not None:
-                                want = applied_seq + 1 if header.epoch == applied_epoch else 1
-                                if header.seq != want:
-                                    raise SequenceGap(offset, f"epoch {header.epoch} seq {header.seq} after epoch "
-                                                              f"{applied_epoch} seq {applied_seq}")
-                            applied_epoch, applied_seq = header.epoch, header.seq
-                    ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", str(e), raw,
-                                        header.epoch if header else 0, header.seq if header else 0))
+                    result.dead_letters.append((offset, raw, why))
+                verdict = "poison"
+                if head is not None:  # a poison record whose envelope reads keeps its place in the sequence,
+                    # so one bad event is skipped instead of looking like a lost one (which fences the writer)
+                    if head.epoch > fences.max_epoch:
+                        fences = await self._fences_for(conn, partition, generation, head.epoch)
+                    last_epoch, last_seq = head.epoch, head.seq
+                    verdict = order.admit(fences, head.epoch, head.seq, offset)
+                if rec is None:
+                    ledger.append(_note(generation, partition, offset, "PoisonEvent", f"poison:{partition}:{offset}", why, raw,
+                                        head.epoch if head else 0, head.seq if head else 0))
                     continue
-                if rec.epoch > fences.max_epoch:
-                    fences = await self._fences_for(conn, partition, generation, rec.epoch)
-                last_epoch, last_seq = rec.epoch, rec.seq
-                if not fences.admits(rec.epoch, offset):
+                if verdict == "zombie":
                     result.dropped += 1
                     ledger.append(
                         _note(generation, partition, offset, "ZombieEventDropped", rec.event.command_id,
                               f"epoch {rec.epoch} was fenced off by a newer allocator", raw, rec.epoch, rec.seq)
                     )
                     continue
-                if rec.epoch == applied_epoch and rec.seq <= applied_seq:
+                if verdict == "duplicate":
                     result.duplicates += 1
                     ledger.append(
                         _note(generation, partition, offset, "DuplicateEventDropped", rec.event.command_id,
                               f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
                     )
                     continue
-                if applied_epoch is not None:
-                    want = applied_seq + 1 if rec.epoch == applied_epoch else 1
-                    if rec.seq != want:
-                        raise SequenceGap(offset, f"epoch {rec.epoch} seq {rec.seq} after epoch {applied_epoch} seq {applied_seq}")
-                applied_epoch, applied_seq = rec.epoch, rec.seq
                 ev = rec.event
                 result.applied += 1
                 if rec.source_offset + 1 > commands_offset:
@@ -253,7 +240,7 @@ class Projector:
                    updated_at = now()
                    WHERE partition = $1""",
                 partition, result.next_offset, last_epoch, last_seq, commands_offset, last_command_id,
-                applied_epoch, applied_seq, None if last_raw is None else record_hash(last_raw),
+                order.epoch, order.seq, None if last_raw is None else record_hash(last_raw),
             )
             result.completed = sorted(complete)
             await _notify(conn, outcomes, complete)
@@ -351,6 +338,28 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
         encoder.encode(ev).decode(),
         network, None if address is None else address_of(address),
     )
+
+
+class _Order:
+    """Which record a partition applies next: (epoch, seq) of the last applied, checked against the fences."""
+
+    __slots__ = ("epoch", "seq")
+
+    def __init__(self, epoch: int | None, seq: int | None) -> None:
+        self.epoch, self.seq = epoch, seq
+
+    def admit(self, fences: Fences, epoch: int, seq: int, offset: int) -> str:
+        """zombie (a fenced writer's record), duplicate (already applied) or apply; SequenceGap if one was lost."""
+        if not fences.admits(epoch, offset):
+            return "zombie"
+        if epoch == self.epoch and seq <= self.seq:
+            return "duplicate"
+        if self.epoch is not None:
+            want = self.seq + 1 if epoch == self.epoch else 1
+            if seq != want:
+                raise SequenceGap(offset, f"epoch {epoch} seq {seq} after epoch {self.epoch} seq {self.seq}")
+        self.epoch, self.seq = epoch, seq
+        return "apply"
 
 
 class _Header(msgspec.Struct):
