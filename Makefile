@@ -16,6 +16,7 @@ run: $(STAMP)  ## migrate and serve everything on 127.0.0.1:8080, plain HTTP on 
 	IPAM_LOG_FORMAT=$${IPAM_LOG_FORMAT:-console} IPAM_PLAIN_HTTP=$${IPAM_PLAIN_HTTP:-true} $(BIN)/ipam serve
 
 test: $(STAMP)  ## the whole suite on real services (local broker and Postgres, or Docker, or IPAM_TEST_*)
+	$(BIN)/ruff check ipam tests bench examples
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

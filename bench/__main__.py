@@ -37,13 +37,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ipam.adapters.kafka import partition_for
-from ipam.devenv import select_backends
-from ipam.domain.messages import LeaseIp, LeaseMac, Owner, encoder
-from ipam.devenv import free_port
+from ipam.devenv import free_port, select_backends
+from ipam.domain.commands import LeaseIp, LeaseMac
+from ipam.domain.events import encoder
+from ipam.domain.owners import Owner
 from tests.harness import ServiceProcess, create_database, drop_database, env_of, make_config
+from tests.kubevirt import WebhookTls, review, vm_manifest
 
 from .large_state import BIG_POOL, BIG_RANGE, measure_rebuild, measure_takeover, populate
-from tests.kubevirt import WebhookTls, review, vm_manifest
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
@@ -130,7 +131,8 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = Fa
             futures = []
             for _ in range(2000):
                 key, cmd = make(sent, at)
-                futures.append(await producer.send(cfg.commands_topic, encoder.encode(cmd), key=key.encode(), partition=parts[key]))
+                futures.append(await producer.send(cfg.commands_topic, encoder.encode(cmd), key=key.encode(),
+                                                   partition=parts[key]))
                 sent += 1
             await asyncio.gather(*futures)
         done = await projected(conn)
@@ -184,7 +186,8 @@ async def baseline(dsn: str, seconds: float, concurrency: int = 16) -> dict:
         i = w
         async with pool.acquire() as c:
             take = await c.prepare("SELECT next_mac, last_mac FROM bench_baseline.pools WHERE name = $1 FOR UPDATE")
-            insert = await c.prepare("INSERT INTO bench_baseline.leases (mac, pool, namespace, vm, vm_uid, interface) VALUES ($1, $2, 'bench', $3, $4, 'eth0')")
+            insert = await c.prepare("INSERT INTO bench_baseline.leases (mac, pool, namespace, vm, vm_uid, interface) "
+                                     "VALUES ($1, $2, 'bench', $3, $4, 'eth0')")
             bump = await c.prepare("UPDATE bench_baseline.pools SET next_mac = next_mac + 1 WHERE name = $1")
             while time.perf_counter() < stop_at:
                 p = POOLS[i % len(POOLS)]
@@ -294,28 +297,34 @@ def table(results: list[dict]) -> str:
 
 
 async def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs: check the benchmarks work (CI)")
     ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 5)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
-    ap.add_argument("--webhook-ip-rates", default=None, help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
+    ap.add_argument("--webhook-ip-rates", default=None,
+                    help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
     ap.add_argument("--https-rates", default=None, help="offered POST /v1/mac-leases per second over HTTPS with a bearer "
                                                         "token (default 100,500)")
     ap.add_argument("--samples", action="store_true", help="print each pipeline's commit timeline (stderr, JSON)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
-    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, webhook-ip, ip-latency, "
+    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, "
+                    "webhook-ip, ip-latency, "
                                                  "pipeline, ip-pipeline, baseline, takeover, rebuild, memory "
                                                  "(default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
-    rates = [int(r) for r in (args.rates if args.rates is not None else ("100" if args.quick else "100,500,1000")).split(",") if r]
-    webhook_rates = [int(r) for r in (args.webhook_rates if args.webhook_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
+    def rates_of(given: str | None, full: str) -> list[int]:
+        return [int(r) for r in (given if given is not None else ("100" if args.quick else full)).split(",") if r]
+
+    rates = rates_of(args.rates, "100,500,1000")
+    webhook_rates = rates_of(args.webhook_rates, "100,500")
     webhook_ip_rates = [int(r) for r in (args.webhook_ip_rates if args.webhook_ip_rates is not None
                                          else ("100" if args.quick else "100,500")).split(",") if r]
-    ip_rates = [int(r) for r in (args.ip_rates if args.ip_rates is not None else ("100" if args.quick else "100,500")).split(",") if r]
+    ip_rates = rates_of(args.ip_rates, "100,500")
     https_rates = [int(r) for r in (args.https_rates if args.https_rates is not None
                                     else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15

@@ -47,7 +47,8 @@ async def populate(dsn: str, partition: int, count: int) -> float:
         await conn.execute(f"""
             INSERT INTO ipam_store.ledger (generation, partition, "offset", epoch, seq, at, type, command_id, pool, mac,
                                            namespace, vm, vm_uid, interface, body)
-            SELECT 1, $4::int, 10000000 + i, 1, 10000000 + i, to_timestamp(1.7e9 + i / 1000.0), 'MacLeased', 'big-' || i, $1::text,
+            SELECT 1, $4::int, 10000000 + i, 1, 10000000 + i, to_timestamp(1.7e9 + i / 1000.0), 'MacLeased', 'big-' || i,
+                   $1::text,
                    {_MAC}::macaddr, 'ns-' || (i % 1000), 'vm-' || i, md5(i::text), 'eth0',
                    jsonb_build_object('type', 'MacLeased', 'command_id', 'big-' || i, 'at', 1700000000000 + i, 'pool', $1::text,
                                       'mac', {_MAC}, 'owner', jsonb_build_object('namespace', 'ns-' || (i % 1000),
@@ -94,8 +95,6 @@ def _rss() -> int:
 
 
 async def _takeover(partition: int) -> dict:
-    from aiokafka import TopicPartition
-
     from ipam import logs
     from ipam.adapters.postgres.codecs import create_pool
     from ipam.config import Config
@@ -105,9 +104,8 @@ async def _takeover(partition: int) -> dict:
     logs.configure("warning", "json")
     db = await create_pool(cfg.database_url, min_size=1, max_size=2)
     allocator = Allocator(cfg, db)
-    allocator._consumer.assign([TopicPartition(cfg.commands_topic, partition)])
-    await allocator._consumer.start()
-    await allocator._producer.start()
+    await allocator.member.start([partition])  # outside the group: this partition only
+    await allocator.producer.start()
     try:
         gc.collect()
         before = _rss()
@@ -116,7 +114,7 @@ async def _takeover(partition: int) -> dict:
         await allocator.take(partition)
         seconds = time.perf_counter() - started
         owned = allocator.owned[partition]
-        leases = sum(len(b.by_mac) for b in owned.state.books.values())
+        leases = sum(len(b.by_key) for books in owned.state.books.values() for b in books.values())
         gc.collect()
         after = _rss()
     finally:

@@ -23,7 +23,8 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]))
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer,
+                                                             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)

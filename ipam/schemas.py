@@ -12,7 +12,8 @@ from pathlib import Path
 
 import msgspec
 
-from .domain.messages import COMMAND_TYPES, EVENT_TYPES
+from .domain.commands import COMMAND_TYPES
+from .domain.events import EVENT_TYPES
 from .domain.records import EventRecord
 
 
@@ -187,7 +188,8 @@ def asyncapi(partitions: int = 8) -> dict:
             "events": channel("ipam.events", "Events (IPAM_EVENTS_TOPIC), one EventRecord per Kafka record. Partition N "
                               "holds the events decided from commands partition N, in decision order.", event_refs),
             "deadLetters": channel("ipam.dead-letter", "Records that could not be decoded (IPAM_DEAD_LETTER_TOPIC), "
-                                   "on the partition they came from.", {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}}),
+                                   "on the partition they came from.",
+                                   {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}}),
         },
         "operations": {
             "sendCommand": {"action": "send", "channel": {"$ref": "#/channels/commands"},

@@ -32,7 +32,8 @@ consumer_lag = Gauge("ipam_consumer_lag", "Records on a partition not yet proces
                      ["group", "partition"], registry=REGISTRY)
 projector_batch = Histogram("ipam_projector_batch_records", "Events applied to Postgres per projector transaction",
                             ["partition"], buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000), registry=REGISTRY)
-records_skipped = Counter("ipam_projector_skipped_records", "Events the projector dropped: zombie (older epoch), poison, duplicate",
+records_skipped = Counter("ipam_projector_skipped_records",
+                          "Events the projector dropped: zombie (older epoch), poison, duplicate",
                           ["reason"], registry=REGISTRY)
 
 # Series with a known, fixed set of labels exist from the start (at 0), so rates and alerts see them.

@@ -42,7 +42,8 @@ def make_config(kafka_bootstrap: str, database_url: str, **overrides) -> Config:
     uid = uuid.uuid4().hex[:8]
     values = dict(
         database_url=database_url, kafka_bootstrap=kafka_bootstrap, commands_topic=f"t{uid}.commands",
-        events_topic=f"t{uid}.events", dead_letter_topic=f"t{uid}.dead-letter", group_prefix=f"t{uid}", http_addr="127.0.0.1:0", partitions=4,
+        events_topic=f"t{uid}.events", dead_letter_topic=f"t{uid}.dead-letter", group_prefix=f"t{uid}",
+        http_addr="127.0.0.1:0", partitions=4,
         log_format="console", log_level="warning", plain_http=True,
     )
     values.update(overrides)
@@ -54,7 +55,8 @@ def env_of(cfg: Config) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "IPAM_DATABASE_URL": cfg.database_url, "IPAM_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap or "",
-        "IPAM_COMMANDS_TOPIC": cfg.commands_topic, "IPAM_EVENTS_TOPIC": cfg.events_topic, "IPAM_DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
+        "IPAM_COMMANDS_TOPIC": cfg.commands_topic, "IPAM_EVENTS_TOPIC": cfg.events_topic,
+        "IPAM_DEAD_LETTER_TOPIC": cfg.dead_letter_topic,
         "IPAM_GROUP_PREFIX": cfg.group_prefix, "IPAM_PARTITIONS": str(cfg.partitions),
         "IPAM_HTTP_ADDR": cfg.http_addr, "IPAM_QUARANTINE_SECONDS": str(cfg.quarantine_seconds),
         "IPAM_LOG_LEVEL": cfg.log_level, "IPAM_LOG_FORMAT": "json", "IPAM_PLAIN_HTTP": str(cfg.plain_http).lower(),
@@ -78,7 +80,8 @@ async def lease_one(http: aiohttp.ClientSession, url: str, pool: str, mac_range:
     """Create a pool serving ``namespace`` and lease one MAC in it through REST: the pipeline works end to end."""
     async with http.post(url + "/v1/pools", json={"name": pool, "range": mac_range, "namespaces": [namespace]}) as r:
         assert r.status == 201, await r.text()
-    async with http.post(url + "/v1/mac-leases", json={"namespace": namespace, "vm": "v", "vm_uid": "u", "interface": "eth0"}) as r:
+    body = {"namespace": namespace, "vm": "v", "vm_uid": "u", "interface": "eth0"}
+    async with http.post(url + "/v1/mac-leases", json=body) as r:
         assert r.status == 201, await r.text()
         return (await r.json())["lease"]
 

@@ -150,7 +150,7 @@ class FakeKubeApi:
                         continue
                     try:
                         await asyncio.wait_for(self.changed.wait(), timeout=min(0.5, max(0.01, ends - loop.time())))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             return response
         except (ConnectionResetError, asyncio.CancelledError):

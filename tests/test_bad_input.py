@@ -69,7 +69,8 @@ async def test_oversized_and_malformed_bodies_then_service_still_serves(with_poo
     status, answer = await call(http, "POST", f"{base}/v1/mac-leases", data=b"{" + b" " * (1024 * 1024 + 10) + b"}",
                                 headers={"Content-Type": "application/json"})
     assert status == 413 and answer["error"]["field"] == "body"
-    status, answer = await call(http, "POST", f"{base}/v1/mac-leases", data=b"{not json", headers={"Content-Type": "application/json"})
+    status, answer = await call(http, "POST", f"{base}/v1/mac-leases", data=b"{not json",
+                                headers={"Content-Type": "application/json"})
     assert status == 400 and answer["error"]["field"] == "body"
     status, answer = await call(http, "GET", f"{base}/v1/mac-leases", params={"limit": "0"})
     assert status == 400 and answer["error"]["field"] == "limit"
@@ -103,7 +104,8 @@ async def test_an_idempotency_key_reused_for_another_kind_of_request_is_refused(
     assert status == 201
     status, again = await call(http, "POST", f"{with_pool.url}/v1/mac-leases", json={**GOOD, "vm": "reuse"}, headers=key)
     assert status == 201 and again["lease"] == first["lease"]  # a retry gets the same outcome
-    status, answer = await call(http, "POST", f"{with_pool.url}/v1/networks", json={"name": "n1", "subnets": [{"cidr": "10.1.0.0/24"}]},
+    network = {"name": "n1", "subnets": [{"cidr": "10.1.0.0/24"}]}
+    status, answer = await call(http, "POST", f"{with_pool.url}/v1/networks", json=network,
                                 headers=key)
     assert status == 422 and answer["error"]["code"] == "key_reused" and answer["error"]["field"] == "Idempotency-Key"
 
@@ -116,7 +118,8 @@ def cli(*args, url):
     (["lease", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e", "--mac", "02:00"], "--mac"),
     (["lease", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e", "--mac", "01:00:5e:00:00:01"], "multicast"),
     (["lease", "--namespace", "ns", "--vm", "v", "--interface", "e"], "--vm-uid"),
-    (["lease", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e", "--pool", "nope"], "pool: pool 'nope' does not exist"),
+    (["lease", "--namespace", "ns", "--vm", "v", "--vm-uid", "u", "--interface", "e", "--pool", "nope"],
+     "pool: pool 'nope' does not exist"),
     (["pool", "create", "q", "--range", "02:00:00:00:00:10-02:00:00:00:00:20"], "range: range"),
     (["pool", "create", "q", "--range", "nonsense"], "--range"),
     (["pool", "create", "q"], "--range"),

@@ -20,7 +20,8 @@ async def lease(http, base, i, **extra):
 
 
 async def create_pool(http, base):
-    async with http.post(f"{base}/v1/pools", json={"name": "p", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff", "default": True}) as r:
+    pool = {"name": "p", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff", "default": True}
+    async with http.post(f"{base}/v1/pools", json=pool) as r:
         assert r.status == 201, await r.json()
 
 

@@ -88,7 +88,8 @@ def test_rbac_is_read_only_and_least_privilege():
     assert accounts == {"ipam-api": ("ipam-api", True), "ipam-watcher": ("ipam-watcher", True),
                         "ipam-allocator": ("ipam", False), "ipam-projector": ("ipam", False)}
     job, = by_kind("Job")
-    assert (job["spec"]["template"]["spec"]["serviceAccountName"], job["spec"]["template"]["spec"]["automountServiceAccountToken"]) \
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) \
         == ("ipam", False)
 
 

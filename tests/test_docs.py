@@ -94,10 +94,11 @@ async def test_openapi_documents_every_route(shared_service):
         doc = await r.json()
     assert doc["openapi"].startswith("3.1")
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
-    from ipam.api.app import Api, make_app
+    from ipam.api.app import api_routes, make_app
     from ipam.api.auth import Authenticator
 
-    app = make_app(Api(shared_service.cfg, None, None, dict), shared_service.cfg, Authenticator(shared_service.cfg))
+    cfg = shared_service.cfg
+    app = make_app(cfg, Authenticator(cfg), api_routes(cfg, None, None, None, dict))
     routes = {(r.resource.canonical, r.method) for r in app.router.routes() if r.method != "HEAD"}
     assert routes == documented
     for ops in doc["paths"].values():

@@ -82,7 +82,7 @@ async def test_real_records_match_their_messages(service, http):
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         for _ in range(20):
-            for tp, msgs in (await consumer.getmany(timeout_ms=300)).items():
+            for msgs in (await consumer.getmany(timeout_ms=300)).values():
                 for msg in msgs:
                     record = json.loads(msg.value)
                     name = record["event"]["type"] + "Record"

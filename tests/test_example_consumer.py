@@ -38,8 +38,10 @@ async def lease(http, svc, vm: str, interface: str = "eth0") -> str:
 
 async def test_the_example_consumer_keeps_the_same_table_as_postgres(service, http, tmp_path):
     for name in ("a", "b"):
-        async with http.post(service.url + "/v1/pools", json={"name": name, "range": f"02:5{ord(name) - 97}:00:00:00:00-02:5{ord(name) - 97}:00:00:ff:ff",
-                                                              "namespaces": ["team"] if name == "a" else [], "default": name == "b"}) as r:
+        n = ord(name) - 97
+        pool = {"name": name, "range": f"02:5{n}:00:00:00:00-02:5{n}:00:00:ff:ff",
+                "namespaces": ["team"] if name == "a" else [], "default": name == "b"}
+        async with http.post(service.url + "/v1/pools", json=pool) as r:
             assert r.status == 201, await r.text()
     await asyncio.gather(*[lease(http, service, f"vm{i}", iface) for i in range(15) for iface in ("eth0", "eth1")])
     for vm in ("vm3", "vm7"):

@@ -4,8 +4,8 @@ which interfaces are on which NetworkAttachmentDefinition, the address annotatio
 import pytest
 
 from ipam.domain.cloudinit import Addressed, NetworkDataConflict, merge
+from ipam.domain.commands import SubnetSpec
 from ipam.domain.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces
-from ipam.domain.messages import SubnetSpec
 from ipam.domain.nad import nad_network
 
 

@@ -67,7 +67,8 @@ async def test_dual_stack_gets_one_of_each_and_static_requests_name_the_holder(s
         "name": "dual", "subnets": [{"cidr": "192.168.50.0/24", "gateway": "192.168.50.1"},
                                     {"cidr": "fd00:50::/64", "gateway": "fd00:50::1", "exclude": ["fd00:50::/120"]}]})
     assert status == 201, net
-    assert net["subnets"][1]["size"] == 2 ** 64 - 256  # the /64 minus the excluded /120 (which holds the anycast address and the gateway)
+    # the /64 minus the excluded /120 (which holds the anycast address and the gateway)
+    assert net["subnets"][1]["size"] == 2 ** 64 - 256
     status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "dual", **owner(1)})
     assert status == 201, body
     got = {ipaddress.ip_address(lease["address"]).version: lease for lease in body["leases"]}

@@ -18,10 +18,9 @@ import yaml
 
 from ipam.service import Service
 
-from .harness import create_database, drop_database, make_config
+from .harness import create_database, drop_database, eventually, make_config
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
-from .harness import eventually
 from .test_webhook import POOL, admit
 
 NAD = "network-attachment-definitions"
@@ -209,7 +208,8 @@ async def test_user_network_data_is_merged_or_the_conflict_denied(kv):
     mine = {"version": 2, "ethernets": {"mgmt": {"match": {"macaddress": "02:aa:00:00:00:01"}, "dhcp4": True}}}
     vm = vm_manifest("merge-1", multus=("green",))
     vm["spec"]["template"]["spec"]["volumes"].append(
-        {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#cloud-config\npassword: x\n", "networkData": yaml.safe_dump(mine)}})
+        {"name": "cloudinit",
+         "cloudInitNoCloud": {"userData": "#cloud-config\npassword: x\n", "networkData": yaml.safe_dump(mine)}})
     created = apply(vm, await admit(https, kv, review(vm)))
     data = network_data(created)
     assert data["ethernets"]["mgmt"] == mine["ethernets"]["mgmt"]  # the user's entry is kept
@@ -220,7 +220,8 @@ async def test_user_network_data_is_merged_or_the_conflict_denied(kv):
     clash = vm_manifest("clash-1", multus=("green",))
     theirs = {"version": 2, "ethernets": {"green": {"addresses": ["10.99.0.5/24"]}}}
     clash["spec"]["template"]["spec"]["volumes"].append(
-        {"name": "cloudinit", "cloudInitNoCloud": {"networkDataBase64": base64.b64encode(yaml.safe_dump(theirs).encode()).decode()}})
+        {"name": "cloudinit",
+         "cloudInitNoCloud": {"networkDataBase64": base64.b64encode(yaml.safe_dump(theirs).encode()).decode()}})
     response = await admit(https, kv, review(clash))
     assert response["allowed"] is False
     assert "ethernets.green" in response["status"]["message"] and "10.99.0.5/24" in response["status"]["message"]

@@ -4,8 +4,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipam.domain.mac import (MAC_MAX, MacFormatError, format_mac, is_multicast, parse_mac, unicast_at, unicast_below,
-                             unicast_problem)
+from ipam.domain.mac import (
+    MAC_MAX,
+    MacFormatError,
+    format_mac,
+    is_multicast,
+    parse_mac,
+    unicast_at,
+    unicast_below,
+    unicast_problem,
+)
 from ipam.domain.pools import RangeError, parse_range
 
 macs = st.integers(0, MAC_MAX)

@@ -23,7 +23,8 @@ async def post(http, url, body, **kw):
 
 async def create_pools(http, base, pools=POOLS):
     for name, (rng, namespaces, default) in pools.items():
-        status, body = await post(http, f"{base}/v1/pools", {"name": name, "range": rng, "namespaces": namespaces, "default": default})
+        body = {"name": name, "range": rng, "namespaces": namespaces, "default": default}
+        status, body = await post(http, f"{base}/v1/pools", body)
         assert status == 201, body
 
 
@@ -53,7 +54,7 @@ async def test_two_thousand_concurrent_leases_across_three_pools(service, http):
 
     # repeats (a VM reboot, a retried request) get the same MAC back
     repeats = await asyncio.gather(*[one(i) for i in range(0, 2000, 7)])
-    for i, (status, body) in zip(range(0, 2000, 7), repeats):
+    for i, (status, body) in zip(range(0, 2000, 7), repeats, strict=True):
         assert status == 200 and body["existing"] is True and body["lease"]["mac"] == macs[i]
 
     # everything is committed in Postgres, visible through the admin views
@@ -97,7 +98,8 @@ async def test_static_request_for_a_held_mac_names_the_holder(service, http):
 
 async def test_release_quarantines_then_the_mac_is_not_reused(service, http):
     base = service.url
-    status, _ = await post(http, f"{base}/v1/pools", {"name": "tiny", "range": "02:00:00:00:00:01-02:00:00:00:00:02", "default": True})
+    tiny = {"name": "tiny", "range": "02:00:00:00:00:01-02:00:00:00:00:02", "default": True}
+    status, _ = await post(http, f"{base}/v1/pools", tiny)
     assert status == 201
     _, a = await post(http, f"{base}/v1/mac-leases", owner(1, "n", "eth0"))
     _, b = await post(http, f"{base}/v1/mac-leases", owner(1, "n", "eth1"))

@@ -6,13 +6,13 @@ import datetime as dt
 
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
-from ipam.adapters.postgres.partitions import load_state
+from ipam.adapters.postgres.state import load_state
 
 
 async def test_commands_whose_events_were_dropped_are_not_remembered_as_decided(database):
     await migrate(database)
     conn = await connect(database)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     try:
         rows = [
             (1, 0, 0, 1, 1, now, "MacLeaseReturned", "applied", "{}"),

@@ -13,8 +13,9 @@ from aiokafka import AIOKafkaProducer
 from ipam.adapters.kafka import partition_for
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
-from ipam.adapters.postgres.projection import Projector
-from ipam.domain.messages import MacLeased, Owner, PoolCreated
+from ipam.adapters.postgres.projection import Projection
+from ipam.domain.events import MacLeased, PoolCreated
+from ipam.domain.owners import Owner
 from ipam.domain.records import EventRecord
 
 from .harness import eventually
@@ -42,7 +43,7 @@ async def test_a_record_postgres_refuses_is_skipped_and_the_sequence_goes_on(dat
             _record(5, MacLeased(command_id="c5", at=5, pool="p", mac="02:00:00:00:00:03",
                                  owner=Owner(namespace="team", vm="ok2", vm_uid="u2", interface="eth0"))),
         ]))
-        result = await Projector(lambda name: 0).apply(conn, 0, 0, batch)
+        result = await Projection(lambda name: 0).apply(conn, 0, 0, batch)
         assert (result.next_offset, result.applied, result.poison) == (5, 3, 2)
         assert [offset for offset, _raw, _why in result.dead_letters] == [1, 3]
         assert "refused by Postgres" in result.dead_letters[0][2]

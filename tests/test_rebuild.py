@@ -14,7 +14,8 @@ import asyncpg
 
 def run_rebuild(dsn: str) -> tuple[int, dict]:
     env = {**os.environ, "IPAM_DATABASE_URL": dsn}
-    done = subprocess.run([sys.executable, "-m", "ipam", "--json", "rebuild"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "ipam", "--json", "rebuild"], env=env, capture_output=True, text=True,
+                          timeout=120)
     return done.returncode, json.loads(done.stdout)
 
 

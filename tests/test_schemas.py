@@ -12,7 +12,9 @@ import jsonschema
 import msgspec
 import pytest
 
-from ipam.domain.messages import LeaseMac, MacLeased, Owner, encoder
+from ipam.domain.commands import LeaseMac
+from ipam.domain.events import MacLeased, encoder
+from ipam.domain.owners import Owner
 from ipam.domain.records import EventRecord
 from ipam.schemas import compatibility_problems, generate, render
 
@@ -28,7 +30,8 @@ def test_schemas_dir_is_current():
 def _history(rel: str) -> list[tuple[str, dict]]:
     assert shutil.which("git") and (ROOT / ".git").exists(), "the compatibility check needs git and the repository history"
     path = f"schemas/{rel}"
-    revs = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "--", path], capture_output=True, text=True).stdout.split()
+    revs = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "--", path], capture_output=True,
+                          text=True).stdout.split()
     out = []
     for rev in revs:
         shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
@@ -50,7 +53,8 @@ def test_the_checker_catches_breaking_changes():
     assert compatibility_problems(base, {**base, "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})  # changed
     assert compatibility_problems(base, {**base, "properties": {**base["properties"], "c": {"type": "string"}},
                                          "required": ["a", "c"]})  # new without default
-    assert not compatibility_problems(base, {**base, "properties": {**base["properties"], "c": {"type": "string", "default": ""}}})
+    widened = {**base, "properties": {**base["properties"], "c": {"type": "string", "default": ""}}}
+    assert not compatibility_problems(base, widened)
     union = {"type": "object", "properties": {"e": {"anyOf": [{"$ref": "#/$defs/A"}],
                                                      "discriminator": {"mapping": {"A": "#/$defs/A"}}}}}
     grown = {"type": "object", "properties": {"e": {"anyOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}],

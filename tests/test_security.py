@@ -16,9 +16,8 @@ import trustme
 from ipam.config import Config, ConfigError
 from ipam.service import Service
 
-
-from .kube_api import FakeKubeApi
 from .harness import eventually, make_config
+from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls
 
 ADMIN, READER = "admin-token-0123456789", "reader-token-0123456789"

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from aiokafka import TopicPartition
 
 from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
-from ipam.adapters.postgres.partitions import read_partition
+from ipam.adapters.postgres.ownership import read_partition
 from ipam.roles.continuity import ensure_continuity, skip_unserved
 from ipam.service import Service
 
@@ -27,11 +26,11 @@ async def test_a_stalled_range_becomes_a_new_generation_and_the_service_moves_pa
     await migrate(config.database_url)
     await kafka.ensure_topics(config)
     pool_partition = kafka.partition_for("p", config.partitions)
-    tp = TopicPartition(config.events_topic, pool_partition)
+    tp = (config.events_topic, pool_partition)
     producer = kafka.producer(config)
     await producer.start()
     try:
-        for i in range(3):
+        for _ in range(3):
             await producer.send_and_wait(config.events_topic, b'{"not": "served"}', partition=pool_partition)
     finally:
         await producer.stop()
@@ -41,13 +40,13 @@ async def test_a_stalled_range_becomes_a_new_generation_and_the_service_moves_pa
         async with kafka.LogReader(config) as reader:
             seen = await read_partition(conn, pool_partition)
             assert seen.events_offset == 0
-            end = await reader.end(tp)
+            end = await reader.end(*tp)
             assert end == 3
             # A stall that the broker's end offset no longer supports is not skipped.
-            assert not await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(tp, 3, 3, 10))
-            assert await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(tp, 0, end, 10))
+            assert not await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(*tp, 3, 3, 10))
+            assert await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(*tp, 0, end, 10))
             # Compare-and-set: a second caller holding the old row does nothing.
-            assert not await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(tp, 0, end, 10))
+            assert not await skip_unserved(conn, reader, config, seen, kafka.CatchUpStalled(*tp, 0, end, 10))
             row = await ensure_continuity(conn, reader, config, pool_partition)
         assert (row.generation, row.events_offset, row.last_epoch) == (seen.generation + 1, 3, None)
         reason = await conn.fetchval(

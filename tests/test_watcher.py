@@ -10,14 +10,13 @@ import asyncpg
 import pytest
 import structlog
 
-from ipam.roles.watcher import Watcher
 from ipam.roles import watcher as watcher_module
+from ipam.roles.watcher import Watcher
 from ipam.service import Service
 
-from .harness import create_database, drop_database, make_config
+from .harness import create_database, drop_database, eventually, make_config
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
-from .harness import eventually
 from .test_webhook import POOL, admit
 
 
@@ -107,7 +106,8 @@ async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factor
     """Migration from KubeMacPool: MACs already in VM specs become leases; a MAC two VMs carry is a conflict."""
     monkeypatch.setattr(watcher_module, "PROGRESS_SECONDS", 0.0)  # report progress after every VM
     logs = structlog.testing.LogCapture()
-    monkeypatch.setattr(watcher_module, "log", structlog.wrap_logger(None, processors=[logs], wrapper_class=structlog.BoundLogger))
+    captured = structlog.wrap_logger(None, processors=[logs], wrapper_class=structlog.BoundLogger)
+    monkeypatch.setattr(watcher_module, "log", captured)
     await kube.put("virtualmachines", vm_manifest("old-a", macs={"default": "02:00:00:00:10:01", "blue": "02:00:00:00:10:02",
                                                                   "green": "02:00:00:00:10:03"}))
     await kube.put("virtualmachines", vm_manifest("old-b", macs={"default": "02:00:00:00:10:04", "blue": "02:00:00:00:10:02",
@@ -136,7 +136,7 @@ async def test_first_start_adopts_existing_macs_and_reports_duplicates(kv_factor
 
 async def test_the_watch_survives_410_gone_and_dropped_connections(kv_factory, kube):
     svc = await kv_factory()
-    informer = svc.watcher._vm_informer
+    informer = svc.watcher.vms
     relists = informer.relists
     kube.compact()  # the next watch request gets 410 Gone: the client must list again
     kube.drop_watches()  # and the connection in use drops mid-stream
@@ -176,14 +176,12 @@ async def _count(svc, vm, state, n):
 
 async def test_one_watcher_leads_and_a_standby_takes_over(kv_factory):
     svc = await kv_factory()
-    standby = Watcher(svc.cfg, svc.db, svc.bus)
+    standby = Watcher(svc.cfg, svc.read, svc.bus)
     task = asyncio.create_task(standby.run())
     try:
         await asyncio.sleep(3)
         assert svc.watcher.is_leader and not standby.is_leader
-        for t in svc._tasks:
-            if t.get_name() == "Watcher":
-                t.cancel()  # the leader goes away (its lock connection closes)
+        await svc.supervisor.cancel("watcher")  # the leader goes away (its lock connection closes)
         await eventually(lambda: asyncio.sleep(0, standby.is_leader), timeout=15)
         await eventually(lambda: asyncio.sleep(0, standby.ready), timeout=15)
     finally:

@@ -213,9 +213,9 @@ async def test_a_stalled_pipeline_gets_a_denial_before_the_deadline(backends, kv
 
 
 async def test_the_certificate_is_reloaded_when_its_files_change(kv, tls):
-    reloads = kv.tls.reloads
+    reloads = kv.webhook_tls.reloads
     tls.issue("127.0.0.1", "ipam-webhook.ipam.svc")
-    await eventually(lambda: asyncio.sleep(0, kv.tls.reloads > reloads), timeout=10)
+    await eventually(lambda: asyncio.sleep(0, kv.webhook_tls.reloads > reloads), timeout=10)
     ctx = tls.client_context()
     reader, writer = await asyncio.open_connection("127.0.0.1", kv.webhook_port, ssl=ctx,
                                                    server_hostname="ipam-webhook.ipam.svc")

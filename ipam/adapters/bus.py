@@ -13,13 +13,13 @@ import asyncpg
 import msgspec
 import structlog
 
-from . import kafka
-from .postgres.projection import NOTIFY_CHANNEL
 from ..config import Config
-from ..domain.allocation import stream_key
-from ..domain.messages import AnyCommand, encoder
+from ..domain.decider import stream_key
+from . import kafka
+from .postgres import outcomes
 
 log = structlog.get_logger("ipam.bus")
+encoder = msgspec.json.Encoder()
 
 
 class OutcomeTimeout(Exception):
@@ -41,7 +41,7 @@ class CommandBus:
 
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self.cfg.database_url)
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await self._listener.add_listener(outcomes.NOTIFY_CHANNEL, self._on_notify)
         self._listener.add_termination_listener(self._on_lost)
 
     def _on_lost(self, _conn) -> None:
@@ -87,28 +87,20 @@ class CommandBus:
 
     async def outcomes(self, command_ids: list[str]) -> dict[str, list]:
         """Committed outcomes of several commands in one round trip (absent ids are left out)."""
-        rows = await self.db.fetch(
-            "SELECT command_id, events::text FROM ipam_store.command_outcomes WHERE complete AND command_id = ANY($1::text[])",
-            command_ids,
-        )
-        return {r["command_id"]: msgspec.json.decode(r["events"]) for r in rows}
+        return await outcomes.read(self.db, command_ids)
 
     async def outcomes_for_key(self, key: str) -> list[list]:
-        """Outcomes of the commands one request fanned out to (ids ``key/<pool>``)."""
-        rows = await self.db.fetch(
-            "SELECT events::text FROM ipam_store.command_outcomes WHERE complete AND left(command_id, $2) = $1",
-            key + "/", len(key) + 1,
-        )
-        return [msgspec.json.decode(r["events"]) for r in rows]
+        """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
+        return await outcomes.read_prefixed(self.db, key)
 
-    async def send(self, command: AnyCommand) -> None:
+    async def send(self, command) -> None:
         """Produce a command without waiting for its outcome (the watcher's observations)."""
         partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
         await self._producer.send_and_wait(
             self.cfg.commands_topic, encoder.encode(command), key=stream_key(command).encode(), partition=partition
         )
 
-    async def submit(self, command: AnyCommand) -> list[dict]:
+    async def submit(self, command) -> list[dict]:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._waiters.setdefault(command.command_id, []).append(fut)
@@ -119,7 +111,7 @@ class CommandBus:
             )
             try:
                 events = await asyncio.wait_for(asyncio.shield(fut), self.cfg.request_timeout_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 events = await self.outcome(command.command_id)
                 if events is None:
                     raise OutcomeTimeout(command.command_id) from None

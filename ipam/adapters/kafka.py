@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from .. import telemetry
 from ..config import Config
+
+log = structlog.get_logger("ipam.kafka")
 
 TOPIC_EXISTS = 36
 
@@ -130,6 +135,52 @@ async def missing_topics(cfg: Config) -> list[str]:
     return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
+class GroupMember:
+    """One member of a consumer group on one topic: which partitions it is given, and their records.
+
+    The roles see partition numbers and records (``offset``, ``key``, ``value``), never aiokafka:
+    ``on_assigned``/``on_revoked`` are called with the partitions from inside the rebalance."""
+
+    def __init__(self, cfg: Config, topic: str, group: str, on_assigned: Callable[[list[int]], Awaitable[None]],
+                 on_revoked: Callable[[list[int]], Awaitable[None]], **overrides) -> None:
+        self.topic = topic
+        self._consumer = consumer(cfg, group, **overrides)
+        self._listener = _Listener(on_assigned, on_revoked)
+
+    async def start(self, partitions: list[int] | None = None) -> None:
+        """Join the group; or, given ``partitions``, read just those outside any group (benchmarks, tools)."""
+        if partitions is None:
+            self._consumer.subscribe([self.topic], listener=self._listener)
+        else:
+            self._consumer.assign([TopicPartition(self.topic, p) for p in partitions])
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()  # leaves the group
+
+    async def fetch(self, max_records: int) -> dict[int, list]:
+        """Records fetched since the last call, by partition (waits up to 100 ms for some)."""
+        batches = await self._consumer.getmany(timeout_ms=100, max_records=max_records)
+        return {tp.partition: msgs for tp, msgs in batches.items() if msgs}
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._consumer.seek(TopicPartition(self.topic, partition), offset)
+
+    def record_lag(self, role: str, partition: int, position: int) -> None:
+        telemetry.lag(role, self._consumer, TopicPartition(self.topic, partition), position)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assigned, on_revoked) -> None:
+        self.on_assigned, self.on_revoked = on_assigned, on_revoked
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.on_revoked(sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.on_assigned(sorted(tp.partition for tp in assigned))
+
+
 class Unserved:
     """The broker lists an offset but no fetch returns it (seen on the local broker after restarts)."""
 
@@ -143,10 +194,9 @@ UNSERVED = Unserved()
 class CatchUpStalled(RuntimeError):
     """Reading a partition to its end made no progress: the broker says records exist that it does not serve."""
 
-    def __init__(self, tp: TopicPartition, position: int, end: int, stall: float) -> None:
-        super().__init__(f"{tp.topic}[{tp.partition}]: no records past {position} for {stall:.0f}s, "
-                         f"broker says the log ends at {end}")
-        self.tp = tp
+    def __init__(self, topic: str, partition: int, position: int, end: int, stall: float) -> None:
+        super().__init__(f"{topic}[{partition}]: no records past {position} for {stall:.0f}s, broker says the log ends at {end}")
+        self.partition = partition
         self.position = position
         self.end = end
 
@@ -171,21 +221,26 @@ class LogReader:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    async def beginning(self, tp: TopicPartition) -> int:
+    async def beginning(self, topic: str, partition: int) -> int:
+        tp = TopicPartition(topic, partition)
         return (await self._consumer.beginning_offsets([tp]))[tp]
 
-    async def end(self, tp: TopicPartition) -> int:
+    async def end(self, topic: str, partition: int) -> int:
+        tp = TopicPartition(topic, partition)
         return (await self._consumer.end_offsets([tp]))[tp]
 
-    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return await self._consumer.end_offsets(tps)
+    async def end_offsets(self, topics: list[str], partitions: int) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> end offset, for every partition of these topics."""
+        ends = await self._consumer.end_offsets([TopicPartition(t, p) for t in topics for p in range(partitions)])
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
-    async def record_at(self, tp: TopicPartition, offset: int, wait: float = 3.0) -> bytes | None | Unserved:
+    async def record_at(self, topic: str, partition: int, offset: int, wait: float = 3.0) -> bytes | None | Unserved:
         """The value of the record at ``offset``; None when the log does not hold that offset (it
         was deleted, truncated or recreated shorter); ``UNSERVED`` when the broker lists the offset
         but returns nothing for it (no proof either way)."""
+        tp = TopicPartition(topic, partition)
         async with self._lock:
-            if not (await self.beginning(tp) <= offset < await self.end(tp)):
+            if not (await self.beginning(topic, partition) <= offset < await self.end(topic, partition)):
                 return None
             self._consumer.assign([tp])
             self._consumer.seek(tp, offset)
@@ -196,7 +251,7 @@ class LogReader:
                     return msg.value if msg.offset == offset else None
             return UNSERVED
 
-    async def read_to_end(self, tp: TopicPartition, start: int, idle: float = 0.3, stall: float = 10.0):
+    async def read_to_end(self, topic: str, partition: int, start: int, idle: float = 0.3, stall: float = 10.0):
         """Yield (offset, value) batches from ``start`` until the log is quiet.
 
         We do not trust the broker's end offset alone (Tansu under-reports it after a
@@ -204,6 +259,7 @@ class LogReader:
         back empty.  If the end offset is not reached and nothing arrives for ``stall``
         seconds, raise rather than wait forever: the caller retries with a fresh consumer.
         """
+        tp = TopicPartition(topic, partition)
         async with self._lock:
             self._consumer.assign([tp])
             self._consumer.seek(tp, start)
@@ -223,10 +279,20 @@ class LogReader:
                     continue
                 if position < end:
                     if loop.time() - progress_at > stall:
-                        raise CatchUpStalled(tp, position, end, stall)
+                        raise CatchUpStalled(topic, partition, position, end, stall)
                     continue
                 now = loop.time()
                 if quiet_since is None:
                     quiet_since = now
                 elif now - quiet_since >= idle:
                     return
+
+
+async def topic_ends(cfg: Config) -> dict[tuple[str, int], int]:
+    """End offsets of every partition of the commands and events topics; {} when the broker cannot say."""
+    try:
+        async with LogReader(cfg) as reader:
+            return await asyncio.wait_for(reader.end_offsets([cfg.commands_topic, cfg.events_topic], cfg.partitions), 5)
+    except (TimeoutError, KafkaError, OSError) as e:
+        log.warning("cannot read end offsets", error=repr(e))
+        return {}

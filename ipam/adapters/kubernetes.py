@@ -177,7 +177,7 @@ class Informer:
                     await self.on_event(kind, obj)
                 if rv:
                     self.resource_version = rv
-        except (asyncio.TimeoutError, ConnectionError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+        except (TimeoutError, ConnectionError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
             log.info("watch connection dropped; resuming", resource=self.resource.name, error=repr(e))
         finally:
             await w.close()

@@ -9,8 +9,7 @@ import msgspec
 from aiohttp import web
 
 from ..config import Config
-from ..domain.mac import MacFormatError, parse_unicast
-from ..domain.messages import nul_field
+from ..domain.commands import nul_field
 from . import models
 
 _json = msgspec.json.Encoder()
@@ -20,7 +19,8 @@ STATUS = {
     "invalid": 400, "malformed": 400, "unknown_pool": 404, "not_found": 404, "no_pool": 422,
     "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
     "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
-    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422, "internal": 500,
+    "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422,
+    "internal": 500,
 }
 CONFIG = web.AppKey("config", Config)
 _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
@@ -85,15 +85,6 @@ def limit_of(request: web.Request) -> int:
     if not limit.isdigit() or not 1 <= int(limit) <= 100000:
         raise ApiError(400, "invalid", "limit must be a whole number from 1 to 100000", "limit")
     return int(limit)
-
-
-def mac_field(text: str | None, field: str = "mac") -> int | None:
-    if text is None:
-        return None
-    try:
-        return parse_unicast(text)
-    except MacFormatError as e:
-        raise ApiError(400, "invalid", str(e), field) from None
 
 
 def raise_rejection(events: list[dict]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, defstruct
 
 Name = Annotated[str, Meta(min_length=1, max_length=253)]
 
@@ -32,44 +32,6 @@ class Pool(Struct):
 
 class PoolList(Struct):
     pools: list[Pool]
-
-
-class LeaseRequest(Struct, forbid_unknown_fields=True):
-    namespace: Annotated[str, Meta(min_length=1, max_length=63)]
-    vm: Name
-    vm_uid: Annotated[str, Meta(min_length=1, max_length=128)]
-    interface: Annotated[str, Meta(min_length=1, max_length=63)]
-    pool: Annotated[str, Meta(min_length=1, max_length=63)] | None = None
-    mac: Annotated[str | None, Meta(description="Ask for this MAC (static request).")] = None
-    command_id: Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")] | None = None
-
-
-class Lease(Struct):
-    mac: str
-    pool: str
-    namespace: str
-    vm: str
-    vm_uid: str
-    interface: str
-    static: bool = False
-    since: str | None = None
-    state: str = "confirmed"  # "pending": leased at admission, its VM not seen yet
-    pending_until: str | None = None
-
-
-class LeaseAnswer(Struct):
-    lease: Lease
-    existing: bool
-    command_id: str
-
-
-class LeaseList(Struct):
-    leases: list[Lease]
-
-
-class Released(Struct):
-    released: list[Lease]
-    quarantined_until: list[str]
 
 
 class ErrorBody(Struct):
@@ -138,44 +100,45 @@ class NetworkDeleted(Struct):
     deleted: str
 
 
-class IpLeaseRequest(Struct, forbid_unknown_fields=True):
-    network: NetworkName
-    namespace: Annotated[str, Meta(min_length=1, max_length=63)]
-    vm: Name
-    vm_uid: Annotated[str, Meta(min_length=1, max_length=128)]
-    interface: Annotated[str, Meta(min_length=1, max_length=63)]
-    addresses: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]],
-                         Meta(max_length=2, description="Ask for these addresses (static; at most one per family).")] = []
-    command_id: Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")] | None = None
+# --- leases, of every kind ------------------------------------------------------------------
+
+Namespace = Annotated[str, Meta(min_length=1, max_length=63)]
+Uid = Annotated[str, Meta(min_length=1, max_length=128)]
+Interface = Annotated[str, Meta(min_length=1, max_length=63)]
+RetryKey = Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")]
+_OWNER = [("namespace", Namespace), ("vm", Name), ("vm_uid", Uid), ("interface", Interface)]
+_LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str), ("static", bool, False),
+           ("since", str | None, None), ("state", str, "confirmed"), ("pending_until", str | None, None)]
+_KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease)
+    "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),
+                 ("mac", Annotated[str | None, Meta(description="Ask for this MAC (static request).")], None)],
+            [("mac", str), ("pool", str)], True),
+    "ip": ([("network", NetworkName)],
+           [("addresses", Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]],
+                                    Meta(max_length=2, description="Ask for these addresses (static; at most one per family)."
+                                         )], [])],
+           [("network", str), ("address", str), ("prefix_length", int)], False),
+}
 
 
-class IpLease(Struct):
-    network: str
-    address: str
-    prefix_length: int
-    namespace: str
-    vm: str
-    vm_uid: str
-    interface: str
-    static: bool = False
-    since: str | None = None
-    state: str = "confirmed"
-    pending_until: str | None = None
+def _models(kind: str) -> tuple[type, type, type, type, type]:
+    """The REST bodies of one kind's leases: request, lease, answer, list, released."""
+    before, after, head, single = _KIND_MODELS[kind]
+    prefix = "" if kind == "mac" else "Ip"
+    request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("command_id", RetryKey | None, None)],
+                        forbid_unknown_fields=True, module=__name__)
+    lease = defstruct(f"{prefix}Lease", [*head, *_LEASED], module=__name__)
+    answer = defstruct(f"{prefix}LeaseAnswer", [("lease", lease) if single else ("leases", list[lease]), ("existing", bool),
+                                                ("command_id", str)], module=__name__)
+    listing = defstruct(f"{prefix}LeaseList", [("leases", list[lease])], module=__name__)
+    released = defstruct(f"{prefix}Released", [("released", list[lease]), ("quarantined_until", list[str])],
+                         module=__name__)
+    return request, lease, answer, listing, released
 
 
-class IpLeaseAnswer(Struct):
-    leases: list[IpLease]
-    existing: bool
-    command_id: str
-
-
-class IpLeaseList(Struct):
-    leases: list[IpLease]
-
-
-class IpReleased(Struct):
-    released: list[IpLease]
-    quarantined_until: list[str]
+MAC_MODELS, IP_MODELS = _models("mac"), _models("ip")
+LeaseRequest, Lease, LeaseAnswer, LeaseList, Released = MAC_MODELS
+IpLeaseRequest, IpLease, IpLeaseAnswer, IpLeaseList, IpReleased = IP_MODELS
 
 
 class PartitionStatus(Struct):

@@ -70,7 +70,7 @@ def merge(existing: object, entries: Sequence[Addressed], dhcp_macs: Mapping[str
     for entry in entries:
         ours = ethernet(entry)
         key = next((k for k, v in ethernets.items() if isinstance(v, Mapping)
-                    and str(((v.get("match") or {}).get("macaddress") or "")).lower() == entry.mac), None)
+                    and str((v.get("match") or {}).get("macaddress") or "").lower() == entry.mac), None)
         if key is None and entry.name in ethernets:
             key = entry.name
         if key is None:

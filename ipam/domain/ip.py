@@ -1,25 +1,23 @@
-"""IP networks: subnets (IPv4, IPv6, dual-stack), exclusions, gateway, DNS; addresses as integer keys.
+"""IP addresses as integer keys, and subnets (IPv4, IPv6) with their exclusions and gateway.
 
 An address travels as text (``10.0.0.5``, ``fd00::5``) and lives in memory as an integer key:
 its value, with bit 128 set for IPv6 so the two families never collide in one dict.  A subnet
-is never materialised: allocation walks offsets inside ``[lo, hi]`` and jumps over excluded
-intervals, so a /64 costs the same as a /24.
+is a next-fit region of the lease core (``book.Region``) and is never materialised: allocation
+walks offsets inside ``[lo, hi]`` and jumps over excluded intervals, so a /64 costs as a /24.
+Networks (named sets of subnets) are in ``networks``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from socket import AF_INET, AF_INET6, inet_pton
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from socket import AF_INET, AF_INET6, inet_pton
 
 V6 = 1 << 128
-SUBNETS_MAX = 16
 EXCLUDES_MAX = 256
-DNS_MAX = 8
-ATTACHMENTS_MAX = 256
 START_SPAN = 1 << 32  # random cursor starts stay within the first 2^32 offsets (JSON-safe, any subnet size)
 
 
@@ -93,6 +91,12 @@ class Subnet:
     def family(self) -> int:
         return self.cidr.version
 
+    slot = family  # an interface holds one address per family of a network
+
+    @property
+    def ident(self) -> str:
+        return self.cidr_text
+
     @property
     def mark(self) -> int:
         return V6 if self.cidr.version == 6 else 0
@@ -101,15 +105,21 @@ class Subnet:
     def span(self) -> int:
         return self.hi - self.lo + 1
 
+    def key_at(self, offset: int) -> int:
+        return (self.lo + offset) | self.mark
+
+    def offset_of(self, key: int) -> int:
+        return (key & ~V6) - self.lo
+
+    def skip(self, offset: int) -> int | None:
+        end = self.excluded_end(self.lo + offset)
+        return None if end is None else end + 1 - self.lo
+
     def holds(self, key: int) -> bool:
         """Inside the subnet at all (network and broadcast included)."""
         if (key & V6) != self.mark:
             return False
         return self.first <= (key & ~V6) <= self.last
-
-    def cursor_after(self, key: int) -> int:
-        """Where next-fit continues after handing out ``key`` (an offset from ``lo``)."""
-        return ((key & ~V6) - self.lo + 1) % self.span
 
     def excluded_end(self, value: int) -> int | None:
         """If ``value`` is excluded, the last value of its excluded interval."""
@@ -133,33 +143,6 @@ class Subnet:
         if self.excluded_end(value) is not None:
             return "is excluded"
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class Network:
-    name: str
-    subnets: tuple[Subnet, ...]
-    dns: tuple[str, ...] = ()
-    attachments: tuple[str, ...] = ()  # "namespace/name" of NetworkAttachmentDefinitions that attach to it
-
-    @property
-    def families(self) -> tuple[int, ...]:
-        return tuple(sorted({s.family for s in self.subnets}))
-
-    def subnet_of(self, key: int) -> int | None:
-        """Index of the subnet the address is inside (usable or not)."""
-        for i, s in enumerate(self.subnets):
-            if s.holds(key):
-                return i
-        return None
-
-    def problem(self, key: int) -> str | None:
-        """Why this address cannot be leased in this network, or None."""
-        i = self.subnet_of(key)
-        if i is None:
-            return f"is outside network {self.name!r} ({', '.join(str(s.cidr) for s in self.subnets)})"
-        why = self.subnets[i].why_not(key)
-        return None if why is None else f"{why} of {self.subnets[i].cidr} in network {self.name!r}"
 
 
 def _address_in(text: str, net, field_name: str) -> int:
@@ -247,37 +230,3 @@ def build_subnet(network: str, index: int, cidr: str, gateway: str | None, exclu
                   first=first, last=last, cidr_text=str(net))
 
 
-def build_network(name: str, subnets: Sequence, dns: Sequence[str] = (), attachments: Sequence[str] = ()) -> Network:
-    """Check and build a network from its definition (``subnets``: items with cidr, gateway, exclude)."""
-    from .pools import pool_name_problem  # same naming rule as pools
-
-    problem = pool_name_problem(name)
-    if problem:
-        raise NetworkError("name", f"network name {problem}")
-    if not subnets:
-        raise NetworkError("subnets", "a network needs at least one subnet")
-    if len(subnets) > SUBNETS_MAX:
-        raise NetworkError("subnets", f"at most {SUBNETS_MAX} subnets per network")
-    built = tuple(build_subnet(name, i, s.cidr, s.gateway, s.exclude) for i, s in enumerate(subnets))
-    for i, a in enumerate(built):
-        for j in range(i):
-            b = built[j]
-            if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):
-                raise NetworkError(f"subnets[{i}].cidr", f"{a.cidr} overlaps subnets[{j}] ({b.cidr})")
-    if len(dns) > DNS_MAX:
-        raise NetworkError("dns", f"at most {DNS_MAX} DNS servers")
-    for i, d in enumerate(dns):
-        try:
-            parse_address(d)
-        except AddressError as e:
-            raise NetworkError(f"dns[{i}]", str(e)) from None
-    if len(attachments) > ATTACHMENTS_MAX:
-        raise NetworkError("attachments", f"at most {ATTACHMENTS_MAX} attachments")
-    for i, a in enumerate(attachments):
-        ns, slash, nad = a.partition("/") if isinstance(a, str) else ("", "", "")
-        if not slash or not ns or not nad or "/" in nad or pool_name_problem(ns) or pool_name_problem(nad):
-            raise NetworkError(f"attachments[{i}]", f"{str(a)[:80]!r} is not 'namespace/name' of a NetworkAttachmentDefinition")
-    if len(set(attachments)) != len(attachments):
-        raise NetworkError("attachments", "lists an attachment twice")
-    return Network(name=name, subnets=built, dns=tuple(canonical(d) for d in dns),
-                   attachments=tuple(attachments))

@@ -7,7 +7,8 @@ import re
 MAC_MAX = (1 << 48) - 1
 _MULTICAST_BIT = 1 << 40  # the I/G bit: lowest bit of the first octet
 
-_COLON = re.compile(r"^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})$")
+_COLON = re.compile(r"^([0-9a-fA-F]{2})([:-])([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})\2([0-9a-fA-F]{2})"
+                    r"\2([0-9a-fA-F]{2})$")
 _DOT = re.compile(r"^([0-9a-fA-F]{4})\.([0-9a-fA-F]{4})\.([0-9a-fA-F]{4})$")
 
 

@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .commands import SubnetSpec
 from .kubevirt import SpecError
-from .messages import SubnetSpec
 
 PREFIX = "ipam.kubevirt.io/"
 SUBNETS = PREFIX + "subnets"

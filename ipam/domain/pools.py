@@ -1,14 +1,26 @@
-"""MAC pools: named, non-overlapping ranges, optionally bound to namespaces."""
+"""MAC pools: named, non-overlapping ranges, optionally bound to namespaces; the pool registry.
+
+What a pool adds to the lease core (``leasing``): its range as a next-fit region over unicast
+ordinals, one slot (an interface holds one MAC per pool), and the registry: every pool is decided
+on one partition (``REGISTRY_KEY``) so that one writer checks overlaps; other partitions learn
+pools as reference data.  Requests are routed to a pool here (``choose_pool``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .mac import MacFormatError, format_mac, parse_mac, unicast_below
+from .commands import CreatePool
+from .events import Event, PoolCreated
+from .kinds import MAC
+from .leasing import reject
+from .mac import MacFormatError, format_mac, parse_mac, parse_unicast, unicast_at, unicast_below, unicast_problem
 
 POOL_NAME_MAX = 63
-EXTERNAL = "external"
+NAMESPACE_MAX = 63
+REGISTRY_KEY = "@registry"
 
 
 class RangeError(ValueError):
@@ -17,15 +29,15 @@ class RangeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MacRange:
-    """An inclusive range of MACs; only its unicast members are ever handed out."""
+    """An inclusive range of MACs; only its unicast members are ever handed out (offsets are unicast ordinals)."""
 
     first: int
     last: int
     lo: int = field(init=False, compare=False)  # unicast ordinal of the first usable address
     size: int = field(init=False, compare=False)  # number of unicast addresses in the range
+    slot = 0
 
     def __post_init__(self) -> None:
-        # derived once: evolve needs both for every lease event
         object.__setattr__(self, "lo", unicast_below(self.first))
         object.__setattr__(self, "size", unicast_below(self.last + 1) - self.lo)
 
@@ -38,36 +50,48 @@ class MacRange:
     def __str__(self) -> str:
         return f"{format_mac(self.first)}-{format_mac(self.last)}"
 
+    @property
+    def span(self) -> int:
+        return self.size
+
+    @property
+    def ident(self) -> str:
+        return str(self)
+
+    def key_at(self, offset: int) -> int:
+        return unicast_at(self.lo + offset)
+
+    def offset_of(self, key: int) -> int:
+        return unicast_below(key) - self.lo
+
+    def skip(self, offset: int) -> None:
+        return None  # nothing inside a range is excluded
+
 
 def parse_range(text: str) -> MacRange:
     """Parse ``first-last``; the two ends may use any accepted MAC form."""
     if not isinstance(text, str):
         raise RangeError("expected a string 'first-last'")
-    # The dash form of a MAC also contains dashes, so split on the dash that
-    # separates two valid MACs.
-    for i, ch in enumerate(text):
+    for i, ch in enumerate(text):  # the dash form of a MAC holds dashes too: split where two MACs result
         if ch != "-":
             continue
         try:
-            first, last = parse_mac(text[:i].strip()), parse_mac(text[i + 1 :].strip())
+            first, last = parse_mac(text[:i].strip()), parse_mac(text[i + 1:].strip())
         except MacFormatError:
             continue
-        return checked_range(first, last)
+        if first > last:
+            raise RangeError(f"range starts at {format_mac(first)}, after its end {format_mac(last)}")
+        if first == 0:
+            raise RangeError("range includes the all-zero MAC")
+        r = MacRange(first, last)
+        if r.size == 0:
+            raise RangeError(f"range {r} holds only multicast addresses")
+        return r
     raise RangeError(f"{text[:80]!r} is not a range 'first-last' of two MAC addresses")
 
 
-def checked_range(first: int, last: int) -> MacRange:
-    if first > last:
-        raise RangeError(f"range starts at {format_mac(first)}, after its end {format_mac(last)}")
-    if first == 0:
-        raise RangeError("range includes the all-zero MAC")
-    r = MacRange(first, last)
-    if r.size == 0:
-        raise RangeError(f"range {r} holds only multicast addresses")
-    return r
-
-
-def pool_name_problem(name: object) -> str | None:
+def name_problem(name: object) -> str | None:
+    """Pools, networks and namespaces follow Kubernetes naming."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty string"
     if len(name) > POOL_NAME_MAX:
@@ -81,14 +105,16 @@ def pool_name_problem(name: object) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """A pool definition.  ``range`` is None for the external pool, which only takes
-    static requests for MACs outside every ranged pool."""
+    """A pool definition, the lease core's space for MACs.  ``range`` is None for the external pool,
+    which only takes static requests for MACs outside every ranged pool."""
 
     name: str
     range: MacRange | None
     namespaces: tuple[str, ...] = ()
     default: bool = False
     start: int = 0  # ordinal offset where the allocation cursor begins
+    kind = MAC
+    slots = (0,)
 
     @property
     def external(self) -> bool:
@@ -98,6 +124,44 @@ class Pool:
     def size(self) -> int:
         return 0 if self.range is None else self.range.size
 
+    @property
+    def regions(self) -> tuple[MacRange, ...]:
+        return () if self.range is None else (self.range,)
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        return () if self.range is None else (self.start,)
+
+    @property
+    def allocates(self) -> bool:
+        return self.range is not None
+
+    def slot_of(self, key: int) -> int:
+        return 0
+
+    def slot_name(self, slot: int) -> str:
+        return ""
+
+    def region_of(self, key: int) -> int | None:
+        return None if self.range is None else 0
+
+    def problem(self, key: int) -> tuple[str, str] | None:
+        if unicast_problem(key):
+            return "invalid", f"cannot be held: {unicast_problem(key)}"
+        if self.range is not None and key not in self.range:
+            return "outside_pool", f"is outside pool {self.name!r} ({self.range})"
+        return None
+
+    def detail(self, key: int) -> dict:
+        return {}
+
+    format = staticmethod(format_mac)
+    parse = staticmethod(parse_unicast)
+
+    @staticmethod
+    def parse_own(text: str) -> int:
+        return int(text.replace(":", ""), 16)
+
 
 def start_offset(name: str, salt: str, size: int) -> int:
     """Deterministic 'random' cursor start: replays must make the same choice."""
@@ -105,3 +169,106 @@ def start_offset(name: str, salt: str, size: int) -> int:
         return 0
     digest = hashlib.blake2b(f"{name}\x00{salt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % size
+
+
+def pool_from_event(ev: PoolCreated) -> Pool:
+    return Pool(name=ev.name, range=None if ev.range is None else parse_range(ev.range), namespaces=tuple(ev.namespaces),
+                default=ev.default, start=ev.start)
+
+
+# --- deciding the registry -------------------------------------------------------------------
+
+
+def create(pools: Mapping[str, Pool], cmd: CreatePool) -> list[Event]:
+    def refuse(code: str, reason: str, field: str) -> list[Event]:
+        return reject("pool", cmd, code, reason, field, space=cmd.name)
+
+    problem = name_problem(cmd.name)
+    if problem:
+        return refuse("invalid", f"pool name {problem}", "name")
+    if cmd.name in pools:
+        return refuse("exists", f"pool {cmd.name!r} already exists", "name")
+    for ns in cmd.namespaces:
+        if not ns or len(ns) > NAMESPACE_MAX:
+            return refuse("invalid", f"namespace {ns[:80]!r} is not a valid namespace name", "namespaces")
+    if len(set(cmd.namespaces)) != len(cmd.namespaces):
+        return refuse("invalid", "namespaces lists a namespace twice", "namespaces")
+    rng, refusal = _range_of(pools, cmd)
+    if refusal:
+        return refuse(*refusal)
+    for p in pools.values():
+        bound = set(p.namespaces).intersection(cmd.namespaces)
+        if bound:
+            return refuse("conflict", f"namespace {sorted(bound)[0]!r} is already bound to pool {p.name!r}", "namespaces")
+        if cmd.default and p.default:
+            return refuse("conflict", f"pool {p.name!r} is already the default pool", "default")
+    if cmd.default and rng is None:
+        return refuse("invalid", "the external pool cannot be the default pool", "default")
+    return [PoolCreated(command_id=cmd.command_id, at=cmd.at, name=cmd.name, range=None if rng is None else str(rng),
+                        namespaces=tuple(cmd.namespaces), default=cmd.default,
+                        start=start_offset(cmd.name, cmd.command_id, 0 if rng is None else rng.size))]
+
+
+def _range_of(pools: Mapping[str, Pool], cmd: CreatePool) -> tuple[MacRange | None, tuple | None]:
+    """The new pool's range, or why it cannot have it: (code, reason, field)."""
+    if cmd.external:
+        if cmd.range is not None:
+            return None, ("invalid", "an external pool has no range", "range")
+        other = next((p for p in pools.values() if p.external), None)
+        return None, None if other is None else ("exists", f"pool {other.name!r} is already the external pool", "external")
+    if cmd.range is None:
+        return None, ("invalid", "a range 'first-last' is required (or external: true)", "range")
+    try:
+        rng = parse_range(cmd.range)
+    except RangeError as e:
+        return None, ("invalid", str(e), "range")
+    for p in pools.values():
+        if p.range is not None and p.range.overlaps(rng):
+            return None, ("overlap", f"range {rng} overlaps pool {p.name!r} ({p.range})", "range")
+    return rng, None
+
+
+def outside_every_range(pools: Mapping[str, Pool], pool: Pool, cmd) -> list[Event]:
+    """The external pool takes only MACs that no ranged pool holds: a refusal, or nothing."""
+    if pool.range is not None or cmd.mac is None:
+        return []
+    try:
+        mac = parse_unicast(cmd.mac)
+    except MacFormatError:
+        return []  # the lease core says why
+    inside = next((p for p in pools.values() if p.range is not None and mac in p.range), None)
+    if inside is None:
+        return []
+    return reject("pool", cmd, "wrong_pool", f"{format_mac(mac)} is inside pool {inside.name!r}; lease it from there", "mac")
+
+
+# --- routing a request to a pool -------------------------------------------------------------
+
+
+class RoutingError(ValueError):
+    def __init__(self, code: str, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.field, self.reason = code, field, reason
+
+
+def choose_pool(pools: Mapping[str, Pool], namespace: str, pool: str | None, mac: int | None) -> Pool:
+    """The pool named, the one holding the static MAC (else the external pool), the namespace's, or the default."""
+    if pool is not None:
+        chosen = pools.get(pool)
+        if chosen is None:
+            raise RoutingError("unknown_pool", "pool", f"pool {pool!r} does not exist")
+        if mac is not None and chosen.range is not None and mac not in chosen.range:
+            raise RoutingError("outside_pool", "mac", f"{format_mac(mac)} is outside pool {pool!r} ({chosen.range})")
+        return chosen
+    if mac is not None:
+        found = next((p for p in pools.values() if p.range is not None and mac in p.range), None)
+        found = found or next((p for p in pools.values() if p.external), None)
+        if found is None:
+            raise RoutingError("outside_pool", "mac", f"{format_mac(mac)} is outside every pool and there is no external pool")
+        return found
+    found = next((p for p in pools.values() if namespace in p.namespaces), None) or \
+        next((p for p in pools.values() if p.default), None)
+    if found is None:
+        raise RoutingError("no_pool", "pool",
+                           f"no pool given, namespace {namespace!r} is bound to no pool and there is no default pool")
+    return found

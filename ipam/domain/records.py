@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from .messages import AnyEvent
+from .events import AnyEvent
 
 
 class EventRecord(Struct, kw_only=True, frozen=True):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import msgspec
 import structlog
-from aiokafka import TopicPartition
 
 from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader
-from ..adapters.postgres.partitions import PartitionRow, read_partition, reset_log
+from ..adapters.postgres.ownership import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
-from ..domain.messages import CommandId
+from ..domain.owners import CommandId
 from ..domain.records import record_decoder
 
 log = structlog.get_logger("ipam.continuity")
@@ -40,17 +39,17 @@ def command_id_of(raw: bytes, partition: int, offset: int) -> str:
 async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
     if row.events_offset == 0:
         return True
-    tp = TopicPartition(cfg.events_topic, row.partition)
+    topic, partition = cfg.events_topic, row.partition
     if row.last_epoch is None and row.last_record_hash is None:
         # Nothing consumed yet in this generation, which began past offset 0 (an unserved
         # range was skipped): intact while the log still reaches that start.
-        return await reader.beginning(tp) <= row.events_offset <= await reader.end(tp)
-    raw = await reader.record_at(tp, row.events_offset - 1)
+        return await reader.beginning(topic, partition) <= row.events_offset <= await reader.end(topic, partition)
+    raw = await reader.record_at(topic, partition, row.events_offset - 1)
     if raw is None:
         return False
     if raw is UNSERVED:
         log.warning("the broker lists the last record ipam consumed but does not serve it; assuming the log is intact",
-                    topic=tp.topic, partition=row.partition, offset=row.events_offset - 1)
+                    topic=topic, partition=partition, offset=row.events_offset - 1)
         return True
     if row.last_record_hash is not None:
         return record_hash(raw) == row.last_record_hash
@@ -67,7 +66,7 @@ async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) ->
     if row.commands_offset == 0 or row.last_command_id is None:
         return True
     offset = row.commands_offset - 1
-    raw = await reader.record_at(TopicPartition(cfg.commands_topic, row.partition), offset)
+    raw = await reader.record_at(cfg.commands_topic, row.partition, offset)
     if raw is UNSERVED:
         return True  # no proof of a reset (see _events_intact)
     return raw is not None and command_id_of(raw, row.partition, offset) == row.last_command_id
@@ -85,8 +84,8 @@ async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int
         commands_ok = await _commands_intact(reader, cfg, row)
         if events_ok and commands_ok:
             return row
-        events_start = None if events_ok else await reader.beginning(TopicPartition(cfg.events_topic, partition))
-        commands_start = None if commands_ok else await reader.beginning(TopicPartition(cfg.commands_topic, partition))
+        events_start = None if events_ok else await reader.beginning(cfg.events_topic, partition)
+        commands_start = None if commands_ok else await reader.beginning(cfg.commands_topic, partition)
         lost = [n for n, ok in (("events", events_ok), ("commands", commands_ok)) if not ok]
         new = await reset_log(
             conn, partition, row, events_start=events_start, commands_start=commands_start,
@@ -111,8 +110,7 @@ async def skip_unserved(conn, reader: LogReader, cfg: Config, seen: PartitionRow
     decides their commands again from the commands log (command ids keep that harmless).
     Compare-and-set on the row: if the projector moved, the range was served after all.
     """
-    tp = TopicPartition(cfg.events_topic, seen.partition)
-    end = await reader.end(tp)
+    end = await reader.end(cfg.events_topic, seen.partition)
     if seen.events_offset > stalled.position or end <= stalled.position:
         return False
     new = await reset_log(

@@ -19,11 +19,13 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--seed", type=int, default=1, help="seed of the first run; run k uses seed + k")
     ap.add_argument("--keep", action="store_true", help="keep the Postgres server when a run finds violations")
-    ap.add_argument("--keep-postgres", action="store_true", help="always keep the Postgres server (to inspect or `ipam rebuild` it)")
+    ap.add_argument("--keep-postgres", action="store_true",
+                    help="always keep the Postgres server (to inspect or `ipam rebuild` it)")
     args = ap.parse_args(argv)
     logs.configure("error", "console")
     pg = PrivatePostgres().start()
-    totals = {"runs": 0, "kills": 0, "failpoint_deaths": 0, "failpoints": {}, "rebalances": 0, "duplicates_injected": 0, "poison_records": 0, "violations": 0,
+    totals = {"runs": 0, "kills": 0, "failpoint_deaths": 0, "failpoints": {}, "rebalances": 0, "duplicates_injected": 0,
+              "poison_records": 0, "violations": 0,
               "seeds": []}
     try:
         for k in range(args.runs):

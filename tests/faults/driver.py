@@ -24,13 +24,13 @@ import time
 import uuid
 
 import aiohttp
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
 from ipam.devenv import LocalBroker, PrivatePostgres
-from ipam.domain.messages import AnyEvent
+from ipam.domain.events import AnyEvent
 
 from ..harness import ServiceProcess, create_database, make_config
 
@@ -78,7 +78,7 @@ class Client:
                     data = await r.json(content_type=None)
                     if r.status < 500:
                         return r.status, data
-            except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
                 pass
             await asyncio.sleep(0.3 * (attempt + 1))
         return None
@@ -238,7 +238,8 @@ class Run:
                     "namespaces": [f"ns{n}"] if n < 3 else [], "default": n == 3}
             for _ in range(120):
                 try:
-                    async with http.post(self.procs["api"].url + "/v1/pools", json=body, headers={"Idempotency-Key": f"pool-{name}"}) as r:
+                    async with http.post(self.procs["api"].url + "/v1/pools", json=body,
+                                         headers={"Idempotency-Key": f"pool-{name}"}) as r:
                         if r.status in (201, 409):
                             break
                 except aiohttp.ClientError:
@@ -306,12 +307,11 @@ class Run:
     async def _resend(self, producer: AIOKafkaProducer) -> int:
         """Re-send recorded commands byte for byte: what a producer retry does."""
         part = self.rng.randrange(self.cfg.partitions)
-        tp = TopicPartition(self.cfg.commands_topic, part)
         sent = 0
         try:
             async with kafka.LogReader(self.cfg) as reader:
-                start = await reader.beginning(tp)
-                async for batch in reader.read_to_end(tp, start, idle=0.1):
+                start = await reader.beginning(self.cfg.commands_topic, part)
+                async for batch in reader.read_to_end(self.cfg.commands_topic, part, start, idle=0.1):
                     for _offset, raw in self.rng.sample(batch, min(5, len(batch))):
                         await producer.send_and_wait(self.cfg.commands_topic, raw, partition=part)
                         sent += 1

@@ -65,7 +65,8 @@ async def migrate(dsn: str) -> list[str]:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS public.ipam_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS public.ipam_migrations (version text PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM public.ipam_migrations")}
         for path in sorted(migrations_dir().glob("*.sql")):

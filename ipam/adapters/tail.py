@@ -12,9 +12,10 @@ import json
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
-from .adapters.kafka import connection_options
-from .config import Config
+from ..config import Config
+from .kafka import connection_options
 
 # fields worth a glance, in the order they are shown; everything is in --json
 _SHOWN = ("pool", "network", "mac", "address", "addresses", "code", "reason", "kind", "name")
@@ -23,7 +24,7 @@ _SHOWN = ("pool", "network", "mac", "address", "addresses", "code", "reason", "k
 def describe(partition: int, offset: int, record: dict) -> str:
     """One line: when, where, what, which owner, the fields that matter."""
     event = record.get("event", {})
-    at = dt.datetime.fromtimestamp(event.get("at", 0) / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    at = dt.datetime.fromtimestamp(event.get("at", 0) / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     owner = event.get("owner") or {}
     who = "/".join(owner[k] for k in ("namespace", "vm", "interface") if owner.get(k))
     details = [f"{k}={event[k]}" for k in _SHOWN if event.get(k) not in (None, "", [], ())]
@@ -84,3 +85,9 @@ def run(cfg: Config, last: int, follow: bool, as_json: bool, partitions: list[in
         return asyncio.run(tail(cfg, last, follow, emit, partitions))
     except KeyboardInterrupt:
         return 0
+    except KafkaError as e:
+        raise TailError(str(e)) from e
+
+
+class TailError(RuntimeError):
+    """The topic could not be read (the broker is unreachable, the topic is missing)."""

@@ -1,22 +1,20 @@
-"""Partition ownership in Postgres: epochs, fences, log generations, and loading an allocator's state."""
+"""Partition ownership in Postgres: epochs, fences and log generations.
+
+Who may write a partition's events is decided here: each allocator taking a partition claims
+the next epoch, and its fence (where its writes begin) is what the projector admits records by.
+The watcher's single leader is chosen here too.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
+import asyncio
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
 import msgspec
 
-from ...domain.allocation import PoolBook, State, mac_of
 from ...domain.fencing import Fences
-from ...domain.ip import parse_address
-from ...domain.ip_allocation import NetworkBook, network_from, spec_of
-from ...domain.messages import EVENT_TYPES, NetworkDefined, Owner
-
-EVENT_TAGS = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
-from ...domain.pools import MacRange, Pool
 
 
 @dataclass(frozen=True)
@@ -36,8 +34,6 @@ class PartitionRow:
     def of(cls, row: asyncpg.Record) -> PartitionRow:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
-
-LOAD_CHUNK = 20_000  # lease rows per fetch when loading a partition
 
 _COLUMNS = ("partition, generation, epoch, fence_offset, events_offset, last_epoch, last_seq, commands_offset, "
             "last_command_id, last_record_hash")
@@ -175,100 +171,21 @@ async def reset_log(
     return PartitionRow.of(new)
 
 
-def pool_of_row(r: asyncpg.Record) -> Pool:
-    rng = None if r["external"] else MacRange(mac_of(r["first_mac"]), mac_of(r["last_mac"]))
-    return Pool(name=r["name"], range=rng, namespaces=tuple(r["namespaces"]), default=r["is_default"], start=r["start_offset"])
+async def generations(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, int]:
+    """partition -> its current log generation."""
+    rows = await conn.fetch("SELECT partition, generation FROM ipam_store.partitions WHERE partition = ANY($1::int[])",
+                            partitions)
+    return {r["partition"]: r["generation"] for r in rows}
 
 
-async def load_pools(conn: asyncpg.Connection) -> dict[str, tuple[Pool, int, int]]:
-    """All pool definitions with (pool, partition, cursor)."""
-    rows = await conn.fetch(
-        "SELECT name, first_mac::text, last_mac::text, external, namespaces, is_default, start_offset, partition, cursor "
-        "FROM ipam_store.pools"
-    )
-    return {r["name"]: (pool_of_row(r), r["partition"], r["cursor"]) for r in rows}
-
-
-async def load_state(conn: asyncpg.Connection, partition: int, *, quarantine_ms: int, recent_max: int) -> State:
-    """The projected state of one partition: all pool definitions, this partition's books, recent ids."""
-    state = State(quarantine_ms=quarantine_ms, recent_max=recent_max)
-    pools = await load_pools(conn)
-    mine = []
-    for name, (pool, part, cursor) in pools.items():
-        state.pools[name] = pool
-        if part == partition:
-            book = state.books[name] = PoolBook(pool)
-            book.cursor = cursor
-            mine.append(name)
-    if mine:
-        async with conn.transaction():
-            # In chunks through a cursor: a million rows fetched at once leave their records' memory
-            # behind in the allocator's heap.  Namespace and interface names repeat: one string each.
-            intern, from_bytes = sys.intern, int.from_bytes
-            for pool in mine:  # one pool at a time: no pool column to decode a million times
-                hold = state.books[pool].hold
-                cursor = await conn.cursor(
-                    "SELECT macaddr_send(mac), namespace, vm, vm_uid, interface "  # the MAC as 6 raw bytes
-                    "FROM ipam_store.mac_leases WHERE pool = $1", pool)
-                while rows := await cursor.fetch(LOAD_CHUNK):
-                    for mac, ns, vm, uid, iface in rows:
-                        hold(from_bytes(mac, "big"), Owner(namespace=intern(ns), vm=vm, vm_uid=uid, interface=intern(iface)))
-                    del rows
-            for r in await conn.fetch(
-                    "SELECT pool, macaddr_send(mac) AS mac, (extract(epoch FROM pending_until) * 1000)::bigint AS pending "
-                    "FROM ipam_store.mac_leases WHERE pool = ANY($1::text[]) AND pending_until IS NOT NULL", mine):
-                state.books[r["pool"]].pending[int.from_bytes(r["mac"], "big")] = r["pending"]
-            now_ms = int(time.time() * 1000)
-            for r in await conn.fetch(
-                "SELECT pool, mac::text, (extract(epoch FROM until) * 1000)::bigint AS until FROM ipam_store.mac_quarantine "
-                "WHERE pool = ANY($1::text[]) AND until > now()",
-                mine,
-            ):
-                if r["until"] > now_ms:
-                    state.books[r["pool"]].quarantine[mac_of(r["mac"])] = r["until"]
-    await load_networks(conn, state, partition)
-    # Only events that were applied: a command whose events were dropped (zombie epoch,
-    # duplicate, poison) was not decided, and its next delivery must be decided.
-    rows = await conn.fetch(
-        "SELECT command_id FROM ipam_store.ledger WHERE partition = $1 AND \"offset\" IS NOT NULL "
-        "AND type = ANY($3::text[]) ORDER BY id DESC LIMIT $2",
-        partition,
-        recent_max,
-        list(EVENT_TAGS),
-    )
-    for r in reversed(rows):
-        state.remember(r["command_id"])
-    return state
-
-
-async def load_networks(conn: asyncpg.Connection, state: State, partition: int) -> None:
-    """The networks keyed to this partition, with their cursors, leases, pending leases and quarantine."""
-    rows = await conn.fetch("SELECT name, definition::text FROM ipam_store.networks WHERE partition = $1", partition)
-    if not rows:
-        return
-    for r in rows:
-        ev = msgspec.json.decode(r["definition"], type=NetworkDefined)
-        state.networks[r["name"]] = NetworkBook(network_from(ev), spec_of(ev))
-    names = list(state.networks)
-    async with conn.transaction():
-        for r in await conn.fetch("SELECT network, cidr::text, cursor::text FROM ipam_store.network_subnets "
-                                  "WHERE network = ANY($1::text[])", names):
-            book = state.networks[r["network"]]
-            for i, sn in enumerate(book.network.subnets):
-                if str(sn.cidr) == r["cidr"]:
-                    book.cursors[i] = int(r["cursor"])
-        for r in await conn.fetch(
-                "SELECT network, host(address) AS address, namespace, vm, vm_uid, interface, "
-                "(extract(epoch FROM pending_until) * 1000)::bigint AS pending "
-                "FROM ipam_store.ip_leases WHERE network = ANY($1::text[])", names):
-            book = state.networks[r["network"]]
-            key = parse_address(r["address"])
-            book.hold(key, Owner(namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"], interface=r["interface"]))
-            if r["pending"] is not None:
-                book.pending[key] = r["pending"]
-        now_ms = int(time.time() * 1000)
-        for r in await conn.fetch(
-                "SELECT network, host(address) AS address, (extract(epoch FROM until) * 1000)::bigint AS until "
-                "FROM ipam_store.ip_quarantine WHERE network = ANY($1::text[]) AND until > now()", names):
-            if r["until"] > now_ms:
-                state.networks[r["network"]].quarantine[parse_address(r["address"])] = r["until"]
+@asynccontextmanager
+async def leadership(dsn: str, key: int, poll: float = 2.0):
+    """Hold an advisory lock on a connection of its own while the block runs: one leader at a time.
+    The lock goes with the connection, so a leader that dies lets another take over."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            await asyncio.sleep(poll)
+        yield
+    finally:
+        await conn.close()

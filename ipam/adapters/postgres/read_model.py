@@ -1,0 +1,155 @@
+"""What the API, the webhook and the watcher read from Postgres, and the few observations the watcher writes.
+
+Every query outside the pipeline's own transactions is here, so the roles and the API hold no
+SQL: they call a ``ReadModel`` over the connection pool.  Lease queries are written once for
+every kind of address, from the kind's table description (``tables``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from ...domain.catalog import Catalog
+from ...domain.kinds import Kind
+from ...domain.owners import PROVISIONAL_UID_PREFIX
+from .spaces import load_spaces, stored_networks
+from .tables import TABLES
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A VM (one incarnation) holding leases in a space."""
+
+    space: str
+    namespace: str
+    vm: str
+    vm_uid: str
+
+
+class ReadModel:
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self.db = db
+        self._catalog: Catalog | None = None
+        self._catalog_at = float("-inf")
+
+    # --- spaces -------------------------------------------------------------------------------
+
+    async def catalog(self, max_age: float = 0.0) -> Catalog:
+        """Every pool and network, as read from Postgres at most ``max_age`` seconds ago."""
+        if self._catalog is None or time.monotonic() - self._catalog_at >= max_age:
+            async with self.db.acquire() as conn:
+                self._catalog = Catalog(await load_spaces(conn))
+            self._catalog_at = time.monotonic()
+        return self._catalog
+
+    async def stored_networks(self):
+        async with self.db.acquire() as conn:
+            return await stored_networks(conn)
+
+    async def pools(self, name: str | None = None) -> list[asyncpg.Record]:
+        return await self.db.fetch(
+            "SELECT pool, range, size, used, quarantined, free, percent::float8 AS percent, namespaces, is_default "
+            "FROM ipam.pool_usage WHERE $1::text IS NULL OR pool = $1 ORDER BY pool", name)
+
+    async def networks(self, name: str | None = None) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """(networks, their subnets with usage in definition order)."""
+        nets = await self.db.fetch(
+            "SELECT name, array(SELECT host(d) FROM unnest(dns) d) AS dns, attachments, source FROM ipam_store.networks "
+            "WHERE $1::text IS NULL OR name = $1 ORDER BY name", name)
+        subnets = await self.db.fetch(
+            "SELECT u.network, u.cidr::text, u.family, host(u.gateway) AS gateway, s.exclude, u.size, u.used, u.quarantined, "
+            "u.free, u.percent::float8 AS percent FROM ipam.network_usage u "
+            "JOIN ipam_store.network_subnets s ON s.network = u.network AND s.cidr = u.cidr "
+            "WHERE $1::text IS NULL OR u.network = $1 ORDER BY u.network, s.idx", name)
+        return nets, subnets
+
+    # --- leases -------------------------------------------------------------------------------
+
+    async def leases(self, kind: Kind, *, namespace=None, vm=None, space=None, address=None, limit=1000):
+        t = TABLES[kind]
+        return await self.db.fetch(
+            f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until
+                FROM {t.view} WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
+                  AND ($3::text IS NULL OR {kind.space} = $3) AND ($4::{t.address_type} IS NULL OR {kind.address} = $4)
+                ORDER BY namespace, vm, interface, {kind.space}, {kind.address} LIMIT $5""",
+            namespace, vm, space, address, limit)
+
+    async def holdings(self, kind: Kind) -> list[Holding]:
+        """Every VM that holds leases of this kind, per space (VMs admitted but not seen yet left out)."""
+        t = TABLES[kind]
+        rows = await self.db.fetch(f"SELECT DISTINCT {kind.space}, namespace, vm, vm_uid FROM {t.leases} "
+                                   "WHERE left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX), PROVISIONAL_UID_PREFIX)
+        return [Holding(*r) for r in rows]
+
+    async def spaces_held(self, kind: Kind, namespace: str, vm: str, *, vm_uid: str | None = None,
+                          interface: str | None = None) -> set[str]:
+        """Spaces where a VM (or one incarnation, or one interface) holds leases."""
+        rows = await self.db.fetch(
+            f"SELECT DISTINCT {kind.space} FROM {TABLES[kind].leases} WHERE namespace = $1 AND vm = $2 "
+            "AND ($3::text IS NULL OR vm_uid = $3) AND ($4::text IS NULL OR interface = $4)", namespace, vm, vm_uid, interface)
+        return {r[0] for r in rows}
+
+    async def space_holding(self, kind: Kind, address: str) -> str | None:
+        """The space whose lease holds this address (an address unique in the cluster: a MAC)."""
+        t = TABLES[kind]
+        return await self.db.fetchval(f"SELECT {kind.space} FROM {t.leases} WHERE {kind.address} = $1::{t.address_type}",
+                                      address)
+
+    async def interfaces_held(self, kind: Kind, namespace: str, vm: str, besides: str) -> int:
+        return await self.db.fetchval(f"SELECT count(DISTINCT interface) FROM {TABLES[kind].leases} "
+                                      "WHERE namespace = $1 AND vm = $2 AND interface <> $3", namespace, vm, besides)
+
+    async def lapsed(self, kind: Kind, limit: int = 1000) -> list[tuple[str, str, str, int]]:
+        """Pending leases past their time: (space, address, vm uid, until ms)."""
+        t = TABLES[kind]
+        rows = await self.db.fetch(
+            f"SELECT {kind.space}, {t.address_text}, vm_uid, (extract(epoch FROM pending_until) * 1000)::bigint "
+            f"FROM {t.leases} WHERE pending_until < now() LIMIT $1", limit)
+        return [tuple(r) for r in rows]
+
+    async def pending(self, kind: Kind) -> int:
+        return await self.db.fetchval(f"SELECT count(*) FROM {TABLES[kind].view} WHERE state = 'pending'")
+
+    async def lease_counts(self, kind: Kind) -> list[asyncpg.Record]:
+        return await self.db.fetch(f"SELECT {kind.space}, state, count(*) FROM {TABLES[kind].view} GROUP BY 1, 2")
+
+    # --- what the cluster runs (the watcher's observations) -----------------------------------
+
+    async def replace_instances(self, interfaces: list[tuple], addresses: list[tuple], uid: str | None = None) -> None:
+        """What running VMIs report: every VMI (``uid`` None, after a list) or one, replaced."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ipam_store.vmi_interfaces WHERE $1::text IS NULL OR vmi_uid = $1", uid)
+            await conn.execute("DELETE FROM ipam_store.vmi_addresses WHERE $1::text IS NULL OR vmi_uid = $1", uid)
+            if interfaces:
+                await conn.executemany(
+                    "INSERT INTO ipam_store.vmi_interfaces (vmi_uid, namespace, name, interface, mac, phase) "
+                    "VALUES ($1, $2, $3, $4, $5::macaddr, $6) ON CONFLICT (vmi_uid, interface) DO UPDATE "
+                    "SET mac = EXCLUDED.mac, phase = EXCLUDED.phase, seen_at = now()", interfaces)
+            if addresses:
+                await conn.executemany(
+                    "INSERT INTO ipam_store.vmi_addresses (vmi_uid, namespace, name, interface, network, address) "
+                    "VALUES ($1, $2, $3, $4, $5, $6::inet) ON CONFLICT (vmi_uid, interface, address) DO UPDATE "
+                    "SET network = EXCLUDED.network, seen_at = now()", addresses)
+
+    # --- status and metrics ---------------------------------------------------------------------
+
+    async def partitions(self) -> list[asyncpg.Record]:
+        return await self.db.fetch("SELECT * FROM ipam.partitions ORDER BY partition")
+
+    async def ping(self) -> None:
+        await self.db.fetchval("SELECT 1")
+
+    async def gauges(self) -> dict[str, object]:
+        """What /metrics reads at scrape time."""
+        async with self.db.acquire() as conn:
+            return {
+                "collisions": await conn.fetchval("SELECT count(*) FROM ipam.mac_collisions"),
+                "conflicts": await conn.fetchval("SELECT count(*) FROM ipam.mac_conflicts"),
+                "drift": await conn.fetchval("SELECT count(*) FROM ipam.ip_drift"),
+                "pools": await conn.fetch("SELECT pool, percent::float8 / 100 FROM ipam.pool_usage WHERE percent IS NOT NULL"),
+                "subnets": await conn.fetch("SELECT network, cidr::text, free::float8, percent::float8 / 100 "
+                                            "FROM ipam.network_usage"),
+            }

@@ -1,0 +1,156 @@
+"""Definitions of address spaces in Postgres: MAC pools, IP networks and their subnets, next-fit cursors.
+
+Written from the events that define them (``PoolCreated``, ``NetworkDefined``, ``NetworkDeleted``)
+inside the projector's batch transaction, and read back as domain objects by the allocator (its
+partition's state), the projector (cursor arithmetic), the API and the watcher.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import asyncpg
+import msgspec
+
+from ...domain.book import Space
+from ...domain.events import NetworkDefined, PoolCreated, encoder
+from ...domain.kinds import IP, MAC, Kind
+from ...domain.mac import format_mac
+from ...domain.networks import Network, network_from
+from ...domain.pools import MacRange, Pool, pool_from_event
+from .tables import TABLES, ts
+
+
+def _pool_of_row(r: asyncpg.Record) -> Pool:
+    rng = None if r["external"] else MacRange(int(r["range_lo"]), int(r["range_hi"]))
+    return Pool(name=r["name"], range=rng, namespaces=tuple(r["namespaces"]), default=r["is_default"], start=r["start_offset"])
+
+
+async def load_pools(conn) -> dict[str, tuple[Pool, int, int]]:
+    """Every pool definition with (pool, partition, cursor)."""
+    rows = await conn.fetch("SELECT name, range_lo, range_hi, external, namespaces, is_default, start_offset, partition, "
+                            "cursor FROM ipam_store.pools")
+    return {r["name"]: (_pool_of_row(r), r["partition"], r["cursor"]) for r in rows}
+
+
+async def load_networks(conn, partition: int | None = None) -> dict[str, tuple[Network, dict[str, int]]]:
+    """Network definitions (of one partition, or all) with their cursors by CIDR."""
+    rows = await conn.fetch("SELECT name, definition::text FROM ipam_store.networks WHERE $1::int IS NULL OR partition = $1",
+                            partition)
+    cursors: dict[str, dict[str, int]] = {}
+    for r in await conn.fetch("SELECT network, cidr::text, cursor::text FROM ipam_store.network_subnets "
+                              "WHERE network = ANY($1::text[])", [r["name"] for r in rows]):
+        cursors.setdefault(r["network"], {})[r["cidr"]] = int(r["cursor"])
+    return {r["name"]: (network_from(msgspec.json.decode(r["definition"], type=NetworkDefined)), cursors.get(r["name"], {}))
+            for r in rows}
+
+
+async def load_spaces(conn) -> dict[Kind, dict[str, Space]]:
+    """Every pool and network, built from its stored definition."""
+    return {MAC: {n: p for n, (p, _, _) in (await load_pools(conn)).items()},
+            IP: {n: net for n, (net, _) in (await load_networks(conn)).items()}}
+
+
+async def stored_networks(conn) -> dict[str, NetworkDefined]:
+    """Network definitions as they were defined (the watcher compares NADs with them)."""
+    rows = await conn.fetch("SELECT name, definition::text FROM ipam_store.networks")
+    return {r["name"]: msgspec.json.decode(r["definition"], type=NetworkDefined) for r in rows}
+
+
+class SpaceChanges:
+    """The definitions one batch creates, changes or deletes, and where its leases leave next-fit."""
+
+    def __init__(self, spaces: dict[Kind, dict[str, Space]], partition_of) -> None:
+        self.spaces = spaces  # every definition, kept current through the batch (cursor arithmetic needs them)
+        self.partition_of = partition_of  # space name -> partition
+        self.pools: list[PoolCreated] = []
+        self.defined: dict[str, NetworkDefined | None] = {}  # None: deleted
+        self.advances: list[tuple[Kind, str, str]] = []  # (kind, space, address) of each lease next-fit handed out
+
+    def pool_created(self, ev: PoolCreated) -> None:
+        self.pools.append(ev)
+        self.spaces[MAC][ev.name] = pool_from_event(ev)
+
+    def network_defined(self, ev: NetworkDefined) -> None:
+        if ev.created:  # a network defined afresh forgets the cursors of an earlier one of that name
+            self._forget_advances(ev.name)
+        self.defined[ev.name] = ev
+        self.spaces[IP][ev.name] = network_from(ev)
+
+    def network_deleted(self, ev) -> None:
+        self._forget_advances(ev.name)
+        self.defined[ev.name] = None
+        self.spaces[IP].pop(ev.name, None)
+
+    def _forget_advances(self, network: str) -> None:
+        self.advances = [a for a in self.advances if a[0] is not IP or a[1] != network]
+
+    def advance(self, kind: Kind, name: str, address: str) -> None:
+        self.advances.append((kind, name, address))
+
+    async def _cursors(self, conn) -> dict[Kind, dict[tuple, int]]:
+        """The cursor of each region a lease was handed out from, the last one winning."""
+        if any(name not in self.spaces[kind] for kind, name, _ in self.advances):  # defined by another projector
+            for kind, stored in (await load_spaces(conn)).items():
+                for name, space in stored.items():
+                    self.spaces[kind].setdefault(name, space)
+        cursors: dict[Kind, dict[tuple, int]] = {MAC: {}, IP: {}}
+        for kind, name, address in self.advances:
+            space = self.spaces[kind].get(name)
+            key = None if space is None else space.parse_own(address)
+            i = None if space is None else space.region_of(key)
+            if i is not None:
+                region = space.regions[i]
+                cursors[kind][TABLES[kind].cursor_of(name, region)] = (region.offset_of(key) + 1) % region.span
+        return cursors
+
+    async def write_definitions(self, conn) -> None:
+        if self.pools:
+            await conn.executemany(
+                """INSERT INTO ipam_store.pools (name, first_mac, last_mac, range_lo, range_hi, lo_ordinal, size, namespaces,
+                       is_default, external, start_offset, cursor, partition, created_at, command_id)
+                   VALUES ($1, $2::macaddr, $3::macaddr, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)
+                   ON CONFLICT (name) DO NOTHING""", [self._pool_row(ev) for ev in self.pools])
+        for ev in self.defined.values():
+            if ev is not None:
+                await self._define(conn, ev)
+
+    async def write_cursors(self, conn) -> None:
+        for kind, cursors in (await self._cursors(conn)).items():
+            if cursors:
+                await conn.execute(TABLES[kind].cursor_sql(), *zip(*[(*k, v) for k, v in cursors.items()], strict=True))
+
+    async def write_deletions(self, conn) -> None:
+        for name, ev in self.defined.items():
+            if ev is None:
+                await conn.execute("DELETE FROM ipam_store.ip_quarantine WHERE network = $1", name)
+                await conn.execute("DELETE FROM ipam_store.networks WHERE name = $1", name)
+
+    def _pool_row(self, ev: PoolCreated) -> tuple:
+        rng = self.spaces[MAC][ev.name].range
+        common = (list(ev.namespaces), ev.default, rng is None, ev.start, self.partition_of(ev.name), ts(ev.at), ev.command_id)
+        if rng is None:
+            return (ev.name, None, None, None, None, None, 0, *common)
+        return (ev.name, format_mac(rng.first), format_mac(rng.last), rng.first, rng.last, rng.lo, rng.size, *common)
+
+    async def _define(self, conn, ev: NetworkDefined) -> None:
+        network = self.spaces[IP].get(ev.name) or network_from(ev)
+        old = {} if ev.created else {str(r["cidr"]): r["cursor"] for r in await conn.fetch(
+            "SELECT cidr, cursor FROM ipam_store.network_subnets WHERE network = $1", ev.name)}
+        if ev.created:
+            await conn.execute("DELETE FROM ipam_store.ip_quarantine WHERE network = $1", ev.name)
+        await conn.execute(
+            """INSERT INTO ipam_store.networks (name, definition, dns, attachments, source, partition, created_at, updated_at,
+                                               command_id)
+               VALUES ($1, $2::jsonb, $3::inet[], $4, $5, $6, $7, $7, $8)
+               ON CONFLICT (name) DO UPDATE SET definition = EXCLUDED.definition, dns = EXCLUDED.dns,
+                   attachments = EXCLUDED.attachments, source = EXCLUDED.source, updated_at = EXCLUDED.updated_at,
+                   command_id = EXCLUDED.command_id""",
+            ev.name, encoder.encode(ev).decode(), [ipaddress.ip_address(d) for d in ev.dns], list(ev.attachments), ev.source,
+            self.partition_of(ev.name), ts(ev.at), ev.command_id)
+        await conn.execute("DELETE FROM ipam_store.network_subnets WHERE network = $1", ev.name)
+        await conn.executemany(
+            "INSERT INTO ipam_store.network_subnets (network, idx, cidr, gateway, exclude, size, cursor) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [(ev.name, i, sn.cidr, sn.gateway, list(spec.exclude), sn.size, old.get(sn.cidr_text, sn.start))
+             for i, (spec, sn) in enumerate(zip(ev.subnets, network.subnets, strict=True))])

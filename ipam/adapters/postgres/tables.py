@@ -1,0 +1,136 @@
+"""The lease tables of each kind of address, described as data for the SQL written once in this package.
+
+A kind has a table of live leases and one of quarantined addresses, keyed by the address (MAC:
+unique in the cluster) or by the space and the address (IP: unique per network) — the unique
+constraints of migrations/ are the last guard.  Every statement the projection, the state
+loader, the rebuild and the read model run against them is made here from the description.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...domain.ip import V6, address_of, family_of
+from ...domain.kinds import IP, MAC, Kind
+from ...domain.mac import format_mac
+
+OWNER_COLUMNS = ("namespace", "vm", "vm_uid", "interface")
+
+
+def ts(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def _mac_of_bytes(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _ip_of_bytes(raw: bytes) -> int:
+    """An ``inet_send`` value (family, bits, is_cidr, length, address bytes) as a domain key."""
+    return int.from_bytes(raw[4:], "big") | (V6 if raw[0] == 3 else 0)
+
+
+@dataclass(frozen=True)
+class LeaseTable:
+    kind: Kind
+    leases: str
+    quarantine: str
+    key: tuple[tuple[str, str], ...]  # (column, Postgres type) naming one row: the unique address
+    extra: tuple[tuple[str, str], ...]  # lease columns that are neither the key nor the owner
+    quarantine_extra: tuple[tuple[str, str], ...]
+    key_send: str  # the key column as bytes, for loading millions of rows fast
+    view: str  # the admin's view of the leases
+    listed: str  # the view's address columns as REST lists them
+    address_text: str  # the address column as canonical text
+    address_type: str  # the view's address column type
+
+    key_of: Callable[[object], tuple]  # lease event -> row key (addresses as the connection's codecs take them)
+    extra_of: Callable[[object, tuple], tuple]  # lease event, row key -> the extra columns
+    quarantine_extra_of: Callable[[object], tuple]
+    decode_key: Callable[[bytes], int]  # ``key_send`` -> domain key
+    row_key: Callable[[str, int], tuple]  # space name, domain key -> row key
+    cursors: str  # the table holding each region's next-fit cursor
+    cursor_key: tuple[tuple[str, str], ...]  # its columns naming a region
+    cursor_type: str
+    cursor_of: Callable[[str, object], tuple]  # space name, region -> cursor key
+    cursor_filter: str  # which rows of ``cursors`` are regions (the external pool has none)
+
+    @property
+    def space_column(self) -> str:
+        return self.kind.space
+
+    # --- statements ------------------------------------------------------------------------
+
+    def _match(self, table: str, alias: str, first: int) -> tuple[str, str]:
+        """(FROM clause of an unnest of the key arrays from $first, the WHERE matching them)."""
+        cols = [c for c, _ in self.key]
+        arrays = ", ".join(f"${first + i}::{t}[]" for i, (_, t) in enumerate(self.key))
+        where = " AND ".join(f"{table}.{c} = {alias}.{c}" for c in cols)
+        return f"unnest({arrays}) AS {alias}({', '.join(cols)})", where
+
+    def delete_sql(self, table: str) -> str:
+        if len(self.key) == 1:
+            column, kind = self.key[0]
+            return f"DELETE FROM {table} WHERE {column} = ANY($1::{kind}[])"
+        source, where = self._match("t", "d", 1)
+        return f"DELETE FROM {table} t USING {source} WHERE {where}"
+
+    def insert_sql(self, table: str, columns: tuple[tuple[str, str], ...]) -> str:
+        names = ", ".join(c for c, _ in columns)
+        arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(columns, 1))
+        return f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+
+    @property
+    def lease_columns(self) -> tuple[tuple[str, str], ...]:
+        return (*self.key, *self.extra, *((c, "text") for c in OWNER_COLUMNS), ("static", "boolean"),
+                ("since", "timestamptz"), ("command_id", "text"), ("pending_until", "timestamptz"))
+
+    @property
+    def quarantine_columns(self) -> tuple[tuple[str, str], ...]:
+        return (*self.key, *self.quarantine_extra, ("until", "timestamptz"), ("released_at", "timestamptz"),
+                *((c, "text") for c in OWNER_COLUMNS))
+
+    def confirm_sql(self) -> str:
+        n = len(self.key)
+        arrays = ", ".join([f"${i}::{t}[]" for i, (_, t) in enumerate(self.key, 1)]
+                           + [f"${n + i}::text[]" for i in range(1, 5)])
+        cols = ", ".join([c for c, _ in self.key] + [f"new_{c}" for c in OWNER_COLUMNS])
+        where = " AND ".join(f"l.{c} = c.{c}" for c, _ in self.key)
+        sets = ", ".join(f"{c} = c.new_{c}" for c in OWNER_COLUMNS)
+        return f"UPDATE {self.leases} l SET {sets}, pending_until = NULL FROM unnest({arrays}) AS c({cols}) WHERE {where}"
+
+    def cursor_sql(self) -> str:
+        cols = [c for c, _ in self.cursor_key]
+        arrays = ", ".join([f"${i}::{t}[]" for i, (_, t) in enumerate(self.cursor_key, 1)]
+                           + [f"${len(cols) + 1}::{self.cursor_type}[]"])
+        where = " AND ".join(f"t.{c} = c.{c}" for c in cols)
+        source = f"unnest({arrays}) AS c({', '.join(cols)}, cursor)"
+        return f"UPDATE {self.cursors} t SET cursor = c.cursor FROM {source} WHERE {where}"
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """The columns that say which address of which space a row is about."""
+        cols = [c for c, _ in self.key]
+        return tuple(cols if self.space_column in cols else [*cols, self.space_column])
+
+
+MAC_TABLE = LeaseTable(
+    kind=MAC, leases="ipam_store.mac_leases", quarantine="ipam_store.mac_quarantine", key=(("mac", "macaddr"),),
+    extra=(("pool", "text"),), quarantine_extra=(("pool", "text"),), key_send="macaddr_send(mac)", view="ipam.mac_leases",
+    listed="mac::text AS mac", address_text="mac::text", address_type="macaddr",
+    key_of=lambda ev: (ev.mac,), extra_of=lambda ev, key: (ev.pool,), quarantine_extra_of=lambda ev: (ev.pool,),
+    decode_key=_mac_of_bytes, row_key=lambda space, key: (format_mac(key),),
+    cursors="ipam_store.pools", cursor_key=(("name", "text"),), cursor_type="bigint", cursor_of=lambda space, region: (space,),
+    cursor_filter="WHERE NOT external")
+IP_TABLE = LeaseTable(
+    kind=IP, leases="ipam_store.ip_leases", quarantine="ipam_store.ip_quarantine",
+    key=(("network", "text"), ("address", "inet")), extra=(("family", "smallint"), ("prefix_length", "smallint")),
+    quarantine_extra=(), key_send="inet_send(address)", view="ipam.ip_leases",
+    listed="host(address) AS address, prefix_length", address_text="host(address)", address_type="inet",
+    key_of=lambda ev: (ev.network, address_of(ev.address)), extra_of=lambda ev, key: (family_of(key[1]), ev.prefix_length),
+    quarantine_extra_of=lambda ev: (), decode_key=_ip_of_bytes, row_key=lambda space, key: (space, key),
+    cursors="ipam_store.network_subnets", cursor_key=(("network", "text"), ("cidr", "cidr")), cursor_type="numeric",
+    cursor_of=lambda space, region: (space, region.cidr), cursor_filter="")
+TABLES = {MAC: MAC_TABLE, IP: IP_TABLE}

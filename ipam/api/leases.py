@@ -1,0 +1,192 @@
+"""REST for leases of every kind: ``/v1/mac-leases`` and ``/v1/ip-leases``, written once.
+
+Lease, list, release a VM's (or one interface's) leases, release the lease holding an address.
+What differs between kinds is a ``LeaseRest`` description: paths, bodies, how a request finds
+its space (a MAC request is routed to a pool; an IP request names its network) and what it asks
+for by name.  Answers come after the projection committed the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..config import Config
+from ..domain.catalog import Catalog
+from ..domain.commands import LEASE_COMMANDS
+from ..domain.ip import AddressError, format_address, parse_address
+from ..domain.kinds import IP, MAC, Kind
+from ..domain.mac import MacFormatError, format_mac, parse_unicast
+from ..domain.owners import Owner
+from ..domain.pools import RoutingError, choose_pool
+from . import models
+from .gateway import Gateway, command_id, fanout_id
+from .http import STATUS, ApiError, decode_body, limit_of, now_ms, raise_rejection, reply
+from .routes import Route
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+def canonical_mac(text: str, field: str) -> str:
+    try:
+        return format_mac(parse_unicast(text))
+    except MacFormatError as e:
+        raise ApiError(400, "invalid", str(e), field) from None
+
+
+def canonical_ip(text: str, field: str) -> str:
+    try:
+        return format_address(parse_address(text))
+    except AddressError as e:
+        raise ApiError(400, "invalid", str(e), field) from None
+
+
+def _route_mac(body, catalog: Catalog) -> str:
+    mac = None if body.mac is None else parse_unicast(canonical_mac(body.mac, "mac"))
+    try:
+        return choose_pool(catalog.pools, body.namespace, body.pool, mac).name
+    except RoutingError as e:
+        raise ApiError(STATUS.get(e.code, 422), e.code, e.reason, e.field) from None
+
+
+@dataclass(frozen=True)
+class LeaseRest:
+    kind: Kind
+    path: str  # of leases
+    by_address: str  # of the lease holding an address
+    models: tuple  # request, lease, answer, list, released (``models._models``)
+    head: tuple[str, ...]  # the fields of a lease before its owner
+    filters: tuple[str, ...]  # query parameters of a listing, in the order of ReadModel.leases
+    canonical: Callable[[str, str], str]  # an address written by people, in ipam's spelling (400 naming the field)
+    space_of: Callable[[object, Catalog], str]  # which space a lease request goes to
+    requested: Callable[[object], dict]  # what a lease request asks for by name, as the lease command's field
+    operations: dict  # operationIds, kept stable for generated clients
+
+
+MAC_REST = LeaseRest(
+    kind=MAC, path="/v1/mac-leases", by_address="/v1/macs/{mac}", models=models.MAC_MODELS, head=("mac", "pool"),
+    filters=("namespace", "vm", "pool", "mac"), canonical=canonical_mac, space_of=_route_mac,
+    requested=lambda body: {"mac": None if body.mac is None else canonical_mac(body.mac, "mac")},
+    operations={"lease": "leaseMac", "list": "listMacLeases", "vm": "releaseVm", "interface": "releaseInterface",
+                "address": "releaseMac"})
+IP_REST = LeaseRest(
+    kind=IP, path="/v1/ip-leases", by_address="/v1/ips/{network}/{address}", models=models.IP_MODELS,
+    head=("network", "address", "prefix_length"), filters=("namespace", "vm", "network", "address"), canonical=canonical_ip,
+    space_of=lambda body, catalog: body.network,
+    requested=lambda body: {"addresses": tuple(canonical_ip(a, f"addresses[{i}]") for i, a in enumerate(body.addresses))},
+    operations={"lease": "leaseIp", "list": "listIpLeases", "vm": "releaseVmIps", "interface": "releaseInterfaceIps",
+                "address": "releaseIp"})
+
+
+class LeaseApi:
+    def __init__(self, rest: LeaseRest, cfg: Config, gateway: Gateway, read) -> None:
+        self.rest, self.cfg, self.gateway, self.read = rest, cfg, gateway, read
+        self.request, self.lease_model, self.answer, self.listing, self.released = rest.models
+
+    def lease_of(self, ev: dict) -> object:
+        o, pending = ev["owner"], ev.get("pending_until")
+        return self.lease_model(**{h: ev.get(h, 0) for h in self.rest.head}, namespace=o["namespace"], vm=o["vm"],
+                                vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
+                                since=_iso(ev["at"]), state="pending" if pending else "confirmed",
+                                pending_until=_iso(pending) if pending else None)
+
+    async def lease(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, self.request)
+        kind, rest = self.rest.kind, self.rest
+        requested = rest.requested(body)
+        try:
+            space = rest.space_of(body, await self.read.catalog(max_age=2.0))
+        except ApiError:  # routed nowhere with what this replica knew: a space made since then?
+            space = rest.space_of(body, await self.read.catalog())
+        await self._check_interfaces(body)
+        cid = command_id(request, body.command_id)
+        owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface)
+        events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
+                                                                      owner=owner, **requested))
+        raise_rejection(events)
+        kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
+        leases = [self.lease_of(e) for e in events if e["type"] in kinds]
+        existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
+        held = {"lease": leases[-1]} if "lease" in self.answer.__struct_fields__ else {"leases": leases}
+        return reply(self.answer(**held, existing=existing, command_id=cid), 200 if existing else 201)
+
+    async def _check_interfaces(self, body) -> None:
+        """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
+        REST callers are held to the same bound here).  A new interface past the bound is refused."""
+        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface)
+        if others >= self.cfg.max_interfaces:
+            raise ApiError(422, "limit", f"{body.namespace}/{body.vm} already holds leases for {others} interfaces; "
+                                         f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
+
+    async def list(self, request: web.Request) -> web.Response:
+        q, kind = request.query, self.rest.kind
+        limit = limit_of(request)
+        address = self.rest.canonical(q[kind.address], kind.address) if kind.address in q else None
+        namespace, vm, space, _ = (q.get(f) for f in self.rest.filters)
+        rows = await self.read.leases(kind, namespace=namespace, vm=vm, space=space, address=address, limit=limit)
+        return reply(self.listing(leases=[self.lease_model(
+            **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
+            interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
+            pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat()) for r in rows]))
+
+    async def release_vm(self, request: web.Request) -> web.Response:
+        m, kind = request.match_info, self.rest.kind
+        ns, vm, interface = m["namespace"], m["vm"], m.get("interface")
+        what = f"{ns}/{vm}" + (f" interface {interface}" if interface else "")
+        base = command_id(request, None)
+        if not base.startswith("api-"):
+            earlier = await self.gateway.decided_fanout(base)
+            if earlier:  # a retry: answer what was decided then
+                return self._released([ev for events in earlier for ev in events], what)
+        spaces = [m[kind.space]] if kind.space in m else sorted(
+            await self.read.spaces_held(kind, ns, vm, interface=interface))
+        if not spaces:
+            raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
+        results = await asyncio.gather(*[self.gateway.submit(LEASE_COMMANDS[kind].release_owner(
+            command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface))
+            for space in spaces])
+        return self._released([ev for events in results for ev in events], what)
+
+    async def release_address(self, request: web.Request) -> web.Response:
+        m, kind = request.match_info, self.rest.kind
+        address = self.rest.canonical(m[kind.address], kind.address)
+        space = m.get(kind.space) or await self.read.space_holding(kind, address)
+        if space is None:
+            raise ApiError(404, "not_found", f"{address} is not leased", kind.address)
+        events = await self.gateway.submit(LEASE_COMMANDS[kind].release_address(
+            command_id=command_id(request, None), at=now_ms(), **{kind.space: space, kind.address: address}))
+        return self._released(events, address)
+
+    def _released(self, events: list[dict], what: str) -> web.Response:
+        released = [e for e in events if e["type"] == f"{self.rest.kind.prefix}Released"]
+        if not released:
+            raise_rejection(events)
+            raise ApiError(404, "not_found", f"{what} holds no {self.rest.kind.word} lease")
+        return reply(self.released(released=[self.lease_of(e) for e in released],
+                                   quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
+
+    def routes(self) -> list[Route]:
+        rest, kind, (request, _, answer, listing, released) = self.rest, self.rest.kind, self.rest.models
+        owner = rest.path + ("/{network}" if kind is IP else "") + "/{namespace}/{vm}"
+        w, s = kind.word, kind.space
+        release = {200: (released, f"Released; the {w} addresses are quarantined")}
+        return [
+            Route("POST", rest.path, self.lease, f"Lease a VM interface its {w} addresses (sticky: the same owner gets the "
+                  "same ones)", rest.operations["lease"], body=request, ok={201: (answer, "Leased"),
+                  200: (answer, "The owner already held these addresses")}, errors=(400, 404, 409, 413, 422, 504),
+                  idempotent=True),
+            Route("GET", rest.path, self.list, f"List live {w} leases", rest.operations["list"], ok={200: (listing, "Leases")},
+                  errors=(400,), query=rest.filters, limit=True),
+            Route("DELETE", owner, self.release_vm, f"Release a VM's {w} leases" + (f" in a {s}" if kind is IP else ""),
+                  rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True),
+            Route("DELETE", owner + "/{interface}", self.release_vm, f"Release one interface's {w} leases",
+                  rest.operations["interface"], ok=release, errors=(400, 404, 504), idempotent=True),
+            Route("DELETE", rest.by_address, self.release_address, f"Release the lease holding a {w} address",
+                  rest.operations["address"], ok=release, errors=(400, 404, 504), idempotent=True),
+        ]

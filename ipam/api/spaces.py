@@ -1,0 +1,107 @@
+"""REST for the address spaces: MAC pools (``/v1/pools``) and IP networks (``/v1/networks``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..domain.commands import CreatePool, DefineNetwork, DeleteNetwork, SubnetSpec
+from . import models
+from .gateway import Gateway, command_id
+from .http import ApiError, decode_body, now_ms, raise_rejection, reply
+from .routes import Route
+
+
+class SpacesApi:
+    def __init__(self, gateway: Gateway, read) -> None:
+        self.gateway, self.read = gateway, read
+
+    # --- pools --------------------------------------------------------------------------------
+
+    async def create_pool(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, models.PoolRequest)
+        events = await self.gateway.submit(CreatePool(
+            command_id=command_id(request, body.command_id), at=now_ms(), name=body.name, range=body.range,
+            namespaces=tuple(body.namespaces), default=body.default, external=body.external))
+        raise_rejection(events)
+        await self.read.catalog()  # this replica routes by it at once
+        (pool,) = await self.pools(events[-1]["name"])  # a retried key answers with the pool it created
+        return reply(pool, 201)
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        return reply(models.PoolList(pools=await self.pools()))
+
+    async def pools(self, name: str | None = None) -> list[models.Pool]:
+        return [models.Pool(name=r["pool"], range=r["range"], size=r["size"], used=r["used"], quarantined=r["quarantined"],
+                            free=r["free"], percent=r["percent"], namespaces=list(r["namespaces"]), default=r["is_default"])
+                for r in await self.read.pools(name)]
+
+    # --- networks -----------------------------------------------------------------------------
+
+    async def create_network(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, models.NetworkRequest)
+        return await self._define(request, body.name, body, create_only=True)
+
+    async def update_network(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, models.NetworkUpdate)
+        name = request.match_info["name"]
+        if name not in (await self.read.catalog()).networks:
+            raise ApiError(404, "unknown_network", f"network {name!r} does not exist", "name")
+        return await self._define(request, name, body, create_only=False)
+
+    async def _define(self, request: web.Request, name: str, body, create_only: bool) -> web.Response:
+        events = await self.gateway.submit(DefineNetwork(
+            command_id=command_id(request, body.command_id), at=now_ms(), name=name,
+            subnets=tuple(SubnetSpec(cidr=s.cidr, gateway=s.gateway, exclude=tuple(s.exclude)) for s in body.subnets),
+            dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only))
+        raise_rejection(events)
+        await self.read.catalog()  # this replica routes by it at once
+        (network,) = await self.networks(events[-1]["name"])
+        return reply(network, 201 if create_only and events[-1].get("created") else 200)
+
+    async def list_networks(self, request: web.Request) -> web.Response:
+        return reply(models.NetworkList(networks=await self.networks()))
+
+    async def show_network(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = await self.networks(name)
+        if not found:
+            raise ApiError(404, "unknown_network", f"network {name!r} does not exist", "name")
+        return reply(found[0])
+
+    async def delete_network(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        raise_rejection(await self.gateway.submit(DeleteNetwork(command_id=command_id(request, None), at=now_ms(), name=name)))
+        await self.read.catalog()
+        return reply(models.NetworkDeleted(deleted=name))
+
+    async def networks(self, name: str | None = None) -> list[models.Network]:
+        nets, usage = await self.read.networks(name)
+        subnets: dict[str, list] = {}
+        for r in usage:
+            subnets.setdefault(r["network"], []).append(models.SubnetUsage(
+                cidr=r["cidr"], family=r["family"], gateway=r["gateway"], exclude=list(r["exclude"]), size=int(r["size"]),
+                used=r["used"], quarantined=r["quarantined"], free=int(r["free"]), percent=r["percent"]))
+        return [models.Network(name=n["name"], subnets=subnets.get(n["name"], []), dns=list(n["dns"]),
+                               attachments=list(n["attachments"]), source=n["source"]) for n in nets]
+
+    def routes(self) -> list[Route]:
+        pool, network = models.Pool, models.Network
+        return [
+            Route("POST", "/v1/pools", self.create_pool, "Create a MAC pool", "createPool", body=models.PoolRequest,
+                  ok={201: (pool, "Created")}, errors=(400, 409, 413, 504), idempotent=True),
+            Route("GET", "/v1/pools", self.list_pools, "List pools with usage", "listPools",
+                  ok={200: (models.PoolList, "Pools")}),
+            Route("POST", "/v1/networks", self.create_network, "Create an IP network (subnets, exclusions, gateway, DNS, "
+                  "attachments)", "createNetwork", body=models.NetworkRequest,
+                  ok={201: (network, "Created"), 200: (network, "It existed with the same definition")},
+                  errors=(400, 409, 413, 504), idempotent=True),
+            Route("GET", "/v1/networks", self.list_networks, "List networks with usage per subnet", "listNetworks",
+                  ok={200: (models.NetworkList, "Networks")}),
+            Route("GET", "/v1/networks/{name}", self.show_network, "One network with usage per subnet", "getNetwork",
+                  ok={200: (network, "The network")}, errors=(404,)),
+            Route("PUT", "/v1/networks/{name}", self.update_network, "Replace a network's definition (refused while a live "
+                  "lease would fall outside it)", "updateNetwork", body=models.NetworkUpdate, ok={200: (network, "Updated")},
+                  errors=(400, 404, 409, 413, 504), idempotent=True),
+            Route("DELETE", "/v1/networks/{name}", self.delete_network, "Delete a network (refused while it holds leases)",
+                  "deleteNetwork", ok={200: (models.NetworkDeleted, "Deleted")}, errors=(404, 409, 504), idempotent=True),
+        ]

@@ -1,0 +1,174 @@
+"""The lease book of one address space (a MAC pool or an IP network): who holds which address.
+
+One implementation for both kinds.  Addresses are integer keys (a MAC's 48 bits; an IP's value
+with bit 128 set for IPv6).  A space is made of regions walked by next-fit (a pool has one, its
+range; a network one per subnet), and an owner holds at most one address per slot of its space
+(a pool has one slot; a network one per address family).
+
+Memory matters here (a partition may hold millions of leases): the VM index maps a VM name (the
+string the Owner already holds) to the key itself, or to a tuple of keys for VMs with several;
+namespaces are told apart through ``by_key``.  A dict per VM used to take most of a lease's bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .kinds import Kind
+from .owners import Owner
+
+
+class Region(Protocol):
+    """A run of ``span`` offsets next-fit walks; ``size`` of them can be handed out."""
+
+    span: int
+    size: int
+    slot: int
+    ident: str  # what names it across redefinitions of its space (a CIDR, a range)
+
+    def key_at(self, offset: int) -> int: ...
+
+    def offset_of(self, key: int) -> int: ...
+
+    def skip(self, offset: int) -> int | None:
+        """For an excluded offset, the offset just past its excluded run; None when it may be handed out."""
+
+
+class Space(Protocol):
+    """What the lease core needs to know of a pool or a network."""
+
+    name: str
+    kind: Kind
+    regions: tuple[Region, ...]
+    slots: tuple[int, ...]
+    starts: tuple[int, ...]  # where next-fit begins in each region (a deterministic "random" offset)
+    allocates: bool  # False: only addresses asked for by name (the external pool)
+
+    def slot_of(self, key: int) -> int: ...
+
+    def slot_name(self, slot: int) -> str: ...
+
+    def region_of(self, key: int) -> int | None: ...
+
+    def problem(self, key: int) -> tuple[str, str] | None:
+        """(code, reason) when ``key`` cannot be held in this space."""
+
+    def detail(self, key: int) -> dict: ...
+
+    def format(self, key: int) -> str: ...
+
+    def parse(self, text: str) -> int:
+        """An address written by people; raises ValueError naming what is wrong."""
+
+    def parse_own(self, text: str) -> int:
+        """An address ipam wrote itself (canonical text): fast."""
+
+
+class Book:
+    __slots__ = ("space", "by_key", "vms", "quarantine", "pending", "cursors", "counts")
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self.by_key: dict[int, Owner] = {}
+        self.vms: dict[str, int | tuple[int, ...]] = {}
+        self.quarantine: dict[int, int] = {}  # key -> until (ms)
+        self.pending: dict[int, int] = {}  # provisional leases: key -> when they lapse (ms)
+        self.cursors = list(space.starts)
+        self.counts = [0] * len(space.regions)  # live leases per region: exhaustion without a scan
+
+    def _keys(self, vm: str) -> tuple[int, ...]:
+        keys = self.vms.get(vm)
+        return () if keys is None else (keys,) if type(keys) is int else keys
+
+    def hold(self, key: int, owner: Owner) -> None:
+        self.by_key[key] = owner
+        keys = self.vms.get(owner.vm)
+        if keys is None:
+            self.vms[owner.vm] = key
+        else:
+            self.vms[owner.vm] = ((keys,) if type(keys) is int else keys) + (key,)
+        region = self.space.region_of(key)
+        if region is not None:
+            self.counts[region] += 1
+
+    def drop(self, key: int) -> Owner | None:
+        owner = self.by_key.pop(key, None)
+        self.pending.pop(key, None)
+        if owner is not None:
+            rest = tuple(k for k in self._keys(owner.vm) if k != key)
+            if not rest:
+                self.vms.pop(owner.vm, None)
+            else:
+                self.vms[owner.vm] = rest[0] if len(rest) == 1 else rest
+            region = self.space.region_of(key)
+            if region is not None:
+                self.counts[region] -= 1
+        return owner
+
+    def held_by(self, owner: Owner) -> dict[int, int]:
+        """slot -> the key ``owner`` holds there."""
+        by_key, slot_of = self.by_key, self.space.slot_of
+        return {slot_of(k): k for k in self._keys(owner.vm) if by_key.get(k) == owner}
+
+    def leases_of(self, namespace: str, vm: str) -> list[tuple[int, Owner]]:
+        """Every lease of one VM (all its incarnations), by key."""
+        by_key = self.by_key
+        return sorted((k, by_key[k]) for k in self._keys(vm) if by_key[k].namespace == namespace)
+
+    def quarantined(self, at: int, slot: int | None = None) -> int:
+        slot_of = self.space.slot_of
+        return sum(1 for k, until in self.quarantine.items() if until > at and (slot is None or slot_of(k) == slot))
+
+    def advance(self, key: int) -> None:
+        """Next-fit continues after ``key`` (handed out by ``next_free``)."""
+        i = self.space.region_of(key)
+        if i is not None:
+            region = self.space.regions[i]
+            self.cursors[i] = (region.offset_of(key) + 1) % region.span
+
+    def next_free(self, slot: int, at: int) -> int | None:
+        """Next-fit from each region's cursor, jumping over excluded runs; regions in order.
+
+        At most (leased + quarantined + 1) candidates are tried per region: one of them is free."""
+        used, quarantine = self.by_key, self.quarantine
+        for i, region in enumerate(self.space.regions):
+            if region.slot != slot or self.counts[i] >= region.size:
+                continue
+            span, key_at, skip = region.span, region.key_at, region.skip
+            budget = min(region.size, self.counts[i] + len(quarantine) + 1)
+            offset, tried = self.cursors[i] % span, 0
+            while tried < budget:
+                past = skip(offset)
+                if past is not None:
+                    offset = past if past < span else 0
+                    continue
+                key = key_at(offset)
+                tried += 1
+                if key not in used:
+                    until = quarantine.get(key)
+                    if until is None or until <= at:
+                        return key
+                offset = offset + 1 if offset + 1 < span else 0
+        return None
+
+    def exhausted(self, slot: int, at: int) -> str:
+        space = self.space
+        size = sum(r.size for r in space.regions if r.slot == slot)
+        used = sum(c for c, r in zip(self.counts, space.regions, strict=True) if r.slot == slot)
+        return (f"{space.kind.space} {space.name!r} is exhausted: all {size} {space.slot_name(slot)}addresses are leased or "
+                f"quarantined ({used} leased, {self.quarantined(at, slot)} quarantined)")
+
+    def redefine(self, space: Space) -> None:
+        """A new definition of the space: cursors carry over for regions that stay; counts are recomputed."""
+        old = {r.ident: c for r, c in zip(self.space.regions, self.cursors, strict=True)}
+        self.space = space
+        self.cursors = [old.get(r.ident, start) for r, start in zip(space.regions, space.starts, strict=True)]
+        self.counts = [0] * len(space.regions)
+        for key in self.by_key:
+            region = space.region_of(key)
+            if region is not None:
+                self.counts[region] += 1
+
+    def snapshot(self) -> tuple:
+        """A comparable picture, for replay-equality checks."""
+        return (self.space, dict(self.by_key), self.quarantine.copy(), list(self.cursors), self.pending.copy())

@@ -1,0 +1,143 @@
+"""Commands: what the API, the webhook and the watcher ask the allocators to decide.
+
+msgspec tagged unions with stable tags, a public API (the commands topic, ``schemas/commands``).
+The five lease commands exist once per kind of address and are made from its ``Kind``: the same
+fields, named for that kind (``pool``/``mac``, ``network``/``address``).  Evolution rules in
+docs/events.md#schema-evolution; ``tests/test_schemas.py`` enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, NamedTuple, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .kinds import IP, MAC, Kind
+from .owners import CommandId, Millis, Name, Owner
+
+
+class Command(Struct, tag_field="type", kw_only=True, frozen=True):
+    command_id: CommandId
+    at: Millis
+
+
+class LeaseCommands(NamedTuple):
+    lease: type
+    release_owner: type
+    release_address: type
+    observe: type
+    expire: type
+
+
+def _lease_commands(kind: Kind) -> LeaseCommands:
+    space = (kind.space, Name)
+    a, w, s = kind.address, kind.word, kind.space
+    shapes = {
+        "lease": ([space, ("owner", Owner), kind.requested, ("pending_until", Millis, 0), ("dry_run", bool, False)],
+                  f"Lease an interface its {w} addresses in a {s}: {kind.holds}.  For each, "
+                  f"the one asked for in ``{kind.requested[0]}`` (static), else the one it holds (sticky), else the next "
+                  "free; one refusal rejects the command.  ``pending_until``: provisional (made at admission, before "
+                  "the VM exists), released then unless a VM is seen holding it.  ``dry_run``: decide and answer with "
+                  f"``{kind.prefix}LeaseOffered``, change nothing."),
+        "release_owner": ([space, ("namespace", Name), ("vm", Name), ("interface", str | None, None)],
+                          f"Release a VM's {w} leases in a {s}, or one interface's."),
+        "release_address": ([space, (a, str)], f"Release whatever lease holds this {w} address."),
+        "observe": ([space, ("namespace", Name), ("vm", Name), ("vm_uid", Name),
+                     ("interfaces", tuple[kind.observed, ...], ()), ("deleted", bool, False)],
+                    f"What the watcher saw of one VM for one {s}: the {w} addresses of each interface.  Confirms "
+                    "pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds "
+                    "as conflicts, releases interfaces the VM no longer has (everything when ``deleted``).  An "
+                    "interface listed without addresses keeps what it holds.  Idempotent: the id derives from uid "
+                    "and resourceVersion."),
+        "expire": ([space, (a, kind.address_type), ("vm_uid", Name)],
+                   "Release a pending lease whose VM never appeared (nothing when it was confirmed meanwhile)."),
+    }
+    return LeaseCommands(**{
+        role: msgspec.defstruct(kind.tags[role], fields, bases=(Command,), tag=kind.tags[role], frozen=True,
+                                module=__name__, namespace={"__doc__": doc})
+        for role, (fields, doc) in shapes.items()})
+
+
+LEASE_COMMANDS = {MAC: _lease_commands(MAC), IP: _lease_commands(IP)}
+LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending = LEASE_COMMANDS[MAC]
+LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp = LEASE_COMMANDS[IP]
+
+
+class CreatePool(Command, tag="CreatePool", frozen=True):
+    """Define a pool.  Keyed by the registry key: one writer checks overlaps."""
+
+    name: Name
+    range: str | None = None
+    namespaces: tuple[str, ...] = ()
+    default: bool = False
+    external: bool = False
+
+
+class SubnetSpec(Struct, frozen=True):
+    """One subnet of a network as written by people: ``exclude`` holds addresses, ``first-last``
+    ranges or CIDRs inside it; the gateway is never handed out."""
+
+    cidr: Annotated[str, Meta(min_length=1, max_length=64)]
+    gateway: str | None = None
+    exclude: tuple[str, ...] = ()
+
+
+class DefineNetwork(Command, tag="DefineNetwork", frozen=True):
+    """Create a network, or replace its definition (``create_only``: refuse if it exists and differs).
+
+    A new definition that would leave a live lease outside the network (or excluded, or the
+    gateway) is rejected with the leases named.  ``source``: "api" or "nad:<namespace>/<name>".
+    """
+
+    name: Name
+    subnets: tuple[SubnetSpec, ...]
+    dns: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()
+    create_only: bool = False
+    source: str = "api"
+
+
+class DeleteNetwork(Command, tag="DeleteNetwork", frozen=True):
+    """Remove a network; refused while it holds live leases (they are named)."""
+
+    name: Name
+    source: str = "api"
+
+
+class ObserveGuestIps(Command, tag="ObserveGuestIps", frozen=True):
+    """Addresses a running guest reports on one interface (VMI status, from the guest agent).
+    Those inside the network that are not this interface's lease become ``IpDrift``."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interface: Name
+    addresses: tuple[str, ...] = ()
+
+
+COMMAND_TYPES: tuple[type, ...] = (
+    CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
+    DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
+)
+AnyCommand = Union[COMMAND_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
+command_decoder = msgspec.json.Decoder(AnyCommand)
+
+
+def nul_field(message: Struct, prefix: str = "") -> str | None:
+    """The first field (dotted path) whose text holds U+0000, or None.
+
+    JSON allows "\\u0000" in strings but Postgres text cannot store it; a command carrying one
+    is refused where it is decided, so it never reaches (and stalls) the projection."""
+    for name in message.__struct_fields__:
+        value = getattr(message, name)
+        items = enumerate(value) if isinstance(value, (tuple, list)) else ((None, value),)
+        for i, item in items:
+            path = f"{prefix}{name}" if i is None else f"{prefix}{name}[{i}]"
+            if isinstance(item, str) and "\x00" in item:
+                return path
+            found = nul_field(item, path + ".") if isinstance(item, Struct) else None
+            if found:
+                return found
+    return None

@@ -1,0 +1,105 @@
+"""NetworkAttachmentDefinitions that carry ipam's annotations become network definitions.
+
+The watcher feeds every NAD it lists or sees change; a network whose NADs are all gone is
+deleted (refused, and kept, while it holds leases).  Networks made through the API are never
+touched from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import msgspec
+import structlog
+
+from ..domain.commands import DefineNetwork, DeleteNetwork
+from ..domain.events import NetworkDefined
+from ..domain.ip import canonical
+from ..domain.kubevirt import SpecError
+from ..domain.nad import NadNetwork, nad_network
+
+log = structlog.get_logger("ipam.watcher")
+
+
+def _digest(*parts) -> str:
+    return hashlib.blake2b(msgspec.json.encode(parts), digest_size=8).hexdigest()
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+class NadNetworks:
+    def __init__(self, read, bus, changed) -> None:
+        self.read, self.bus = read, bus
+        self.changed = changed  # awaited after networks may have changed
+        self.nads: dict[str, NadNetwork] = {}  # attachment -> what it defines
+
+    async def listed(self, items: list[dict]) -> None:
+        self.nads = {}
+        for nad in items:
+            self._read(nad)
+        stored = await self.read.stored_networks()
+        wanted = {n.network for n in self.nads.values()}
+        for network in sorted(wanted):
+            await self._define(network, stored)
+        for name, ev in stored.items():  # networks whose NADs are all gone
+            if ev.source.startswith("nad:") and name not in wanted:
+                await self._delete(name, ev)
+        await self.changed()
+
+    async def event(self, kind: str, nad: dict) -> None:
+        meta = nad.get("metadata") or {}
+        attachment = f"{meta.get('namespace')}/{meta.get('name')}"
+        before = self.nads.pop(attachment, None)
+        if kind != "DELETED":
+            self._read(nad)
+        after = self.nads.get(attachment)
+        stored = await self.read.stored_networks()
+        for network in sorted({n.network for n in (before, after) if n is not None}):
+            if any(n.network == network for n in self.nads.values()):
+                await self._define(network, stored, prefer=attachment if after and after.network == network else None)
+            elif network in stored and stored[network].source.startswith("nad:"):
+                await self._delete(network, stored[network])
+        await self.changed()
+
+    def _read(self, nad: dict) -> None:
+        meta = nad.get("metadata") or {}
+        try:
+            found = nad_network(nad)
+        except SpecError as e:
+            log.warning("NetworkAttachmentDefinition annotation is invalid; ignored", namespace=meta.get("namespace"),
+                        name=meta.get("name"), field=e.field, reason=e.reason)
+            return
+        if found is not None:
+            self.nads[found.attachment] = found
+
+    async def _define(self, network: str, stored: dict[str, NetworkDefined], prefer: str | None = None) -> None:
+        """One definition per network: the NAD just changed (else the first by name) gives subnets and DNS,
+        every NAD naming the network is an attachment."""
+        members = sorted(a for a, n in self.nads.items() if n.network == network)
+        source = self.nads[prefer if prefer in members else members[0]]
+        current = stored.get(network)
+        if current is not None and (current.subnets, current.dns, current.attachments) == (
+                source.subnets, tuple(canonical(d) for d in source.dns), tuple(members)):
+            return
+        if current is not None and not current.source.startswith("nad:"):
+            log.warning("NetworkAttachmentDefinition names a network made through the API; left alone",
+                        attachment=source.attachment, network=network)
+            return
+        cmd = DefineNetwork(command_id=f"nad:{network}:{source.version}:{_digest(source.subnets, source.dns, members)}",
+                            at=_now(), name=network, subnets=source.subnets, dns=source.dns, attachments=tuple(members),
+                            source=f"nad:{source.attachment}")
+        for ev in await self.bus.submit(cmd):
+            if ev["type"] == "CommandRejected":
+                log.warning("network from a NetworkAttachmentDefinition refused", network=network,
+                            attachment=source.attachment, reason=ev["reason"])
+
+    async def _delete(self, network: str, current: NetworkDefined) -> None:
+        events = await self.bus.submit(DeleteNetwork(command_id=f"nad-gone:{network}:{_now() // 60000}", at=_now(),
+                                                     name=network, source=current.source))
+        for ev in events:
+            if ev["type"] == "CommandRejected":
+                log.info("network of a deleted NetworkAttachmentDefinition kept while it holds leases", network=network,
+                         reason=ev["reason"])
