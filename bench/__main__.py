@@ -37,10 +37,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ipam.adapters.kafka import partition_for
-from ipam.devenv import free_port, select_backends
+from ipam.devenv import free_port
 from ipam.domain.commands import LeaseIp, LeaseMac
 from ipam.domain.events import encoder
-from ipam.domain.owners import Owner
+from ipam.domain.kinds import Owner
+from tests.backends import select_backends
 from tests.harness import ServiceProcess, create_database, drop_database, env_of, make_config
 from tests.kubevirt import WebhookTls, review, vm_manifest
 

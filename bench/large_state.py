@@ -95,13 +95,13 @@ def _rss() -> int:
 
 
 async def _takeover(partition: int) -> dict:
-    from ipam import logs
+    from ipam import telemetry
     from ipam.adapters.postgres.codecs import create_pool
     from ipam.config import Config
     from ipam.roles.allocator import Allocator
 
     cfg = Config.from_env()
-    logs.configure("warning", "json")
+    telemetry.configure_logs("warning", "json")
     db = await create_pool(cfg.database_url, min_size=1, max_size=2)
     allocator = Allocator(cfg, db)
     await allocator.member.start([partition])  # outside the group: this partition only

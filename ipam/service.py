@@ -27,9 +27,8 @@ from .adapters.postgres.codecs import create_pool
 from .adapters.postgres.migrations import check_current, check_partitions, migrate
 from .adapters.postgres.read_model import ReadModel
 from .api.app import api_routes, make_app, ops_routes
-from .api.auth import Authenticator
-from .api.gateway import Gateway
-from .api.tls import TlsFiles
+from .api.auth import Authenticator, TlsFiles
+from .api.http import Gateway
 from .api.webhook import Webhook, make_webhook_app
 from .config import Config
 from .devenv import LocalBroker

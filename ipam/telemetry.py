@@ -1,12 +1,18 @@
 """What this process did, as Prometheus counters and histograms (one registry per process).
 
 Roles, the API and the Kafka adapter all count here; ``/metrics`` renders it together with
-the gauges the API reads from Postgres at scrape time (``ipam.api.metrics``).  Label values
+the gauges the API reads from Postgres at scrape time (``ipam.api.app``).  Label values
 are bounded: partitions, rejection codes, route templates, never names chosen by users.
-"""
+
+Logs are structured: one JSON object per line (or console lines for people), with the standard
+library's loggers (aiokafka, aiohttp) routed through the same renderer."""
 
 from __future__ import annotations
 
+import logging
+import sys
+
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -50,3 +56,27 @@ def lag(group: str, consumer, tp, position: int) -> None:
     high = consumer.highwater(tp)
     if high is not None:
         consumer_lag.labels(group, str(tp.partition)).set(max(0, high - position))
+
+
+def configure_logs(level: str = "info", fmt: str = "json") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=renderer,
+                                                             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    # aiokafka is chatty about normal rebalances and coordinator moves
+    logging.getLogger("aiokafka").setLevel(max(lvl, logging.WARNING))

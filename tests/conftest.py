@@ -6,15 +6,15 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from ipam import logs
-from ipam.devenv import select_backends
+from ipam import telemetry
 from ipam.service import Service
 
+from .backends import select_backends
 from .harness import create_database, drop_database, make_config
 
 
 def pytest_configure(config):
-    logs.configure("warning", "console")
+    telemetry.configure_logs("warning", "console")
 
 
 @pytest.fixture(scope="session")

@@ -31,10 +31,9 @@ from ipam.domain.commands import (
 from ipam.domain.decider import State, decide, evolve, replay
 from ipam.domain.events import LEASE_EVENTS, CommandRejected, IpDrift, NetworkDeleted, PoolCreated
 from ipam.domain.ip import NetworkError, family_of
-from ipam.domain.kinds import IP, MAC
+from ipam.domain.kinds import IP, MAC, Owner, binds
 from ipam.domain.mac import is_multicast, parse_mac, unicast_at
 from ipam.domain.networks import build_network
-from ipam.domain.owners import Owner, binds
 
 QUARANTINE = 1000
 PENDING = 500

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipam.devenv import PrivatePostgres
-
+from .backends import PrivatePostgres
 from .faults.driver import Run
 
 

@@ -5,8 +5,7 @@ import pytest
 
 from ipam.domain.cloudinit import Addressed, NetworkDataConflict, merge
 from ipam.domain.commands import SubnetSpec
-from ipam.domain.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces
-from ipam.domain.nad import nad_network
+from ipam.domain.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces, nad_network
 
 
 def nad(**annotations):

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from ipam.adapters.kafka import connection_options
 from ipam.config import Config
-from ipam.devenv import _wait_port, free_port
+from ipam.devenv import free_port, wait_port
 from ipam.service import Service
 
 from .harness import lease_one, make_config
@@ -74,7 +74,7 @@ async def tls_broker(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
     proxy = TlsProxy(("127.0.0.1", plain), context)
     try:
-        _wait_port("127.0.0.1", plain, 15, broker)
+        wait_port("127.0.0.1", plain, 15, broker)
         await proxy.start(public)
         yield f"127.0.0.1:{public}", tmp_path, proxy
     finally:

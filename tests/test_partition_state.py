@@ -6,7 +6,7 @@ import datetime as dt
 
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
-from ipam.adapters.postgres.state import load_state
+from ipam.adapters.postgres.spaces import load_state
 
 
 async def test_commands_whose_events_were_dropped_are_not_remembered_as_decided(database):

@@ -15,7 +15,7 @@ from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
 from ipam.adapters.postgres.projection import Projection
 from ipam.domain.events import MacLeased, PoolCreated
-from ipam.domain.owners import Owner
+from ipam.domain.kinds import Owner
 from ipam.domain.records import EventRecord
 
 from .harness import eventually

@@ -1,5 +1,7 @@
-"""Events are a public API: schemas/ must be current and backward compatible with every
-version of each schema ever committed."""
+"""Events are a public API: schemas/ must be current and backward compatible with every version of
+each schema ever committed, following the rules of docs/events.md#schema-evolution: no field or tag
+removed, renamed or retyped, new fields only with defaults, unions only grow, no struct (nested ones
+included) forbids unknown fields, so a consumer built on an older schema reads newer records."""
 
 from __future__ import annotations
 
@@ -12,13 +14,66 @@ import jsonschema
 import msgspec
 import pytest
 
-from ipam.domain.commands import LeaseMac
-from ipam.domain.events import MacLeased, encoder
-from ipam.domain.owners import Owner
-from ipam.domain.records import EventRecord
-from ipam.schemas import compatibility_problems, generate, render
+from ipam.domain.commands import COMMAND_TYPES, LeaseMac
+from ipam.domain.events import EVENT_TYPES, MacLeased, encoder
+from ipam.domain.kinds import Owner
+from ipam.domain.records import EventRecord, record_decoder
+from ipam.schemas import generate, render
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resolve(doc: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    if ref:
+        return doc["$defs"][ref.rsplit("/", 1)[-1]]
+    return node
+
+
+def _objects(doc: dict) -> dict[str, dict]:
+    """Every object definition in a schema, by name (the top-level one under its title)."""
+    defs = dict(doc.get("$defs", {}))
+    top = _resolve(doc, doc)
+    defs.setdefault("__top__", top)
+    return {name: d for name, d in defs.items() if d.get("type") == "object"}
+
+
+def _widens(old: dict, new: dict) -> bool:
+    """Same type, or a tagged union that only gained members (every old tag still means the same)."""
+    if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+        return True
+    if set(old) != set(new) or "anyOf" not in old:
+        return False
+    old_map = old.get("discriminator", {}).get("mapping", {})
+    new_map = new.get("discriminator", {}).get("mapping", {})
+    members = {json.dumps(m, sort_keys=True) for m in new["anyOf"]}
+    return (all(json.dumps(m, sort_keys=True) in members for m in old["anyOf"])
+            and all(new_map.get(tag) == ref for tag, ref in old_map.items())
+            and {k: v for k, v in old.items() if k not in ("anyOf", "discriminator")}
+            == {k: v for k, v in new.items() if k not in ("anyOf", "discriminator")})
+
+
+def compatibility_problems(old: dict, new: dict) -> list[str]:
+    """What in ``new`` breaks a producer or consumer written for ``old`` (docs/events.md#schema-evolution)."""
+    problems = []
+    new_objects = _objects(new)
+    for name, n in new_objects.items():
+        if n.get("additionalProperties") is False:
+            problems.append(f"{name}: forbids unknown fields (a consumer on this schema would refuse newer records)")
+    for name, o in _objects(old).items():
+        n = new_objects.get(name)
+        if n is None:
+            problems.append(f"{name}: object removed")
+            continue
+        old_props, new_props = o.get("properties", {}), n.get("properties", {})
+        for prop, schema in old_props.items():
+            if prop not in new_props:
+                problems.append(f"{name}.{prop}: field removed")
+            elif not _widens(schema, new_props[prop]):
+                problems.append(f"{name}.{prop}: type changed")
+        for prop in set(n.get("required", [])) - set(o.get("required", [])):
+            problems.append(f"{name}.{prop}: new required field (new fields need a default)")
+    return problems
 
 
 def test_schemas_dir_is_current():
@@ -61,6 +116,7 @@ def test_the_checker_catches_breaking_changes():
                                                      "discriminator": {"mapping": {"A": "#/$defs/A", "B": "#/$defs/B"}}}}}
     assert not compatibility_problems(union, grown)  # a tagged union may gain members
     assert compatibility_problems(grown, union)  # but never lose one
+    assert compatibility_problems(base, {**base, "additionalProperties": False})  # nor start refusing unknown fields
 
 
 def test_real_records_validate_against_the_published_schema():
@@ -75,3 +131,37 @@ def test_real_records_validate_against_the_published_schema():
         bad = msgspec.json.decode(msgspec.json.encode(rec))
         bad["event"]["mac"] = "02-00-00-00-00-01"
         jsonschema.validate(bad, schema)
+
+
+def _structs(kind: type, seen: set) -> set:
+    """Every struct a message is made of, nested ones included."""
+    if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)) or kind in seen:
+        return seen
+    seen.add(kind)
+    for field in msgspec.structs.fields(kind):
+        for inner in getattr(field.type, "__args__", ()) + (field.type,):
+            for leaf in getattr(inner, "__args__", ()) + (inner,):
+                _structs(leaf, seen)
+    return seen
+
+
+def test_no_message_or_nested_struct_forbids_unknown_fields():
+    structs = set()
+    for kind in (*COMMAND_TYPES, *EVENT_TYPES, EventRecord):
+        _structs(kind, structs)
+    assert {s.__name__ for s in structs} >= {"Owner", "SubnetSpec", "ObservedInterface", "ObservedAddresses"}
+    assert [s.__name__ for s in structs if s.__struct_config__.forbid_unknown_fields] == []
+
+
+def test_a_consumer_on_an_older_schema_reads_a_record_that_gained_fields():
+    """What a newer ipam may write: new fields at every level, with defaults.  Today's decoder is the
+    older consumer: it must read the record, ignore what it does not know, and keep the rest."""
+    owner = Owner(namespace="ns", vm="vm", vm_uid="uid", interface="eth0")
+    rec = msgspec.json.decode(msgspec.json.encode(EventRecord(
+        partition=1, epoch=2, seq=3, source_offset=4, last=True,
+        event=MacLeased(command_id="c", at=5, pool="p", mac="02:00:00:00:00:01", owner=owner))))
+    rec["trace"] = {"id": "abc"}
+    rec["event"]["cluster"] = "east"
+    rec["event"]["owner"]["cluster"] = "east"
+    read = record_decoder.decode(msgspec.json.encode(rec))
+    assert read.event.owner == owner and read.event.mac == "02:00:00:00:00:01"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,7 +35,7 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 class TopicError(RuntimeError):
-    pass
+    """The topics exist with another partition count, or cannot be created."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,75 +46,63 @@ def connection_options(cfg: Config) -> dict:
     client (a LogReader is made per partition takeover and per status call).  Callers copy, never mutate."""
     options: dict = {"bootstrap_servers": cfg.kafka_bootstrap, "security_protocol": cfg.kafka_security_protocol}
     if cfg.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        context = create_ssl_context(cafile=cfg.kafka_ca_file or None, certfile=cfg.kafka_cert_file or None,
-                                     keyfile=cfg.kafka_key_file or None)
-        options["ssl_context"] = context
+        options["ssl_context"] = create_ssl_context(cafile=cfg.kafka_ca_file or None, certfile=cfg.kafka_cert_file or None,
+                                                    keyfile=cfg.kafka_key_file or None)
     if cfg.kafka_security_protocol.startswith("SASL_"):
-        options["sasl_mechanism"] = cfg.kafka_sasl_mechanism
-        options["sasl_plain_username"] = cfg.kafka_sasl_username
-        options["sasl_plain_password"] = _read_secret(cfg.kafka_sasl_password_file)
+        password = Path(cfg.kafka_sasl_password_file).read_text(encoding="utf-8").strip() if cfg.kafka_sasl_password_file else ""
+        options |= {"sasl_mechanism": cfg.kafka_sasl_mechanism, "sasl_plain_username": cfg.kafka_sasl_username,
+                    "sasl_plain_password": password}
     return options
 
 
-def _read_secret(path: str) -> str:
-    if not path:
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
+class _Admin:
+    """An admin client for the length of a ``with`` block."""
 
+    def __init__(self, cfg: Config) -> None:
+        self.client = AIOKafkaAdminClient(**connection_options(cfg))
 
-def admin_client(cfg: Config) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**connection_options(cfg))
+    async def __aenter__(self) -> AIOKafkaAdminClient:
+        await self.client.start()
+        return self.client
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.close()
 
 
 async def ensure_topics(cfg: Config) -> None:
-    """Create the commands and events topics with the configured partition count."""
-    admin = admin_client(cfg)
-    await admin.start()
-    try:
-        wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
+    """Create the commands, events and dead-letter topics with the configured partition count."""
+    wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
+    async with _Admin(cfg) as admin:
         resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in wanted])
         for topic, code, message in resp.topic_errors:
             if code not in (0, TOPIC_EXISTS):
                 raise TopicError(f"cannot create topic {topic}: error {code} {message}")
         for desc in await admin.describe_topics(wanted):
-            have = len(desc["partitions"])
-            if have != cfg.partitions:
-                raise TopicError(
-                    f"topic {desc['topic']} has {have} partitions but IPAM_PARTITIONS={cfg.partitions}"
-                )
-    finally:
-        await admin.close()
+            if len(desc["partitions"]) != cfg.partitions:
+                raise TopicError(f"topic {desc['topic']} has {len(desc['partitions'])} partitions but "
+                                 f"IPAM_PARTITIONS={cfg.partitions}")
+
+
+async def missing_topics(cfg: Config) -> list[str]:
+    async with _Admin(cfg) as admin:
+        present = set(await admin.list_topics())
+    return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
 def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
-    options = dict(
-        **connection_options(cfg),
-        acks="all",
-        enable_idempotence=False,  # not supported by the local broker; Postgres dedupes instead
-        linger_ms=cfg.kafka_linger_ms,
-        max_batch_size=256 * 1024,
-        request_timeout_ms=15000,
-    )
-    options.update(overrides)
-    return AIOKafkaProducer(**options)
+    """acks=all, no idempotence (the local broker has none; Postgres dedupes instead)."""
+    return AIOKafkaProducer(**{**connection_options(cfg), "acks": "all", "enable_idempotence": False,
+                               "linger_ms": cfg.kafka_linger_ms, "max_batch_size": 256 * 1024, "request_timeout_ms": 15000,
+                               **overrides})
 
 
 def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
-    options = dict(
-        **connection_options(cfg),
-        group_id=group,
-        enable_auto_commit=False,  # positions live in Postgres
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=cfg.kafka_fetch_max_wait_ms,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        session_timeout_ms=10000,
-        heartbeat_interval_ms=1000,
-        max_poll_interval_ms=60000,
-        metadata_max_age_ms=1000,
-    )
-    options.update(overrides)
-    return AIOKafkaConsumer(**options)
+    """No committed offsets: positions live in Postgres."""
+    return AIOKafkaConsumer(**{**connection_options(cfg), "group_id": group, "enable_auto_commit": False,
+                               "auto_offset_reset": "earliest", "fetch_max_wait_ms": cfg.kafka_fetch_max_wait_ms,
+                               "max_partition_fetch_bytes": 4 * 1024 * 1024, "session_timeout_ms": 10000,
+                               "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 60000, "metadata_max_age_ms": 1000,
+                               **overrides})
 
 
 async def dead_letter(producer: AIOKafkaProducer, cfg: Config, source_topic: str, partition: int, offset: int,
@@ -123,16 +112,6 @@ async def dead_letter(producer: AIOKafkaProducer, cfg: Config, source_topic: str
                ("ipam-source-partition", str(partition).encode()), ("ipam-source-offset", str(offset).encode())]
     await producer.send(cfg.dead_letter_topic, raw, partition=partition % cfg.partitions, headers=headers)
     telemetry.dead_letters.labels(source_topic).inc()
-
-
-async def missing_topics(cfg: Config) -> list[str]:
-    admin = admin_client(cfg)
-    await admin.start()
-    try:
-        present = set(await admin.list_topics())
-    finally:
-        await admin.close()
-    return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
 class GroupMember:
@@ -196,9 +175,7 @@ class CatchUpStalled(RuntimeError):
 
     def __init__(self, topic: str, partition: int, position: int, end: int, stall: float) -> None:
         super().__init__(f"{topic}[{partition}]: no records past {position} for {stall:.0f}s, broker says the log ends at {end}")
-        self.partition = partition
-        self.position = position
-        self.end = end
+        self.partition, self.position, self.end = partition, position, end
 
 
 class LogReader:
@@ -208,18 +185,12 @@ class LogReader:
         self._consumer = consumer(cfg, None, fetch_max_wait_ms=50)
         self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        await self._consumer.start()
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
     async def __aenter__(self) -> LogReader:
-        await self.start()
+        await self._consumer.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.stop()
+        await self._consumer.stop()
 
     async def beginning(self, topic: str, partition: int) -> int:
         tp = TopicPartition(topic, partition)
@@ -259,32 +230,23 @@ class LogReader:
         back empty.  If the end offset is not reached and nothing arrives for ``stall``
         seconds, raise rather than wait forever: the caller retries with a fresh consumer.
         """
-        tp = TopicPartition(topic, partition)
+        tp, clock = TopicPartition(topic, partition), asyncio.get_running_loop().time
         async with self._lock:
             self._consumer.assign([tp])
             self._consumer.seek(tp, start)
             end = (await self._consumer.end_offsets([tp]))[tp]
-            position = start
-            loop = asyncio.get_running_loop()
-            quiet_since = None
-            progress_at = loop.time()
+            position, quiet_since, progress_at = start, None, clock()
             while True:
-                got = await self._consumer.getmany(tp, timeout_ms=100, max_records=10000)
-                msgs = got.get(tp, [])
+                msgs = (await self._consumer.getmany(tp, timeout_ms=100, max_records=10000)).get(tp, [])
                 if msgs:
-                    quiet_since = None
-                    progress_at = loop.time()
-                    position = msgs[-1].offset + 1
+                    quiet_since, progress_at, position = None, clock(), msgs[-1].offset + 1
                     yield [(m.offset, m.value) for m in msgs]
-                    continue
-                if position < end:
-                    if loop.time() - progress_at > stall:
+                elif position < end:
+                    if clock() - progress_at > stall:
                         raise CatchUpStalled(topic, partition, position, end, stall)
-                    continue
-                now = loop.time()
-                if quiet_since is None:
-                    quiet_since = now
-                elif now - quiet_since >= idle:
+                elif quiet_since is None:
+                    quiet_since = clock()
+                elif clock() - quiet_since >= idle:
                     return
 
 

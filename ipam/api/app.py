@@ -1,5 +1,9 @@
 """The REST application: leases of every kind, pools and networks, status, health, metrics and the OpenAPI
-document, with the middleware every request goes through (tokens, errors that name the field, metrics)."""
+document, with the middleware every request goes through (tokens, errors that name the field, metrics).
+
+/metrics serves what the cluster and the webhook look like right now: gauges read from Postgres at
+scrape time (the views are the truth, and any API replica gives the same answer), then what this
+process counted (telemetry)."""
 
 from __future__ import annotations
 
@@ -9,18 +13,17 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .. import telemetry
 from ..adapters.kafka import topic_ends
 from ..config import Config
+from ..domain.kinds import KINDS
 from . import models
 from .auth import AUTH, Authenticator
-from .gateway import Gateway
-from .http import CONFIG, ApiError, check_request_text, reply
+from .http import CONFIG, ApiError, Gateway, check_request_text, reply
 from .leases import IP_REST, MAC_REST, LeaseApi
-from .metrics import Metrics, render
-from .openapi import openapi_document
-from .routes import Route, add_routes
+from .openapi import Route, add_routes, openapi_document
 from .spaces import SpacesApi
 
 log = structlog.get_logger("ipam.api")
@@ -161,3 +164,46 @@ def ops_routes(readiness: Callable[[], dict[str, bool]]) -> list[Route]:
     return [Route("GET", "/healthz", healthz, "Process is up", "healthz"),
             Route("GET", "/readyz", readyz, "Ready", "readyz"),
             Route("GET", "/metrics", metrics_text, "Metrics", "metrics")]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.collisions = Gauge("ipam_mac_collisions", "MACs used by more than one running VirtualMachineInstance", registry=r)
+        self.conflicts = Gauge("ipam_mac_conflicts", "VM interfaces whose spec carries a MAC another interface holds",
+                               registry=r)
+        self.leases = {kind: Gauge(f"ipam_{kind.name}_leases", f"Live {kind.word} leases", [kind.space, "state"], registry=r)
+                       for kind in KINDS}
+        self.ip_free = Gauge("ipam_ip_free", "Addresses that can be handed out now, per subnet", ["network", "cidr"], registry=r)
+        self.ip_drift = Gauge("ipam_ip_drift", "Addresses running guests use that are not their lease (ipam.ip_drift)",
+                              registry=r)
+        self.pool_used = Gauge("ipam_pool_used_ratio", "Share of a MAC pool leased or quarantined (0-1)", ["pool"], registry=r)
+        self.subnet_used = Gauge("ipam_subnet_used_ratio", "Share of a network's subnet leased or quarantined (0-1)",
+                                 ["network", "cidr"], registry=r)
+        self.pending = Gauge("ipam_pending_leases", "Leases made at admission still waiting for their VM", ["kind"], registry=r)
+
+    async def refresh(self, read) -> None:
+        gauges = await read.gauges()
+        self.collisions.set(gauges["collisions"])
+        self.conflicts.set(gauges["conflicts"])
+        self.ip_drift.set(gauges["drift"])
+        for kind, gauge in self.leases.items():
+            gauge.clear()
+            for space, state, n in await read.lease_counts(kind):
+                gauge.labels(space, state).set(n)
+            self.pending.labels(kind.name).set(await read.pending(kind))
+        for gauge in (self.pool_used, self.ip_free, self.subnet_used):
+            gauge.clear()
+        for pool, ratio in gauges["pools"]:
+            self.pool_used.labels(pool).set(ratio)
+        for network, cidr, free, ratio in gauges["subnets"]:
+            self.ip_free.labels(network, cidr).set(free)
+            self.subnet_used.labels(network, cidr).set(ratio)
+
+    def render(self) -> tuple[bytes, str]:
+        return render(self.registry)
+
+
+def render(*registries: CollectorRegistry) -> tuple[bytes, str]:
+    """This process's counters and histograms, then the given registries, in the text format."""
+    return b"".join(generate_latest(r) for r in (telemetry.REGISTRY, *registries)), CONTENT_TYPE_LATEST

@@ -19,14 +19,12 @@ from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.ip import AddressError, format_address, parse_address
-from ..domain.kinds import IP, MAC, Kind
+from ..domain.kinds import IP, MAC, Kind, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
-from ..domain.owners import Owner
 from ..domain.pools import RoutingError, choose_pool
 from . import models
-from .gateway import Gateway, command_id, fanout_id
-from .http import STATUS, ApiError, decode_body, limit_of, now_ms, raise_rejection, reply
-from .routes import Route
+from .http import STATUS, ApiError, Gateway, command_id, decode_body, fanout_id, limit_of, now_ms, raise_rejection, reply
+from .openapi import Route
 
 
 def _iso(ms: int) -> str:

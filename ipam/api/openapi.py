@@ -1,15 +1,21 @@
-"""The OpenAPI 3.1 document, generated from the route descriptions and the request/response structs."""
+"""One description of each REST route, and the OpenAPI 3.1 document made from them.
+
+The aiohttp router and the document are both made from the same ``Route`` list, so the document
+cannot drift from what is served; request and response bodies come from the msgspec structs.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import msgspec
+from aiohttp import web
 
 from .. import __version__
 from . import models
 from .auth import OPEN_PATHS
-from .routes import WORDS, Route
 
 _ERRORS = {400: "Invalid input; `error.field` names the field", 404: "Not found",
            409: "Conflict (held, exhausted, overlap, in use)", 413: "Body too large",
@@ -84,3 +90,28 @@ def openapi_document(routes: list[Route]) -> dict:
                            "reader role, changing anything the admin role."}}},
         "security": [{"bearer": []}],
     }
+
+
+# What a path or query parameter names, for people.
+WORDS = {"namespace": "namespace", "vm": "VM name", "interface": "interface name", "pool": "pool", "mac": "MAC address",
+         "network": "network", "address": "IP address", "name": "name"}
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    method: str
+    path: str
+    handler: Callable
+    summary: str
+    operation: str  # operationId
+    body: type | None = None  # request body struct
+    ok: dict = field(default_factory=dict)  # status -> (response struct or None, description)
+    errors: tuple[int, ...] = ()
+    query: tuple[str, ...] = ()  # optional query parameters (filters)
+    limit: bool = False  # takes ?limit=
+    idempotent: bool = False  # takes an Idempotency-Key
+    text: bool = False  # answers text/plain (the Prometheus exposition format)
+
+
+def add_routes(app: web.Application, routes: list[Route]) -> None:
+    app.add_routes([web.route(r.method, r.path, r.handler) for r in routes])

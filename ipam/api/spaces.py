@@ -6,9 +6,8 @@ from aiohttp import web
 
 from ..domain.commands import CreatePool, DefineNetwork, DeleteNetwork, SubnetSpec
 from . import models
-from .gateway import Gateway, command_id
-from .http import ApiError, decode_body, now_ms, raise_rejection, reply
-from .routes import Route
+from .http import ApiError, Gateway, command_id, decode_body, now_ms, raise_rejection, reply
+from .openapi import Route
 
 
 class SpacesApi:

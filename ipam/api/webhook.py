@@ -29,6 +29,7 @@ from ..config import Config
 from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch
 from ..domain.commands import LeaseIp, LeaseMac
 from ..domain.ip import format_address, parse_address
+from ..domain.kinds import PROVISIONAL_UID_PREFIX, Owner
 from ..domain.kubevirt import (
     INTERFACES_FIELD,
     InterfaceNeed,
@@ -45,10 +46,8 @@ from ..domain.kubevirt import (
     vm_interfaces,
 )
 from ..domain.mac import MacFormatError, format_mac, parse_mac
-from ..domain.owners import PROVISIONAL_UID_PREFIX, Owner
 from ..domain.pools import RoutingError, choose_pool
-from .gateway import Gateway
-from .http import ApiError
+from .http import ApiError, Gateway
 
 log = structlog.get_logger("ipam.webhook")
 

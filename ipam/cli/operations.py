@@ -20,7 +20,7 @@ from .base import Client, fail, main
 @click.option("--listen", default=None, help="host:port for HTTP (default IPAM_HTTP_ADDR, 127.0.0.1:8080).")
 def serve(roles: tuple[str, ...], listen: str | None) -> None:
     """Run the service.  Without IPAM_KAFKA_BOOTSTRAP a local memory-only broker is started."""
-    from .. import logs
+    from .. import telemetry
     from ..service import serve_forever
 
     try:
@@ -28,7 +28,7 @@ def serve(roles: tuple[str, ...], listen: str | None) -> None:
         cfg.check_listener()
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    logs.configure(cfg.log_level, cfg.log_format)
+    telemetry.configure_logs(cfg.log_level, cfg.log_format)
     try:
         import uvloop
 

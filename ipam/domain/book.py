@@ -12,56 +12,23 @@ namespaces are told apart through ``by_key``.  A dict per VM used to take most o
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from .kinds import Kind
-from .owners import Owner
+from .kinds import Owner
 
 
-class Region(Protocol):
-    """A run of ``span`` offsets next-fit walks; ``size`` of them can be handed out."""
-
-    span: int
-    size: int
-    slot: int
-    ident: str  # what names it across redefinitions of its space (a CIDR, a range)
-
-    def key_at(self, offset: int) -> int: ...
-
-    def offset_of(self, key: int) -> int: ...
-
-    def skip(self, offset: int) -> int | None:
-        """For an excluded offset, the offset just past its excluded run; None when it may be handed out."""
+class Region:
+    """A run of ``span`` offsets next-fit walks, ``size`` of which can be handed out (a MAC range, a subnet):
+    ``key_at(offset)``, ``offset_of(key)``, ``skip(offset)`` (past an excluded run, or None), ``slot`` (the slot
+    its addresses fill), ``ident`` (what names it across redefinitions).  Implemented by ``pools.MacRange`` and
+    ``ip.Subnet``; this class only documents the shape."""
 
 
-class Space(Protocol):
-    """What the lease core needs to know of a pool or a network."""
-
-    name: str
-    kind: Kind
-    regions: tuple[Region, ...]
-    slots: tuple[int, ...]
-    starts: tuple[int, ...]  # where next-fit begins in each region (a deterministic "random" offset)
-    allocates: bool  # False: only addresses asked for by name (the external pool)
-
-    def slot_of(self, key: int) -> int: ...
-
-    def slot_name(self, slot: int) -> str: ...
-
-    def region_of(self, key: int) -> int | None: ...
-
-    def problem(self, key: int) -> tuple[str, str] | None:
-        """(code, reason) when ``key`` cannot be held in this space."""
-
-    def detail(self, key: int) -> dict: ...
-
-    def format(self, key: int) -> str: ...
-
-    def parse(self, text: str) -> int:
-        """An address written by people; raises ValueError naming what is wrong."""
-
-    def parse_own(self, text: str) -> int:
-        """An address ipam wrote itself (canonical text): fast."""
+class Space:
+    """What the lease core needs of a pool or a network (``pools.Pool``, ``networks.Network``): ``name``,
+    ``kind``, ``regions``, ``slots``, ``starts`` (next-fit's first offset per region), ``allocates`` (False: only
+    addresses asked for by name), ``slot_of(key)``, ``slot_name(slot)``, ``region_of(key)``, ``problem(key)``
+    ((code, reason) when the key cannot be held there), ``detail(key)`` (the extra fields of a lease event),
+    ``format(key)``, ``parse(text)`` (people's spelling; ValueError naming the problem) and ``parse_own(text)``
+    (ipam's canonical text, fast).  This class only documents the shape."""
 
 
 class Book:

@@ -13,8 +13,7 @@ from typing import Annotated, NamedTuple, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from .kinds import IP, MAC, Kind
-from .owners import CommandId, Millis, Name, Owner
+from .kinds import IP, MAC, CommandId, Kind, Millis, Name, Owner
 
 
 class Command(Struct, tag_field="type", kw_only=True, frozen=True):

@@ -14,8 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from .commands import SubnetSpec
-from .kinds import IP, MAC, Kind
-from .owners import CommandId, Millis, Name, Owner
+from .kinds import IP, MAC, CommandId, Kind, Millis, Name, Owner
 
 
 class Event(Struct, tag_field="type", kw_only=True, frozen=True):

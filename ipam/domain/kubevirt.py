@@ -1,18 +1,27 @@
-"""Which interfaces of a KubeVirt VirtualMachine get a MAC from ipam, and the JSONPatch that sets them.
+"""KubeVirt and Multus objects as ipam reads them: which interfaces get a MAC, which sit on ipam networks,
+the JSONPatch that sets their MACs and addresses, and the networks NetworkAttachmentDefinitions define.
 
-Pure functions over the VirtualMachine as plain JSON (what an AdmissionReview carries).
-The rule follows KubeMacPool, so a cluster can switch without surprises: an interface gets
-a MAC when its network (matched by name in ``spec.template.spec.networks``) is a Multus
-network, whatever its binding; or when it is on the pod network with the ``masquerade`` or
-``slirp`` binding.  A ``bridge`` binding on the pod network takes the pod's own MAC and is
-left alone, as are interfaces without a matching network (the API server rejects those).
+Pure functions over the objects as plain JSON (what an AdmissionReview or a watch carries).  The MAC
+rule follows KubeMacPool, so a cluster can switch without surprises: an interface gets a MAC when its
+network (matched by name in ``spec.template.spec.networks``) is a Multus network, whatever its binding;
+or when it is on the pod network with the ``masquerade`` or ``slirp`` binding.  A ``bridge`` binding on
+the pod network takes the pod's own MAC and is left alone, as are interfaces without a matching network
+(the API server rejects those).
+
+A NAD is managed when it has ``ipam.kubevirt.io/subnets``; its network is named ``<namespace>.<name>``
+(unambiguous: namespaces have no dots) unless ``ipam.kubevirt.io/network`` names it, which lets NADs in
+several namespaces share one address space.  Lists are comma-separated; each gateway and exclusion
+belongs to the subnet that contains it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .commands import SubnetSpec
 
 INTERFACES_PATH = "/spec/template/spec/domain/devices/interfaces"
 INTERFACES_FIELD = "spec.template.spec.domain.devices.interfaces"
@@ -178,3 +187,80 @@ def annotation_patch(vm: Mapping, addresses: Mapping[str, list[str]]) -> list[di
     if not isinstance(metadata_of(vm).get("annotations"), Mapping):
         return [{"op": "add", "path": "/metadata/annotations", "value": {IP_ANNOTATION: value}}]
     return [{"op": "add", "path": "/metadata/annotations/" + IP_ANNOTATION.replace("~", "~0").replace("/", "~1"), "value": value}]
+
+
+PREFIX = "ipam.kubevirt.io/"
+SUBNETS = PREFIX + "subnets"
+GATEWAYS = PREFIX + "gateways"
+EXCLUDE = PREFIX + "exclude"
+DNS = PREFIX + "dns"
+NETWORK = PREFIX + "network"
+
+
+@dataclass(frozen=True)
+class NadNetwork:
+    attachment: str  # "namespace/name"
+    network: str
+    subnets: tuple[SubnetSpec, ...]
+    dns: tuple[str, ...]
+    version: str = ""  # the NAD's resourceVersion: a definition changed back and forth is still a new command
+
+
+def _items(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _field(key: str) -> str:
+    return f"metadata.annotations[{key}]"
+
+
+def nad_network(nad: Mapping) -> NadNetwork | None:
+    """The network a NAD defines, or None when it carries no ``ipam.kubevirt.io/subnets``.  Raises SpecError."""
+    meta = nad.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, Mapping) or SUBNETS not in annotations:
+        return None
+    namespace, name = meta.get("namespace"), meta.get("name")
+    texts = {k: annotations.get(k) for k in (SUBNETS, GATEWAYS, EXCLUDE, DNS, NETWORK)}
+    for key, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise SpecError(_field(key), "expected a string")
+    subnets = subnet_specs(_items(texts[SUBNETS]), _items(texts[GATEWAYS] or ""), _items(texts[EXCLUDE] or ""),
+                           (_field(SUBNETS), _field(GATEWAYS), _field(EXCLUDE)))
+    network = (texts[NETWORK] or "").strip() or f"{namespace}.{name}"
+    return NadNetwork(attachment=f"{namespace}/{name}", network=network, subnets=subnets, dns=tuple(_items(texts[DNS] or "")),
+                      version=str(meta.get("resourceVersion") or ""))
+
+
+def subnet_specs(cidrs: list[str], gateways: list[str], excludes: list[str],
+                 fields: tuple[str, str, str] = ("subnets", "gateways", "exclude")) -> tuple[SubnetSpec, ...]:
+    """Subnets from flat lists, each gateway and exclusion given to the subnet that contains it."""
+    if not cidrs:
+        raise SpecError(fields[0], "lists no subnet")
+    nets = []
+    for c in cidrs:
+        try:
+            nets.append(ipaddress.ip_network(c, strict=False))
+        except ValueError:
+            raise SpecError(fields[0], f"{c[:80]!r} is not a CIDR") from None
+    by_subnet: dict[int, str] = {}
+    for gw in gateways:
+        i = _containing(nets, gw, fields[1])
+        if i in by_subnet:
+            raise SpecError(fields[1], f"two gateways for subnet {cidrs[i]}")
+        by_subnet[i] = gw
+    excluded: dict[int, list[str]] = {}
+    for x in excludes:
+        excluded.setdefault(_containing(nets, x.partition("-")[0].partition("/")[0], fields[2]), []).append(x)
+    return tuple(SubnetSpec(cidr=c, gateway=by_subnet.get(i), exclude=tuple(excluded.get(i, ()))) for i, c in enumerate(cidrs))
+
+
+def _containing(nets: list, text: str, field: str) -> int:
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise SpecError(field, f"{text[:80]!r} is not an address") from None
+    for i, n in enumerate(nets):
+        if addr.version == n.version and addr in n:
+            return i
+    raise SpecError(field, f"{text} is in none of the subnets")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .book import Book, Space
 from .events import LEASE_EVENTS, CommandRejected, Event
-from .owners import Owner, binds
+from .kinds import Owner, binds
 
 NAMED_MAX = 5  # leases named in a refusal before "and N more"
 

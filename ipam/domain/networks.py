@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from .commands import DefineNetwork, DeleteNetwork, ObserveGuestIps, SubnetSpec
 from .events import Event, IpDrift, NetworkDefined, NetworkDeleted
 from .ip import AddressError, NetworkError, Subnet, address_of, build_subnet, canonical, family_of, format_address, parse_address
-from .kinds import IP
+from .kinds import IP, Owner, binds
 from .leasing import named, reject
-from .owners import Owner, binds
 from .pools import name_problem
 
 SUBNETS_MAX = 16

@@ -21,8 +21,7 @@ import msgspec
 from .. import failpoints, telemetry
 from ..adapters import kafka
 from ..adapters.postgres.ownership import claim, current_epochs, load_fences, read_partition, set_fence
-from ..adapters.postgres.spaces import load_pools
-from ..adapters.postgres.state import load_state
+from ..adapters.postgres.spaces import load_pools, load_state
 from ..config import Config
 from ..domain.commands import command_decoder, nul_field
 from ..domain.decider import State, decide, evolve, pool_of, stream_key

@@ -16,7 +16,7 @@ from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader
 from ..adapters.postgres.ownership import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
-from ..domain.owners import CommandId
+from ..domain.kinds import CommandId
 from ..domain.records import record_decoder
 
 log = structlog.get_logger("ipam.continuity")

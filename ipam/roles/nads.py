@@ -16,8 +16,7 @@ import structlog
 from ..domain.commands import DefineNetwork, DeleteNetwork
 from ..domain.events import NetworkDefined
 from ..domain.ip import canonical
-from ..domain.kubevirt import SpecError
-from ..domain.nad import NadNetwork, nad_network
+from ..domain.kubevirt import NadNetwork, SpecError, nad_network
 
 log = structlog.get_logger("ipam.watcher")
 

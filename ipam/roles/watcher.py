@@ -12,23 +12,32 @@ appeared are expired here too, but only while the VM list is in sync.  NADs beco
 Command ids derive from the VM's uid and resourceVersion, so repeats are harmless; still only
 one watcher works at a time (a Postgres advisory lock), because a replica lagging behind
 would replay an older spec after a newer one and briefly undo it.
-"""
+
+Where a VM's interfaces are, for each kind of address, is read by ROUTES: MAC, the MACs in the
+VM's spec, each routed to the pool that holds it (as the API routes a static request); IP, the
+interfaces on NetworkAttachmentDefinitions an ipam network serves, with the addresses the VM's
+ipam.kubevirt.io/ip-addresses annotation gives them.  FINGERPRINTS say what of a VM matters to
+its leases of each kind, to skip status-only updates."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 import structlog
 
 from ..adapters import kubernetes as kube
 from ..adapters.postgres.ownership import leadership
 from ..config import Config
+from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
-from ..domain.kinds import KINDS, Kind
+from ..domain.kinds import IP, KINDS, MAC, Kind, ObservedAddresses, ObservedInterface
+from ..domain.kubevirt import SpecError, annotated_addresses, multus_interfaces, spec_macs, vm_interfaces
+from ..domain.mac import MacFormatError, format_mac, parse_mac
+from ..domain.pools import RoutingError, choose_pool
 from .instances import Instances
 from .nads import NadNetworks
-from .routes import FINGERPRINTS, ROUTES
 
 log = structlog.get_logger("ipam.watcher")
 PROGRESS_SECONDS = 5.0  # how often a long full list logs its progress
@@ -196,3 +205,63 @@ class Watcher:
                     await self.bus.send(LEASE_COMMANDS[kind].expire(
                         command_id=f"expire-{kind.name}:{space}:{address}:{uid}:{until}", at=_now(),
                         **{kind.space: space, kind.address: address}, vm_uid=uid))
+
+
+@dataclass
+class Routed:
+    by_space: dict[str, list] = field(default_factory=dict)  # space -> the kind's observed interfaces
+    unplaced: list[tuple[str, str, str]] = field(default_factory=list)  # (interface, address, why) ipam cannot place
+    stale: bool = False  # something was not found that a fresher catalog might know
+    unreadable: SpecError | None = None  # the VM cannot be read for this kind: its leases are left as they are
+
+
+def mac_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
+    try:
+        vm_interfaces(vm)
+    except SpecError as e:
+        return Routed(unreadable=e)
+    routed = Routed()
+    for iface, text in sorted(spec_macs(vm).items()):
+        try:
+            mac = parse_mac(text)
+            pool = choose_pool(catalog.pools, namespace, None, mac)
+        except (MacFormatError, RoutingError) as e:
+            routed.unplaced.append((iface, text, str(e)))
+            continue
+        routed.by_space.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
+    routed.stale = bool(routed.unplaced)
+    return routed
+
+
+def ip_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
+    try:
+        multus = multus_interfaces(vm, namespace)
+        wanted = annotated_addresses(vm)
+    except SpecError as e:
+        return Routed(unreadable=e)
+    routed = Routed()
+    for m in multus:
+        networks = catalog.by_attachment.get(m.attachment)
+        if not networks:
+            routed.stale = True  # a network defined for it since the catalog was read?
+            continue
+        routed.by_space.setdefault(networks[0].name, []).append(
+            ObservedAddresses(name=m.name, addresses=tuple(wanted.get(m.name, ()))))
+    return routed
+
+
+def mac_fingerprint(vm: dict) -> frozenset:
+    return frozenset(spec_macs(vm).items())
+
+
+def ip_fingerprint(vm: dict) -> frozenset:
+    namespace = (vm.get("metadata") or {}).get("namespace") or ""
+    try:
+        multus, wanted = multus_interfaces(vm, namespace), annotated_addresses(vm)
+    except SpecError:
+        return frozenset()
+    return frozenset((m.name, m.attachment, tuple(wanted.get(m.name, ()))) for m in multus)
+
+
+ROUTES = {MAC: mac_routes, IP: ip_routes}
+FINGERPRINTS = {MAC: mac_fingerprint, IP: ip_fingerprint}

@@ -7,9 +7,9 @@ import asyncio
 import json
 import sys
 
-from ipam import logs
-from ipam.devenv import PrivatePostgres
+from ipam import telemetry
 
+from ..backends import PrivatePostgres
 from .driver import Run
 
 
@@ -22,7 +22,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--keep-postgres", action="store_true",
                     help="always keep the Postgres server (to inspect or `ipam rebuild` it)")
     args = ap.parse_args(argv)
-    logs.configure("error", "console")
+    telemetry.configure_logs("error", "console")
     pg = PrivatePostgres().start()
     totals = {"runs": 0, "kills": 0, "failpoint_deaths": 0, "failpoints": {}, "rebalances": 0, "duplicates_injected": 0,
               "poison_records": 0, "violations": 0,

@@ -29,9 +29,10 @@ from aiokafka import AIOKafkaProducer
 from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
-from ipam.devenv import LocalBroker, PrivatePostgres
+from ipam.devenv import LocalBroker
 from ipam.domain.events import AnyEvent
 
+from ..backends import PrivatePostgres
 from ..harness import ServiceProcess, create_database, make_config
 
 _decode_event = __import__("msgspec").json.Decoder(AnyEvent)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from ...domain.fencing import Fences
+from ...domain.records import Fences
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,9 @@ _COLUMNS = ("partition, generation, epoch, fence_offset, events_offset, last_epo
 
 
 async def read_partition(conn: asyncpg.Connection, partition: int) -> PartitionRow:
-    row = await conn.fetchrow(
+    return PartitionRow.of(await conn.fetchrow(
         f"INSERT INTO ipam_store.partitions (partition) VALUES ($1) ON CONFLICT (partition) "
-        f"DO UPDATE SET partition = EXCLUDED.partition RETURNING {_COLUMNS}",
-        partition,
-    )
-    return PartitionRow.of(row)
+        f"DO UPDATE SET partition = EXCLUDED.partition RETURNING {_COLUMNS}", partition))
 
 
 async def claim(conn: asyncpg.Connection, partition: int, owner: str) -> PartitionRow:
@@ -53,16 +50,9 @@ async def claim(conn: asyncpg.Connection, partition: int, owner: str) -> Partiti
     async with conn.transaction():
         row = await conn.fetchrow(
             f"INSERT INTO ipam_store.partitions (partition, epoch) VALUES ($1, 1) ON CONFLICT (partition) "
-            f"DO UPDATE SET epoch = ipam_store.partitions.epoch + 1, updated_at = now() RETURNING {_COLUMNS}",
-            partition,
-        )
-        await conn.execute(
-            "INSERT INTO ipam_store.epochs (partition, epoch, generation, owner) VALUES ($1, $2, $3, $4)",
-            partition,
-            row["epoch"],
-            row["generation"],
-            owner,
-        )
+            f"DO UPDATE SET epoch = ipam_store.partitions.epoch + 1, updated_at = now() RETURNING {_COLUMNS}", partition)
+        await conn.execute("INSERT INTO ipam_store.epochs (partition, epoch, generation, owner) VALUES ($1, $2, $3, $4)",
+                           partition, row["epoch"], row["generation"], owner)
     return PartitionRow.of(row)
 
 
@@ -94,31 +84,21 @@ async def set_fence(conn: asyncpg.Connection, partition: int, epoch: int, fence_
         current = await conn.fetchval("SELECT epoch FROM ipam_store.partitions WHERE partition = $1 FOR UPDATE", partition)
         if current != epoch:
             return False
-        await conn.execute(
-            "UPDATE ipam_store.epochs SET fence_offset = $3 WHERE partition = $1 AND epoch = $2", partition, epoch, fence_offset
-        )
-        await conn.execute(
-            "UPDATE ipam_store.partitions SET fence_offset = $2, updated_at = now() WHERE partition = $1", partition, fence_offset
-        )
+        await conn.execute("UPDATE ipam_store.epochs SET fence_offset = $3 WHERE partition = $1 AND epoch = $2",
+                           partition, epoch, fence_offset)
+        await conn.execute("UPDATE ipam_store.partitions SET fence_offset = $2, updated_at = now() WHERE partition = $1",
+                           partition, fence_offset)
     return True
 
 
 async def load_fences(conn: asyncpg.Connection, partition: int, generation: int) -> Fences:
-    rows = await conn.fetch(
-        "SELECT epoch, fence_offset FROM ipam_store.epochs WHERE partition = $1 AND generation = $2", partition, generation
-    )
+    rows = await conn.fetch("SELECT epoch, fence_offset FROM ipam_store.epochs WHERE partition = $1 AND generation = $2",
+                            partition, generation)
     return Fences({r["epoch"]: r["fence_offset"] for r in rows})
 
 
-async def reset_log(
-    conn: asyncpg.Connection,
-    partition: int,
-    seen: PartitionRow,
-    *,
-    events_start: int | None,
-    commands_start: int | None,
-    reason: str,
-) -> PartitionRow | None:
+async def reset_log(conn: asyncpg.Connection, partition: int, seen: PartitionRow, *, events_start: int | None,
+                    commands_start: int | None, reason: str) -> PartitionRow | None:
     """Start a new log generation after the broker lost or truncated a topic.
 
     Compare-and-set against the row we inspected: returns None when someone else changed it
@@ -140,34 +120,19 @@ async def reset_log(
                    commands_offset = coalesce($3, commands_offset),
                    last_command_id = CASE WHEN $3::bigint IS NULL THEN last_command_id END,
                    updated_at = now()
-               WHERE partition = $1 RETURNING {_COLUMNS}""",
-            partition,
-            events_start,
-            commands_start,
-        )
+               WHERE partition = $1 RETURNING {_COLUMNS}""", partition, events_start, commands_start)
         # The current epoch carries on into the new generation.
         await conn.execute(
             "INSERT INTO ipam_store.epochs (partition, epoch, generation, fence_offset, owner) "
             "SELECT partition, epoch, $2, NULL, 'log-reset' FROM ipam_store.partitions WHERE partition = $1 "
             "ON CONFLICT (partition, epoch) DO UPDATE SET generation = EXCLUDED.generation, fence_offset = NULL",
-            partition,
-            new["generation"],
-        )
-        body = {
-            "reason": reason,
-            "previous_generation": seen.generation,
-            "previous_events_offset": seen.events_offset,
-            "previous_commands_offset": seen.commands_offset,
-        }
+            partition, new["generation"])
+        body = {"reason": reason, "previous_generation": seen.generation, "previous_events_offset": seen.events_offset,
+                "previous_commands_offset": seen.commands_offset}
         await conn.execute(
             "INSERT INTO ipam_store.ledger (generation, partition, \"offset\", epoch, seq, at, type, command_id, body) "
-            "VALUES ($1, $2, NULL, $3, 0, now(), 'LogReset', $4, $5::jsonb)",
-            new["generation"],
-            partition,
-            new["epoch"],
-            f"log-reset:{partition}:{new['generation']}",
-            msgspec.json.encode(body).decode(),
-        )
+            "VALUES ($1, $2, NULL, $3, 0, now(), 'LogReset', $4, $5::jsonb)", new["generation"], partition, new["epoch"],
+            f"log-reset:{partition}:{new['generation']}", msgspec.json.encode(body).decode())
     return PartitionRow.of(new)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -19,15 +20,14 @@ import msgspec
 import structlog
 
 from ... import failpoints
-from ...domain.events import NetworkDefined, NetworkDeleted, PoolCreated, encoder
-from ...domain.fencing import Fences
+from ...domain.events import LEASE_EVENTS, NetworkDefined, NetworkDeleted, PoolCreated, encoder
 from ...domain.ip import address_of
-from ...domain.records import EventRecord, record_decoder
+from ...domain.kinds import IP, KINDS, Kind
+from ...domain.records import EventRecord, Fences, record_decoder
 from . import outcomes
-from .fold import BatchChanges
 from .ownership import load_fences
 from .spaces import SpaceChanges, load_spaces
-from .tables import ts
+from .tables import TABLES, LeaseChanges, ts
 
 log = structlog.get_logger("ipam.projection")
 
@@ -269,3 +269,46 @@ class Projection:
         fences = await load_fences(conn, partition, generation)
         self._fences[partition] = (generation, fences)
         return fences
+
+
+class BatchChanges:
+    """Everything one batch changes outside the ledger: spaces, leases and quarantine of every kind, cursors."""
+
+    def __init__(self, spaces: SpaceChanges) -> None:
+        self.spaces = spaces
+        self.leases = {kind: LeaseChanges(TABLES[kind]) for kind in KINDS}
+
+    def add(self, ev) -> None:
+        fold = FOLDS.get(type(ev))
+        if fold is not None:
+            fold(self, ev)
+
+    async def write(self, conn) -> None:
+        await self.spaces.write_definitions(conn)
+        for changes in self.leases.values():
+            await changes.write(conn)
+        await self.spaces.write_cursors(conn)
+        await self.spaces.write_deletions(conn)
+
+
+def _lease_fold(kind: Kind, role: str) -> Callable[[BatchChanges, object], None]:
+    def fold(changes: BatchChanges, ev) -> None:
+        getattr(changes.leases[kind], role)(ev)
+        if role == "leased" and not ev.static:
+            changes.spaces.advance(kind, getattr(ev, kind.space), getattr(ev, kind.address))
+    return fold
+
+
+def _network_deleted(changes: BatchChanges, ev: NetworkDeleted) -> None:
+    changes.spaces.network_deleted(ev)
+    changes.leases[IP].space_deleted(ev.name)
+
+
+FOLDS: dict[type, Callable[[BatchChanges, object], None]] = {
+    PoolCreated: lambda changes, ev: changes.spaces.pool_created(ev),
+    NetworkDefined: lambda changes, ev: changes.spaces.network_defined(ev),
+    NetworkDeleted: _network_deleted,
+}
+for _kind in KINDS:
+    for _role in ("leased", "released", "confirmed"):
+        FOLDS[getattr(LEASE_EVENTS[_kind], _role)] = _lease_fold(_kind, _role)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ...domain.catalog import Catalog
-from ...domain.kinds import Kind
-from ...domain.owners import PROVISIONAL_UID_PREFIX
+from ...domain.kinds import PROVISIONAL_UID_PREFIX, Kind
 from .spaces import load_spaces, stored_networks
 from .tables import TABLES
 

@@ -1,9 +1,12 @@
-"""The lease tables of each kind of address, described as data for the SQL written once in this package.
+"""The lease tables of each kind of address, described as data, and a projected batch folded into them.
 
-A kind has a table of live leases and one of quarantined addresses, keyed by the address (MAC:
-unique in the cluster) or by the space and the address (IP: unique per network) — the unique
-constraints of migrations/ are the last guard.  Every statement the projection, the state
-loader, the rebuild and the read model run against them is made here from the description.
+A kind has a table of live leases and one of quarantined addresses, keyed by the address (MAC: unique
+in the cluster) or by the space and the address (IP: unique per network): the unique constraints of
+migrations/ are the last guard.  Every statement the projection, the state loader, the rebuild and the
+read model run against them is made here from the description.  A batch of thousands of events touches
+each row once: the fold keeps only the last state of every row (a lease, a quarantined address, a
+confirmed owner), for every kind alike, and ``write`` sends them as ``unnest`` arrays inside the batch's
+transaction (the same exactly-once transaction as the ledger and the partition's offset).
 """
 
 from __future__ import annotations
@@ -134,3 +137,59 @@ IP_TABLE = LeaseTable(
     cursors="ipam_store.network_subnets", cursor_key=(("network", "text"), ("cidr", "cidr")), cursor_type="numeric",
     cursor_of=lambda space, region: (space, region.cidr), cursor_filter="")
 TABLES = {MAC: MAC_TABLE, IP: IP_TABLE}
+
+
+class LeaseChanges:
+    """The last state, in this batch, of each lease and quarantine row of one kind that it touches."""
+
+    def __init__(self, table: LeaseTable) -> None:
+        self.table = table
+        self.leases: dict[tuple, tuple | None] = {}  # row key -> row after the key columns, or None: deleted
+        self.quarantine: dict[tuple, tuple[str, tuple | None]] = {}  # row key -> (space, row or None)
+        self.confirms: dict[tuple, tuple] = {}  # provisional leases of earlier batches bound to their VM
+
+    def leased(self, ev) -> None:
+        t, o = self.table, ev.owner
+        key = t.key_of(ev)
+        self.leases[key] = (*t.extra_of(ev, key), o.namespace, o.vm, o.vm_uid, o.interface, ev.static, ts(ev.at),
+                            ev.command_id, ts(ev.pending_until) if ev.pending_until else None)
+        self.quarantine[key] = (getattr(ev, t.space_column), None)
+        if self.confirms:
+            self.confirms.pop(key, None)
+
+    def released(self, ev) -> None:
+        t, o = self.table, ev.owner
+        key = t.key_of(ev)
+        self.leases[key] = None
+        if self.confirms:
+            self.confirms.pop(key, None)
+        held = ((*t.quarantine_extra_of(ev), ts(ev.quarantined_until), ts(ev.at), o.namespace, o.vm, o.vm_uid, o.interface)
+                if ev.quarantined_until > ev.at else None)
+        self.quarantine[key] = (getattr(ev, t.space_column), held)
+
+    def confirmed(self, ev) -> None:
+        key, o = self.table.key_of(ev), ev.owner
+        current = self.leases.get(key)
+        if current is not None:  # leased earlier in this batch: rewrite the row to insert
+            n = len(self.table.extra)
+            self.leases[key] = (*current[:n], o.namespace, o.vm, o.vm_uid, o.interface, *current[n + 4:-1], None)
+        else:
+            self.confirms[key] = (o.namespace, o.vm, o.vm_uid, o.interface)
+
+    def space_deleted(self, name: str) -> None:
+        self.quarantine = {k: v for k, v in self.quarantine.items() if v[0] != name}
+
+    async def write(self, conn) -> None:
+        t = self.table
+        if self.leases:
+            await conn.execute(t.delete_sql(t.leases), *zip(*self.leases, strict=True))
+            live = [(*k, *v) for k, v in self.leases.items() if v is not None]
+            if live:
+                await conn.execute(t.insert_sql(t.leases, t.lease_columns), *zip(*live, strict=True))
+        if self.confirms:
+            await conn.execute(t.confirm_sql(), *zip(*[(*k, *v) for k, v in self.confirms.items()], strict=True))
+        if self.quarantine:
+            await conn.execute(t.delete_sql(t.quarantine), *zip(*self.quarantine, strict=True))
+            held = [(*k, *v) for k, (_, v) in self.quarantine.items() if v is not None]
+            if held:
+                await conn.execute(t.insert_sql(t.quarantine, t.quarantine_columns), *zip(*held, strict=True))
