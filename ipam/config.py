@@ -1,5 +1,8 @@
-"""Settings, read from the environment in one place.  ``SETTINGS`` is the documented table
-(docs/settings.md is checked against it by the tests)."""
+"""Settings, read from the environment in one place.
+
+``SETTINGS`` names each setting, its type and its default; what each one means is documented in
+docs/settings.md, which the tests check against this table.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ from dataclasses import dataclass, make_dataclass
 class Setting:
     env: str
     type: type
-    default: str | None
-    help: str
+    default: str | None  # "" for optional text settings; None: unset unless given
 
     @property
     def field(self) -> str:
@@ -21,75 +23,47 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("IPAM_DATABASE_URL", str, "postgresql://postgres@127.0.0.1:5432/ipam",
-            "Postgres DSN; the database is created by `ipam migrate` when missing."),
-    Setting("IPAM_MIGRATE", bool, "true",
-            "true: `ipam serve` applies pending migrations at start. false: it only checks the schema is current (run as "
-            "ipam_writer; `ipam migrate` as the owner)."),
-    Setting("IPAM_KAFKA_BOOTSTRAP", str, None,
-            "Kafka bootstrap servers. Unset: `ipam serve` starts a local memory-only broker (Tansu)."),
-    Setting("IPAM_LOCAL_BROKER_ADDR", str, "127.0.0.1:9092",
-            "Where the local broker listens when IPAM_KAFKA_BOOTSTRAP is unset."),
-    Setting("IPAM_COMMANDS_TOPIC", str, "ipam.commands", "Topic of commands, keyed by pool (or the pool registry)."),
-    Setting("IPAM_EVENTS_TOPIC", str, "ipam.events",
-            "Topic of events; partition N holds the events decided from commands partition N."),
-    Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter",
-            "Where records that cannot be decoded go, with the reason in a header."),
-    Setting("IPAM_PARTITIONS", int, "8", "Partitions of both topics, created on start-up. Fixed once the database has seen it."),
-    Setting("IPAM_GROUP_PREFIX", str, "ipam", "Prefix of the consumer group ids (<prefix>-allocator, <prefix>-projector)."),
-    Setting("IPAM_HTTP_ADDR", str, "127.0.0.1:8080",
-            "host:port of the REST API, health and metrics (also --listen); HTTPS with the TLS files below."),
-    Setting("IPAM_PLAIN_HTTP", bool, "false",
-            "true: serve REST as plain HTTP, with no tokens unless a token source is set. Refused unless IPAM_HTTP_ADDR is a "
-            "loopback address (development, `make run`, tests)."),
-    Setting("IPAM_QUARANTINE_SECONDS", int, "600", "How long a released MAC or IP address is kept from automatic reuse."),
-    Setting("IPAM_REQUEST_TIMEOUT_SECONDS", float, "10",
-            "How long the API waits for a command's outcome before answering 504 (retry with the same command id)."),
-    Setting("IPAM_MAX_BODY_BYTES", int, "1048576", "Largest accepted request body; larger bodies get 413."),
-    Setting("IPAM_OUTCOME_RETENTION_HOURS", float, "168",
-            "How long command outcomes (the answers to retried command ids) are kept."),
-    Setting("IPAM_DEDUPE_WINDOW", int, "10000",
-            "Command ids per partition an allocator remembers in memory to drop redelivered commands."),
-    Setting("IPAM_LOG_LEVEL", str, "info", "debug, info, warning or error."),
-    Setting("IPAM_LOG_FORMAT", str, "json", "json (one object per line) or console."),
-    Setting("IPAM_KAFKA_LINGER_MS", int, "1", "Producer linger: batches records for up to this many ms."),
-    Setting("IPAM_KAFKA_SECURITY_PROTOCOL", str, "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (passed to aiokafka)."),
-    Setting("IPAM_KAFKA_SASL_MECHANISM", str, "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a SASL_* protocol."),
-    Setting("IPAM_KAFKA_SASL_USERNAME", str, "", "SASL user name."),
-    Setting("IPAM_KAFKA_SASL_PASSWORD_FILE", str, "", "File holding the SASL password (a mounted Secret); read at start-up."),
-    Setting("IPAM_KAFKA_CA_FILE", str, "",
-            "PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL); empty: the system's CAs."),
-    Setting("IPAM_KAFKA_CERT_FILE", str, "", "PEM client certificate for brokers that require mutual TLS."),
-    Setting("IPAM_KAFKA_KEY_FILE", str, "", "PEM private key of the client certificate."),
-    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", int, "5",
-            "Longest a fetch waits for data. Tansu waits it out even when data arrives, so keep it low there."),
-    Setting("IPAM_WEBHOOK_ADDR", str, "127.0.0.1:8443",
-            "host:port of the HTTPS admission webhook (served only when the TLS files are set)."),
-    Setting("IPAM_TLS_CERT_FILE", str, "",
-            "PEM certificate (chain) of the HTTPS listeners (REST and webhook); reloaded when the file changes."),
-    Setting("IPAM_TLS_KEY_FILE", str, "", "PEM private key of the HTTPS listeners; reloaded with the certificate."),
-    Setting("IPAM_WEBHOOK_CLIENT_CA_FILE", str, "",
-            "PEM CA bundle: when set, the webhook listener requires a client certificate it signed (the API server's, from its "
-            "admission kubeconfig)."),
-    Setting("IPAM_TOKEN_FILE", str, "",
-            "Bearer tokens for REST, one per line: `<token> <reader|admin> <name>`; re-read when the file changes."),
-    Setting("IPAM_TOKEN_REVIEW", bool, "false",
-            "true: bearer tokens unknown to the token file are checked with a Kubernetes TokenReview (through IPAM_KUBE_API)."),
-    Setting("IPAM_ADMIN_SUBJECTS", str, "",
-            "Comma-separated `user:NAME` / `group:NAME` that TokenReview-authenticated callers need to be admins."),
-    Setting("IPAM_READER_SUBJECTS", str, "",
-            "Comma-separated `user:NAME` / `group:NAME` that may read (leases, pools, metrics) after a TokenReview."),
-    Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", float, "8",
-            "The webhook denies a review it could not decide in this time; keep it below the webhook's timeoutSeconds (10)."),
-    Setting("IPAM_PENDING_SECONDS", int, "300",
-            "How long a MAC or IP address leased at admission waits for its VM to appear before it is released."),
-    Setting("IPAM_NAMESPACE_OPT_IN", bool, "false",
-            "true: only namespaces labelled ipam.kubevirt.io/mac-allocation=allocate (or KubeMacPool's label) get MACs."),
-    Setting("IPAM_MAX_INTERFACES", int, "64", "Largest number of interfaces a VM may have; a review with more is denied."),
-    Setting("IPAM_KUBE_API", str, "",
-            "Kubernetes API for the watcher: 'in-cluster', a kubeconfig path, or a URL. Empty: no watcher."),
-    Setting("IPAM_RESYNC_SECONDS", float, "600",
-            "The watcher lists everything again this often (and after 410 Gone), reconciling what drifted."),
+    Setting("IPAM_DATABASE_URL", str, "postgresql://postgres@127.0.0.1:5432/ipam"),
+    Setting("IPAM_MIGRATE", bool, "true"),
+    Setting("IPAM_KAFKA_BOOTSTRAP", str, None),
+    Setting("IPAM_LOCAL_BROKER_ADDR", str, "127.0.0.1:9092"),
+    Setting("IPAM_COMMANDS_TOPIC", str, "ipam.commands"),
+    Setting("IPAM_EVENTS_TOPIC", str, "ipam.events"),
+    Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter"),
+    Setting("IPAM_PARTITIONS", int, "8"),
+    Setting("IPAM_GROUP_PREFIX", str, "ipam"),
+    Setting("IPAM_HTTP_ADDR", str, "127.0.0.1:8080"),
+    Setting("IPAM_PLAIN_HTTP", bool, "false"),
+    Setting("IPAM_QUARANTINE_SECONDS", int, "600"),
+    Setting("IPAM_REQUEST_TIMEOUT_SECONDS", float, "10"),
+    Setting("IPAM_MAX_BODY_BYTES", int, "1048576"),
+    Setting("IPAM_OUTCOME_RETENTION_HOURS", float, "168"),
+    Setting("IPAM_DEDUPE_WINDOW", int, "10000"),
+    Setting("IPAM_LOG_LEVEL", str, "info"),
+    Setting("IPAM_LOG_FORMAT", str, "json"),
+    Setting("IPAM_KAFKA_LINGER_MS", int, "1"),
+    Setting("IPAM_KAFKA_SECURITY_PROTOCOL", str, "PLAINTEXT"),
+    Setting("IPAM_KAFKA_SASL_MECHANISM", str, ""),
+    Setting("IPAM_KAFKA_SASL_USERNAME", str, ""),
+    Setting("IPAM_KAFKA_SASL_PASSWORD_FILE", str, ""),
+    Setting("IPAM_KAFKA_CA_FILE", str, ""),
+    Setting("IPAM_KAFKA_CERT_FILE", str, ""),
+    Setting("IPAM_KAFKA_KEY_FILE", str, ""),
+    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", int, "5"),
+    Setting("IPAM_WEBHOOK_ADDR", str, "127.0.0.1:8443"),
+    Setting("IPAM_TLS_CERT_FILE", str, ""),
+    Setting("IPAM_TLS_KEY_FILE", str, ""),
+    Setting("IPAM_WEBHOOK_CLIENT_CA_FILE", str, ""),
+    Setting("IPAM_TOKEN_FILE", str, ""),
+    Setting("IPAM_TOKEN_REVIEW", bool, "false"),
+    Setting("IPAM_ADMIN_SUBJECTS", str, ""),
+    Setting("IPAM_READER_SUBJECTS", str, ""),
+    Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", float, "8"),
+    Setting("IPAM_PENDING_SECONDS", int, "300"),
+    Setting("IPAM_NAMESPACE_OPT_IN", bool, "false"),
+    Setting("IPAM_MAX_INTERFACES", int, "64"),
+    Setting("IPAM_KUBE_API", str, ""),
+    Setting("IPAM_RESYNC_SECONDS", float, "600"),
 )
 
 

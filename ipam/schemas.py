@@ -72,11 +72,8 @@ def _summary(kind: type) -> str:
     return doc.split("\n\n", 1)[0].replace("\n", " ")
 
 
-def asyncapi(partitions: int = 8) -> dict:
-    """The AsyncAPI 3.0 document of the three topics, generated from the same types as schemas/ so
-    it cannot drift; payloads point at the JSON Schemas in schemas/."""
-    from . import __version__
-
+def _messages() -> tuple[dict, dict, dict]:
+    """Every message of the three topics, and the references of the commands' and the events'."""
     key = {"type": "string", "description": "The pool name (MAC commands), the network name (IP commands), or "
                                             "`@registry` (CreatePool). Kafka's default partitioner (murmur2) maps it."}
     messages: dict[str, dict] = {}
@@ -109,6 +106,15 @@ def asyncapi(partitions: int = 8) -> dict:
             "ipam-source-partition": {"type": "string"}, "ipam-source-offset": {"type": "string"}}},
         "payload": {"type": "string", "description": "The original record value (bytes)."},
     }
+    return messages, command_refs, event_refs
+
+
+def asyncapi(partitions: int = 8) -> dict:
+    """The AsyncAPI 3.0 document of the three topics, generated from the same types as schemas/ so
+    it cannot drift; payloads point at the JSON Schemas in schemas/."""
+    from . import __version__
+
+    messages, command_refs, event_refs = _messages()
 
     def channel(address: str, description: str, refs: dict) -> dict:
         return {"address": address, "description": description, "messages": refs,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -17,6 +18,7 @@ import asyncpg
 
 from ipam.config import Config
 from ipam.devenv import free_port
+from ipam.service import Service
 
 
 async def create_database(admin_dsn: str) -> str:
@@ -134,3 +136,45 @@ class ServiceProcess:
                 if asyncio.get_running_loop().time() > deadline:
                     raise TimeoutError(f"not ready after {timeout}s; log: {self.log_path}")
                 await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def kubevirt_service(backends, kube_url: str, tls, pools: tuple[dict, ...] = (), **settings):
+    """A service with the webhook (over HTTPS with ``tls``) and the watcher (on ``kube_url``) on a fresh
+    database, the given pools made through REST; the database goes with it."""
+    dsn = await create_database(backends.postgres_dsn)
+    cfg = make_config(backends.kafka_bootstrap, dsn, tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file),
+                      webhook_addr="127.0.0.1:0", kube_api=kube_url, **settings)
+    try:
+        async with Service(cfg) as svc:
+            await svc.wait_ready()
+            async with aiohttp.ClientSession() as http:
+                for pool in pools:
+                    async with http.post(f"{svc.url}/v1/pools", json=pool) as r:
+                        assert r.status == 201, await r.json()
+            yield svc
+    finally:
+        await drop_database(backends.postgres_dsn, dsn)
+
+
+async def confirmed_to(dsn: str, view: str, vm: str, count: int, uid: str) -> None:
+    """Wait until the watcher has bound ``count`` leases of ``vm`` (in a lease view) to the VM's uid."""
+
+    async def done():
+        conn = await asyncpg.connect(dsn)
+        try:
+            got = await conn.fetch(f"SELECT state, vm_uid FROM {view} WHERE vm = $1", vm)
+        finally:
+            await conn.close()
+        return len(got) == count and all(r["state"] == "confirmed" and r["vm_uid"] == uid for r in got)
+
+    await eventually(done)
+
+
+async def query(svc, sql: str, *args) -> list:
+    """Rows of one query on a service's database."""
+    conn = await asyncpg.connect(svc.cfg.database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()

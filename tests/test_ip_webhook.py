@@ -12,13 +12,10 @@ import ipaddress
 import json
 
 import aiohttp
-import asyncpg
 import pytest
 import yaml
 
-from ipam.service import Service
-
-from .harness import create_database, drop_database, eventually, make_config
+from .harness import confirmed_to, eventually, kubevirt_service, query
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
 from .test_webhook import POOL, admit
@@ -51,36 +48,17 @@ async def kube():
 @pytest.fixture(scope="module")
 async def kv(backends, kube, tmp_path_factory):
     tls = WebhookTls(tmp_path_factory.mktemp("tls-ip"))
-    dsn = await create_database(backends.postgres_dsn)
-    cfg = make_config(backends.kafka_bootstrap, dsn, tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file),
-                      webhook_addr="127.0.0.1:0", kube_api=kube.url)
-    try:
-        async with Service(cfg) as svc:
-            await svc.wait_ready()
-            async with aiohttp.ClientSession() as http:
-                async with http.post(f"{svc.url}/v1/pools", json=POOL) as r:
-                    assert r.status == 201
-                svc.http = http
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as https:
-                    svc.https = https
+    async with kubevirt_service(backends, kube.url, tls, (POOL,)) as svc, aiohttp.ClientSession() as http, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as https:
+        svc.http, svc.https = http, https
 
-                    async def networks_known():
-                        async with http.get(f"{svc.url}/v1/networks") as r:
-                            names = {n["name"] for n in (await r.json())["networks"]}
-                        return {"prod.blue-net", "shared-green", "prod.purple-net"} <= names
+        async def networks_known():
+            async with http.get(f"{svc.url}/v1/networks") as r:
+                names = {n["name"] for n in (await r.json())["networks"]}
+            return {"prod.blue-net", "shared-green", "prod.purple-net"} <= names
 
-                    await eventually(networks_known)
-                    yield svc
-    finally:
-        await drop_database(backends.postgres_dsn, dsn)
-
-
-async def rows(svc, sql, *args):
-    conn = await asyncpg.connect(svc.cfg.database_url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
+        await eventually(networks_known)
+        yield svc
 
 
 def network_data(vm: dict) -> dict:
@@ -129,7 +107,7 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     assert "red" not in eth
     disks = created["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
     assert {"name": "ipam-cloudinit", "disk": {"bus": "virtio"}} in disks
-    pending = await rows(kv, "SELECT network, host(address) AS a, state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
+    pending = await query(kv, "SELECT network, host(address) AS a, state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
     assert {(r["network"], r["a"]) for r in pending} == {("prod.blue-net", str(v4)), ("prod.blue-net", str(v6)),
                                                          ("shared-green", addresses["green"][0])}
     assert {r["state"] for r in pending} == {"pending"}
@@ -139,12 +117,7 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     # the VM is persisted: the watcher binds the pending leases to its uid
     stored = await kube.put("virtualmachines", created)
     uid = stored["metadata"]["uid"]
-
-    async def confirmed():
-        got = await rows(kv, "SELECT state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
-        return len(got) == 3 and all(r["state"] == "confirmed" and r["vm_uid"] == uid for r in got)
-
-    await eventually(confirmed)
+    await confirmed_to(kv.cfg.database_url, "ipam.ip_leases", "app-1", 3, uid)
 
     # stop and start (runStrategy), same uid: same addresses, same networkData
     for strategy in ("Halted", "Always"):
@@ -180,8 +153,8 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     await kube.put("virtualmachineinstances", vmi)
 
     async def drift_seen():
-        got = await rows(kv, "SELECT network, host(address) AS a, kind, leased FROM ipam.ip_drift WHERE vm = 'app-1'")
-        events = await rows(kv, "SELECT body FROM ipam_store.ledger WHERE type = 'IpDrift' AND vm = 'app-1'")
+        got = await query(kv, "SELECT network, host(address) AS a, kind, leased FROM ipam.ip_drift WHERE vm = 'app-1'")
+        events = await query(kv, "SELECT body FROM ipam_store.ledger WHERE type = 'IpDrift' AND vm = 'app-1'")
         return got and events and (got, events)
 
     drift, events = await eventually(drift_seen)
@@ -196,10 +169,10 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     await kube.delete("virtualmachines", "prod", "app-1")
 
     async def released():
-        return not await rows(kv, "SELECT 1 FROM ipam.ip_leases WHERE vm = 'app-1'")
+        return not await query(kv, "SELECT 1 FROM ipam.ip_leases WHERE vm = 'app-1'")
 
     await eventually(released)
-    quarantined = await rows(kv, "SELECT count(*) AS n FROM ipam_store.ip_quarantine WHERE vm = 'app-1'")
+    quarantined = await query(kv, "SELECT count(*) AS n FROM ipam_store.ip_quarantine WHERE vm = 'app-1'")
     assert quarantined[0]["n"] == 4
 
 
@@ -281,6 +254,6 @@ async def test_nad_update_and_delete_become_commands(kv, kube):
             return r.status == 404
 
     await eventually(gone)
-    history = await rows(kv, "SELECT what FROM ipam.history WHERE network = 'prod.temp-net' ORDER BY id")
+    history = await query(kv, "SELECT what FROM ipam.history WHERE network = 'prod.temp-net' ORDER BY id")
     assert [r["what"] for r in history] == ["network created", "network changed", "network deleted"]
     await asyncio.sleep(0)

@@ -19,7 +19,7 @@ from ipam.adapters.postgres.ownership import read_partition
 from ipam.roles.continuity import ensure_continuity, skip_unserved
 from ipam.service import Service
 
-from .test_crash_and_restart import create_pool, lease
+from .kinds import MAC, create_space, lease
 
 
 async def test_a_stalled_range_becomes_a_new_generation_and_the_service_moves_past_it(config, http):
@@ -57,8 +57,8 @@ async def test_a_stalled_range_becomes_a_new_generation_and_the_service_moves_pa
 
     async with Service(config) as svc:
         await svc.wait_ready()
-        await create_pool(http, svc.url)
-        statuses = [s for s, _ in await asyncio.gather(*[lease(http, svc.url, i) for i in range(10)])]
+        await create_space(http, svc.url, MAC, "p")
+        statuses = [s for s, _ in await asyncio.gather(*[lease(http, svc.url, MAC, i, "p") for i in range(10)])]
         assert statuses == [201] * 10
     db = await asyncpg.connect(config.database_url)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import asyncpg
 import pytest
 import structlog
 
@@ -14,7 +13,7 @@ from ipam.roles import watcher as watcher_module
 from ipam.roles.watcher import Watcher
 from ipam.service import Service
 
-from .harness import create_database, drop_database, eventually, make_config
+from .harness import confirmed_to, create_database, drop_database, eventually, make_config, query
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
 from .test_webhook import POOL, admit
@@ -56,26 +55,13 @@ async def kv_factory(backends, kube, tmp_path):
     await drop_database(backends.postgres_dsn, dsn)
 
 
-async def query(svc, sql, *args):
-    conn = await asyncpg.connect(svc.cfg.database_url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
 async def test_create_confirm_delete_release(kv_factory, kube):
     svc = await kv_factory()
     vm = vm_manifest("app-1")
     created = apply(vm, await admit(svc.https, svc, review(vm)))
     stored = await kube.put("virtualmachines", created)
     uid = stored["metadata"]["uid"]
-
-    async def confirmed():
-        rows = await query(svc, "SELECT state, vm_uid FROM ipam.mac_leases WHERE vm = 'app-1'")
-        return len(rows) == 3 and all(r["state"] == "confirmed" and r["vm_uid"] == uid for r in rows)
-
-    await eventually(confirmed)
+    await confirmed_to(svc.cfg.database_url, "ipam.mac_leases", "app-1", 3, uid)
     await kube.delete("virtualmachines", "prod", "app-1")
 
     async def released():

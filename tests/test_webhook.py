@@ -13,7 +13,7 @@ import pytest
 
 from ipam.service import Service
 
-from .harness import create_database, drop_database, eventually, make_config
+from .harness import eventually, kubevirt_service, make_config
 from .kube_api import FakeKubeApi
 from .kubevirt import WebhookTls, apply, macs_of, review, vm_manifest
 
@@ -37,20 +37,9 @@ def tls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def kv(backends, kube, tls):
-    dsn = await create_database(backends.postgres_dsn)
-    cfg = make_config(backends.kafka_bootstrap, dsn, tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file),
-                      webhook_addr="127.0.0.1:0", kube_api=kube.url)
-    try:
-        async with Service(cfg) as svc:
-            await svc.wait_ready()
-            async with aiohttp.ClientSession() as http:
-                for pool in (POOL, TINY):
-                    async with http.post(f"{svc.url}/v1/pools", json=pool) as r:
-                        assert r.status == 201, await r.json()
-            await eventually(lambda: asyncio.sleep(0, svc.namespaces.known and "legacy" in svc.namespaces.labels))
-            yield svc
-    finally:
-        await drop_database(backends.postgres_dsn, dsn)
+    async with kubevirt_service(backends, kube.url, tls, (POOL, TINY)) as svc:
+        await eventually(lambda: asyncio.sleep(0, svc.namespaces.known and "legacy" in svc.namespaces.labels))
+        yield svc
 
 
 @pytest.fixture(scope="module")

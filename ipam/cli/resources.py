@@ -8,7 +8,6 @@ definitions are checked here with the service's own rules, so bad input exits 2 
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -215,24 +214,19 @@ def _show_network(client: Client, r: dict) -> None:
     client.show(rows, ["name", "cidr", "gateway", "size", "used", "quarantined", "free", "percent", "dns", "attachments"], r)
 
 
-@network.command("create")
-@click.argument("name")
-@_network_options
-@click.pass_obj
-def network_create(client: Client, name: str, subnets, gateways, excludes, dns, attachments) -> None:
-    """Create network NAME."""
-    body = _check_network(name, subnets, gateways, excludes, dns, attachments)
-    _show_network(client, client.call("POST", "/v1/networks", {"name": name, **body}))
+def _network_writer(verb: str, method: str, help_: str) -> None:
+    @network.command(verb, help=help_)
+    @click.argument("name")
+    @_network_options
+    @click.pass_obj
+    def write(client: Client, name: str, subnets, gateways, excludes, dns, attachments) -> None:
+        body = _check_network(name, subnets, gateways, excludes, dns, attachments)
+        path = "/v1/networks" if method == "POST" else f"/v1/networks/{quoted(name)}"
+        _show_network(client, client.call(method, path, {"name": name, **body} if method == "POST" else body))
 
 
-@network.command("update")
-@click.argument("name")
-@_network_options
-@click.pass_obj
-def network_update(client: Client, name: str, subnets, gateways, excludes, dns, attachments) -> None:
-    """Replace the definition of network NAME (refused while a lease would fall outside it)."""
-    body = _check_network(name, subnets, gateways, excludes, dns, attachments)
-    _show_network(client, client.call("PUT", f"/v1/networks/{urllib.parse.quote(name, safe='')}", body))
+_network_writer("create", "POST", "Create network NAME.")
+_network_writer("update", "PUT", "Replace the definition of network NAME (refused while a lease would fall outside it).")
 
 
 @network.command("list")
@@ -250,5 +244,5 @@ def network_list(client: Client) -> None:
 @click.pass_obj
 def network_delete(client: Client, name: str) -> None:
     """Delete network NAME (refused while it holds leases)."""
-    r = client.call("DELETE", f"/v1/networks/{urllib.parse.quote(name, safe='')}")
+    r = client.call("DELETE", f"/v1/networks/{quoted(name)}")
     client.show([r], ["deleted"], r)

@@ -87,23 +87,10 @@ class Subnet:
     last: int = field(repr=False, compare=False, default=0)
     cidr_text: str = field(repr=False, compare=False, default="")
 
-    @property
-    def family(self) -> int:
-        return self.cidr.version
-
-    slot = family  # an interface holds one address per family of a network
-
-    @property
-    def ident(self) -> str:
-        return self.cidr_text
-
-    @property
-    def mark(self) -> int:
-        return V6 if self.cidr.version == 6 else 0
-
-    @property
-    def span(self) -> int:
-        return self.hi - self.lo + 1
+    family = slot = property(lambda self: self.cidr.version)  # an interface holds one address per family of a network
+    ident = property(lambda self: self.cidr_text)
+    mark = property(lambda self: V6 if self.cidr.version == 6 else 0)
+    span = property(lambda self: self.hi - self.lo + 1)
 
     def key_at(self, offset: int) -> int:
         return (self.lo + offset) | self.mark
@@ -117,16 +104,12 @@ class Subnet:
 
     def holds(self, key: int) -> bool:
         """Inside the subnet at all (network and broadcast included)."""
-        if (key & V6) != self.mark:
-            return False
-        return self.first <= (key & ~V6) <= self.last
+        return (key & V6) == self.mark and self.first <= (key & ~V6) <= self.last
 
     def excluded_end(self, value: int) -> int | None:
         """If ``value`` is excluded, the last value of its excluded interval."""
         i = bisect_right(self._starts, value) - 1
-        if i >= 0 and value <= self.excluded[i][1]:
-            return self.excluded[i][1]
-        return None
+        return self.excluded[i][1] if i >= 0 and value <= self.excluded[i][1] else None
 
     def why_not(self, key: int) -> str | None:
         """Why an address of this subnet cannot be leased, or None."""

@@ -32,32 +32,13 @@ class Network:
     dns: tuple[str, ...] = ()
     attachments: tuple[str, ...] = ()  # "namespace/name" of NetworkAttachmentDefinitions that attach to it
     specs: tuple[SubnetSpec, ...] = field(default=(), compare=False)  # the subnets as written
-    kind = IP
-    allocates = True
-
-    @property
-    def spec(self) -> tuple:
-        """The definition as written (an unchanged definition is no change)."""
-        return (self.specs, self.dns, self.attachments)
-
-    @property
-    def regions(self) -> tuple[Subnet, ...]:
-        return self.subnets
-
-    @property
-    def slots(self) -> tuple[int, ...]:
-        return tuple(sorted({s.family for s in self.subnets}))
-
-    families = slots
-
-    @property
-    def starts(self) -> tuple[int, ...]:
-        return tuple(s.start for s in self.subnets)
-
+    kind, allocates = IP, True
+    spec = property(lambda self: (self.specs, self.dns, self.attachments))  # as written: the same one is no change
+    regions = property(lambda self: self.subnets)
+    slots = property(lambda self: tuple(sorted({s.family for s in self.subnets})))
+    starts = property(lambda self: tuple(s.start for s in self.subnets))
     slot_of = staticmethod(family_of)
-
-    def slot_name(self, slot: int) -> str:
-        return f"IPv{slot} "
+    slot_name = staticmethod(lambda slot: f"IPv{slot} ")
 
     def subnet_of(self, key: int) -> int | None:
         """Index of the subnet the address is inside (usable or not)."""

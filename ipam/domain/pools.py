@@ -1,9 +1,8 @@
-"""MAC pools: named, non-overlapping ranges, optionally bound to namespaces; the pool registry.
+"""MAC pools: named, non-overlapping ranges, optionally bound to namespaces; the pool registry; routing.
 
-What a pool adds to the lease core (``leasing``): its range as a next-fit region over unicast
-ordinals, one slot (an interface holds one MAC per pool), and the registry: every pool is decided
-on one partition (``REGISTRY_KEY``) so that one writer checks overlaps; other partitions learn
-pools as reference data.  Requests are routed to a pool here (``choose_pool``).
+A pool gives the lease core (``leasing``) its range as a next-fit region over unicast ordinals and
+one slot (an interface holds one MAC per pool).  Every pool is decided on one partition
+(``REGISTRY_KEY``) so that one writer checks overlaps; other partitions learn pools as reference data.
 """
 
 from __future__ import annotations
@@ -50,13 +49,8 @@ class MacRange:
     def __str__(self) -> str:
         return f"{format_mac(self.first)}-{format_mac(self.last)}"
 
-    @property
-    def span(self) -> int:
-        return self.size
-
-    @property
-    def ident(self) -> str:
-        return str(self)
+    span = property(lambda self: self.size)
+    ident = property(__str__)
 
     def key_at(self, offset: int) -> int:
         return unicast_at(self.lo + offset)
@@ -113,34 +107,15 @@ class Pool:
     namespaces: tuple[str, ...] = ()
     default: bool = False
     start: int = 0  # ordinal offset where the allocation cursor begins
-    kind = MAC
-    slots = (0,)
-
-    @property
-    def external(self) -> bool:
-        return self.range is None
-
-    @property
-    def size(self) -> int:
-        return 0 if self.range is None else self.range.size
-
-    @property
-    def regions(self) -> tuple[MacRange, ...]:
-        return () if self.range is None else (self.range,)
-
-    @property
-    def starts(self) -> tuple[int, ...]:
-        return () if self.range is None else (self.start,)
-
-    @property
-    def allocates(self) -> bool:
-        return self.range is not None
-
-    def slot_of(self, key: int) -> int:
-        return 0
-
-    def slot_name(self, slot: int) -> str:
-        return ""
+    kind, slots = MAC, (0,)
+    external = property(lambda self: self.range is None)
+    allocates = property(lambda self: self.range is not None)
+    size = property(lambda self: 0 if self.range is None else self.range.size)
+    regions = property(lambda self: () if self.range is None else (self.range,))
+    starts = property(lambda self: () if self.range is None else (self.start,))
+    slot_of = staticmethod(lambda key: 0)
+    slot_name = staticmethod(lambda slot: "")
+    detail = staticmethod(lambda key: {})
 
     def region_of(self, key: int) -> int | None:
         return None if self.range is None else 0
@@ -152,15 +127,9 @@ class Pool:
             return "outside_pool", f"is outside pool {self.name!r} ({self.range})"
         return None
 
-    def detail(self, key: int) -> dict:
-        return {}
-
     format = staticmethod(format_mac)
     parse = staticmethod(parse_unicast)
-
-    @staticmethod
-    def parse_own(text: str) -> int:
-        return int(text.replace(":", ""), 16)
+    parse_own = staticmethod(lambda text: int(text.replace(":", ""), 16))  # ipam's own canonical form: fast
 
 
 def start_offset(name: str, salt: str, size: int) -> int:
@@ -246,6 +215,8 @@ def outside_every_range(pools: Mapping[str, Pool], pool: Pool, cmd) -> list[Even
 
 
 class RoutingError(ValueError):
+    """A request that cannot be routed to a pool; ``code`` and ``field`` as a decider refusal has them."""
+
     def __init__(self, code: str, field: str, reason: str) -> None:
         super().__init__(reason)
         self.code, self.field, self.reason = code, field, reason

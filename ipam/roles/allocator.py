@@ -47,17 +47,10 @@ class Allocator(PartitionRole):
     def __init__(self, cfg: Config, db) -> None:
         super().__init__(cfg, db, cfg.commands_topic, f"{cfg.group_prefix}-allocator")
         self.owner_id = f"{socket.gethostname()}/allocator-{uuid.uuid4().hex[:8]}"  # the pod name in Kubernetes
-        self.owned: dict[int, Owned] = {}
+        self.owned: dict[int, Owned] = self.taken
         self._pools_refreshed = 0
         self._epochs_checked = 0.0
         self._stalls: dict[int, tuple[int, int]] = {}  # partition -> (generation, position) of the last stall
-
-    def held(self) -> set[int]:
-        return set(self.owned)
-
-    def drop(self, partitions: set[int]) -> None:
-        for p in partitions:
-            self.owned.pop(p, None)
 
     # --- taking a partition -------------------------------------------------------------------
 

@@ -33,17 +33,18 @@ class PartitionRole:
         self.producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
         self._retries: set[asyncio.Task] = set()
+        self.taken: dict[int, object] = {}  # partitions taken and ready to work -> what the role keeps of each
+
+    def held(self) -> set[int]:
+        return set(self.taken)
+
+    def drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.taken.pop(p, None)
 
     # --- what a subclass provides ------------------------------------------------------------
 
-    def held(self) -> set[int]:
-        """Partitions taken and ready to work."""
-        raise NotImplementedError
-
     async def take(self, partition: int) -> None:
-        raise NotImplementedError
-
-    def drop(self, partitions: set[int]) -> None:
         raise NotImplementedError
 
     async def work(self, batches: dict[int, list]) -> None:

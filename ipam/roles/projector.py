@@ -25,18 +25,11 @@ class Projector(PartitionRole):
     def __init__(self, cfg: Config, db) -> None:
         super().__init__(cfg, db, cfg.events_topic, f"{cfg.group_prefix}-projector",
                          max_partition_fetch_bytes=8 * 1024 * 1024)
-        self.positions: dict[int, int] = {}
+        self.positions: dict[int, int] = self.taken
         self._generations: dict[int, int] = {}
         self._applier = Projection(lambda name: kafka.partition_for(name, cfg.partitions))
         self._pruned_at = 0.0
         self._generations_checked = 0.0
-
-    def held(self) -> set[int]:
-        return set(self.positions)
-
-    def drop(self, partitions: set[int]) -> None:
-        for p in partitions:
-            self.positions.pop(p, None)
 
     async def take(self, partition: int) -> None:
         async with kafka.LogReader(self.cfg) as reader, self.db.acquire() as conn:

@@ -1,0 +1,82 @@
+"""What REST promises for leases of every kind, on the real broker and Postgres: many concurrent leases
+all distinct, repeats sticky, a held address names its holder, releases quarantine, a retried command id
+gets the same answer, exhaustion is a clear error naming the space.  Kind-specific behaviour (pool
+routing, external pools; exclusions, dual-stack, network changes) is in test_mac_rest and test_ip_rest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from .kinds import KINDS, create_space, lease
+
+
+@KINDS
+async def test_concurrent_leases_are_distinct_sticky_and_committed(service, http, kind):
+    base = service.url
+    await create_space(http, base, kind, "big")
+    gate = asyncio.Semaphore(100)
+
+    async def one(i):
+        async with gate:
+            return await lease(http, base, kind, i, "big")
+
+    results = await asyncio.gather(*[one(i) for i in range(300)])
+    assert all(status == 201 for status, _ in results), [r for r in results if r[0] != 201][:3]
+    held = [kind.addresses(body) for _, body in results]
+    assert len({a for h in held for a in h}) == 300 * kind.per_lease
+    repeats = await asyncio.gather(*[one(i) for i in range(0, 300, 7)])  # a reboot, a retried request: the same addresses
+    for i, (status, body) in zip(range(0, 300, 7), repeats, strict=True):
+        assert status == 200 and body["existing"] is True and kind.addresses(body) == held[i]
+    async with http.get(base + kind.leases, params={"namespace": "ns", "vm": "vm-1"}) as r:
+        assert sorted(x["mac" if "mac" in x else "address"] for x in (await r.json())["leases"]) == held[1]
+    conn = await asyncpg.connect(service.cfg.database_url)
+    try:
+        assert await conn.fetchval(f"SELECT count(*) FROM {kind.view}") == 300 * kind.per_lease
+        assert await conn.fetchval("SELECT count(*) FROM ipam.history WHERE what = 'leased'") == 300 * kind.per_lease
+    finally:
+        await conn.close()
+
+
+@KINDS
+async def test_an_address_held_by_another_owner_names_the_holder(service, http, kind):
+    await create_space(http, service.url, kind, "s")
+    _, first = await lease(http, service.url, kind, 1, "s")
+    status, body = await lease(http, service.url, kind, 2, "s", **kind.requested(kind.addresses(first)[:1]))
+    assert status == 409 and body["error"]["code"] == "held"
+    assert body["error"]["field"] == kind.requested([""]).popitem()[0]
+    assert "ns/vm-1" in body["error"]["message"] and kind.owner("s", 1)["interface"] in body["error"]["message"]
+
+
+@KINDS
+async def test_release_quarantines_and_exhaustion_says_so(service, http, kind):
+    base = service.url
+    async with http.post(base + kind.spaces, json=kind.tiny) as r:
+        assert r.status == 201, await r.text()
+    a = await lease(http, base, kind, 1, "tiny")
+    b = await lease(http, base, kind, 2, "tiny")
+    assert a[0] == b[0] == 201
+    async with http.delete(base + kind.released("tiny", "ns", "vm-1")) as r:
+        assert r.status == 200 and [x["vm"] for x in (await r.json())["released"]] == ["vm-1"]
+    # the only free-looking address is quarantined: a new owner gets a clear exhaustion error, not the old address
+    status, body = await lease(http, base, kind, 3, "tiny")
+    assert status == 409 and body["error"]["code"] == "exhausted"
+    assert "'tiny'" in body["error"]["message"] and f"all {kind.tiny_size} " in body["error"]["message"]
+    conn = await asyncpg.connect(service.cfg.database_url)
+    try:
+        what = [r["what"] for r in await conn.fetch("SELECT what FROM ipam.history WHERE vm = 'vm-1' ORDER BY id")]
+        assert what == ["leased", "released"]
+    finally:
+        await conn.close()
+    async with http.delete(base + kind.released("tiny", "ns", "vm-1")) as r:  # it holds nothing any more
+        assert r.status == 404
+
+
+@KINDS
+async def test_the_same_command_id_gives_the_same_outcome(service, http, kind):
+    await create_space(http, service.url, kind, "s")
+    headers = {"Idempotency-Key": f"retry-{kind.name}"}
+    first = await lease(http, service.url, kind, 1, "s", headers=headers)
+    second = await lease(http, service.url, kind, 1, "s", headers=headers)
+    assert first[0] == second[0] == 201 and first[1] == second[1]
