@@ -40,6 +40,8 @@ PENDING = 500
 INTERFACES = ("eth0", "eth1")
 OWNERS = [Owner(namespace=ns, vm=vm, vm_uid=f"{vm}-uid{u}", interface=i)
           for ns in ("a", "b") for vm in ("v1", "v2") for u in (1, 2) for i in INTERFACES]
+OWNERS += [Owner(namespace="a", vm="v1", vm_uid=f"pod-uid{u}", interface=i, workload="Pod")  # a pod named like a VM
+           for u in (1, 2) for i in INTERFACES]
 
 
 class LeaseMachine(RuleBasedStateMachine):
@@ -157,7 +159,7 @@ class LeaseMachine(RuleBasedStateMachine):
         """The webhook at CREATE: the VM has no uid yet, so the lease is provisional (or a dry run)."""
         space = data.draw(st.sampled_from(self.spaces))
         provisional = Owner(namespace=owner.namespace, vm=owner.vm, vm_uid=f"admission:{next(self.admissions)}",
-                            interface=owner.interface)
+                            interface=owner.interface, workload=owner.workload)
         books = {n: b.snapshot() for n, b in self.state.books[self.kind].items()}
         events = self.run(self.lease_command(provisional, space, pending_until=self.now + PENDING, dry_run=dry))
         if dry:
@@ -171,7 +173,7 @@ class LeaseMachine(RuleBasedStateMachine):
         seen = data.draw(st.lists(st.tuples(st.sampled_from(INTERFACES), st.sampled_from(self.candidates)), max_size=2,
                                   unique_by=lambda t: t[0]))
         self.run(self.cmd.observe(command_id=self.cid(), at=self.now, **{self.kind.space: space}, namespace=owner.namespace,
-                                  vm=owner.vm, vm_uid=owner.vm_uid, deleted=deleted,
+                                  vm=owner.vm, vm_uid=owner.vm_uid, deleted=deleted, workload=owner.workload,
                                   interfaces=tuple(self.observed(i, a) for i, a in seen)))
         mine = {o.interface for _, (s, o) in self.held.items() if s == space and o.vm_uid == owner.vm_uid
                 and (o.namespace, o.vm) == (owner.namespace, owner.vm)}
@@ -185,13 +187,22 @@ class LeaseMachine(RuleBasedStateMachine):
     def observed(self, interface: str, address: str):
         raise NotImplementedError
 
-    @rule(owner=st.sampled_from(OWNERS), one=st.booleans(), data=st.data())
-    def release_owner(self, owner, one, data):
+    @rule(owner=st.sampled_from(OWNERS), one=st.booleans(), exact=st.booleans(), data=st.data())
+    def release_owner(self, owner, one, exact, data):
+        """``exact``: one incarnation of one kind of holder (a CNI DEL), the others of that name untouched."""
         space = data.draw(st.sampled_from(self.spaces))
+        before = dict(self.held)
+        narrow = {"vm_uid": owner.vm_uid, "workload": owner.workload} if exact else {}
         self.run(self.cmd.release_owner(command_id=self.cid(), at=self.now, **{self.kind.space: space},
-                                        namespace=owner.namespace, vm=owner.vm, interface=owner.interface if one else None))
-        assert not any(s == space and o.namespace == owner.namespace and o.vm == owner.vm
-                       and (not one or o.interface == owner.interface) for s, o in self.held.values())
+                                        namespace=owner.namespace, vm=owner.vm, interface=owner.interface if one else None,
+                                        **narrow))
+
+        def chosen(o) -> bool:
+            return o.namespace == owner.namespace and o.vm == owner.vm and (not one or o.interface == owner.interface) \
+                and (not exact or (o.vm_uid, o.workload) == (owner.vm_uid, owner.workload))
+
+        assert not any(s == space and chosen(o) for s, o in self.held.values())
+        assert {k: v for k, v in before.items() if not (v[0] == space and chosen(v[1]))} == self.held
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())

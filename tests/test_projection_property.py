@@ -32,6 +32,7 @@ CANDIDATES = {"p0": ["02:00:00:00:00:02", "02:00:00:00:00:05", "02:00:00:00:00:0
               "n0": ["10.9.0.3", "fd00:9::3", "10.9.0.5", "10.8.0.2"],
               "n1": ["10.8.0.2", "10.8.0.6", "10.8.0.4", "10.9.0.3"]}  # the last of each belongs to another space
 OWNERS = [Owner(namespace="ns", vm=f"v{i}", vm_uid=f"u{i}", interface=iface) for i in range(3) for iface in ("e0", "e1")]
+OWNERS += [Owner(namespace="ns", vm="v0", vm_uid="pod-u0", interface="e0", workload="Pod")]  # a pod named like a VM
 TABLES = ("mac_leases", "mac_quarantine", "ip_leases", "ip_quarantine", "network_subnets", "networks", "pools", "ledger",
           "command_outcomes", "epochs", "partitions")
 
@@ -48,7 +49,7 @@ def _command(state: State, n: int, at: int, what: str, kind, space_i: int, owner
     if what in ("lease", "static", "admit"):
         asked = {field: (wanted if empty is None else (wanted,))} if what == "static" else {}
         who = owner if what != "admit" else Owner(namespace=owner.namespace, vm=owner.vm, vm_uid=f"admission:{n}",
-                                                  interface=owner.interface)
+                                                  interface=owner.interface, workload=owner.workload)
         return cmd.lease(**base, owner=who, pending_until=at + 50 if what == "admit" else 0, **asked)
     book = state.books[kind].get(space)
     if what == "observe":
@@ -58,7 +59,7 @@ def _command(state: State, n: int, at: int, what: str, kind, space_i: int, owner
             wanted = book.space.format(pending[0])
         item = kind.observed(name=owner.interface, **({"mac": wanted} if kind is MAC else {"addresses": (wanted,)}))
         return cmd.observe(**base, namespace=owner.namespace, vm=owner.vm, vm_uid=owner.vm_uid, interfaces=(item,),
-                           deleted=pick == 3)
+                           deleted=pick == 3, workload=owner.workload if pick != 1 else "VirtualMachine")
     if what == "release":
         return cmd.release_owner(**base, namespace=owner.namespace, vm=owner.vm, interface=owner.interface if pick else None)
     held = sorted(book.by_key) if book else []

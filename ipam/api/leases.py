@@ -19,12 +19,12 @@ from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.ip import AddressError, format_address, parse_address
-from ..domain.kinds import IP, MAC, Kind, Owner
+from ..domain.kinds import IP, MAC, VM_WORKLOAD, Kind, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
 from ..domain.pools import RoutingError, choose_pool
 from . import models
 from .http import STATUS, ApiError, Gateway, command_id, decode_body, fanout_id, limit_of, now_ms, raise_rejection, reply
-from .openapi import Route
+from .openapi import WORKLOADS, Route
 
 
 def _iso(ms: int) -> str:
@@ -43,6 +43,14 @@ def canonical_ip(text: str, field: str) -> str:
         return format_address(parse_address(text))
     except AddressError as e:
         raise ApiError(400, "invalid", str(e), field) from None
+
+
+def workload_of(request: web.Request) -> str | None:
+    """The ``workload`` query parameter: one of the kinds of holder, or absent."""
+    workload = request.query.get("workload")
+    if workload is not None and workload not in WORKLOADS:
+        raise ApiError(400, "invalid", f"workload {workload[:40]!r} is not one of {', '.join(WORKLOADS)}", "workload")
+    return workload
 
 
 def _route_mac(body, catalog: Catalog) -> str:
@@ -69,13 +77,14 @@ class LeaseRest:
 
 MAC_REST = LeaseRest(
     kind=MAC, path="/v1/mac-leases", by_address="/v1/macs/{mac}", models=models.MAC_MODELS, head=("mac", "pool"),
-    filters=("namespace", "vm", "pool", "mac"), canonical=canonical_mac, space_of=_route_mac,
+    filters=("namespace", "vm", "pool", "mac", "workload", "vm_uid"), canonical=canonical_mac, space_of=_route_mac,
     requested=lambda body: {"mac": None if body.mac is None else canonical_mac(body.mac, "mac")},
     operations={"lease": "leaseMac", "list": "listMacLeases", "vm": "releaseVm", "interface": "releaseInterface",
                 "address": "releaseMac"})
 IP_REST = LeaseRest(
     kind=IP, path="/v1/ip-leases", by_address="/v1/ips/{network}/{address}", models=models.IP_MODELS,
-    head=("network", "address", "prefix_length"), filters=("namespace", "vm", "network", "address"), canonical=canonical_ip,
+    head=("network", "address", "prefix_length"), filters=("namespace", "vm", "network", "address", "workload", "vm_uid"),
+    canonical=canonical_ip,
     space_of=lambda body, catalog: body.network,
     requested=lambda body: {"addresses": tuple(canonical_ip(a, f"addresses[{i}]") for i, a in enumerate(body.addresses))},
     operations={"lease": "leaseIp", "list": "listIpLeases", "vm": "releaseVmIps", "interface": "releaseInterfaceIps",
@@ -92,7 +101,7 @@ class LeaseApi:
         return self.lease_model(**{h: ev.get(h, 0) for h in self.rest.head}, namespace=o["namespace"], vm=o["vm"],
                                 vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
                                 since=_iso(ev["at"]), state="pending" if pending else "confirmed",
-                                pending_until=_iso(pending) if pending else None)
+                                pending_until=_iso(pending) if pending else None, workload=o.get("workload", VM_WORKLOAD))
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
@@ -104,7 +113,8 @@ class LeaseApi:
             space = rest.space_of(body, await self.read.catalog())
         await self._check_interfaces(body)
         cid = command_id(request, body.command_id)
-        owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface)
+        owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,
+                      workload=body.workload)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
                                                                       owner=owner, **requested))
         raise_rejection(events)
@@ -117,7 +127,7 @@ class LeaseApi:
     async def _check_interfaces(self, body) -> None:
         """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
         REST callers are held to the same bound here).  A new interface past the bound is refused."""
-        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface)
+        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface, body.workload)
         if others >= self.cfg.max_interfaces:
             raise ApiError(422, "limit", f"{body.namespace}/{body.vm} already holds leases for {others} interfaces; "
                                          f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
@@ -126,16 +136,20 @@ class LeaseApi:
         q, kind = request.query, self.rest.kind
         limit = limit_of(request)
         address = self.rest.canonical(q[kind.address], kind.address) if kind.address in q else None
-        namespace, vm, space, _ = (q.get(f) for f in self.rest.filters)
-        rows = await self.read.leases(kind, namespace=namespace, vm=vm, space=space, address=address, limit=limit)
+        namespace, vm, space, _, _, vm_uid = (q.get(f) for f in self.rest.filters)
+        workload = workload_of(request)
+        rows = await self.read.leases(kind, namespace=namespace, vm=vm, space=space, address=address, workload=workload,
+                                      vm_uid=vm_uid, limit=limit)
         return reply(self.listing(leases=[self.lease_model(
             **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
             interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
-            pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat()) for r in rows]))
+            pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat(), workload=r["workload"])
+            for r in rows]))
 
     async def release_vm(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind
         ns, vm, interface = m["namespace"], m["vm"], m.get("interface")
+        vm_uid, workload = request.query.get("vm_uid"), workload_of(request)
         what = f"{ns}/{vm}" + (f" interface {interface}" if interface else "")
         base = command_id(request, None)
         if not base.startswith("api-"):
@@ -143,11 +157,12 @@ class LeaseApi:
             if earlier:  # a retry: answer what was decided then
                 return self._released([ev for events in earlier for ev in events], what)
         spaces = [m[kind.space]] if kind.space in m else sorted(
-            await self.read.spaces_held(kind, ns, vm, interface=interface))
+            await self.read.spaces_held(kind, ns, vm, interface=interface, vm_uid=vm_uid, workload=workload))
         if not spaces:
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
         results = await asyncio.gather(*[self.gateway.submit(LEASE_COMMANDS[kind].release_owner(
-            command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface))
+            command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface,
+            vm_uid=vm_uid, workload=workload))
             for space in spaces])
         return self._released([ev for events in results for ev in events], what)
 
@@ -182,9 +197,10 @@ class LeaseApi:
             Route("GET", rest.path, self.list, f"List live {w} leases", rest.operations["list"], ok={200: (listing, "Leases")},
                   errors=(400,), query=rest.filters, limit=True),
             Route("DELETE", owner, self.release_vm, f"Release a VM's {w} leases" + (f" in a {s}" if kind is IP else ""),
-                  rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True),
+                  rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True, query=("vm_uid", "workload")),
             Route("DELETE", owner + "/{interface}", self.release_vm, f"Release one interface's {w} leases",
-                  rest.operations["interface"], ok=release, errors=(400, 404, 504), idempotent=True),
+                  rest.operations["interface"], ok=release, errors=(400, 404, 504), idempotent=True,
+                  query=("vm_uid", "workload")),
             Route("DELETE", rest.by_address, self.release_address, f"Release the lease holding a {w} address",
                   rest.operations["address"], ok=release, errors=(400, 404, 504), idempotent=True),
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, defstruct
 
@@ -62,6 +62,9 @@ class NetworkRequest(Struct, forbid_unknown_fields=True):
     dns: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=8)] = []
     attachments: Annotated[list[Annotated[str, Meta(min_length=3, max_length=127)]],
                            Meta(max_length=256, description="NetworkAttachmentDefinitions (namespace/name) served by it.")] = []
+    source: Annotated[Literal["api", "cni"], Meta(description=(
+        "cni: defined by the CNI plugin from a Whereabouts-style range; the watcher takes it over (and lists the "
+        "NetworkAttachmentDefinitions) when it sees a NAD naming the network."))] = "api"
     command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
@@ -107,8 +110,11 @@ Uid = Annotated[str, Meta(min_length=1, max_length=128)]
 Interface = Annotated[str, Meta(min_length=1, max_length=63)]
 RetryKey = Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")]
 _OWNER = [("namespace", Namespace), ("vm", Name), ("vm_uid", Uid), ("interface", Interface)]
+Workload = Annotated[Literal["VirtualMachine", "Pod", "IPAMClaim"], Meta(
+    description="What holds the lease; vm and vm_uid name that object (a pod: its name and uid, interface its CNI_IFNAME).")]
 _LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str), ("static", bool, False),
-           ("since", str | None, None), ("state", str, "confirmed"), ("pending_until", str | None, None)]
+           ("since", str | None, None), ("state", str, "confirmed"), ("pending_until", str | None, None),
+           ("workload", str, "VirtualMachine")]
 _KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease)
     "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),
                  ("mac", Annotated[str | None, Meta(description="Ask for this MAC (static request).")], None)],
@@ -125,7 +131,8 @@ def _models(kind: str) -> tuple[type, type, type, type, type]:
     """The REST bodies of one kind's leases: request, lease, answer, list, released."""
     before, after, head, single = _KIND_MODELS[kind]
     prefix = "" if kind == "mac" else "Ip"
-    request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("command_id", RetryKey | None, None)],
+    request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("workload", Workload, "VirtualMachine"),
+                                                  ("command_id", RetryKey | None, None)],
                         forbid_unknown_fields=True, module=__name__)
     lease = defstruct(f"{prefix}Lease", [*head, *_LEASED], module=__name__)
     answer = defstruct(f"{prefix}LeaseAnswer", [("lease", lease) if single else ("leases", list[lease]), ("existing", bool),

@@ -38,8 +38,8 @@ def _parameters(route: Route) -> list[dict]:
     string = {"type": "string", "minLength": 1}
     params = [{"name": p, "in": "path", "required": True, "description": WORDS[p].capitalize(), "schema": string}
               for p in re.findall(r"{(\w+)}", route.path)]
-    params += [{"name": q, "in": "query", "required": False, "description": f"Only this {WORDS[q]}", "schema": string}
-               for q in route.query]
+    params += [{"name": q, "in": "query", "required": False, "description": f"Only this {WORDS[q]}",
+                "schema": {"type": "string", "enum": list(WORKLOADS)} if q == "workload" else string} for q in route.query]
     if route.limit:
         params.append({"name": "limit", "in": "query", "required": False,
                        "schema": {"type": "integer", "minimum": 1, "maximum": 100000}})
@@ -94,7 +94,9 @@ def openapi_document(routes: list[Route]) -> dict:
 
 # What a path or query parameter names, for people.
 WORDS = {"namespace": "namespace", "vm": "VM name", "interface": "interface name", "pool": "pool", "mac": "MAC address",
-         "network": "network", "address": "IP address", "name": "name"}
+         "network": "network", "address": "IP address", "name": "name", "vm_uid": "uid (one incarnation of the VM, pod or claim)",
+         "workload": "kind of holder"}
+WORKLOADS = ("VirtualMachine", "Pod", "IPAMClaim")
 
 
 @dataclass(frozen=True, eq=False)

@@ -69,6 +69,10 @@ def _with(options: list):
     return decorate
 
 
+WORKLOAD = click.option("--workload", type=click.Choice(["VirtualMachine", "Pod", "IPAMClaim"]), default=None,
+                        help="What holds the lease (default VirtualMachine); --vm and --vm-uid then name that object.")
+
+
 def lease_command(group: click.Group, name: str, cli: LeaseCli) -> None:
     @group.command(name, help=f"Lease a VM interface its {cli.kind.word} addresses.")
     @click.option("--namespace", required=True)
@@ -76,10 +80,11 @@ def lease_command(group: click.Group, name: str, cli: LeaseCli) -> None:
     @click.option("--vm-uid", required=True)
     @click.option("--interface", required=True)
     @_with(cli.lease_options)
+    @WORKLOAD
     @click.option("--command-id", default=None, help="Retry key: the same id gets the same outcome.")
     @click.pass_obj
     def lease(client: Client, **options) -> None:
-        body = {k: options[k] for k in ("namespace", "vm", "vm_uid", "interface", "command_id")} | cli.body(options)
+        body = {k: options[k] for k in ("namespace", "vm", "vm_uid", "interface", "workload", "command_id")} | cli.body(options)
         r = client.call("POST", cli.path, {k: v for k, v in body.items() if v is not None})
         leases = [r["lease"]] if "lease" in r else r["leases"]
         client.show([{**x, "existing": r["existing"]} for x in leases], [*cli.head, "namespace", "vm", "interface", "existing"],
@@ -95,12 +100,13 @@ def list_command(group: click.Group, name: str, cli: LeaseCli) -> None:
     @click.option("--vm", default=None)
     @click.option(cli.option, "address", default=None)
     @click.option("--limit", default=1000, type=click.IntRange(1, 100000), show_default=True)
+    @WORKLOAD
     @click.pass_obj
     def listing(client: Client, **o) -> None:
         query = {space: o["space"], "namespace": o["namespace"], "vm": o["vm"], "limit": o["limit"],
-                 address: cli.canonical(o["address"], cli.option)}
+                 address: cli.canonical(o["address"], cli.option), "workload": o["workload"]}
         r = client.call("GET", cli.path, query=query)
-        client.show(r["leases"], [*cli.head, "namespace", "vm", "vm_uid", "interface", "state", "since"], r)
+        client.show(r["leases"], [*cli.head, "namespace", "vm", "vm_uid", "interface", "workload", "state", "since"], r)
 
 
 def release_command(group: click.Group, name: str, cli: LeaseCli) -> None:

@@ -12,7 +12,7 @@ namespaces are told apart through ``by_key``.  A dict per VM used to take most o
 
 from __future__ import annotations
 
-from .kinds import Owner
+from .kinds import Owner, binds
 
 
 class Region:
@@ -76,6 +76,11 @@ class Book:
         """slot -> the key ``owner`` holds there."""
         by_key, slot_of = self.by_key, self.space.slot_of
         return {slot_of(k): k for k in self._keys(owner.vm) if by_key.get(k) == owner}
+
+    def reserved_for(self, owner: Owner) -> dict[int, int]:
+        """slot -> the key a provisional holder of this name and interface holds for ``owner`` (``binds``)."""
+        by_key, slot_of, pending = self.by_key, self.space.slot_of, self.pending
+        return {slot_of(k): k for k in self._keys(owner.vm) if k in pending and binds(by_key[k], owner)}
 
     def leases_of(self, namespace: str, vm: str) -> list[tuple[int, Owner]]:
         """Every lease of one VM (all its incarnations), by key."""

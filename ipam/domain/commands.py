@@ -13,7 +13,7 @@ from typing import Annotated, NamedTuple, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from .kinds import IP, MAC, CommandId, Kind, Millis, Name, Owner
+from .kinds import IP, MAC, VM_WORKLOAD, CommandId, Kind, Millis, Name, Owner
 
 
 class Command(Struct, tag_field="type", kw_only=True, frozen=True):
@@ -39,12 +39,17 @@ def _lease_commands(kind: Kind) -> LeaseCommands:
                   "free; one refusal rejects the command.  ``pending_until``: provisional (made at admission, before "
                   "the VM exists), released then unless a VM is seen holding it.  ``dry_run``: decide and answer with "
                   f"``{kind.prefix}LeaseOffered``, change nothing."),
-        "release_owner": ([space, ("namespace", Name), ("vm", Name), ("interface", str | None, None)],
-                          f"Release a VM's {w} leases in a {s}, or one interface's."),
+        "release_owner": ([space, ("namespace", Name), ("vm", Name), ("interface", str | None, None),
+                           ("vm_uid", str | None, None), ("workload", str | None, None)],
+                          f"Release a VM's {w} leases in a {s}, or one interface's (of a pod or claim too: "
+                          "``workload``); ``vm_uid`` narrows it to one incarnation, as a CNI DEL must: the pod "
+                          "that replaced a deleted one of the same name keeps what it holds."),
         "release_address": ([space, (a, str)], f"Release whatever lease holds this {w} address."),
         "observe": ([space, ("namespace", Name), ("vm", Name), ("vm_uid", Name),
-                     ("interfaces", tuple[kind.observed, ...], ()), ("deleted", bool, False)],
-                    f"What the watcher saw of one VM for one {s}: the {w} addresses of each interface.  Confirms "
+                     ("interfaces", tuple[kind.observed, ...], ()), ("deleted", bool, False),
+                     ("workload", Name, VM_WORKLOAD)],
+                    f"What the watcher saw of one VM (or pod: ``workload``) for one {s}: the {w} addresses of each "
+                    "interface.  Confirms "
                     "pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds "
                     "as conflicts, releases interfaces the VM no longer has (everything when ``deleted``).  An "
                     "interface listed without addresses keeps what it holds.  Idempotent: the id derives from uid "

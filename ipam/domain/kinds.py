@@ -27,17 +27,29 @@ CanonicalMac = Annotated[str, Meta(pattern="^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", des
 PROVISIONAL_UID_PREFIX = "admission:"
 
 
+# What holds leases: the Kubernetes kind of the object an owner is (``Owner.workload``).
+VM_WORKLOAD, POD_WORKLOAD, CLAIM_WORKLOAD = "VirtualMachine", "Pod", "IPAMClaim"
+
+
 # gc=False: an Owner holds only strings, so the cycle collector need not track the millions an allocator keeps.
-class Owner(Struct, frozen=True, gc=False):
-    """Who holds a lease: one interface of one VM incarnation."""
+# omit_defaults: a VM's owner is encoded as it was before ``workload`` existed.
+class Owner(Struct, frozen=True, gc=False, omit_defaults=True):
+    """Who holds a lease: one interface of one incarnation (uid) of a VM, a pod or an IPAMClaim.
+
+    ``vm`` and ``vm_uid`` name the object whatever its kind (the names predate pods and claims);
+    ``workload`` says which kind it is, as free text so that a consumer on an older schema still
+    reads an owner of a kind added later.  A pod's interface is its CNI_IFNAME; a claim's, the
+    interface its spec names."""
 
     namespace: Name
     vm: Name
     vm_uid: Name
     interface: Name
+    workload: Name = VM_WORKLOAD
 
     def describe(self) -> str:
-        return f"{self.namespace}/{self.vm} (uid {self.vm_uid}) interface {self.interface}"
+        what = "" if self.workload == VM_WORKLOAD else f"{self.workload} "
+        return f"{what}{self.namespace}/{self.vm} (uid {self.vm_uid}) interface {self.interface}"
 
 
 def binds(holder: Owner, owner: Owner) -> bool:
@@ -48,6 +60,7 @@ def binds(holder: Owner, owner: Owner) -> bool:
         and not owner.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
         and holder.namespace == owner.namespace
         and holder.interface == owner.interface
+        and holder.workload == owner.workload
         and owner.vm.startswith(holder.vm)
     )
 

@@ -82,12 +82,16 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
         return wanted
     d = _Decision(space, cmd, quarantine_ms)
     owner, held, out = cmd.owner, book.held_by(cmd.owner), []
+    reserved = None
     for slot in space.slots:
         want, current = wanted.get(slot), held.get(slot)
         if want is None and current is not None:
             out.append(d.event("returned", current, owner))
             continue
         static = want is not None
+        if want is None:  # set aside at admission, before the VM had a uid? (the CNI ADD of its pod may come first)
+            reserved = book.reserved_for(owner) if reserved is None else reserved
+            want = reserved.get(slot)
         if want is None:
             if not space.allocates:
                 return d.reject("static_only", f"{space.kind.space} {space.name!r} is the external pool: it only takes "
@@ -115,7 +119,8 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
 
 
 def release_owner(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
-    chosen = [(k, o) for k, o in book.leases_of(cmd.namespace, cmd.vm) if cmd.interface is None or o.interface == cmd.interface]
+    chosen = [(k, o) for k, o in book.leases_of(cmd.namespace, cmd.vm)
+              if cmd.interface in (None, o.interface) and cmd.vm_uid in (None, o.vm_uid) and cmd.workload in (None, o.workload)]
     d = _Decision(space, cmd, quarantine_ms)
     if not chosen:
         what = f"{cmd.namespace}/{cmd.vm}" + (f" interface {cmd.interface}" if cmd.interface else "")
@@ -165,7 +170,8 @@ def _observed(space: Space, d: _Decision) -> tuple[list[tuple[Owner, list[int]]]
                                                 "family", "interfaces")
                 continue
             keys.append(key)
-        observed.append((Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=item.name), keys))
+        observed.append((Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=item.name,
+                               workload=cmd.workload), keys))
     return observed, refusals
 
 

@@ -32,7 +32,7 @@ from .tables import TABLES, LeaseChanges, ts
 log = structlog.get_logger("ipam.projection")
 
 _LEDGER_COLUMNS = ("generation", "partition", "offset", "epoch", "seq", "at", "type", "command_id",
-                   "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body", "network", "address")
+                   "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body", "network", "address", "workload")
 
 
 class SequenceGap(Exception):
@@ -131,7 +131,8 @@ class _Batch:
     def note(self, offset: int | None, kind: str, command_id: str, reason: str, raw: bytes, epoch: int = 0, seq: int = 0):
         body = {"reason": reason, "record": raw[:2000].decode("utf-8", "replace")}
         self.ledger.append((self.generation, self.partition, offset, epoch, seq, dt.datetime.now(dt.UTC), kind,
-                            command_id, None, None, None, None, None, None, msgspec.json.encode(body).decode(), None, None))
+                            command_id, None, None, None, None, None, None, msgspec.json.encode(body).decode(), None, None,
+                            None))
 
     def fold(self, offset: int, rec: EventRecord, changes: BatchChanges) -> None:
         ev = rec.event
@@ -155,7 +156,8 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
             pool, getattr(ev, "mac", None),
             owner.namespace if owner else None, owner.vm if owner else None,
             owner.vm_uid if owner else None, owner.interface if owner else None,
-            encoder.encode(ev).decode(), network, None if address is None else address_of(address))
+            encoder.encode(ev).decode(), network, None if address is None else address_of(address),
+            owner.workload if owner else None)
 
 
 class Projection:

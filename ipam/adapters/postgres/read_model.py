@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import asyncpg
 
 from ...domain.catalog import Catalog
-from ...domain.kinds import PROVISIONAL_UID_PREFIX, Kind
+from ...domain.kinds import PROVISIONAL_UID_PREFIX, VM_WORKLOAD, Kind
 from .spaces import load_spaces, stored_networks
 from .tables import TABLES
 
 
 @dataclass(frozen=True)
 class Holding:
-    """A VM (one incarnation) holding leases in a space."""
+    """A VM, pod or claim (one incarnation) holding leases in a space."""
 
     space: str
     namespace: str
@@ -67,28 +67,34 @@ class ReadModel:
 
     # --- leases -------------------------------------------------------------------------------
 
-    async def leases(self, kind: Kind, *, namespace=None, vm=None, space=None, address=None, limit=1000):
+    async def leases(self, kind: Kind, *, namespace=None, vm=None, space=None, address=None, workload=None, vm_uid=None,
+                     limit=1000):
         t = TABLES[kind]
         return await self.db.fetch(
-            f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until
+            f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until,
+                       workload
                 FROM {t.view} WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                   AND ($3::text IS NULL OR {kind.space} = $3) AND ($4::{t.address_type} IS NULL OR {kind.address} = $4)
+                  AND ($6::text IS NULL OR workload = $6) AND ($7::text IS NULL OR vm_uid = $7)
                 ORDER BY namespace, vm, interface, {kind.space}, {kind.address} LIMIT $5""",
-            namespace, vm, space, address, limit)
+            namespace, vm, space, address, limit, workload, vm_uid)
 
-    async def holdings(self, kind: Kind) -> list[Holding]:
-        """Every VM that holds leases of this kind, per space (VMs admitted but not seen yet left out)."""
+    async def holdings(self, kind: Kind, workload: str = VM_WORKLOAD) -> list[Holding]:
+        """Every VM (pod, claim: ``workload``) holding leases of this kind, per space (those admitted but not
+        seen yet left out)."""
         t = TABLES[kind]
         rows = await self.db.fetch(f"SELECT DISTINCT {kind.space}, namespace, vm, vm_uid FROM {t.leases} "
-                                   "WHERE left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX), PROVISIONAL_UID_PREFIX)
+                                   "WHERE workload = $3 AND left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX),
+                                   PROVISIONAL_UID_PREFIX, workload)
         return [Holding(*r) for r in rows]
 
     async def spaces_held(self, kind: Kind, namespace: str, vm: str, *, vm_uid: str | None = None,
-                          interface: str | None = None) -> set[str]:
-        """Spaces where a VM (or one incarnation, or one interface) holds leases."""
+                          interface: str | None = None, workload: str | None = None) -> set[str]:
+        """Spaces where a VM (or one incarnation, or one interface; or a pod or claim) holds leases."""
         rows = await self.db.fetch(
             f"SELECT DISTINCT {kind.space} FROM {TABLES[kind].leases} WHERE namespace = $1 AND vm = $2 "
-            "AND ($3::text IS NULL OR vm_uid = $3) AND ($4::text IS NULL OR interface = $4)", namespace, vm, vm_uid, interface)
+            "AND ($3::text IS NULL OR vm_uid = $3) AND ($4::text IS NULL OR interface = $4) "
+            "AND ($5::text IS NULL OR workload = $5)", namespace, vm, vm_uid, interface, workload)
         return {r[0] for r in rows}
 
     async def space_holding(self, kind: Kind, address: str) -> str | None:
@@ -97,9 +103,10 @@ class ReadModel:
         return await self.db.fetchval(f"SELECT {kind.space} FROM {t.leases} WHERE {kind.address} = $1::{t.address_type}",
                                       address)
 
-    async def interfaces_held(self, kind: Kind, namespace: str, vm: str, besides: str) -> int:
+    async def interfaces_held(self, kind: Kind, namespace: str, vm: str, besides: str, workload: str = VM_WORKLOAD) -> int:
         return await self.db.fetchval(f"SELECT count(DISTINCT interface) FROM {TABLES[kind].leases} "
-                                      "WHERE namespace = $1 AND vm = $2 AND interface <> $3", namespace, vm, besides)
+                                      "WHERE namespace = $1 AND vm = $2 AND interface <> $3 AND workload = $4",
+                                      namespace, vm, besides, workload)
 
     async def lapsed(self, kind: Kind, limit: int = 1000) -> list[tuple[str, str, str, int]]:
         """Pending leases past their time: (space, address, vm uid, until ms)."""

@@ -16,10 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...domain.ip import V6, address_of, family_of
-from ...domain.kinds import IP, MAC, Kind
+from ...domain.kinds import IP, MAC, Kind, Owner
 from ...domain.mac import format_mac
 
-OWNER_COLUMNS = ("namespace", "vm", "vm_uid", "interface")
+OWNER_COLUMNS = ("namespace", "vm", "vm_uid", "interface", "workload")
+
+
+def owner_row(o: Owner) -> tuple[str, ...]:
+    """An owner as the values of OWNER_COLUMNS."""
+    return o.namespace, o.vm, o.vm_uid, o.interface, o.workload
 
 
 def ts(ms: int) -> dt.datetime:
@@ -98,7 +103,7 @@ class LeaseTable:
     def confirm_sql(self) -> str:
         n = len(self.key)
         arrays = ", ".join([f"${i}::{t}[]" for i, (_, t) in enumerate(self.key, 1)]
-                           + [f"${n + i}::text[]" for i in range(1, 5)])
+                           + [f"${n + i}::text[]" for i in range(1, len(OWNER_COLUMNS) + 1)])
         cols = ", ".join([c for c, _ in self.key] + [f"new_{c}" for c in OWNER_COLUMNS])
         where = " AND ".join(f"l.{c} = c.{c}" for c, _ in self.key)
         sets = ", ".join(f"{c} = c.new_{c}" for c in OWNER_COLUMNS)
@@ -151,7 +156,7 @@ class LeaseChanges:
     def leased(self, ev) -> None:
         t, o = self.table, ev.owner
         key = t.key_of(ev)
-        self.leases[key] = (*t.extra_of(ev, key), o.namespace, o.vm, o.vm_uid, o.interface, ev.static, ts(ev.at),
+        self.leases[key] = (*t.extra_of(ev, key), *owner_row(o), ev.static, ts(ev.at),
                             ev.command_id, ts(ev.pending_until) if ev.pending_until else None)
         self.quarantine[key] = (getattr(ev, t.space_column), None)
         if self.confirms:
@@ -163,7 +168,7 @@ class LeaseChanges:
         self.leases[key] = None
         if self.confirms:
             self.confirms.pop(key, None)
-        held = ((*t.quarantine_extra_of(ev), ts(ev.quarantined_until), ts(ev.at), o.namespace, o.vm, o.vm_uid, o.interface)
+        held = ((*t.quarantine_extra_of(ev), ts(ev.quarantined_until), ts(ev.at), *owner_row(o))
                 if ev.quarantined_until > ev.at else None)
         self.quarantine[key] = (getattr(ev, t.space_column), held)
 
@@ -172,9 +177,9 @@ class LeaseChanges:
         current = self.leases.get(key)
         if current is not None:  # leased earlier in this batch: rewrite the row to insert
             n = len(self.table.extra)
-            self.leases[key] = (*current[:n], o.namespace, o.vm, o.vm_uid, o.interface, *current[n + 4:-1], None)
+            self.leases[key] = (*current[:n], *owner_row(o), *current[n + len(OWNER_COLUMNS):-1], None)
         else:
-            self.confirms[key] = (o.namespace, o.vm, o.vm_uid, o.interface)
+            self.confirms[key] = owner_row(o)
 
     def space_deleted(self, name: str) -> None:
         self.quarantine = {k: v for k, v in self.quarantine.items() if v[0] != name}
