@@ -16,6 +16,8 @@ Scenarios:
   latency   p50/p99/p99.9 of single POST /v1/mac-leases at fixed offered rates.
   webhook   p50/p99/p99.9 of AdmissionReviews over HTTPS (a VM with three interfaces: three
             provisional leases each) at fixed offered rates.
+  cni       pods/s of 200 concurrent ADDs through the real bridge plugin with ipam-cni, each in its own
+            network namespace, and with host-local in the same run (bench/cni.py; needs root).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from tests.backends import select_backends
 from tests.harness import ServiceProcess, create_database, drop_database, env_of, make_config
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
+from .cni import measure_cni
 from .large_state import BIG_POOL, BIG_RANGE, measure_rebuild, measure_takeover, populate
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
@@ -287,6 +290,10 @@ def table(results: list[dict]) -> str:
             fig = f"{r['seconds']} s for {r.get('leases', r.get('events')):,}"
         elif r["scenario"] == "memory":
             fig = f"{r['bytes_per_lease']} bytes per live lease ({r['leases']:,})"
+        elif "pods_per_s" in r:
+            fig = f"{r['pods_per_s']} pods/s, ADD p50 {r['add_p50_ms']} ms p99 {r['add_p99_ms']} ms ({r['pods']} at once)"
+        elif "skipped" in r:
+            fig = f"skipped: {r['skipped']}"
         elif "leases_per_s" in r:
             fig = f"{r['leases_per_s']:,} leases/s"
             if "ratio_to_baseline" in r:
@@ -314,7 +321,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, "
                     "webhook-ip, ip-latency, "
-                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory "
+                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory, cni "
                                                  "(default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (5 if args.quick else 60)
@@ -330,7 +337,8 @@ async def main(argv: list[str]) -> int:
                                     else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 3 if args.quick else 15
     only = set(args.only.split(",")) if args.only else {"latency", "latency-https", "webhook", "webhook-ip", "ip-latency",
-                                                        "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory"}
+                                                        "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory",
+                                                        "cni"}
     leases = args.leases or (20_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
@@ -343,7 +351,8 @@ async def main(argv: list[str]) -> int:
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
 
     planned = (len(rates) + len(https_rates) + len(webhook_rates) + len(webhook_ip_rates) + len(ip_rates)
-               + len({"pipeline", "ip-pipeline", "baseline"} & only) + (1 if {"takeover", "rebuild", "memory"} & only else 0))
+               + len({"pipeline", "ip-pipeline", "baseline", "cni"} & only)
+               + (1 if {"takeover", "rebuild", "memory"} & only else 0))
     # A progress bar on stderr when it is a terminal (figures stay on stdout, one JSON object per line).
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
@@ -353,7 +362,7 @@ async def main(argv: list[str]) -> int:
     def report(result: dict) -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
-        if result.get("scenario") not in ("populate", "summary"):
+        if result.get("scenario") not in ("populate", "summary", "cni-host-local"):
             progress.update(bar, advance=1, description=f"bench: {result.get('scenario')} done")
 
     try:
@@ -376,6 +385,10 @@ async def main(argv: list[str]) -> int:
             if ("ip-pipeline" if ip else "pipeline") in only:
                 async with Stack(backends, tls, args.partitions) as stack:
                     report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples))
+        if "cni" in only:
+            async with Stack(backends, tls, args.partitions) as stack:
+                for r in await measure_cni(stack.svc.url, 50 if args.quick else 200):
+                    report(r)
         if {"takeover", "rebuild", "memory"} & only:
             async with Stack(backends, tls, args.partitions) as stack:
                 for r in await large_state(stack, leases):

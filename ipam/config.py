@@ -58,6 +58,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_TOKEN_REVIEW", bool, "false"),
     Setting("IPAM_ADMIN_SUBJECTS", str, ""),
     Setting("IPAM_READER_SUBJECTS", str, ""),
+    Setting("IPAM_NODE_SUBJECTS", str, ""),
     Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", float, "8"),
     Setting("IPAM_PENDING_SECONDS", int, "300"),
     Setting("IPAM_NAMESPACE_OPT_IN", bool, "false"),
@@ -96,7 +97,7 @@ class Config(_Fields):
             raise ConfigError(f"IPAM_KAFKA_SASL_MECHANISM={cfg.kafka_sasl_mechanism!r}: expected one of "
                               f"{', '.join(SASL_MECHANISMS)} "
                               f"with IPAM_KAFKA_SECURITY_PROTOCOL={cfg.kafka_security_protocol}")
-        for setting in ("IPAM_ADMIN_SUBJECTS", "IPAM_READER_SUBJECTS"):
+        for setting in ("IPAM_ADMIN_SUBJECTS", "IPAM_READER_SUBJECTS", "IPAM_NODE_SUBJECTS"):
             subjects(env.get(setting, ""), setting)
         if cfg.token_review and not cfg.kube_api:
             raise ConfigError("IPAM_TOKEN_REVIEW=true needs IPAM_KUBE_API (in-cluster, a kubeconfig path or a URL)")

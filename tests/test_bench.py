@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {"latency@100/s", "latency-https@100/s", "webhook@100/s", "webhook-ip@100/s", "ip-latency@100/s", "pipeline",
-             "ip-pipeline",
+             "ip-pipeline", "cni-ipam", "cni-host-local",
              "populate", "takeover", "memory", "rebuild", "baseline", "summary"}
 
 
@@ -25,4 +25,5 @@ def test_bench_quick_runs_every_scenario():
     assert ip["committed_leases"] == 2 * ip["sent_commands"] == ip["distinct_addresses"]
     assert by["takeover"]["leases"] == by["populate"]["leases"] == 20_000
     assert by["rebuild"]["equal"] is True and by["rebuild"]["events"] >= 20_000
+    assert by["cni-ipam"]["pods"] == by["cni-host-local"]["pods"] == 50
     assert all(r.get("errors", 0) == 0 and r.get("denied", 0) == 0 for r in results)

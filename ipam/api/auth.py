@@ -1,7 +1,8 @@
 """Who may call REST: bearer tokens from a token file, or checked by a Kubernetes TokenReview.
 
-Two roles: ``reader`` (GET: leases, pools, networks, metrics, status) and ``admin``
-(everything: pools, networks, leasing, releasing).  Health and the OpenAPI document are
+Three roles: ``reader`` (GET: leases, pools, networks, metrics, status), ``node`` (what the CNI
+plugin on every node needs besides: lease and release IP addresses, create a network from a
+Whereabouts range; never change or delete one) and ``admin`` (everything).  Health and the OpenAPI document are
 open (probes and clients need them before they hold a token).  The webhook has its own
 listener and never accepts these tokens.  Every refusal is counted by reason.
 
@@ -29,9 +30,9 @@ from .http import ApiError
 
 log = structlog.get_logger("ipam.auth")
 
-READER, ADMIN = "reader", "admin"
+READER, NODE, ADMIN = "reader", "node", "admin"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
-_RANK = {READER: 1, ADMIN: 2}
+_RANK = {READER: 1, NODE: 2, ADMIN: 3}
 REVIEW_TTL, REFUSAL_TTL = 60.0, 10.0
 
 
@@ -44,7 +45,12 @@ class Caller:
 def needed_role(request: web.Request) -> str | None:
     if request.path in OPEN_PATHS:
         return None
-    return READER if request.method in ("GET", "HEAD", "OPTIONS") else ADMIN
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return READER
+    if (request.method, request.path) in (("POST", "/v1/ip-leases"), ("POST", "/v1/networks")) or (
+            request.method == "DELETE" and request.path.startswith("/v1/ip-leases/")):
+        return NODE
+    return ADMIN
 
 
 def _digest(token: str) -> str:
@@ -52,7 +58,7 @@ def _digest(token: str) -> str:
 
 
 class TokenFile:
-    """``<token> <reader|admin> <name>`` per line; ``#`` comments.  Re-read when the file changes
+    """``<token> <reader|node|admin> <name>`` per line; ``#`` comments.  Re-read when the file changes
     (checked at most once a second), so tokens rotate without a restart."""
 
     def __init__(self, path: str) -> None:
@@ -74,7 +80,7 @@ class TokenFile:
                 if not words:
                     continue
                 if len(words) != 3 or words[1] not in _RANK:
-                    raise ValueError(f"{self.path} line {n}: expected `<token> <reader|admin> <name>`")
+                    raise ValueError(f"{self.path} line {n}: expected `<token> <reader|node|admin> <name>`")
                 tokens[_digest(words[0])] = Caller(words[2], words[1])
         self.tokens, self._stamp = tokens, stamp
 
@@ -97,6 +103,7 @@ class TokenReviewer:
         self.kube_api = cfg.kube_api
         self.admins = subjects(cfg.admin_subjects, "IPAM_ADMIN_SUBJECTS")
         self.readers = subjects(cfg.reader_subjects, "IPAM_READER_SUBJECTS")
+        self.nodes = subjects(cfg.node_subjects, "IPAM_NODE_SUBJECTS")
         self._api = None
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
@@ -121,6 +128,8 @@ class TokenReviewer:
         mine = {("user", reviewed.user), *(("group", g) for g in reviewed.groups)}
         if mine & self.admins:
             return Caller(reviewed.user, ADMIN)
+        if mine & self.nodes:
+            return Caller(reviewed.user, NODE)
         if mine & self.readers:
             return Caller(reviewed.user, READER)
         return Caller(reviewed.user, "")  # authenticated, but granted nothing: 403

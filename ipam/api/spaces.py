@@ -51,7 +51,8 @@ class SpacesApi:
         events = await self.gateway.submit(DefineNetwork(
             command_id=command_id(request, body.command_id), at=now_ms(), name=name,
             subnets=tuple(SubnetSpec(cidr=s.cidr, gateway=s.gateway, exclude=tuple(s.exclude)) for s in body.subnets),
-            dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only))
+            dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only,
+            source=getattr(body, "source", "api")))
         raise_rejection(events)
         await self.read.catalog()  # this replica routes by it at once
         (network,) = await self.networks(events[-1]["name"])

@@ -11,7 +11,9 @@ the pod network takes the pod's own MAC and is left alone, as are interfaces wit
 A NAD is managed when it has ``ipam.kubevirt.io/subnets``; its network is named ``<namespace>.<name>``
 (unambiguous: namespaces have no dots) unless ``ipam.kubevirt.io/network`` names it, which lets NADs in
 several namespaces share one address space.  Lists are comma-separated; each gateway and exclusion
-belongs to the subnet that contains it.
+belongs to the subnet that contains it.  A NAD whose CNI configuration delegates IPAM to ``ipam-cni``
+is managed too: its network is the one the configuration names (``cniconf``), defined by the
+configuration's Whereabouts-style range when it has one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import cniconf
 from .commands import SubnetSpec
 
 INTERFACES_PATH = "/spec/template/spec/domain/devices/interfaces"
@@ -29,6 +32,7 @@ INTERFACES_FIELD = "spec.template.spec.domain.devices.interfaces"
 # Namespace labels: ipam's own, and KubeMacPool's, honoured so a cluster need not relabel.
 IPAM_LABEL = "ipam.kubevirt.io/mac-allocation"
 KUBEMACPOOL_LABEL = "mutatevirtualmachines.kubemacpool.io"
+KUBEMACPOOL_POD_LABEL = "mutatepods.kubemacpool.io"
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,15 @@ def mac_patch(assigned: Mapping[int, str], needs: list[InterfaceNeed]) -> list[d
     ]
 
 
-def namespace_allows(labels: Mapping[str, str] | None, opt_in_required: bool) -> bool:
-    """Whether ipam assigns MACs in a namespace with these labels.
+def namespace_allows(labels: Mapping[str, str] | None, opt_in_required: bool, kubemacpool_label: str = KUBEMACPOOL_LABEL
+                     ) -> bool:
+    """Whether ipam assigns MACs in a namespace with these labels (to VMs; to pods with KubeMacPool's
+    pod label, ``KUBEMACPOOL_POD_LABEL``).
 
     ``ignore`` under either label opts out; ``allocate`` under either opts in; with neither,
     the namespace is in unless ``opt_in_required``.
     """
-    values = {(labels or {}).get(IPAM_LABEL), (labels or {}).get(KUBEMACPOOL_LABEL)}
+    values = {(labels or {}).get(IPAM_LABEL), (labels or {}).get(kubemacpool_label)}
     if "ignore" in values:
         return False
     if "allocate" in values:
@@ -201,9 +207,10 @@ NETWORK = PREFIX + "network"
 class NadNetwork:
     attachment: str  # "namespace/name"
     network: str
-    subnets: tuple[SubnetSpec, ...]
+    subnets: tuple[SubnetSpec, ...]  # empty: the NAD only names a network defined elsewhere
     dns: tuple[str, ...]
     version: str = ""  # the NAD's resourceVersion: a definition changed back and forth is still a new command
+    config_name: str = ""  # the CNI configuration's name (what an IPAMClaim's spec.network names)
 
 
 def _items(value: str) -> list[str]:
@@ -219,7 +226,7 @@ def nad_network(nad: Mapping) -> NadNetwork | None:
     meta = nad.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, Mapping) or SUBNETS not in annotations:
-        return None
+        return cni_network(nad)
     namespace, name = meta.get("namespace"), meta.get("name")
     texts = {k: annotations.get(k) for k in (SUBNETS, GATEWAYS, EXCLUDE, DNS, NETWORK)}
     for key, value in texts.items():
@@ -230,6 +237,26 @@ def nad_network(nad: Mapping) -> NadNetwork | None:
     network = (texts[NETWORK] or "").strip() or f"{namespace}.{name}"
     return NadNetwork(attachment=f"{namespace}/{name}", network=network, subnets=subnets, dns=tuple(_items(texts[DNS] or "")),
                       version=str(meta.get("resourceVersion") or ""))
+
+
+def cni_network(nad: Mapping) -> NadNetwork | None:
+    """The network of a NAD whose configuration delegates IPAM to ipam-cni, or None.  Raises SpecError."""
+    meta = nad.get("metadata") or {}
+    try:
+        found = cniconf.nad_config(nad)
+        if found is None:
+            return None
+        conf, section = found
+        network = cniconf.network_name(conf, section)
+        subnets = cniconf.whereabouts_subnets(section)
+    except cniconf.ConfigError as e:
+        raise SpecError(f"spec.config {e.field}", e.reason) from None
+    dns = (section.get("dns") or {}).get("nameservers") or [] if isinstance(section.get("dns"), Mapping) else []
+    return NadNetwork(attachment=f"{meta.get('namespace')}/{meta.get('name')}", network=network,
+                      subnets=tuple(SubnetSpec(cidr=s["cidr"], gateway=s.get("gateway"), exclude=tuple(s["exclude"]))
+                                    for s in subnets),
+                      dns=tuple(str(d) for d in dns), version=str(meta.get("resourceVersion") or ""),
+                      config_name=str(conf.get("name") or ""))
 
 
 def subnet_specs(cidrs: list[str], gateways: list[str], excludes: list[str],

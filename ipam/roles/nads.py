@@ -74,21 +74,37 @@ class NadNetworks:
         if found is not None:
             self.nads[found.attachment] = found
 
+    def network_of_config(self, namespace: str, config_name: str) -> str | None:
+        """The ipam network of the NAD whose CNI configuration is named so (in that namespace, else any)."""
+        named = [n for n in self.nads.values() if n.config_name and n.config_name == config_name]
+        local = [n for n in named if n.attachment.startswith(f"{namespace}/")]
+        return (local or named)[0].network if (local or named) else None
+
     async def _define(self, network: str, stored: dict[str, NetworkDefined], prefer: str | None = None) -> None:
         """One definition per network: the NAD just changed (else the first by name) gives subnets and DNS,
-        every NAD naming the network is an attachment."""
+        every NAD naming the network is an attachment.  NADs that only name it (ipam-cni without a range)
+        add themselves to a definition made by another NAD or by the CNI plugin."""
         members = sorted(a for a, n in self.nads.items() if n.network == network)
-        source = self.nads[prefer if prefer in members else members[0]]
+        definers = [a for a in members if self.nads[a].subnets]
         current = stored.get(network)
+        if not definers and (current is None or current.source == "api"):
+            if current is None or set(members) - set(current.attachments):
+                log.warning("NetworkAttachmentDefinition names a network that is not defined from a NAD; list it in "
+                            "the network's attachments (ipam network update) so VMs on it get addresses",
+                            network=network, attachments=members)
+            return
+        source = self.nads[prefer if prefer in definers else definers[0]] if definers else None
+        subnets, dns = (source.subnets, source.dns) if source else (current.subnets, current.dns)
         if current is not None and (current.subnets, current.dns, current.attachments) == (
-                source.subnets, tuple(canonical(d) for d in source.dns), tuple(members)):
+                subnets, tuple(canonical(d) for d in dns), tuple(members)):
             return
-        if current is not None and not current.source.startswith("nad:"):
+        if current is not None and current.source == "api":  # (a network the CNI plugin defined is taken over)
             log.warning("NetworkAttachmentDefinition names a network made through the API; left alone",
-                        attachment=source.attachment, network=network)
+                        attachment=members[0], network=network)
             return
-        cmd = DefineNetwork(command_id=f"nad:{network}:{source.version}:{_digest(source.subnets, source.dns, members)}",
-                            at=_now(), name=network, subnets=source.subnets, dns=source.dns, attachments=tuple(members),
+        source = source or self.nads[members[0]]
+        cmd = DefineNetwork(command_id=f"nad:{network}:{source.version}:{_digest(subnets, dns, members)}",
+                            at=_now(), name=network, subnets=subnets, dns=dns, attachments=tuple(members),
                             source=f"nad:{source.attachment}")
         for ev in await self.bus.submit(cmd):
             if ev["type"] == "CommandRejected":
