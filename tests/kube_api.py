@@ -1,5 +1,6 @@
 """A small Kubernetes API server for the tests: list and watch of VirtualMachines, their instances,
-NetworkAttachmentDefinitions and Namespaces.
+NetworkAttachmentDefinitions, Namespaces, Pods, IPAMClaims and Whereabouts IPPools; GET of one
+namespaced object (what the CNI plugin reads); merge-patch of an IPAMClaim's status.
 
 It speaks the protocol the real one does, as far as a controller sees it: lists carry
 ``metadata.resourceVersion``; ``?watch=true&resourceVersion=N`` streams newline-delimited
@@ -20,14 +21,21 @@ from aiohttp import web
 
 PATHS = {"/apis/kubevirt.io/v1/virtualmachines": "virtualmachines",
          "/apis/kubevirt.io/v1/virtualmachineinstances": "virtualmachineinstances", "/api/v1/namespaces": "namespaces",
-         "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions": "network-attachment-definitions"}
+         "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions": "network-attachment-definitions",
+         "/api/v1/pods": "pods", "/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims": "ipamclaims",
+         "/apis/whereabouts.cni.cncf.io/v1alpha1/ippools": "ippools"}
 KINDS = {"virtualmachines": ("kubevirt.io/v1", "VirtualMachine"),
          "virtualmachineinstances": ("kubevirt.io/v1", "VirtualMachineInstance"), "namespaces": ("v1", "Namespace"),
-         "network-attachment-definitions": ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition")}
+         "network-attachment-definitions": ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition"),
+         "pods": ("v1", "Pod"), "ipamclaims": ("k8s.cni.cncf.io/v1alpha1", "IPAMClaim"),
+         "ippools": ("whereabouts.cni.cncf.io/v1alpha1", "IPPool")}
+OBJECT_PATHS = ["/api/{version}/namespaces/{namespace}/{resource}/{name}",
+                "/apis/{group}/{version}/namespaces/{namespace}/{resource}/{name}"]
 
 
 class FakeKubeApi:
-    def __init__(self) -> None:
+    def __init__(self, absent: tuple[str, ...] = ()) -> None:
+        self.absent = set(absent)  # resources whose CRD is not installed: 404
         self.rv = 1000
         self.objects: dict[str, dict[tuple[str, str], dict]] = {r: {} for r in KINDS}
         self.log: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
@@ -45,6 +53,9 @@ class FakeKubeApi:
         app = web.Application()
         for path in PATHS:
             app.router.add_get(path, self.handle)
+        for path in OBJECT_PATHS:
+            app.router.add_get(path, self.get_one)
+            app.router.add_patch(path + "/status", self.patch_status)
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -107,9 +118,38 @@ class FakeKubeApi:
             review["status"] = {"authenticated": True, "user": {"username": known[0], "uid": known[0], "groups": known[1]}}
         return web.json_response(review, status=201)
 
+    def _not_found(self, what: str) -> web.Response:
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                  "code": 404, "message": f"{what} not found"}, status=404)
+
+    async def get_one(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        self.requests.append(request.path_qs)
+        found = self.objects.get(m["resource"], {}).get((m["namespace"], m["name"]))
+        if found is None or m["resource"] in self.absent:
+            return self._not_found(f'{m["resource"]} "{m["name"]}"')
+        return web.json_response(copy.deepcopy(found))
+
+    async def patch_status(self, request: web.Request) -> web.Response:
+        """A merge patch of the status subresource (what a controller writes)."""
+        m = request.match_info
+        self.requests.append(f"PATCH {request.path_qs}")
+        if request.content_type != "application/merge-patch+json":
+            return web.json_response({"kind": "Status", "code": 415, "message": request.content_type}, status=415)
+        found = self.objects.get(m["resource"], {}).get((m["namespace"], m["name"]))
+        if found is None:
+            return self._not_found(f'{m["resource"]} "{m["name"]}"')
+        found = copy.deepcopy(found)
+        found["status"] = {**(found.get("status") or {}), **((await request.json()).get("status") or {})}
+        await self._record(m["resource"], "MODIFIED", found)
+        self.objects[m["resource"]][(m["namespace"], m["name"])] = found
+        return web.json_response(copy.deepcopy(found))
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         resource = PATHS[request.path]
         self.requests.append(request.path_qs)
+        if resource in self.absent:
+            return self._not_found(f"the server could not find the requested resource ({resource})")
         if request.query.get("watch") in ("true", "1", "True"):
             return await self._watch(request, resource)
         api_version, kind = KINDS[resource]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import ssl
 import uuid
@@ -45,10 +46,14 @@ def vm_manifest(name: str, namespace: str = "prod", multus: tuple[str, ...] = ("
     }
 
 
+VM_GVR = ("kubevirt.io", "v1", "VirtualMachine", "virtualmachines")
+POD_GVR = ("", "v1", "Pod", "pods")
+
+
 def review(obj: dict, operation: str = "CREATE", old: dict | None = None, dry_run: bool = False,
-           uid: str | None = None) -> dict:
-    gvk = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
-    gvr = {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"}
+           uid: str | None = None, gvr: tuple[str, str, str, str] = VM_GVR) -> dict:
+    gvk = {"group": gvr[0], "version": gvr[1], "kind": gvr[2]}
+    gvr = {"group": gvr[0], "version": gvr[1], "resource": gvr[3]}
     options = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions"}.get(operation, "DeleteOptions")
     return {
         "apiVersion": "admission.k8s.io/v1",
@@ -102,3 +107,49 @@ class WebhookTls:
         ctx = ssl.create_default_context()
         self.ca.configure_trust(ctx)
         return ctx
+
+
+# --- what KubeVirt makes of a running VM: its VMI and virt-launcher pods ------------------------------
+
+
+def hashed_interface(network: str) -> str:
+    """The pod interface name KubeVirt gives a VM's secondary network (sha256 of its name, 11 hex)."""
+    return hashlib.sha256(network.encode()).hexdigest()[:11]
+
+
+def vmi_of(vm: dict) -> dict:
+    meta = vm["metadata"]
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                         "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": meta["name"],
+                                              "uid": meta["uid"], "controller": True}]},
+            "spec": copy.deepcopy(vm["spec"]["template"]["spec"]), "status": {"phase": "Running"}}
+
+
+def launcher_pod(vmi: dict, name: str, claims: dict[str, str] | None = None) -> dict:
+    """A virt-launcher pod of a VMI: its secondary networks in the annotation, with hashed interface names."""
+    meta = vmi["metadata"]
+    selections = []
+    for n in vmi["spec"]["networks"]:
+        if "multus" in n:
+            ns, _, nad = n["multus"]["networkName"].rpartition("/")
+            element = {"name": nad, "namespace": ns or meta["namespace"], "interface": hashed_interface(n["name"])}
+            if claims and n["name"] in claims:
+                element["ipam-claim-reference"] = claims[n["name"]]
+            selections.append(element)
+    return pod_manifest(name, meta["namespace"], selections, labels={"kubevirt.io": "virt-launcher",
+                                                                      "vm.kubevirt.io/name": meta["name"]},
+                        owner={"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "name": meta["name"],
+                               "uid": meta.get("uid", ""), "controller": True})
+
+
+def pod_manifest(name: str, namespace: str, networks: list | str | None, labels: dict | None = None,
+                 owner: dict | None = None, generate_name: bool = False) -> dict:
+    meta = {"namespace": namespace, "labels": labels or {}}
+    meta["generateName" if generate_name else "name"] = name
+    if networks is not None:
+        meta["annotations"] = {"k8s.v1.cni.cncf.io/networks": networks if isinstance(networks, str) else json.dumps(networks)}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}}

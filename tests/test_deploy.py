@@ -58,7 +58,7 @@ def test_kustomization_lists_every_file():
 def test_webhook_points_at_the_service_the_certificate_and_the_route():
     hook, = by_kind("MutatingWebhookConfiguration")
     cert, = by_kind("Certificate")
-    [w] = hook["webhooks"]
+    w, pods = hook["webhooks"]
     svc = next(s for s in by_kind("Service") if s["metadata"]["name"] == w["clientConfig"]["service"]["name"])
     assert w["clientConfig"]["service"]["path"] == "/mutate-virtualmachines"
     assert f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc" in cert["spec"]["dnsNames"]
@@ -70,23 +70,56 @@ def test_webhook_points_at_the_service_the_certificate_and_the_route():
                            "resources": ["virtualmachines"], "scope": "Namespaced"}]
     opted_out = {e["key"] for e in w["namespaceSelector"]["matchExpressions"] if e["values"] == ["ignore"]}
     assert opted_out == {"ipam.kubevirt.io/mac-allocation", "mutatevirtualmachines.kubemacpool.io"}
+    # pods: CREATE only, KubeMacPool's pod label, virt-launcher pods never sent, Ignore (every pod passes here)
+    assert pods["clientConfig"]["service"] == {**w["clientConfig"]["service"], "path": "/mutate-pods"}
+    assert pods["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                              "scope": "Namespaced"}]
+    opted_out = {e["key"] for e in pods["namespaceSelector"]["matchExpressions"] if e["values"] == ["ignore"]}
+    assert opted_out == {"ipam.kubevirt.io/mac-allocation", "mutatepods.kubemacpool.io"}
+    assert pods["objectSelector"]["matchExpressions"] == [{"key": "kubevirt.io", "operator": "NotIn",
+                                                           "values": ["virt-launcher"]}]
+    assert pods["failurePolicy"] == "Ignore" and pods["sideEffects"] == "NoneOnDryRun"
 
 
-def test_rbac_is_read_only_and_least_privilege():
+def test_rbac_is_least_privilege_and_writes_only_claim_status():
     roles = {r["metadata"]["name"]: r for r in by_kind("ClusterRole")}
-    assert {v for role in roles.values() for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    writes = {(r, v) for role in roles.values() for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]
+              if v not in ("get", "list", "watch")}
+    assert writes == {("ipamclaims/status", "patch")}  # the watcher writes a claim's status, nothing else is written
     resources = {name: {r for rule in role["rules"] for r in rule["resources"]} for name, role in roles.items()}
-    assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances", "network-attachment-definitions"},
-                         "ipam-namespaces": {"namespaces"}}
+    assert resources == {"ipam-watcher": {"virtualmachines", "virtualmachineinstances", "network-attachment-definitions",
+                                          "ipamclaims", "ipamclaims/status", "pods", "ippools"},
+                         "ipam-namespaces": {"namespaces"}, "ipam-cni": {"pods", "virtualmachineinstances", "ipamclaims"}}
+    node_verbs = {v for rule in roles["ipam-cni"]["rules"] for v in rule["verbs"]}
+    assert node_verbs == {"get"}  # on every node: read single objects, never list a cluster's pods
     bound = {b["roleRef"]["name"]: [s["name"] for s in b["subjects"]] for b in by_kind("ClusterRoleBinding")}
     # system:auth-delegator (built in) lets the api create TokenReviews and nothing else of note
-    assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"], "system:auth-delegator": ["ipam-api"]}
+    assert bound == {"ipam-watcher": ["ipam-watcher"], "ipam-namespaces": ["ipam-api"], "system:auth-delegator": ["ipam-api"],
+                     "ipam-cni": ["ipam-cni"]}
     accounts = {}
-    for dep in by_kind("Deployment"):
+    for dep in by_kind("Deployment") + by_kind("DaemonSet"):
         spec = dep["spec"]["template"]["spec"]
         accounts[dep["metadata"]["name"]] = (spec["serviceAccountName"], spec["automountServiceAccountToken"])
     assert accounts == {"ipam-api": ("ipam-api", True), "ipam-watcher": ("ipam-watcher", True),
-                        "ipam-allocator": ("ipam", False), "ipam-projector": ("ipam", False)}
+                        "ipam-allocator": ("ipam", False), "ipam-projector": ("ipam", False), "ipam-cni": ("ipam-cni", True)}
+    api = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "ipam-api")
+    env = {e["name"]: e.get("value") for e in api["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["IPAM_NODE_SUBJECTS"] == "user:system:serviceaccount:ipam:ipam-cni"  # the node role, not admin
+
+
+def test_the_daemonset_installs_the_plugin_where_the_nodes_cni_looks():
+    ds, = by_kind("DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    args = c["args"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    paths = {v["name"]: v.get("hostPath", {}).get("path") for v in spec["volumes"]}
+    assert paths[mounts[args[args.index("--bin-dir") + 1]]] == "/opt/cni/bin"
+    assert paths[mounts[args[args.index("--conf-dir") + 1]]] == args[args.index("--host-conf-dir") + 1] == "/etc/cni/net.d"
+    cert, = by_kind("Certificate")
+    url = args[args.index("--url") + 1]
+    assert url.split("//")[1].split(":")[0] in cert["spec"]["dnsNames"]
+    assert c["command"] == ["ipam-cni-install"] and spec["tolerations"] == [{"operator": "Exists"}]
     job, = by_kind("Job")
     pod = job["spec"]["template"]["spec"]
     assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) \

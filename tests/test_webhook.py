@@ -48,8 +48,8 @@ async def https(tls):
         yield session
 
 
-async def admit(https, svc, body) -> dict:
-    url = f"https://127.0.0.1:{svc.webhook_port}/mutate-virtualmachines"
+async def admit(https, svc, body, path: str = "/mutate-virtualmachines") -> dict:
+    url = f"https://127.0.0.1:{svc.webhook_port}{path}"
     data = body if isinstance(body, bytes) else None
     async with https.post(url, data=data, json=None if data is not None else body,
                           headers={"Content-Type": "application/json"}) as r:
@@ -168,9 +168,9 @@ async def test_malformed_reviews_are_denied_with_the_reason(kv, https, body, rea
 
 
 async def test_unknown_kinds_and_broken_specs_are_denied(kv, https):
-    pod = review(vm_manifest("x"))
-    pod["request"]["kind"] = {"group": "", "version": "v1", "kind": "Pod"}
-    response = await admit(https, kv, pod)
+    other = review(vm_manifest("x"))
+    other["request"]["kind"] = {"group": "", "version": "v1", "kind": "ConfigMap"}
+    response = await admit(https, kv, other)
     assert response["allowed"] is False and "request.kind" in response["status"]["message"]
     broken = vm_manifest("y")
     broken["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] = {"name": "default"}

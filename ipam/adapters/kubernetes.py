@@ -23,6 +23,8 @@ log = structlog.get_logger("ipam.kubernetes")
 VM = ("kubevirt.io", "v1", "virtualmachines")
 VMI = ("kubevirt.io", "v1", "virtualmachineinstances")
 NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
+CLAIMS = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
+WHEREABOUTS_POOLS = ("whereabouts.cni.cncf.io", "v1alpha1", "ippools")
 
 
 async def api_client(where: str) -> client.ApiClient:
@@ -69,6 +71,36 @@ class Resource:
     @classmethod
     def namespaces(cls, api: client.ApiClient) -> Resource:
         return cls("namespaces", client.CoreV1Api(api).list_namespace)
+
+    @classmethod
+    def pods(cls, api: client.ApiClient) -> Resource:
+        return cls("pods", client.CoreV1Api(api).list_pod_for_all_namespaces)
+
+
+async def patch_claim_status(api: client.ApiClient, namespace: str, name: str, status: dict) -> None:
+    """Merge-patch an IPAMClaim's status subresource (a claim deleted meanwhile is no error)."""
+    try:
+        await client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+            *CLAIMS[:2], namespace, CLAIMS[2], name, {"status": status}, _content_type="application/merge-patch+json")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+async def list_objects(resource: Resource) -> list[dict]:
+    raw = await resource.list_call(_preload_content=False)
+    return (await raw.json()).get("items") or []
+
+
+async def list_all(api: client.ApiClient, gvr: tuple[str, str, str]) -> list[dict] | None:
+    """Every object of a custom resource once, or None when the cluster has no such resource."""
+    try:
+        raw = await client.CustomObjectsApi(api).list_cluster_custom_object(*gvr, _preload_content=False)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return (await raw.json()).get("items") or []
 
 
 class NamespaceLabels:

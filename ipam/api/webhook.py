@@ -1,4 +1,4 @@
-"""The mutating admission webhook for KubeVirt VirtualMachines (AdmissionReview admission.k8s.io/v1).
+"""The mutating admission webhook for KubeVirt VirtualMachines and for pods (AdmissionReview admission.k8s.io/v1).
 
 A review is answered in four steps: parse (what ipam reads of the review, or a denial naming
 the field), plan (a lease command per interface that needs a MAC or sits on an ipam network),
@@ -8,6 +8,12 @@ AdmissionReview answer, never an HTTP error.  At CREATE the VM has no uid yet, s
 provisional ("admission:<request uid>") until the watcher sees the VM.  The answer is bounded by
 a deadline below the webhook's ``timeoutSeconds``: a slow pipeline means a clear denial (the
 user retries), not an API server timeout.
+
+A pod gets a MAC in each element of its ``k8s.v1.cni.cncf.io/networks`` annotation that has none
+(the short form is rewritten as JSON), from the same pools and under the same namespace labels as
+VMs; a MAC an element names is a static request.  virt-launcher pods are left alone: their
+interfaces carry the VM's MACs.  What differs between the two kinds of object is how a review is
+planned and patched; the review, the deadline, the decisions and the denials are written once.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from aiohttp import web
 from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
 from ..config import Config
+from ..domain import multus
 from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch
 from ..domain.commands import LeaseIp, LeaseMac
 from ..domain.ip import format_address, parse_address
-from ..domain.kinds import PROVISIONAL_UID_PREFIX, Owner
+from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
 from ..domain.kubevirt import (
     INTERFACES_FIELD,
+    KUBEMACPOOL_LABEL,
+    KUBEMACPOOL_POD_LABEL,
     InterfaceNeed,
     MultusInterface,
     SpecError,
@@ -54,6 +63,7 @@ log = structlog.get_logger("ipam.webhook")
 REVIEW_VERSION = "admission.k8s.io/v1"
 LEASED = ("IpLeased", "IpLeaseReturned", "IpLeaseOffered", "IpLeaseConfirmed")  # events that carry an address it holds
 VM_KIND = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
+POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 _UID = re.compile(rb'"uid"\s*:\s*"([^"]{1,128})"')
 
 
@@ -83,10 +93,11 @@ class Plan:
     """What one review asks ipam to decide."""
 
     uid: str
-    vm: Mapping
+    vm: Mapping  # the object under review (a VM or a pod)
     needs: list[InterfaceNeed]  # interfaces that get a MAC
     addressed: list[tuple[MultusInterface, object]]  # (interface, network) for interfaces on ipam networks
     commands: list[tuple[str, object]] = field(default_factory=list)  # (interface, lease command)
+    selections: list = field(default_factory=list)  # a pod's network-selection elements
 
 
 def _spec(call, *args):
@@ -151,22 +162,48 @@ class Webhook:
         return answer(plan.uid, True, patch=patch, warnings=warnings)
 
     async def _plan(self, req: Mapping) -> Plan | None:
-        """The lease commands the review needs; None when ipam leaves the VM alone."""
-        if dict(req.get("kind") or {}) != VM_KIND:
-            raise Denied(f"request.kind: ipam mutates kubevirt.io/v1 VirtualMachine, not {req.get('kind')}")
-        operation, namespace, vm = req.get("operation"), req.get("namespace"), req.get("object")
-        if operation not in ("CREATE", "UPDATE"):
+        """The lease commands the review needs; None when ipam leaves the object alone."""
+        kind = dict(req.get("kind") or {})
+        if kind not in (VM_KIND, POD_KIND):
+            raise Denied(f"request.kind: ipam mutates kubevirt.io/v1 VirtualMachine and v1 Pod, not {req.get('kind')}")
+        operation, namespace, obj = req.get("operation"), req.get("namespace"), req.get("object")
+        if operation not in (("CREATE", "UPDATE") if kind == VM_KIND else ("CREATE",)):
             return None
         if not isinstance(namespace, str) or not namespace:
-            raise Denied("request.namespace: a VirtualMachine is namespaced")
+            raise Denied(f"request.namespace: a {kind['kind']} is namespaced")
         if self.cfg.namespace_opt_in and not self.namespaces.known:
             raise Denied("namespace labels are not known yet (set IPAM_KUBE_API so the webhook can read them); "
                          "in opt-in mode ipam cannot tell whether this namespace opted in. Please retry", 503)
-        if not namespace_allows(self.namespaces.get(namespace), self.cfg.namespace_opt_in):
+        label = KUBEMACPOOL_POD_LABEL if kind == POD_KIND else KUBEMACPOOL_LABEL
+        if not namespace_allows(self.namespaces.get(namespace), self.cfg.namespace_opt_in, label):
             return None  # opted out: admitted untouched
-        if not isinstance(vm, Mapping):
+        if not isinstance(obj, Mapping):
             raise Denied("request.object: missing")
-        old = req.get("oldObject") if operation == "UPDATE" else None
+        if kind == POD_KIND:
+            return await self._plan_pod(req, namespace, obj)
+        return await self._plan_vm(req, namespace, obj, req.get("oldObject") if operation == "UPDATE" else None)
+
+    async def _plan_pod(self, req: Mapping, namespace: str, pod: Mapping) -> Plan | None:
+        if multus.is_launcher(pod):
+            return None  # its interfaces carry the VM's MACs
+        try:
+            selections = multus.pod_selections(pod)
+        except multus.SelectionError as e:
+            raise Denied(f"{e.field}: {e.reason}") from None
+        if len(selections) > self.cfg.max_interfaces:
+            raise Denied(f"{multus.FIELD}: {len(selections)} networks; ipam allows at most {self.cfg.max_interfaces}")
+        if not selections:
+            return None
+        plan = Plan(uid=req["uid"], vm=pod, needs=[], addressed=[], selections=selections)
+        catalog = await self.read.catalog(max_age=2.0)
+        common, suffix, name, uid = self._owner_basics(plan, req, None, "Pod")
+        for s in selections:
+            plan.commands.append((s.interface, self._mac_command(
+                plan, s.interface, s.mac, f"{multus.FIELD}[{s.index}].mac", catalog, namespace, common, suffix,
+                Owner(namespace=namespace, vm=name, vm_uid=uid, interface=s.interface, workload=POD_WORKLOAD))))
+        return plan
+
+    async def _plan_vm(self, req: Mapping, namespace: str, vm: Mapping, old: Mapping | None) -> Plan:
         needs, multus = _spec(interfaces_needing_macs, vm), _spec(multus_interfaces, vm, namespace)
         count = len(vm_interfaces(vm))  # checked by interfaces_needing_macs
         if count > self.cfg.max_interfaces:
@@ -184,32 +221,39 @@ class Webhook:
             self._commands(plan, req, namespace, old, catalog)
         return plan
 
-    def _commands(self, plan: Plan, req: Mapping, namespace: str, old: Mapping | None, catalog) -> None:
+    def _owner_basics(self, plan: Plan, req: Mapping, old: Mapping | None, kind: str) -> tuple[dict, str, str, str]:
+        """(fields every lease command of the review has, command id suffix, owner name, owner uid)."""
         meta, old_meta = metadata_of(plan.vm), metadata_of(old)
         name = meta.get("name") or old_meta.get("name") or meta.get("generateName")
         if not isinstance(name, str) or not name:
-            raise Denied("metadata.name: a VirtualMachine needs a name or generateName")
-        vm_uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{plan.uid}"
-        dry_run = bool(req.get("dryRun"))
+            raise Denied(f"metadata.name: a {kind} needs a name or generateName")
+        uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{plan.uid}"
+        dry_run, now = bool(req.get("dryRun")), int(time.time() * 1000)
+        common = {"at": now, "pending_until": now + self.cfg.pending_seconds * 1000, "dry_run": dry_run}
+        return common, ":dry-run" if dry_run else "", name, uid
+
+    @staticmethod
+    def _mac_command(plan: Plan, iface: str, wanted: str | None, where: str, catalog, namespace: str, common: dict,
+                     suffix: str, owner: Owner) -> LeaseMac:
+        try:
+            mac = None if wanted is None else parse_mac(wanted)
+            pool = choose_pool(catalog.pools, namespace, None, mac)
+        except MacFormatError as e:
+            raise Denied(f"{where}: {e}") from None
+        except RoutingError as e:
+            raise Denied(f"{where if e.field == 'mac' else 'pool'}: {e.reason}") from None
+        return LeaseMac(command_id=f"admission:{plan.uid}:{iface}{suffix}", pool=pool.name,
+                        mac=None if mac is None else format_mac(mac), owner=owner, **common)
+
+    def _commands(self, plan: Plan, req: Mapping, namespace: str, old: Mapping | None, catalog) -> None:
+        common, suffix, name, vm_uid = self._owner_basics(plan, req, old, "VirtualMachine")
         wanted_ips = {**_spec(annotated_addresses, old), **_spec(annotated_addresses, plan.vm)}
         old_macs = spec_macs(old)
-        now = int(time.time() * 1000)
-        common = {"at": now, "pending_until": now + self.cfg.pending_seconds * 1000, "dry_run": dry_run}
-        suffix = ":dry-run" if dry_run else ""
         for need in plan.needs:
-            wanted = need.requested_mac or old_macs.get(need.name)
-            where = f"{INTERFACES_FIELD}[{need.index}].macAddress"
-            try:
-                mac = None if wanted is None else parse_mac(wanted)
-                pool = choose_pool(catalog.pools, namespace, None, mac)
-            except MacFormatError as e:
-                raise Denied(f"{where}: {e}") from None
-            except RoutingError as e:
-                raise Denied(f"{where if e.field == 'mac' else 'pool'}: {e.reason}") from None
-            plan.commands.append((need.name, LeaseMac(
-                command_id=f"admission:{plan.uid}:{need.name}{suffix}", pool=pool.name,
-                mac=None if mac is None else format_mac(mac),
-                owner=Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name), **common)))
+            plan.commands.append((need.name, self._mac_command(
+                plan, need.name, need.requested_mac or old_macs.get(need.name),
+                f"{INTERFACES_FIELD}[{need.index}].macAddress", catalog, namespace, common, suffix,
+                Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name))))
         for m, network in plan.addressed:
             plan.commands.append((m.name, LeaseIp(
                 command_id=f"admission:{plan.uid}:ip:{m.name}{suffix}", network=network.name,
@@ -242,6 +286,10 @@ class Webhook:
 
     def _patch(self, plan: Plan, macs: dict[str, str], ips: dict[str, list[str]]) -> tuple[list[dict], list[str]]:
         """MACs on the interfaces that lacked one (old MACs come back on a re-apply), then the addresses."""
+        if plan.selections:  # a pod: every element of its annotation with its MAC
+            value = multus.selections_json(plan.selections, {s.index: macs[s.interface] for s in plan.selections})
+            return [{"op": "add", "path": "/metadata/annotations/" + multus.NETWORKS_ANNOTATION.replace("/", "~1"),
+                     "value": value}], []
         patch = mac_patch({n.index: macs[n.name] for n in plan.needs}, plan.needs)
         if not plan.addressed:
             return patch, []
@@ -272,5 +320,5 @@ def make_webhook_app(hook: Webhook, cfg: Config) -> web.Application:
     # Read the whole body ourselves (up to the API server's own 3 MiB cap) so that an
     # oversized review is still answered with an AdmissionReview, not a bare 413.
     app = web.Application(client_max_size=max(cfg.max_body_bytes, 3 * 1024 * 1024) + 1024)
-    app.add_routes([web.post("/mutate-virtualmachines", hook.mutate)])
+    app.add_routes([web.post("/mutate-virtualmachines", hook.mutate), web.post("/mutate-pods", hook.mutate)])
     return app

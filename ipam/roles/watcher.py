@@ -36,8 +36,11 @@ from ..domain.kinds import IP, KINDS, MAC, Kind, ObservedAddresses, ObservedInte
 from ..domain.kubevirt import SpecError, annotated_addresses, multus_interfaces, spec_macs, vm_interfaces
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.pools import RoutingError, choose_pool
+from . import whereabouts
+from .claims import Claims
 from .instances import Instances
 from .nads import NadNetworks
+from .pods import PodLeases
 
 log = structlog.get_logger("ipam.watcher")
 PROGRESS_SECONDS = 5.0  # how often a long full list logs its progress
@@ -60,10 +63,14 @@ class Watcher:
         self.vms: kube.Informer | None = None
         self.nads = NadNetworks(read, bus, changed=lambda: self._catalog(max_age=0))
         self.instances = Instances(read, bus)
+        self.pods = PodLeases(read, bus)
+        self.claims = Claims(read, bus, self.nads.network_of_config)
+        self.pod_informer: kube.Informer | None = None
 
     @property
     def ready(self) -> bool:
-        return self.vms is not None and self.vms.synced.is_set()
+        """VMs and pods listed: a provisional lease whose holder is not seen by now may be expired."""
+        return all(i is not None and i.synced.is_set() for i in (self.vms, self.pod_informer))
 
     async def run(self) -> None:
         async with leadership(self.cfg.database_url, LEADER_LOCK):
@@ -86,13 +93,35 @@ class Watcher:
             except TimeoutError:
                 log.warning("NetworkAttachmentDefinitions not listed yet (is Multus installed?); going on without them")
             await self._catalog(max_age=0)
+            await self._adopt_whereabouts(api)
             self.vms = kube.Informer(kube.Resource.virtual_machines(api), self._on_vm, self._on_vm_list, resync_seconds=resync)
             vmis = kube.Informer(kube.Resource.virtual_machine_instances(api), self.instances.event, self.instances.listed,
                                  resync_seconds=resync)
+            self.pod_informer = kube.Informer(kube.Resource.pods(api), self._on_pod, self.pods.listed, resync_seconds=resync)
+            informers = [self.vms, vmis, self.pod_informer]
+            self.claims.api = api
+            if await kube.list_all(api, kube.CLAIMS) is not None:
+                informers.append(kube.Informer(kube.Resource.custom(api, kube.CLAIMS), self.claims.event,
+                                               self.claims.listed, resync_seconds=resync))
+            else:
+                log.info("no IPAMClaim resource in this cluster (ipam-extensions not installed); claims not followed")
             try:
-                await asyncio.gather(self.vms.run(), vmis.run(), self._expire_loop())
+                await asyncio.gather(*(i.run() for i in informers), self._expire_loop())
             finally:
                 nad_task.cancel()
+
+    async def _on_pod(self, kind: str, pod: dict) -> None:
+        self.claims.pod_seen(pod)
+        await self.pods.event(kind, pod)
+
+    async def _adopt_whereabouts(self, api) -> None:
+        """Whereabouts' allocations become leases before anything is handed out (``whereabouts``)."""
+        ippools = await kube.list_all(api, kube.WHEREABOUTS_POOLS)
+        if not ippools:
+            return
+        pods = await kube.list_objects(kube.Resource.pods(api))
+        vmis = await kube.list_objects(kube.Resource.virtual_machine_instances(api))
+        await whereabouts.adopt(self.read, self.bus, ippools, pods, vmis)
 
     async def recover(self) -> None:
         """After a failure: forget what was sent; the next list observes every VM again."""
@@ -183,6 +212,8 @@ class Watcher:
         if held is None:
             held = await self.read.spaces_held(kind, namespace, name, vm_uid=uid)
         by_space = {} if routed is None else routed.by_space
+        if routed is not None and routed.stale and routed.keep_unrouted:
+            held = held & set(by_space)  # an interface on a NAD not known yet may be on one of them: release nothing
         tag = "deleted" if deleted else meta.get("resourceVersion")
         for space in sorted(set(by_space) | held):
             await self.bus.send(LEASE_COMMANDS[kind].observe(
@@ -213,6 +244,7 @@ class Routed:
     unplaced: list[tuple[str, str, str]] = field(default_factory=list)  # (interface, address, why) ipam cannot place
     stale: bool = False  # something was not found that a fresher catalog might know
     unreadable: SpecError | None = None  # the VM cannot be read for this kind: its leases are left as they are
+    keep_unrouted: bool = False  # while stale, spaces no interface was routed to keep their leases
 
 
 def mac_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
@@ -239,7 +271,7 @@ def ip_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
         wanted = annotated_addresses(vm)
     except SpecError as e:
         return Routed(unreadable=e)
-    routed = Routed()
+    routed = Routed(keep_unrouted=True)
     for m in multus:
         networks = catalog.by_attachment.get(m.attachment)
         if not networks:

@@ -1,0 +1,95 @@
+"""Taking over from Whereabouts: every address its IPPools record for a live pod becomes that pod's
+lease (a virt-launcher pod's, its VM's), so nothing Whereabouts handed out is handed out again.
+
+Run when the watcher starts leading, after the NADs defined their networks.  It is safe to run
+again: an owner that already holds an address in the network, an address held by anyone, and an
+allocation of a pod that no longer exists (the leaks of Whereabouts #546) are left alone.
+``whereabouts.cni.cncf.io/v1alpha1`` IPPools: ``spec.range`` and ``spec.allocations``, a map of the
+address's offset in the range to ``{"id": container, "podref": "namespace/name", "ifname"}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import structlog
+
+from ..domain import multus
+from ..domain.catalog import Catalog
+from ..domain.commands import LeaseIp
+from ..domain.kinds import IP, POD_WORKLOAD, VM_WORKLOAD, Owner
+
+log = structlog.get_logger("ipam.watcher")
+
+
+def _network_of(catalog: Catalog, cidr) -> object | None:
+    return next((n for n in catalog.networks.values() if any(s.cidr == cidr for s in n.subnets)), None)
+
+
+def _holder(pod: dict, ifname: str | None, network, vmis: dict) -> Owner | None:
+    """Who holds an address Whereabouts gave this pod on that network: the pod's interface, or the VM's."""
+    meta = pod["metadata"]
+    selections = multus.pod_selections(pod)
+    if ifname is None:
+        chosen = [s for s in selections if s.attachment in network.attachments]
+        ifname = chosen[0].interface if len(chosen) == 1 else None
+    if ifname is None:
+        return None
+    if multus.is_launcher(pod):
+        vmi = vmis.get((meta["namespace"], multus.launcher_vmi(pod)))
+        vm = multus.owner_of(vmi, "VirtualMachine") if vmi else None
+        interface = multus.launcher_interface(vmi, selections, ifname) if vm else None
+        if interface is not None:
+            return Owner(namespace=meta["namespace"], vm=vm[0], vm_uid=vm[1], interface=interface, workload=VM_WORKLOAD)
+    return Owner(namespace=meta["namespace"], vm=meta["name"], vm_uid=meta["uid"], interface=ifname, workload=POD_WORKLOAD)
+
+
+def adoptions(ippools: list[dict], pods: list[dict], vmis: list[dict], catalog: Catalog) -> tuple[list[tuple], dict]:
+    """(network, owner, address) for each allocation to adopt, and counts of what was skipped and why."""
+    by_ref = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
+    by_vmi = {(v["metadata"]["namespace"], v["metadata"]["name"]): v for v in vmis}
+    found, skipped = [], {"pod_gone": 0, "no_network": 0, "no_interface": 0}
+    for pool in ippools:
+        try:
+            cidr = ipaddress.ip_network((pool.get("spec") or {}).get("range", ""), strict=False)
+        except ValueError:
+            continue
+        network = _network_of(catalog, cidr)
+        for offset, alloc in sorted(((pool.get("spec") or {}).get("allocations") or {}).items()):
+            if network is None:
+                skipped["no_network"] += 1
+                continue
+            pod = by_ref.get(tuple(str(alloc.get("podref", "")).split("/", 1)))
+            if pod is None:
+                skipped["pod_gone"] += 1
+                continue
+            try:
+                owner = _holder(pod, alloc.get("ifname") or None, network, by_vmi)
+            except multus.SelectionError:
+                owner = None
+            if owner is None:
+                skipped["no_interface"] += 1
+                continue
+            found.append((network.name, owner, str(cidr.network_address + int(offset))))
+    return found, skipped
+
+
+async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dict]) -> None:
+    catalog = await read.catalog(max_age=0)
+    found, skipped = adoptions(ippools, pods, vmis, catalog)
+    adopted = 0
+    for network, owner, address in found:
+        if network in await read.spaces_held(IP, owner.namespace, owner.vm, vm_uid=owner.vm_uid,
+                                             interface=owner.interface):
+            continue
+        events = await bus.submit(LeaseIp(command_id=f"whereabouts:{network}:{address}:{owner.vm_uid}",
+                                          at=int(time.time() * 1000), network=network, owner=owner, addresses=(address,)))
+        rejected = [e for e in events if e["type"] == "CommandRejected"]
+        if rejected:
+            log.warning("Whereabouts allocation not adopted", network=network, address=address, owner=owner.describe(),
+                        reason=rejected[0]["reason"])
+        else:
+            adopted += 1
+    log.info("Whereabouts IPPools adopted", pools=len(ippools), adopted=adopted, **skipped)
+
