@@ -45,7 +45,8 @@ OWNERS += [Owner(namespace="a", vm="v1", vm_uid=f"pod-uid{u}", interface=i, work
 
 
 class LeaseMachine(RuleBasedStateMachine):
-    """What every kind must satisfy; subclasses give the kind, its spaces and its candidate addresses."""
+    """What every kind must satisfy; subclasses give the kind, its spaces and its candidate addresses, and two
+    hooks: ``observed(interface, address)`` (one observed interface of the kind) and ``check_exhausted(cmd, ev)``."""
 
     kind = None
     spaces: tuple[str, ...] = ()
@@ -120,9 +121,6 @@ class LeaseMachine(RuleBasedStateMachine):
         elif isinstance(ev, CommandRejected) and ev.code == "exhausted":
             self.check_exhausted(cmd, ev)
 
-    def check_exhausted(self, cmd, ev) -> None:
-        raise NotImplementedError
-
     def lease_command(self, owner: Owner, space: str, requested=(), **extra):
         field, _, empty = self.kind.requested
         value = (requested[0] if requested else None) if empty is None else tuple(requested)
@@ -183,9 +181,6 @@ class LeaseMachine(RuleBasedStateMachine):
             left = {o.interface for k, (s, o) in self.held.items() if s == space and o.vm_uid == owner.vm_uid
                     and (o.namespace, o.vm) == (owner.namespace, owner.vm) and k not in self.pending}
             assert left <= {i for i, _ in seen}, "an interface the VM no longer has kept its lease"
-
-    def observed(self, interface: str, address: str):
-        raise NotImplementedError
 
     @rule(owner=st.sampled_from(OWNERS), one=st.booleans(), exact=st.booleans(), data=st.data())
     def release_owner(self, owner, one, exact, data):

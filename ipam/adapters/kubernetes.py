@@ -87,20 +87,25 @@ async def patch_claim_status(api: client.ApiClient, namespace: str, name: str, s
             raise
 
 
+async def list_body(resource: Resource, **options) -> dict:
+    """One list call, as the API server sent it (items and the list's resourceVersion)."""
+    raw = await resource.list_call(_preload_content=False, **options)
+    return await raw.json()
+
+
 async def list_objects(resource: Resource) -> list[dict]:
-    raw = await resource.list_call(_preload_content=False)
-    return (await raw.json()).get("items") or []
+    return (await list_body(resource)).get("items") or []
 
 
-async def list_all(api: client.ApiClient, gvr: tuple[str, str, str]) -> list[dict] | None:
-    """Every object of a custom resource once, or None when the cluster has no such resource."""
+async def list_all(api: client.ApiClient, gvr: tuple[str, str, str], **options) -> list[dict] | None:
+    """Every object of a custom resource once (``limit=1``: whether there is such a resource at all),
+    or None when the cluster has no such resource (its CRD is not installed)."""
     try:
-        raw = await client.CustomObjectsApi(api).list_cluster_custom_object(*gvr, _preload_content=False)
+        return (await list_body(Resource.custom(api, gvr), **options)).get("items") or []
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    return (await raw.json()).get("items") or []
 
 
 class NamespaceLabels:
@@ -150,8 +155,7 @@ class Informer:
         self.resumes = 0
 
     async def _list(self) -> None:
-        raw = await self.resource.list_call(_preload_content=False)
-        body = await raw.json()
+        body = await list_body(self.resource)
         self.resource_version = body["metadata"]["resourceVersion"]
         await self.on_sync(body.get("items") or [])
         self.relists += 1

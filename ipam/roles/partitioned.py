@@ -11,6 +11,7 @@ partition before it was taken are skipped and fetched again.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 
 import structlog
 
@@ -20,7 +21,7 @@ from ..config import Config
 FIRST_RETRY, LONGEST_RETRY = 0.5, 5.0  # seconds between attempts to take a partition
 
 
-class PartitionRole:
+class PartitionRole(ABC):
     """A member of one consumer group; subclasses say how to take, hold, drop and work a partition."""
 
     name = "partitioned"
@@ -44,14 +45,15 @@ class PartitionRole:
 
     # --- what a subclass provides ------------------------------------------------------------
 
+    @abstractmethod
     async def take(self, partition: int) -> None:
-        raise NotImplementedError
+        """Load what owning the partition needs (from Postgres) and start working it."""
 
+    @abstractmethod
     async def work(self, batches: dict[int, list]) -> None:
         """Handle what was fetched (partition -> records)."""
-        raise NotImplementedError
 
-    async def tick(self) -> None:
+    async def tick(self) -> None:  # noqa: B027 (optional: most roles have no periodic checks)
         """Periodic checks between fetches."""
 
     max_records = 5000

@@ -42,22 +42,29 @@ class PodLeases:
         self._seen: dict[str, frozenset] = {}  # pod uid -> the MACs last observed
 
     async def listed(self, items: list[dict]) -> None:
+        """Observe every pod that carries MACs, then release what pods no longer listed held.  Who holds
+        what is read once for the whole list (one query per kind), not once per pod."""
+        holdings = {kind: await self.read.holdings(kind, POD_WORKLOAD) for kind in KINDS}
+        mac_pools: dict[str, set[str]] = {}
+        for h in holdings[MAC]:
+            mac_pools.setdefault(h.vm_uid, set()).add(h.space)
         alive = {}
         self._seen.clear()
         for pod in items:
             meta = pod.get("metadata") or {}
             alive[(meta.get("namespace"), meta.get("name"))] = meta.get("uid")
-            await self.event("ADDED", pod)
+            await self.event("ADDED", pod, mac_pools.get(meta.get("uid"), set()))
         released = 0
-        for kind in KINDS:
-            for h in await self.read.holdings(kind, POD_WORKLOAD):
+        for kind, rows in holdings.items():
+            for h in rows:
                 uid = alive.get((h.namespace, h.vm))
                 if uid is None or (uid != h.vm_uid and not h.vm_uid.startswith(CONTAINER_UID)):
                     await self._release(kind, h.space, h.namespace, h.vm, h.vm_uid, "gone")
                     released += 1
         log.info("pods listed", pods=len(items), released_missing=released)
 
-    async def event(self, kind: str, pod: dict) -> None:
+    async def event(self, kind: str, pod: dict, held: set[str] | None = None) -> None:
+        """``held``: the pools this pod holds MACs in, when the caller already knows."""
         meta = pod.get("metadata") or {}
         uid, namespace, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
         if not (uid and namespace and name) or multus.is_launcher(pod):
@@ -74,12 +81,13 @@ class PodLeases:
             log.warning("pod network annotation unreadable; its MACs are left as they are", namespace=namespace, pod=name,
                         field=e.field, reason=e.reason)
             return
-        if self._seen.get(uid) == frozenset(macs.items()):
-            return
-        await self._observe_macs(namespace, name, uid, macs, meta.get("resourceVersion"))
+        if self._seen.get(uid) == frozenset(macs.items()) or (not macs and held is not None and not held):
+            return  # nothing new, or a pod that neither carries nor holds a MAC (most pods)
+        await self._observe_macs(namespace, name, uid, macs, meta.get("resourceVersion"), held)
         self._seen[uid] = frozenset(macs.items())
 
-    async def _observe_macs(self, namespace: str, name: str, uid: str, macs: dict[str, str], version) -> None:
+    async def _observe_macs(self, namespace: str, name: str, uid: str, macs: dict[str, str], version,
+                            held: set[str] | None) -> None:
         """One observe command per pool the pod's MACs are in (or it holds MACs in)."""
         catalog = await self.read.catalog(max_age=2.0)
         by_pool: dict[str, list[ObservedInterface]] = {}
@@ -92,7 +100,8 @@ class PodLeases:
                             interface=iface, mac=text, reason=str(e))
                 continue
             by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
-        held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD)
+        if held is None:
+            held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD)
         for pool in sorted(set(by_pool) | held):
             await self.bus.send(LEASE_COMMANDS[MAC].observe(
                 command_id=f"watch-pod-mac:{uid}:{version}:{pool}", at=_now(), pool=pool, namespace=namespace, vm=name,

@@ -100,7 +100,7 @@ class Watcher:
             self.pod_informer = kube.Informer(kube.Resource.pods(api), self._on_pod, self.pods.listed, resync_seconds=resync)
             informers = [self.vms, vmis, self.pod_informer]
             self.claims.api = api
-            if await kube.list_all(api, kube.CLAIMS) is not None:
+            if await kube.list_all(api, kube.CLAIMS, limit=1) is not None:
                 informers.append(kube.Informer(kube.Resource.custom(api, kube.CLAIMS), self.claims.event,
                                                self.claims.listed, resync_seconds=resync))
             else:

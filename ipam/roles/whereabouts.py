@@ -78,10 +78,12 @@ def adoptions(ippools: list[dict], pods: list[dict], vmis: list[dict], catalog: 
 async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dict]) -> None:
     catalog = await read.catalog(max_age=0)
     found, skipped = adoptions(ippools, pods, vmis, catalog)
-    adopted = 0
+    adopted, holding = 0, {}  # network -> the interfaces holding addresses there (one query per network)
     for network, owner, address in found:
-        if network in await read.spaces_held(IP, owner.namespace, owner.vm, vm_uid=owner.vm_uid,
-                                             interface=owner.interface):
+        if network not in holding:
+            holding[network] = {(r["namespace"], r["vm"], r["vm_uid"], r["interface"], r["workload"])
+                                for r in await read.leases(IP, space=network, limit=10_000_000)}
+        if (owner.namespace, owner.vm, owner.vm_uid, owner.interface, owner.workload) in holding[network]:
             continue
         events = await bus.submit(LeaseIp(command_id=f"whereabouts:{network}:{address}:{owner.vm_uid}",
                                           at=int(time.time() * 1000), network=network, owner=owner, addresses=(address,)))
