@@ -107,10 +107,7 @@ class LeaseApi:
         body = await decode_body(request, self.request)
         kind, rest = self.rest.kind, self.rest
         requested = rest.requested(body)
-        try:
-            space = rest.space_of(body, await self.read.catalog(max_age=2.0))
-        except ApiError:  # routed nowhere with what this replica knew: a space made since then?
-            space = rest.space_of(body, await self.read.catalog())
+        space = rest.space_of(body, await self.read.catalog())
         await self._check_interfaces(body)
         cid = command_id(request, body.command_id)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,

@@ -22,7 +22,6 @@ class SpacesApi:
             command_id=command_id(request, body.command_id), at=now_ms(), name=body.name, range=body.range,
             namespaces=tuple(body.namespaces), default=body.default, external=body.external))
         raise_rejection(events)
-        await self.read.catalog()  # this replica routes by it at once
         (pool,) = await self.pools(events[-1]["name"])  # a retried key answers with the pool it created
         return reply(pool, 201)
 
@@ -54,7 +53,6 @@ class SpacesApi:
             dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only,
             source=getattr(body, "source", "api")))
         raise_rejection(events)
-        await self.read.catalog()  # this replica routes by it at once
         (network,) = await self.networks(events[-1]["name"])
         return reply(network, 201 if create_only and events[-1].get("created") else 200)
 
@@ -71,7 +69,6 @@ class SpacesApi:
     async def delete_network(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         raise_rejection(await self.gateway.submit(DeleteNetwork(command_id=command_id(request, None), at=now_ms(), name=name)))
-        await self.read.catalog()
         return reply(models.NetworkDeleted(deleted=name))
 
     async def networks(self, name: str | None = None) -> list[models.Network]:

@@ -195,7 +195,7 @@ class Webhook:
         if not selections:
             return None
         plan = Plan(uid=req["uid"], vm=pod, needs=[], addressed=[], selections=selections)
-        catalog = await self.read.catalog(max_age=2.0)
+        catalog = await self.read.catalog()
         common, suffix, name, uid = self._owner_basics(plan, req, None, "Pod")
         for s in selections:
             plan.commands.append((s.interface, self._mac_command(
@@ -208,7 +208,7 @@ class Webhook:
         count = len(vm_interfaces(vm))  # checked by interfaces_needing_macs
         if count > self.cfg.max_interfaces:
             raise Denied(f"{INTERFACES_FIELD}: {count} interfaces; ipam allows at most {self.cfg.max_interfaces}")
-        catalog = await self.read.catalog(max_age=2.0)
+        catalog = await self.read.catalog()
         plan = Plan(uid=req["uid"], vm=vm, needs=needs, addressed=[])
         for m in multus:
             networks = catalog.by_attachment.get(m.attachment, [])

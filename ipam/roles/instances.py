@@ -74,7 +74,7 @@ class Instances:
         self._reported: dict[tuple[str, str], frozenset] = {}  # (vmi uid, interface) -> addresses last sent
 
     async def listed(self, items: list[dict]) -> None:
-        catalog = await self.read.catalog(max_age=0.5)
+        catalog = await self.read.catalog()
         guests = [(vmi, address_rows(vmi, catalog)) for vmi in items]
         await self.read.replace_instances([r for vmi in items for r in interface_rows(vmi)], [r for _, g in guests for r in g])
         self._reported.clear()
@@ -86,7 +86,7 @@ class Instances:
         if not uid:
             return
         deleted = kind == "DELETED"
-        rows = [] if deleted else address_rows(vmi, await self.read.catalog(max_age=0.5))
+        rows = [] if deleted else address_rows(vmi, await self.read.catalog())
         await self.read.replace_instances([] if deleted else interface_rows(vmi), rows, uid=uid)
         if deleted:
             self.forget(uid)

@@ -89,7 +89,7 @@ class PodLeases:
     async def _observe_macs(self, namespace: str, name: str, uid: str, macs: dict[str, str], version,
                             held: set[str] | None) -> None:
         """One observe command per pool the pod's MACs are in (or it holds MACs in)."""
-        catalog = await self.read.catalog(max_age=2.0)
+        catalog = await self.read.catalog()
         by_pool: dict[str, list[ObservedInterface]] = {}
         for iface, text in sorted(macs.items()):
             try:

@@ -61,7 +61,7 @@ class Watcher:
         self._routing: tuple | None = None
         self._seen = None  # the catalog last compared
         self.vms: kube.Informer | None = None
-        self.nads = NadNetworks(read, bus, changed=lambda: self._catalog(max_age=0))
+        self.nads = NadNetworks(read, bus, changed=lambda: self._catalog())
         self.instances = Instances(read, bus)
         self.pods = PodLeases(read, bus)
         self.claims = Claims(read, bus, self.nads.network_of_config)
@@ -92,7 +92,7 @@ class Watcher:
                 await asyncio.wait_for(nads.synced.wait(), NAD_SYNC_WAIT)
             except TimeoutError:
                 log.warning("NetworkAttachmentDefinitions not listed yet (is Multus installed?); going on without them")
-            await self._catalog(max_age=0)
+            await self._catalog()
             await self._adopt_whereabouts(api)
             self.vms = kube.Informer(kube.Resource.virtual_machines(api), self._on_vm, self._on_vm_list, resync_seconds=resync)
             vmis = kube.Informer(kube.Resource.virtual_machine_instances(api), self.instances.event, self.instances.listed,
@@ -128,9 +128,9 @@ class Watcher:
         self._last.clear()
         self.instances.forget()
 
-    async def _catalog(self, max_age: float):
+    async def _catalog(self):
         """Spaces as Postgres has them; when routing changed, VMs are listed again to be placed anew."""
-        catalog = await self.read.catalog(max_age=max_age)
+        catalog = await self.read.catalog()
         if catalog is self._seen:
             return catalog
         self._seen, routing = catalog, catalog.routing()
@@ -147,7 +147,7 @@ class Watcher:
     async def _on_vm_list(self, items: list[dict]) -> None:
         """A full picture: observe every VM, and release VMs that hold leases but no longer exist.
         One query per kind for who holds leases where serves the whole list (not one per VM)."""
-        await self._catalog(max_age=0)
+        await self._catalog()
         holdings = {kind: await self.read.holdings(kind) for kind in KINDS}
         held: dict[Kind, dict[str, set[str]]] = {kind: {} for kind in KINDS}
         for kind, rows in holdings.items():
@@ -198,9 +198,7 @@ class Watcher:
         uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
         routed = None
         if not deleted:
-            routed = ROUTES[kind](vm, namespace, await self._catalog(max_age=2.0))
-            if routed.stale:  # a space created since we last looked?
-                routed = ROUTES[kind](vm, namespace, await self._catalog(max_age=0.5))
+            routed = ROUTES[kind](vm, namespace, await self._catalog())
             if routed.unreadable is not None:
                 log.warning("VM spec unreadable; its leases are left as they are", kind=kind.name, namespace=namespace,
                             vm=name, field=routed.unreadable.field, reason=routed.unreadable.reason)
@@ -230,7 +228,7 @@ class Watcher:
             await asyncio.sleep(interval)
             if not self.ready:
                 continue
-            await self._catalog(max_age=0)
+            await self._catalog()
             for kind in KINDS:
                 for space, address, uid, until in await self.read.lapsed(kind):
                     await self.bus.send(LEASE_COMMANDS[kind].expire(

@@ -76,7 +76,7 @@ def adoptions(ippools: list[dict], pods: list[dict], vmis: list[dict], catalog: 
 
 
 async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dict]) -> None:
-    catalog = await read.catalog(max_age=0)
+    catalog = await read.catalog()
     found, skipped = adoptions(ippools, pods, vmis, catalog)
     adopted, holding = 0, {}  # network -> the interfaces holding addresses there (one query per network)
     for network, owner, address in found:

@@ -7,14 +7,13 @@ every kind of address, from the kind's table description (``tables``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import asyncpg
 
 from ...domain.catalog import Catalog
 from ...domain.kinds import PROVISIONAL_UID_PREFIX, VM_WORKLOAD, Kind
-from .spaces import load_spaces, stored_networks
+from .spaces import CATALOG_VERSION, load_spaces, stored_networks
 from .tables import TABLES
 
 
@@ -32,16 +31,23 @@ class ReadModel:
     def __init__(self, db: asyncpg.Pool) -> None:
         self.db = db
         self._catalog: Catalog | None = None
-        self._catalog_at = float("-inf")
+        self._catalog_version = -1
 
     # --- spaces -------------------------------------------------------------------------------
 
-    async def catalog(self, max_age: float = 0.0) -> Catalog:
-        """Every pool and network, as read from Postgres at most ``max_age`` seconds ago."""
-        if self._catalog is None or time.monotonic() - self._catalog_at >= max_age:
-            async with self.db.acquire() as conn:
-                self._catalog = Catalog(await load_spaces(conn))
-            self._catalog_at = time.monotonic()
+    async def catalog(self) -> Catalog:
+        """Every pool and network as Postgres has them now: read-your-writes across replicas.
+
+        The cached catalogue is checked against the definitions' version (one indexed row, a fraction
+        of a millisecond) and read again only when a definition changed.  The version is read before
+        the definitions, so a catalogue is never kept under a version newer than what it holds."""
+        async with self.db.acquire() as conn:
+            version = await conn.fetchval(CATALOG_VERSION)
+            if self._catalog is None or version != self._catalog_version:
+                catalog = Catalog(await load_spaces(conn))
+                if version >= self._catalog_version:  # a slower concurrent read must not replace a newer one
+                    self._catalog, self._catalog_version = catalog, version
+                return catalog
         return self._catalog
 
     async def stored_networks(self):

@@ -65,6 +65,11 @@ async def stored_networks(conn) -> dict[str, NetworkDefined]:
     return {r["name"]: msgspec.json.decode(r["definition"], type=NetworkDefined) for r in rows}
 
 
+# In the batch's transaction: readers that see the new number see the new definitions (``catalog_version``).
+BUMP_CATALOG = "UPDATE ipam_store.catalog_version SET version = version + 1"
+CATALOG_VERSION = "SELECT version FROM ipam_store.catalog_version"
+
+
 class SpaceChanges:
     """The definitions one batch creates, changes or deletes, and where its leases leave next-fit."""
 
@@ -122,6 +127,8 @@ class SpaceChanges:
         for ev in self.defined.values():
             if ev is not None:
                 await self._define(conn, ev)
+        if self.pools or self.defined:
+            await conn.execute(BUMP_CATALOG)
 
     async def write_cursors(self, conn) -> None:
         for kind, cursors in (await self._cursors(conn)).items():
