@@ -78,6 +78,10 @@ async def test_dual_stack_gets_one_of_each_and_static_requests_name_the_holder(s
     status, body = await call(http, "POST", f"{base}/v1/ip-leases",
                               {"network": "dual", **owner(2), "addresses": [got[4]["address"]]})
     assert status == 409 and body["error"]["code"] == "held" and "ns-ip/vm-1" in body["error"]["message"]
+    # an address with a zone is refused, not leased without it
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases",
+                              {"network": "dual", **owner(3), "addresses": ["fd00:50::abd%eth0"]})
+    assert status == 400 and body["error"]["field"] == "addresses[0]" and "zone" in body["error"]["message"], body
     status, body = await call(http, "POST", f"{base}/v1/ip-leases",
                               {"network": "dual", **owner(2), "addresses": ["192.168.50.1"]})
     assert status == 422 and body["error"]["code"] == "unusable" and body["error"]["field"] == "addresses[0]"

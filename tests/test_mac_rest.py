@@ -94,3 +94,25 @@ async def test_static_requests_are_routed_to_the_pool_holding_the_mac(service, h
     assert status == 201
     status, body = await post(http, f"{base}/v1/mac-leases", {**owner(4, "ns-a"), "mac": "52:54:00:12:34:56"})
     assert status == 201 and body["lease"]["pool"] == "outside"
+
+
+async def test_an_interface_keeps_its_one_mac_whatever_pool_it_came_from(service, http):
+    """Leased from a named pool (or by a static MAC of a pool), asked for again with neither: the lease it
+    holds is the answer (200), not a second MAC from the namespace's pool."""
+    base = service.url
+    for pool in ({"name": "main", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff", "default": True},
+                 {"name": "side", "range": "06:00:00:00:00:00-06:00:00:00:ff:ff"}):
+        async with http.post(f"{base}/v1/pools", json=pool) as r:
+            assert r.status == 201
+    owner = {"namespace": "ns", "vm": "vm-x", "vm_uid": "u-x", "interface": "eth0"}
+    for extra in ({"pool": "side"}, {"mac": "06:00:00:00:00:42"}):
+        owner["interface"] = f"eth{len(extra)}-{next(iter(extra))}"
+        async with http.post(f"{base}/v1/mac-leases", json={**owner, **extra}) as r:
+            first = await r.json()
+            assert r.status == 201, first
+        async with http.post(f"{base}/v1/mac-leases", json=owner) as r:
+            again = await r.json()
+            assert r.status == 200 and again["existing"] is True, again
+        assert again["lease"] == first["lease"]
+    async with http.get(f"{base}/v1/mac-leases", params={"vm": "vm-x"}) as r:
+        assert {x["pool"] for x in (await r.json())["leases"]} == {"side"}

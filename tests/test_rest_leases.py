@@ -80,3 +80,26 @@ async def test_the_same_command_id_gives_the_same_outcome(service, http, kind):
     first = await lease(http, service.url, kind, 1, "s", headers=headers)
     second = await lease(http, service.url, kind, 1, "s", headers=headers)
     assert first[0] == second[0] == 201 and first[1] == second[1]
+
+
+@KINDS
+async def test_a_repeat_and_a_release_answer_the_stored_lease_exactly(service, http, kind):
+    """A static lease asked for again answers ``static: true`` and its own ``since``; a release answers
+    the lease as it was (an IP's prefix length included)."""
+    await create_space(http, service.url, kind, "s")
+    _, probe = await lease(http, service.url, kind, 1, "s")
+    wanted = kind.addresses(probe)
+    async with http.delete(service.url + kind.released("s", "ns", "vm-1")) as r:
+        assert r.status == 200
+    status, first = await lease(http, service.url, kind, 2, "s", **kind.requested(wanted))
+    assert status == 201, first
+    stored = first["lease"] if "lease" in first else first["leases"]
+    status, again = await lease(http, service.url, kind, 2, "s")
+    assert status == 200 and again["existing"] is True
+    assert (again["lease"] if "lease" in again else again["leases"]) == stored
+    assert all(x["static"] for x in ([stored] if isinstance(stored, dict) else stored))
+    async with http.delete(service.url + kind.released("s", "ns", "vm-2")) as r:
+        released = (await r.json())["released"]
+    listed = [stored] if isinstance(stored, dict) else stored
+    assert [{k: v for k, v in x.items() if k not in ("since", "state", "pending_until")} for x in released] == \
+        [{k: v for k, v in x.items() if k not in ("since", "state", "pending_until")} for x in listed]

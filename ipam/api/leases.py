@@ -107,19 +107,33 @@ class LeaseApi:
         body = await decode_body(request, self.request)
         kind, rest = self.rest.kind, self.rest
         requested = rest.requested(body)
-        space = rest.space_of(body, await self.read.catalog())
-        await self._check_interfaces(body)
-        cid = command_id(request, body.command_id)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,
                       workload=body.workload)
+        space = await self._held_space(body, owner) or rest.space_of(body, await self.read.catalog())
+        await self._check_interfaces(body)
+        cid = command_id(request, body.command_id)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
                                                                       owner=owner, **requested))
         raise_rejection(events)
         kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
-        leases = [self.lease_of(e) for e in events if e["type"] in kinds]
         existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
+        if existing:  # answered as stored: the lease's own time and whether it was static
+            leases = [self._from_row(r) for r in await self.read.leases(
+                kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid)
+                if r["interface"] == owner.interface]
+        else:
+            leases = [self.lease_of(e) for e in events if e["type"] in kinds]
         held = {"lease": leases[-1]} if "lease" in self.answer.__struct_fields__ else {"leases": leases}
         return reply(self.answer(**held, existing=existing, command_id=cid), 200 if existing else 201)
+
+    async def _held_space(self, body, owner: Owner) -> str | None:
+        """A MAC request naming neither pool nor MAC goes where the interface already holds its MAC, whatever
+        pool that is (asked for by name or by a static MAC earlier): one interface, one MAC."""
+        if self.rest.kind is not MAC or body.pool is not None or body.mac is not None:
+            return None
+        held = await self.read.spaces_held(MAC, owner.namespace, owner.vm, vm_uid=owner.vm_uid, interface=owner.interface,
+                                           workload=owner.workload)
+        return min(held) if held else None
 
     async def _check_interfaces(self, body) -> None:
         """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
@@ -137,11 +151,13 @@ class LeaseApi:
         workload = workload_of(request)
         rows = await self.read.leases(kind, namespace=namespace, vm=vm, space=space, address=address, workload=workload,
                                       vm_uid=vm_uid, limit=limit)
-        return reply(self.listing(leases=[self.lease_model(
+        return reply(self.listing(leases=[self._from_row(r) for r in rows]))
+
+    def _from_row(self, r) -> object:
+        return self.lease_model(
             **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
             interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
             pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat(), workload=r["workload"])
-            for r in rows]))
 
     async def release_vm(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind
@@ -157,11 +173,12 @@ class LeaseApi:
             await self.read.spaces_held(kind, ns, vm, interface=interface, vm_uid=vm_uid, workload=workload))
         if not spaces:
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
+        stored = await self.read.leases(kind, namespace=ns, vm=vm, space=m.get(kind.space), workload=workload, vm_uid=vm_uid)
         results = await asyncio.gather(*[self.gateway.submit(LEASE_COMMANDS[kind].release_owner(
             command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface,
             vm_uid=vm_uid, workload=workload))
             for space in spaces])
-        return self._released([ev for events in results for ev in events], what)
+        return self._released([ev for events in results for ev in events], what, stored)
 
     async def release_address(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind
@@ -169,16 +186,23 @@ class LeaseApi:
         space = m.get(kind.space) or await self.read.space_holding(kind, address)
         if space is None:
             raise ApiError(404, "not_found", f"{address} is not leased", kind.address)
+        stored = await self.read.leases(kind, space=space, address=address)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].release_address(
             command_id=command_id(request, None), at=now_ms(), **{kind.space: space, kind.address: address}))
-        return self._released(events, address)
+        return self._released(events, address, stored)
 
-    def _released(self, events: list[dict], what: str) -> web.Response:
-        released = [e for e in events if e["type"] == f"{self.rest.kind.prefix}Released"]
+    def _released(self, events: list[dict], what: str, stored=()) -> web.Response:
+        """The released leases as they were stored (read just before: their own time, static or not), else as
+        the events tell them (a retried release, whose leases are gone)."""
+        kind = self.rest.kind
+        released = [e for e in events if e["type"] == f"{kind.prefix}Released"]
         if not released:
             raise_rejection(events)
-            raise ApiError(404, "not_found", f"{what} holds no {self.rest.kind.word} lease")
-        return reply(self.released(released=[self.lease_of(e) for e in released],
+            raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
+        rows = {(r[kind.space], str(r[kind.address])): r for r in stored}
+        leases = [self._from_row(rows[key]) if (key := (e[kind.space], e[kind.address])) in rows else self.lease_of(e)
+                  for e in released]
+        return reply(self.released(released=leases,
                                    quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
 
     def routes(self) -> list[Route]:

@@ -37,6 +37,8 @@ def parse_address(text: object) -> int:
     """An address in any spelling ``ipaddress`` accepts -> its key."""
     if not isinstance(text, str):
         raise AddressError("expected an IP address as a string")
+    if "%" in text:  # ipaddress keeps a zone aside and int() drops it: refused, not silently lost
+        raise AddressError(f"{text[:80]!r} carries a zone (scope id after '%'); ipam leases addresses without zones")
     try:
         addr = ipaddress.ip_address(text.strip())
     except ValueError:

@@ -40,7 +40,7 @@ class _Decision:
         self.base = {"command_id": cmd.command_id, "at": cmd.at, space.kind.space: space.name}
 
     def event(self, role: str, key: int, owner: Owner, **fields) -> Event:
-        if role in ("leased", "returned", "offered"):
+        if role in ("leased", "returned", "offered", "released"):
             fields.update(self.space.detail(key))
         return getattr(self.events, role)(**self.base, **{self.space.kind.address: self.space.format(key)}, owner=owner,
                                           **fields)

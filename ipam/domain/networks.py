@@ -58,7 +58,8 @@ class Network:
         return None if why is None else ("unusable", f"{why} of {self.subnets[i].cidr} in network {self.name!r}")
 
     def detail(self, key: int) -> dict:
-        return {"prefix_length": self.subnets[self.subnet_of(key)].cidr.prefixlen}
+        i = self.subnet_of(key)
+        return {} if i is None else {"prefix_length": self.subnets[i].cidr.prefixlen}
 
     format = staticmethod(format_address)
     parse = staticmethod(parse_address)
