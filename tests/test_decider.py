@@ -20,20 +20,34 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ipam.domain.commands import (
     LEASE_COMMANDS,
+    ChangePool,
     CreatePool,
     DefineNetwork,
     DeleteNetwork,
+    DeletePool,
     LeaseIp,
     LeaseMac,
     ObserveGuestIps,
+    RetirePool,
+    SetPoolRange,
     SubnetSpec,
 )
 from ipam.domain.decider import State, decide, evolve, replay
-from ipam.domain.events import LEASE_EVENTS, CommandRejected, IpDrift, NetworkDeleted, PoolCreated
+from ipam.domain.events import (
+    LEASE_EVENTS,
+    CommandRejected,
+    IpDrift,
+    NetworkDeleted,
+    PoolCreated,
+    PoolDeleted,
+    PoolRangeSet,
+    PoolRetired,
+)
 from ipam.domain.ip import NetworkError, family_of
 from ipam.domain.kinds import IP, MAC, Owner, binds
 from ipam.domain.mac import is_multicast, parse_mac, unicast_at
 from ipam.domain.networks import build_network
+from ipam.domain.pools import parse_range
 
 QUARANTINE = 1000
 PENDING = 500
@@ -259,6 +273,14 @@ class MacMachine(LeaseMachine):
         return MAC.observed(name=interface, mac=address)
 
     def check(self, cmd, ev):
+        if isinstance(ev, PoolRangeSet):  # the model forgets quarantine outside the new range, as the pool does
+            old, new = self.state.pools[ev.pool].range, parse_range(ev.range)
+            assert not any(s == ev.pool and k not in new for k, (s, _) in self.held.items()), "a live lease orphaned"
+            for k in [k for k in self.quarantine if k in old and k not in new]:
+                del self.quarantine[k]
+        if isinstance(ev, PoolRetired) and self.state.pools[ev.pool].range is not None:  # and all of a retired pool's
+            for k in [k for k in self.quarantine if k in self.state.pools[ev.pool].range]:
+                del self.quarantine[k]
         super().check(cmd, ev)
         if isinstance(ev, self.ev.leased):
             assert not is_multicast(parse_mac(ev.mac))
@@ -281,11 +303,47 @@ class MacMachine(LeaseMachine):
                                                                           "06:00:00:00:00:00-06:00:00:00:00:03"]))
     def create_more_pools(self, name, rng):
         existed = name in self.state.pools
+        overlapping = [p.name for p in self.state.pools.values() if p.claim and p.claim.overlaps(parse_range(rng))]
         [ev] = self.run(CreatePool(command_id=self.cid(), at=self.now, name=name, range=rng))
         if existed:
             assert ev.code == "exists"
-        elif rng.startswith("02"):
-            assert ev.code == "overlap" and "small" in ev.reason
+        elif overlapping:
+            assert ev.code == "overlap" and repr(overlapping[0]) in ev.reason
+        else:
+            assert isinstance(ev, PoolCreated)
+
+
+    # --- day-2: pool changes, in the planned order or not (out of order must be refused) --------
+
+    SHAPES = ["02:00:00:00:00:00-02:00:00:00:00:05", "02:00:00:00:00:00-02:00:00:00:00:02", "02:00:00:00:00:02-02:00:00:00:00:08",
+              "02:00:00:00:00:00-02:00:00:00:00:0b", "06:00:00:00:00:00-06:00:00:00:00:07"]
+
+    @rule(pool=st.sampled_from(["small", "other"]), rng=st.sampled_from(SHAPES), registry_first=st.booleans())
+    def change_a_pools_range(self, pool, rng, registry_first):
+        steps = [ChangePool(command_id=self.cid(), at=self.now, name=pool, range=rng),
+                 SetPoolRange(command_id=self.cid(), at=self.now, pool=pool, range=rng)]
+        for cmd in steps if registry_first else steps[::-1]:
+            self.run(cmd)
+
+    @rule(pool=st.sampled_from(["small", "other", "mixed"]))
+    def retire_and_delete(self, pool):
+        retired = self.run(RetirePool(command_id=self.cid(), at=self.now, pool=pool))
+        [ev] = self.run(DeletePool(command_id=self.cid(), at=self.now, name=pool))
+        if any(s == pool for s, _ in self.held.values()):
+            assert retired[0].code == "in_use" and ev.code == "in_use"
+        elif retired and isinstance(retired[0], PoolRetired):
+            assert isinstance(ev, PoolDeleted)
+
+    @invariant()
+    def pools_hand_out_only_what_they_claim_and_claims_never_overlap(self):
+        pools = [p for p in self.state.pools.values() if p.range is not None]
+        for p in pools:
+            assert p.claim.first <= p.range.first and p.range.last <= p.claim.last, f"{p.name} hands out past its claim"
+        for a, b in itertools.combinations(pools, 2):
+            assert not a.claim.overlaps(b.claim), f"{a.name} and {b.name} overlap"
+        for k, (s, _) in self.held.items():
+            rng = self.state.pools[s].range
+            assert rng is None or k in rng, "a lease outside its pool"
 
 
 IP_SUBNETS = (  # small on purpose: a /28 with exclusions, and an IPv6 /124 with a gateway

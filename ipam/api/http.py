@@ -29,7 +29,7 @@ STATUS = {
     "held": 409, "exists": 409, "overlap": 409, "conflict": 409, "exhausted": 409,
     "outside_pool": 422, "wrong_pool": 422, "static_only": 422, "misrouted": 500,
     "unknown_network": 404, "outside_network": 422, "unusable": 422, "in_use": 409, "limit": 422, "key_reused": 422,
-    "internal": 500,
+    "internal": 500, "not_granted": 409,
 }
 CONFIG = web.AppKey("config", Config)
 _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
@@ -104,7 +104,9 @@ def raise_rejection(events: list[dict]) -> None:
 
 # The address space a command (or event) is about: a retry must be the same kind of request, and
 # no command of one family ever produces events of another.
-_FAMILY = {"CreatePool": "pool", "PoolCreated": "pool", "DefineNetwork": "network", "DeleteNetwork": "network",
+_POOL_MESSAGES = ("CreatePool", "PoolCreated", "ChangePool", "PoolChanged", "DeletePool", "PoolDeleted", "SetPoolRange",
+                  "PoolRangeSet", "RetirePool", "PoolRetired")
+_FAMILY = {**dict.fromkeys(_POOL_MESSAGES, "pool"), "DefineNetwork": "network", "DeleteNetwork": "network",
            "NetworkDefined": "network", "NetworkDeleted": "network", "ObserveVmIps": "ip", "ExpirePendingIp": "ip"}
 
 

@@ -18,6 +18,19 @@ class PoolRequest(Struct, forbid_unknown_fields=True):
     command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
+class PoolUpdate(Struct, forbid_unknown_fields=True):
+    range: Annotated[str | None, Meta(description="A new first-last range: grown, shrunk, or both (it must share an "
+                                                  "address with the current one)")] = None
+    namespaces: Annotated[list[Annotated[str, Meta(min_length=1, max_length=63)]],
+                          Meta(max_length=1000, description="The namespaces bound to the pool (replaces the list)")] | None = None
+    default: bool | None = None
+    command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
+class PoolDeleted(Struct):
+    deleted: str
+
+
 class Pool(Struct):
     name: str
     range: str

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..domain.commands import CreatePool, DefineNetwork, DeleteNetwork, SubnetSpec
+from ..domain import pool_changes
+from ..domain.commands import (
+    ChangePool,
+    CreatePool,
+    DefineNetwork,
+    DeleteNetwork,
+    DeletePool,
+    RetirePool,
+    SetPoolRange,
+    SubnetSpec,
+)
+from ..domain.pools import RangeError
 from . import models
 from .http import ApiError, Gateway, command_id, decode_body, now_ms, raise_rejection, reply
 from .openapi import Route
@@ -24,6 +35,53 @@ class SpacesApi:
         raise_rejection(events)
         (pool,) = await self.pools(events[-1]["name"])  # a retried key answers with the pool it created
         return reply(pool, 201)
+
+    async def change_pool(self, request: web.Request) -> web.Response:
+        """Grow, shrink, rebind or (un)default a pool, in the steps ``pool_changes.plan`` gives, one change of a
+        pool at a time across replicas.  A registry refusal after a shrink puts the range back as it was."""
+        body = await decode_body(request, models.PoolUpdate)
+        name, base = request.match_info["name"], command_id(request, body.command_id)
+        async with self.read.pool_change(name):
+            current = await self._live_pool(name)
+            try:
+                steps = pool_changes.plan(current, body.range)
+            except RangeError as e:
+                raise ApiError(400, "invalid", str(e), "range") from None
+            if isinstance(steps, str):
+                raise ApiError(422, "invalid", steps, "range")
+            shrink, grow = steps
+            if shrink is not None:
+                await self._step(SetPoolRange(command_id=f"{base}:shrink", at=now_ms(), pool=name, range=shrink))
+            registry = ChangePool(command_id=f"{base}:registry", at=now_ms(), name=name, range=body.range,
+                                  namespaces=None if body.namespaces is None else tuple(body.namespaces), default=body.default)
+            try:
+                await self._step(registry)
+            except ApiError:
+                if shrink is not None:
+                    await self._step(SetPoolRange(command_id=f"{base}:undo", at=now_ms(), pool=name, range=str(current.range)))
+                raise
+            if grow is not None:
+                await self._step(SetPoolRange(command_id=f"{base}:grow", at=now_ms(), pool=name, range=grow))
+        (pool,) = await self.pools(name)
+        return reply(pool)
+
+    async def delete_pool(self, request: web.Request) -> web.Response:
+        """Retire the pool on its partition (refused while it holds leases), then remove it from the registry."""
+        name, base = request.match_info["name"], command_id(request, None)
+        async with self.read.pool_change(name):
+            await self._live_pool(name, retired_ok=True)
+            await self._step(RetirePool(command_id=f"{base}:retire", at=now_ms(), pool=name))
+            await self._step(DeletePool(command_id=f"{base}:delete", at=now_ms(), name=name))
+        return reply(models.PoolDeleted(deleted=name))
+
+    async def _live_pool(self, name: str, retired_ok: bool = False):
+        current = (await self.read.catalog()).pools.get(name)
+        if current is None or (current.retired and not retired_ok):
+            raise ApiError(404, "unknown_pool", f"pool {name!r} does not exist", "name")
+        return current
+
+    async def _step(self, command) -> None:
+        raise_rejection(await self.gateway.submit(command))
 
     async def list_pools(self, request: web.Request) -> web.Response:
         return reply(models.PoolList(pools=await self.pools()))
@@ -86,6 +144,11 @@ class SpacesApi:
         return [
             Route("POST", "/v1/pools", self.create_pool, "Create a MAC pool", "createPool", body=models.PoolRequest,
                   ok={201: (pool, "Created")}, errors=(400, 409, 413, 504), idempotent=True),
+            Route("PATCH", "/v1/pools/{name}", self.change_pool, "Change a pool: grow or shrink its range (refused while "
+                  "live leases would fall outside it), its namespaces, whether it is the default", "changePool",
+                  body=models.PoolUpdate, ok={200: (pool, "Changed")}, errors=(400, 404, 409, 413, 422, 504), idempotent=True),
+            Route("DELETE", "/v1/pools/{name}", self.delete_pool, "Delete a pool (refused while it holds leases)",
+                  "deletePool", ok={200: (models.PoolDeleted, "Deleted")}, errors=(404, 409, 504), idempotent=True),
             Route("GET", "/v1/pools", self.list_pools, "List pools with usage", "listPools",
                   ok={200: (models.PoolList, "Pools")}),
             Route("POST", "/v1/networks", self.create_network, "Create an IP network (subnets, exclusions, gateway, DNS, "

@@ -161,14 +161,45 @@ def pool_create(client: Client, name: str, range_: str | None, namespaces: tuple
     """Create pool NAME."""
     if range_ is None and not external:
         fail("--range", "a range is required (or --external)")
+    _checked_range(range_)
+    r = client.call("POST", "/v1/pools", {"name": name, "range": range_, "namespaces": list(namespaces),
+                                          "default": default, "external": external})
+    client.show([r], ["name", "range", "size", "namespaces", "default"], r)
+
+
+def _checked_range(range_: str | None) -> None:
     if range_ is not None:
         try:
             parse_range(range_)
         except RangeError as e:
             fail("--range", str(e))
-    r = client.call("POST", "/v1/pools", {"name": name, "range": range_, "namespaces": list(namespaces),
-                                          "default": default, "external": external})
-    client.show([r], ["name", "range", "size", "namespaces", "default"], r)
+
+
+@pool.command("change")
+@click.argument("name")
+@click.option("--range", "range_", help="The new first-last range (grown, shrunk, or both).")
+@click.option("--namespace", "namespaces", multiple=True, help="The namespaces bound to the pool (replaces the list).")
+@click.option("--no-namespaces", is_flag=True, help="Bind no namespace to the pool.")
+@click.option("--default/--no-default", "default", default=None, help="Make it (or stop it being) the default pool.")
+@click.pass_obj
+def pool_change(client: Client, name: str, range_: str | None, namespaces: tuple[str, ...], no_namespaces: bool,
+                default: bool | None) -> None:
+    """Change pool NAME (refused while live leases would fall outside a shrunk range: they are named)."""
+    _checked_range(range_)
+    if namespaces and no_namespaces:
+        fail("--no-namespaces", "cannot be given with --namespace")
+    body = {"range": range_, "namespaces": [] if no_namespaces else list(namespaces) or None, "default": default}
+    r = client.call("PATCH", f"/v1/pools/{quoted(name)}", {k: v for k, v in body.items() if v is not None})
+    client.show([r], ["name", "range", "size", "used", "namespaces", "default"], r)
+
+
+@pool.command("delete")
+@click.argument("name")
+@click.pass_obj
+def pool_delete(client: Client, name: str) -> None:
+    """Delete pool NAME (refused while it holds leases)."""
+    r = client.call("DELETE", f"/v1/pools/{quoted(name)}")
+    client.show([r], ["deleted"], r)
 
 
 @pool.command("list")

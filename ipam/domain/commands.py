@@ -78,6 +78,38 @@ class CreatePool(Command, tag="CreatePool", frozen=True):
     external: bool = False
 
 
+class ChangePool(Command, tag="ChangePool", frozen=True):
+    """Change a pool's definition on the registry (``None``: leave as it is).  A new range may not overlap
+    another pool's and must hold every address the pool's own partition still hands out: shrinking is
+    ``SetPoolRange`` on the pool's partition first, which knows the leases (docs/rest.md#changing-a-pool)."""
+
+    name: Name
+    range: str | None = None
+    namespaces: tuple[str, ...] | None = None
+    default: bool | None = None
+
+
+class DeletePool(Command, tag="DeletePool", frozen=True):
+    """Remove a pool from the registry; refused unless its partition retired it (``RetirePool``)."""
+
+    name: Name
+
+
+class SetPoolRange(Command, tag="SetPoolRange", frozen=True):
+    """The range a pool hands out from, decided on the pool's partition (which knows its leases): refused
+    while live leases lie outside it (they are named), or when it reaches past what the registry granted.
+    Quarantined addresses outside it are dropped."""
+
+    pool: Name
+    range: str
+
+
+class RetirePool(Command, tag="RetirePool", frozen=True):
+    """Stop a pool for good on its partition, before ``DeletePool``; refused while it holds live leases."""
+
+    pool: Name
+
+
 class SubnetSpec(Struct, frozen=True):
     """One subnet of a network as written by people: ``exclude`` holds addresses, ``first-last``
     ranges or CIDRs inside it; the gateway is never handed out."""
@@ -122,7 +154,7 @@ class ObserveGuestIps(Command, tag="ObserveGuestIps", frozen=True):
 
 
 COMMAND_TYPES: tuple[type, ...] = (
-    CreatePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
+    CreatePool, ChangePool, DeletePool, SetPoolRange, RetirePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
     DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
 )
 AnyCommand = Union[COMMAND_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)

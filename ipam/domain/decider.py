@@ -15,10 +15,32 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from . import leasing, networks, pools
+from . import leasing, networks, pool_changes, pools
 from .book import Book, Space
-from .commands import LEASE_COMMANDS, CreatePool, DefineNetwork, DeleteNetwork, LeaseMac, ObserveGuestIps
-from .events import LEASE_EVENTS, Event, NetworkDefined, NetworkDeleted, PoolCreated
+from .commands import (
+    LEASE_COMMANDS,
+    ChangePool,
+    CreatePool,
+    DefineNetwork,
+    DeleteNetwork,
+    DeletePool,
+    LeaseMac,
+    ObserveGuestIps,
+    ObserveVm,
+    RetirePool,
+    SetPoolRange,
+)
+from .events import (
+    LEASE_EVENTS,
+    Event,
+    NetworkDefined,
+    NetworkDeleted,
+    PoolChanged,
+    PoolCreated,
+    PoolDeleted,
+    PoolRangeSet,
+    PoolRetired,
+)
 from .kinds import KINDS, MAC, Kind
 
 DEFAULT_QUARANTINE_MS = 10 * 60 * 1000
@@ -66,7 +88,7 @@ class State:
 
 def stream_key(command) -> str:
     """The key a command is partitioned by: its pool or network, or the registry for pool definitions."""
-    if isinstance(command, CreatePool):
+    if isinstance(command, REGISTRY_COMMANDS):
         return pools.REGISTRY_KEY
     if isinstance(command, (DefineNetwork, DeleteNetwork)):
         return command.name
@@ -74,9 +96,13 @@ def stream_key(command) -> str:
     return network if network is not None else command.pool
 
 
+REGISTRY_COMMANDS = (CreatePool, ChangePool, DeletePool)  # decided where every pool's claim is known
+POOL_CHANGES = (ChangePool, DeletePool, SetPoolRange, RetirePool)  # decided with the other writer's latest facts
+
+
 def pool_of(command) -> str | None:
-    """The pool a MAC command needs to know (None for pool definitions and IP commands)."""
-    return None if isinstance(command, CreatePool) else getattr(command, "pool", None)
+    """The pool a MAC command needs to know (None for the registry's commands and IP commands)."""
+    return None if isinstance(command, REGISTRY_COMMANDS) else getattr(command, "pool", None)
 
 
 # --- decide -------------------------------------------------------------------------------------
@@ -90,6 +116,9 @@ def _lease_command(kind: Kind, decide_one: Callable, state: State, cmd) -> list[
         if decide_one is leasing.expire:
             return []
         return leasing.reject(kind.space, cmd, f"unknown_{kind.space}", f"{kind.space} {name!r} does not exist", kind.space)
+    if getattr(space, "retired", False) and type(cmd) in (LeaseMac, ObserveVm):
+        return leasing.reject(kind.space, cmd, f"unknown_{kind.space}", f"{kind.space} {name!r} is being deleted",
+                              kind.space)
     check = PRECHECKS.get(type(cmd))
     refusal = check(state, space, cmd) if check is not None else None
     if refusal:
@@ -100,6 +129,10 @@ def _lease_command(kind: Kind, decide_one: Callable, state: State, cmd) -> list[
 PRECHECKS = {LeaseMac: lambda state, pool, cmd: pools.outside_every_range(state.pools, pool, cmd)}
 DECIDERS: dict[type, Callable[[State, object], list[Event]]] = {
     CreatePool: lambda state, cmd: pools.create(state.pools, cmd),
+    ChangePool: pool_changes.change,
+    DeletePool: pool_changes.delete,
+    SetPoolRange: pool_changes.set_range,
+    RetirePool: pool_changes.retire,
     DefineNetwork: networks.define,
     DeleteNetwork: networks.delete,
     ObserveGuestIps: networks.drift,
@@ -132,6 +165,10 @@ def _pool_created(state: State, ev: PoolCreated) -> None:
 
 EVOLVERS: dict[type, Callable[[State, Event], None]] = {
     PoolCreated: _pool_created,
+    PoolChanged: pool_changes.changed,
+    PoolDeleted: pool_changes.deleted,
+    PoolRangeSet: pool_changes.range_set,
+    PoolRetired: pool_changes.retired,
     NetworkDefined: networks.defined,
     NetworkDeleted: networks.deleted,
 }

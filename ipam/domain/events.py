@@ -68,6 +68,34 @@ class PoolCreated(Event, tag="PoolCreated", frozen=True):
     start: int = 0
 
 
+class PoolChanged(Event, tag="PoolChanged", frozen=True):
+    """The registry's definition of a pool, after a change: its (claimed) range, namespaces and default."""
+
+    name: Name
+    range: str | None
+    namespaces: tuple[str, ...] = ()
+    default: bool = False
+
+
+class PoolDeleted(Event, tag="PoolDeleted", frozen=True):
+    name: Name
+
+
+class PoolRangeSet(Event, tag="PoolRangeSet", frozen=True):
+    """The range a pool hands out from, on its own partition; next-fit starts again at ``start``."""
+
+    pool: Name
+    range: str
+    start: int = 0
+    dropped: int = 0  # quarantined addresses outside the new range, forgotten
+
+
+class PoolRetired(Event, tag="PoolRetired", frozen=True):
+    """The pool's partition will hand out nothing more from it; the registry may now delete it."""
+
+    pool: Name
+
+
 class NetworkDefined(Event, tag="NetworkDefined", frozen=True):
     """A network was created (``created``) or its definition replaced."""
 
@@ -110,7 +138,7 @@ class IpDrift(Event, tag="IpDrift", frozen=True):
 EVENT_TYPES: tuple[type, ...] = (
     PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
     NetworkDefined, NetworkDeleted, IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict,
-    IpDrift,
+    IpDrift, PoolChanged, PoolDeleted, PoolRangeSet, PoolRetired,
 )
 AnyEvent = Union[EVENT_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
 event_decoder = msgspec.json.Decoder(AnyEvent)

@@ -103,11 +103,14 @@ class Pool:
     which only takes static requests for MACs outside every ranged pool."""
 
     name: str
-    range: MacRange | None
+    range: MacRange | None  # what the pool hands out from, decided on its own partition (``SetPoolRange``)
     namespaces: tuple[str, ...] = ()
     default: bool = False
     start: int = 0  # ordinal offset where the allocation cursor begins
+    claimed: MacRange | None = None  # what the registry granted it, when wider than ``range`` (a change under way)
+    retired: bool = False  # its partition hands out nothing more: being deleted
     kind, slots = MAC, (0,)
+    claim = property(lambda self: self.claimed or self.range)  # what no other pool may overlap
     external = property(lambda self: self.range is None)
     allocates = property(lambda self: self.range is not None)
     size = property(lambda self: 0 if self.range is None else self.range.size)
@@ -191,10 +194,15 @@ def _range_of(pools: Mapping[str, Pool], cmd: CreatePool) -> tuple[MacRange | No
         rng = parse_range(cmd.range)
     except RangeError as e:
         return None, ("invalid", str(e), "range")
-    for p in pools.values():
-        if p.range is not None and p.range.overlaps(rng):
-            return None, ("overlap", f"range {rng} overlaps pool {p.name!r} ({p.range})", "range")
+    overlapping = overlap(pools, rng, None)
+    if overlapping is not None:
+        return None, ("overlap", f"range {rng} overlaps pool {overlapping.name!r} ({overlapping.claim})", "range")
     return rng, None
+
+
+def overlap(pools: Mapping[str, Pool], rng: MacRange, besides: str | None) -> Pool | None:
+    """A pool (other than ``besides``) whose granted range overlaps ``rng``."""
+    return next((p for p in pools.values() if p.name != besides and p.claim is not None and p.claim.overlaps(rng)), None)
 
 
 def outside_every_range(pools: Mapping[str, Pool], pool: Pool, cmd) -> list[Event]:
@@ -226,11 +234,12 @@ def choose_pool(pools: Mapping[str, Pool], namespace: str, pool: str | None, mac
     """The pool named, the one holding the static MAC (else the external pool), the namespace's, or the default."""
     if pool is not None:
         chosen = pools.get(pool)
-        if chosen is None:
+        if chosen is None or chosen.retired:
             raise RoutingError("unknown_pool", "pool", f"pool {pool!r} does not exist")
         if mac is not None and chosen.range is not None and mac not in chosen.range:
             raise RoutingError("outside_pool", "mac", f"{format_mac(mac)} is outside pool {pool!r} ({chosen.range})")
         return chosen
+    pools = {n: p for n, p in pools.items() if not p.retired}
     if mac is not None:
         found = next((p for p in pools.values() if p.range is not None and mac in p.range), None)
         found = found or next((p for p in pools.values() if p.external), None)

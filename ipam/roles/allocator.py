@@ -23,9 +23,12 @@ from ..adapters import kafka
 from ..adapters.postgres.ownership import claim, current_epochs, load_fences, read_partition, set_fence
 from ..adapters.postgres.spaces import load_pools, load_state
 from ..config import Config
+from ..domain import pool_changes
 from ..domain.commands import command_decoder, nul_field
-from ..domain.decider import State, decide, evolve, pool_of, stream_key
+from ..domain.decider import POOL_CHANGES, State, decide, evolve, pool_of, stream_key
 from ..domain.events import CommandRejected
+from ..domain.kinds import MAC
+from ..domain.pools import REGISTRY_KEY
 from ..domain.records import EventRecord, record_decoder
 from .continuity import command_id_of, ensure_continuity, skip_unserved
 from .partitioned import PartitionRole
@@ -207,6 +210,9 @@ class Allocator(PartitionRole):
         pool = pool_of(command)
         if pool is not None and pool not in owned.state.pools:
             await self._refresh_pools(command.at)
+        name = getattr(command, "name", None) or pool
+        if isinstance(command, POOL_CHANGES) or (pool is not None and getattr(owned.state.pools.get(pool), "retired", False)):
+            await self._merge_pool(partition, owned, name)
         try:
             return decide(owned.state, command)  # pure: on an exception the state is as it was
         except Exception as e:  # a command the decider cannot handle is poison: refuse it, keep the partition going
@@ -216,6 +222,20 @@ class Allocator(PartitionRole):
             await self._dead_letter(partition, offset, raw, reason)
             return [CommandRejected(command_id=command.command_id, at=command.at, command=type(command).__name__,
                                     code="internal", reason=reason)]
+
+    async def _merge_pool(self, partition: int, owned: Owned, name: str) -> None:
+        """Before a pool change: the other writer's latest decisions about this pool, as projected."""
+        stored = await _stored_pool(self.db, name)
+        if stored is None:
+            return
+        parts, mine = self.cfg.partitions, owned.state.pools.get(name)
+        merged = owned.state.pools[name] = pool_changes.merge(mine, stored, kafka.partition_for(REGISTRY_KEY, parts) == partition,
+                                                              kafka.partition_for(name, parts) == partition)
+        book = owned.state.books[MAC].get(name)
+        if book is not None and merged is stored and mine is not None:  # a new pool of a deleted one's name
+            del owned.state.books[MAC][name]
+        elif book is not None and book.space != merged:
+            book.redefine(merged)
 
     async def _dead_letter(self, partition: int, offset: int, raw: bytes, reason: str) -> None:
         await kafka.dead_letter(self.producer, self.cfg, self.cfg.commands_topic, partition, offset, raw, reason)
@@ -234,6 +254,12 @@ class Allocator(PartitionRole):
         for owned in list(self.owned.values()):
             for name, (pool, _part, _cursor) in pools.items():
                 owned.state.pools.setdefault(name, pool)
+
+
+async def _stored_pool(db, name: str):
+    async with db.acquire() as conn:
+        stored = (await load_pools(conn, name)).get(name)
+    return None if stored is None else stored[0]
 
 
 def command_context(raw: bytes, partition: int, offset: int, rejected: CommandRejected) -> dict:

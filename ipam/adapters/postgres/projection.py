@@ -20,9 +20,20 @@ import msgspec
 import structlog
 
 from ... import failpoints
-from ...domain.events import LEASE_EVENTS, NetworkDefined, NetworkDeleted, PoolCreated, encoder
+from ...domain.events import (
+    LEASE_EVENTS,
+    NetworkDefined,
+    NetworkDeleted,
+    PoolChanged,
+    PoolCreated,
+    PoolDeleted,
+    PoolRangeSet,
+    PoolRetired,
+    encoder,
+)
 from ...domain.ip import address_of
-from ...domain.kinds import IP, KINDS, Kind
+from ...domain.kinds import IP, KINDS, MAC, Kind
+from ...domain.pools import parse_range
 from ...domain.records import EventRecord, Fences, record_decoder
 from . import outcomes
 from .ownership import load_fences
@@ -149,7 +160,7 @@ class _Batch:
 def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) -> tuple:
     ev = rec.event
     owner = getattr(ev, "owner", None) or getattr(ev, "holder", None)
-    pool = ev.name if isinstance(ev, PoolCreated) else getattr(ev, "pool", None)
+    pool = ev.name if isinstance(ev, (PoolCreated, PoolChanged, PoolDeleted)) else getattr(ev, "pool", None)
     network = ev.name if isinstance(ev, (NetworkDefined, NetworkDeleted)) else getattr(ev, "network", None)
     address = getattr(ev, "address", None)
     return (generation, partition, offset, rec.epoch, rec.seq, ts(ev.at), type(ev).__name__, ev.command_id,
@@ -306,8 +317,18 @@ def _network_deleted(changes: BatchChanges, ev: NetworkDeleted) -> None:
     changes.leases[IP].space_deleted(ev.name)
 
 
+def _pool_range_set(changes: BatchChanges, ev: PoolRangeSet) -> None:
+    changes.spaces.pool_range_set(ev)
+    rng = parse_range(ev.range)
+    changes.leases[MAC].space_narrowed(ev.pool, lambda key: int(key[0].replace(":", ""), 16) in rng)
+
+
 FOLDS: dict[type, Callable[[BatchChanges, object], None]] = {
     PoolCreated: lambda changes, ev: changes.spaces.pool_created(ev),
+    PoolChanged: lambda changes, ev: changes.spaces.pool_changed(ev),
+    PoolRangeSet: _pool_range_set,
+    PoolRetired: lambda changes, ev: (changes.spaces.pool_retired(ev), changes.leases[MAC].space_deleted(ev.pool)),
+    PoolDeleted: lambda changes, ev: (changes.spaces.pool_deleted(ev), changes.leases[MAC].space_deleted(ev.name)),
     NetworkDefined: lambda changes, ev: changes.spaces.network_defined(ev),
     NetworkDeleted: _network_deleted,
 }

@@ -7,6 +7,7 @@ every kind of address, from the kind's table description (``tables``).
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -49,6 +50,17 @@ class ReadModel:
                     self._catalog, self._catalog_version = catalog, version
                 return catalog
         return self._catalog
+
+    @asynccontextmanager
+    async def pool_change(self, name: str):
+        """One change of a pool at a time, across API replicas (a session advisory lock): the steps of two
+        changes must not interleave (``domain/pool_changes``).  Released with the connection if we die."""
+        async with self.db.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(hashtext('ipam-pool:' || $1))", name)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext('ipam-pool:' || $1))", name)
 
     async def stored_networks(self):
         async with self.db.acquire() as conn:

@@ -12,6 +12,7 @@ cursor in chunks, addresses arrive as raw bytes, and names that repeat are inter
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sys
 import time
@@ -21,23 +22,34 @@ import msgspec
 
 from ...domain.book import Space
 from ...domain.decider import State
-from ...domain.events import EVENT_TYPES, NetworkDefined, PoolCreated, encoder
+from ...domain.events import (
+    EVENT_TYPES,
+    NetworkDefined,
+    PoolChanged,
+    PoolCreated,
+    PoolDeleted,
+    PoolRangeSet,
+    PoolRetired,
+    encoder,
+)
 from ...domain.kinds import IP, MAC, Kind, Owner
 from ...domain.mac import format_mac
 from ...domain.networks import Network, network_from
-from ...domain.pools import MacRange, Pool, pool_from_event
+from ...domain.pools import MacRange, Pool, parse_range, pool_from_event
 from .tables import TABLES, LeaseTable, ts
 
 
 def _pool_of_row(r: asyncpg.Record) -> Pool:
     rng = None if r["external"] else MacRange(int(r["range_lo"]), int(r["range_hi"]))
-    return Pool(name=r["name"], range=rng, namespaces=tuple(r["namespaces"]), default=r["is_default"], start=r["start_offset"])
+    claim = None if r["external"] else MacRange(int(r["claim_lo"]), int(r["claim_hi"]))
+    return Pool(name=r["name"], range=rng, namespaces=tuple(r["namespaces"]), default=r["is_default"], start=r["start_offset"],
+                claimed=None if claim == rng else claim, retired=r["retired"])
 
 
-async def load_pools(conn) -> dict[str, tuple[Pool, int, int]]:
-    """Every pool definition with (pool, partition, cursor)."""
-    rows = await conn.fetch("SELECT name, range_lo, range_hi, external, namespaces, is_default, start_offset, partition, "
-                            "cursor FROM ipam_store.pools")
+async def load_pools(conn, name: str | None = None) -> dict[str, tuple[Pool, int, int]]:
+    """Every pool definition (or one) with (pool, partition, cursor)."""
+    rows = await conn.fetch("SELECT name, range_lo, range_hi, claim_lo, claim_hi, retired, external, namespaces, is_default, "
+                            "start_offset, partition, cursor FROM ipam_store.pools WHERE $1::text IS NULL OR name = $1", name)
     return {r["name"]: (_pool_of_row(r), r["partition"], r["cursor"]) for r in rows}
 
 
@@ -70,19 +82,53 @@ BUMP_CATALOG = "UPDATE ipam_store.catalog_version SET version = version + 1"
 CATALOG_VERSION = "SELECT version FROM ipam_store.catalog_version"
 
 
+CREATE_POOL = """INSERT INTO ipam_store.pools (name, first_mac, last_mac, range_lo, range_hi, lo_ordinal, size, namespaces,
+                       is_default, external, start_offset, cursor, partition, created_at, command_id, claim_lo, claim_hi)
+                   VALUES ($1, $2::macaddr, $3::macaddr, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14, $4, $5)
+                   ON CONFLICT (name) DO NOTHING"""
+
+
 class SpaceChanges:
     """The definitions one batch creates, changes or deletes, and where its leases leave next-fit."""
 
     def __init__(self, spaces: dict[Kind, dict[str, Space]], partition_of) -> None:
         self.spaces = spaces  # every definition, kept current through the batch (cursor arithmetic needs them)
         self.partition_of = partition_of  # space name -> partition
-        self.pools: list[PoolCreated] = []
+        self.pool_writes: list[tuple[str, tuple]] = []  # changes to existing pools, in order
         self.defined: dict[str, NetworkDefined | None] = {}  # None: deleted
         self.advances: list[tuple[Kind, str, str]] = []  # (kind, space, address) of each lease next-fit handed out
 
     def pool_created(self, ev: PoolCreated) -> None:
-        self.pools.append(ev)
         self.spaces[MAC][ev.name] = pool_from_event(ev)
+        self.pool_writes.append((CREATE_POOL, self._pool_row(ev)))
+
+    def pool_changed(self, ev: PoolChanged) -> None:
+        rng = None if ev.range is None else parse_range(ev.range)
+        self.pool_writes.append(("UPDATE ipam_store.pools SET claim_lo = $2, claim_hi = $3, namespaces = $4, is_default = $5 "
+                                 "WHERE name = $1", (ev.name, rng and rng.first, rng and rng.last, list(ev.namespaces),
+                                                     ev.default)))
+
+    def pool_range_set(self, ev: PoolRangeSet) -> None:
+        rng = parse_range(ev.range)
+        self.advances = [a for a in self.advances if a[0] is not MAC or a[1] != ev.pool]  # cursors of the old range
+        pool = self.spaces[MAC].get(ev.pool)
+        if pool is not None:
+            self.spaces[MAC][ev.pool] = dataclasses.replace(pool, range=rng, start=ev.start)
+        self.pool_writes.append((
+            "UPDATE ipam_store.pools SET first_mac = $2::macaddr, last_mac = $3::macaddr, range_lo = $4, range_hi = $5, "
+            "lo_ordinal = $6, size = $7, start_offset = $8, cursor = $8 WHERE name = $1",
+            (ev.pool, format_mac(rng.first), format_mac(rng.last), rng.first, rng.last, rng.lo, rng.size, ev.start)))
+        self.pool_writes.append(("DELETE FROM ipam_store.mac_quarantine WHERE pool = $1 AND NOT (mac BETWEEN $2 AND $3)",
+                                 (ev.pool, format_mac(rng.first), format_mac(rng.last))))
+
+    def pool_retired(self, ev: PoolRetired) -> None:
+        self.pool_writes.append(("UPDATE ipam_store.pools SET retired = true WHERE name = $1", (ev.pool,)))
+        self.pool_writes.append(("DELETE FROM ipam_store.mac_quarantine WHERE pool = $1", (ev.pool,)))
+
+    def pool_deleted(self, ev: PoolDeleted) -> None:
+        self.spaces[MAC].pop(ev.name, None)
+        self.pool_writes.append(("DELETE FROM ipam_store.mac_quarantine WHERE pool = $1", (ev.name,)))
+        self.pool_writes.append(("DELETE FROM ipam_store.pools WHERE name = $1", (ev.name,)))
 
     def network_defined(self, ev: NetworkDefined) -> None:
         if ev.created:  # a network defined afresh forgets the cursors of an earlier one of that name
@@ -118,16 +164,12 @@ class SpaceChanges:
         return cursors
 
     async def write_definitions(self, conn) -> None:
-        if self.pools:
-            await conn.executemany(
-                """INSERT INTO ipam_store.pools (name, first_mac, last_mac, range_lo, range_hi, lo_ordinal, size, namespaces,
-                       is_default, external, start_offset, cursor, partition, created_at, command_id)
-                   VALUES ($1, $2::macaddr, $3::macaddr, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)
-                   ON CONFLICT (name) DO NOTHING""", [self._pool_row(ev) for ev in self.pools])
+        for sql, args in self.pool_writes:  # in the order decided: a pool deleted and made again stays made
+            await conn.execute(sql, *args)
         for ev in self.defined.values():
             if ev is not None:
                 await self._define(conn, ev)
-        if self.pools or self.defined:
+        if self.pool_writes or self.defined:
             await conn.execute(BUMP_CATALOG)
 
     async def write_cursors(self, conn) -> None:

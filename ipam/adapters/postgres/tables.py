@@ -181,6 +181,10 @@ class LeaseChanges:
         else:
             self.confirms[key] = owner_row(o)
 
+    def space_narrowed(self, name: str, holds: Callable[[tuple], bool]) -> None:
+        """A space shrank: addresses of this batch's quarantine that it no longer ``holds`` (row key) are forgotten."""
+        self.quarantine = {k: (v if v[0] != name or holds(k) else (name, None)) for k, v in self.quarantine.items()}
+
     def space_deleted(self, name: str) -> None:
         self.quarantine = {k: v for k, v in self.quarantine.items() if v[0] != name}
 

@@ -1,0 +1,132 @@
+"""Day-2 changes of MAC pools through REST and the CLI, on the real broker and Postgres: grow, shrink (refused
+while live leases would be orphaned, naming them), rebind namespaces, move the default, delete (refused while
+in use), make again; quarantined addresses outside a shrunk range are dropped; the ledger replays to the same
+tables; a restarted allocator decides with the changed pools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from ipam.service import Service
+
+from .harness import query
+from .test_bad_input import cli
+from .test_rebuild import run_rebuild
+
+P1 = "02:00:00:00:00:00-02:00:00:00:00:0f"
+
+
+async def call(http, method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    async with http.request(method, url, json=body) as r:
+        return r.status, await r.json()
+
+
+async def lease(http, base: str, vm: str, namespace: str = "ns", **extra) -> tuple[int, dict]:
+    return await call(http, "POST", f"{base}/v1/mac-leases",
+                      {"namespace": namespace, "vm": vm, "vm_uid": f"uid-{vm}", "interface": "eth0", **extra})
+
+
+async def test_grow_shrink_rebind_default_delete_and_make_again(service, http):
+    base = service.url
+    status, pool = await call(http, "POST", f"{base}/v1/pools", {"name": "p1", "range": P1, "default": True})
+    assert status == 201 and pool["size"] == 16
+    for i in range(3):
+        assert (await lease(http, base, f"vm-{i}"))[0] == 201
+
+    status, grown = await call(http, "PATCH", f"{base}/v1/pools/p1", {"range": "02:00:00:00:00:00-02:00:00:00:00:ff"})
+    assert status == 200 and grown["size"] == 256 and grown["range"] == "02:00:00:00:00:00-02:00:00:00:00:ff", grown
+    status, static = await lease(http, base, "high", mac="02:00:00:00:00:80")
+    assert status == 201, static
+
+    # shrinking below a live lease is refused, naming it; nothing changed
+    status, refused = await call(http, "PATCH", f"{base}/v1/pools/p1", {"range": P1})
+    assert status == 409 and refused["error"]["code"] == "in_use" and "ns/high" in refused["error"]["message"], refused
+    assert (await call(http, "GET", f"{base}/v1/pools"))[1]["pools"][0]["size"] == 256
+    async with http.delete(f"{base}/v1/mac-leases/ns/high") as r:
+        assert r.status == 200
+    assert len(await query(service, "SELECT 1 FROM ipam_store.mac_quarantine WHERE mac = '02:00:00:00:00:80'")) == 1
+    status, shrunk = await call(http, "PATCH", f"{base}/v1/pools/p1", {"range": P1})
+    assert status == 200 and shrunk["size"] == 16 and shrunk["quarantined"] == 0, shrunk
+    assert await query(service, "SELECT 1 FROM ipam_store.mac_quarantine WHERE mac = '02:00:00:00:00:80'") == []
+    status, outside = await lease(http, base, "high2", mac="02:00:00:00:00:80")
+    assert status == 422 and outside["error"]["code"] == "outside_pool", outside
+
+    # the freed part belongs to nobody: another pool may take it; growing into it again is an overlap
+    status, _ = await call(http, "POST", f"{base}/v1/pools", {"name": "p2", "range": "02:00:00:00:00:40-02:00:00:00:00:7f"})
+    assert status == 201
+    status, overlap = await call(http, "PATCH", f"{base}/v1/pools/p1", {"range": "02:00:00:00:00:00-02:00:00:00:00:4f"})
+    assert status == 409 and overlap["error"]["code"] == "overlap" and "'p2'" in overlap["error"]["message"]
+    assert (await call(http, "GET", f"{base}/v1/pools"))[1]["pools"][0]["size"] == 16  # left as it was
+
+    # namespaces and the default move by PATCH
+    status, rebound = await call(http, "PATCH", f"{base}/v1/pools/p2", {"namespaces": ["team-b"]})
+    assert status == 200 and rebound["namespaces"] == ["team-b"]
+    status, got = await lease(http, base, "b-1", namespace="team-b")
+    assert status == 201 and got["lease"]["pool"] == "p2"
+    status, conflict = await call(http, "PATCH", f"{base}/v1/pools/p2", {"default": True})
+    assert status == 409 and conflict["error"]["code"] == "conflict" and "'p1'" in conflict["error"]["message"]
+    assert (await call(http, "PATCH", f"{base}/v1/pools/p1", {"default": False}))[0] == 200
+    assert (await call(http, "PATCH", f"{base}/v1/pools/p2", {"default": True}))[0] == 200
+    status, got = await lease(http, base, "elsewhere", namespace="other")
+    assert status == 201 and got["lease"]["pool"] == "p2"
+
+    # delete: refused while in use, then gone, then made again with another range
+    status, busy = await call(http, "DELETE", f"{base}/v1/pools/p1")
+    assert status == 409 and busy["error"]["code"] == "in_use" and "3 live lease(s)" in busy["error"]["message"], busy
+    async with http.delete(f"{base}/v1/mac-leases/ns/vm-0") as r:
+        assert r.status == 200
+    for i in (1, 2):
+        async with http.delete(f"{base}/v1/mac-leases/ns/vm-{i}") as r:
+            assert r.status == 200
+    status, gone = await call(http, "DELETE", f"{base}/v1/pools/p1")
+    assert status == 200 and gone == {"deleted": "p1"}
+    assert [p["name"] for p in (await call(http, "GET", f"{base}/v1/pools"))[1]["pools"]] == ["p2"]
+    assert (await call(http, "DELETE", f"{base}/v1/pools/p1"))[0] == 404
+    status, _ = await call(http, "POST", f"{base}/v1/pools", {"name": "p1", "range": "0a:00:00:00:00:00-0a:00:00:00:00:0f"})
+    assert status == 201
+    status, again = await lease(http, base, "new", pool="p1")
+    assert status == 201 and again["lease"]["mac"].startswith("0a:"), again
+
+    what = [r["what"] for r in await query(service, "SELECT what FROM ipam.history WHERE pool = 'p1' AND what LIKE 'Pool%'")]
+    assert {"PoolChanged", "PoolRangeSet", "PoolRetired", "PoolDeleted"} <= set(what)
+    code, report = await asyncio.to_thread(run_rebuild, service.cfg.database_url)
+    assert code == 0 and report["equal"] is True, report
+
+
+async def test_a_restarted_allocator_decides_with_the_changed_pool(config, http):
+    async with Service(config) as svc:
+        await svc.wait_ready()
+        assert (await call(http, "POST", f"{svc.url}/v1/pools", {"name": "p", "range": P1, "default": True}))[0] == 201
+        assert (await call(http, "PATCH", f"{svc.url}/v1/pools/p", {"range": "02:00:00:00:00:08-02:00:00:00:00:1f"}))[0] == 200
+        assert (await lease(http, svc.url, "a"))[0] == 201
+    async with Service(config) as svc:
+        await svc.wait_ready()
+        status, got = await lease(http, svc.url, "b", mac="02:00:00:00:00:02")  # shrunk away before the restart
+        assert status == 422 and got["error"]["code"] == "outside_pool"
+        status, got = await lease(http, svc.url, "c", mac="02:00:00:00:00:1e")  # grown into before the restart
+        assert status == 201, got
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            row = await conn.fetchrow("SELECT first_mac::text, last_mac::text, claim_lo, claim_hi FROM ipam_store.pools")
+        finally:
+            await conn.close()
+        assert (row["first_mac"], row["last_mac"]) == ("02:00:00:00:00:08", "02:00:00:00:00:1f")
+        assert (row["claim_lo"], row["claim_hi"]) == (0x020000000008, 0x02000000001f)
+
+
+async def test_cli_pool_change_and_delete(service):
+    made = await asyncio.to_thread(cli, "pool", "create", "c", "--range", P1, url=service.url)
+    assert made.returncode == 0, made.stderr
+    grown = await asyncio.to_thread(cli, "--json", "pool", "change", "c", "--range", "02:00:00:00:00:00-02:00:00:00:00:1f",
+                                    "--namespace", "team", "--default", url=service.url)
+    assert grown.returncode == 0, grown.stderr
+    assert json.loads(grown.stdout)["size"] == 32 and json.loads(grown.stdout)["namespaces"] == ["team"]
+    bad = await asyncio.to_thread(cli, "pool", "change", "c", "--range", "02:00:00:00:00:1f-02:00:00:00:00:00", url=service.url)
+    assert bad.returncode == 2 and "--range" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = await asyncio.to_thread(cli, "pool", "delete", "nope", url=service.url)
+    assert unknown.returncode != 0 and "pool 'nope' does not exist" in unknown.stderr
+    gone = await asyncio.to_thread(cli, "pool", "delete", "c", url=service.url)
+    assert gone.returncode == 0, gone.stderr
