@@ -28,7 +28,9 @@ from .adapters.postgres.migrations import check_current, check_partitions, migra
 from .adapters.postgres.read_model import ReadModel
 from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
+from .api.declared import DeclaredSpaces
 from .api.http import Gateway
+from .api.space_ops import SpaceOps
 from .api.webhook import Webhook, make_webhook_app
 from .config import Config
 from .devenv import LocalBroker
@@ -56,6 +58,7 @@ class Service:
         self.allocator: Allocator | None = None
         self.projector: Projector | None = None
         self.watcher: Watcher | None = None
+        self.declared: DeclaredSpaces | None = None
         self.http_tls: TlsFiles | None = None
         self.webhook_tls: TlsFiles | None = None
         self.port: int | None = None
@@ -76,6 +79,8 @@ class Service:
             checks["allocator_partitions"] = self.allocator.ready
         if self.projector is not None:
             checks["projector_partitions"] = self.projector.ready
+        if self.declared is not None:
+            checks["declared_config_reconciled"] = self.declared.reconciled
         if self.watcher is not None:  # a standby watcher (another one leads) is ready as it is
             checks["watcher_synced"] = self.watcher.ready or not self.watcher.is_leader
         return checks
@@ -111,6 +116,10 @@ class Service:
             await self.bus.start()
             self._on_stop("command bus", self.bus.stop)
         gateway = Gateway(self.bus, cfg.request_timeout_seconds) if self.bus else None
+        if "api" in self.roles and cfg.config_file:
+            self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceOps(gateway, self.read), self.read)
+            self.supervisor.spawn("declared-config", self.declared.run, recover=self.declared.recover)
+            self._on_stop("declared configuration", lambda: self.supervisor.cancel("declared-config"))
         await self._serve_rest(gateway)
         if "api" in self.roles and cfg.tls_cert_file and cfg.tls_key_file:
             await self._serve_webhook(gateway)
@@ -149,7 +158,7 @@ class Service:
 
     async def _serve_rest(self, gateway: Gateway | None) -> None:
         cfg = self.cfg
-        routes = api_routes(cfg, gateway, self.read, self.bus, self.readiness) if "api" in self.roles else \
+        routes = api_routes(cfg, gateway, self.read, self.bus, self.readiness, self.declared) if "api" in self.roles else \
             ops_routes(self.readiness)
         if not cfg.plain_http:
             self.http_tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file)

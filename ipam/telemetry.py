@@ -29,6 +29,8 @@ webhook_seconds = Histogram("ipam_webhook_review_duration_seconds", "AdmissionRe
                             registry=REGISTRY)
 auth_failures = Counter("ipam_auth_failures", "REST calls refused: missing or invalid token (401), role too weak (403)",
                         ["reason"], registry=REGISTRY)
+config_refusals = Gauge("ipam_config_refusals", "Entries of the declared configuration (IPAM_CONFIG_FILE) refused at the "
+                        "last reconcile", registry=REGISTRY)
 commands = Counter("ipam_commands_decided", "Commands decided by the allocators in this process, by type",
                    ["command"], registry=REGISTRY)
 rejections = Counter("ipam_rejections", "Commands rejected by the decider, by reason code", ["code"], registry=REGISTRY)

@@ -31,6 +31,10 @@ def by_kind(kind: str) -> list[dict]:
     return [d for _, d in manifests() if d["kind"] == kind]
 
 
+def config_map(name: str) -> dict:
+    return next(c for c in by_kind("ConfigMap") if c["metadata"]["name"] == name)
+
+
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")  # checked by the tests below, not by the core schemas
 
 
@@ -133,7 +137,7 @@ def test_every_role_runs_and_reads_documented_settings():
         [c] = dep["spec"]["template"]["spec"]["containers"]
         roles.add(c["args"][c["args"].index("--role") + 1])
         assert {e["name"] for e in c["env"]} <= documented
-    config, = by_kind("ConfigMap")
+    config = config_map("ipam")
     assert set(config["data"]) <= documented
     assert roles == {"api", "allocator", "projector", "watcher"}
 
@@ -146,7 +150,7 @@ def test_the_validation_would_catch_a_mistake():
 
 
 def test_every_listener_is_https_with_tokens_and_the_service_runs_without_ddl():
-    config, = by_kind("ConfigMap")
+    config = config_map("ipam")
     assert config["data"]["IPAM_MIGRATE"] == "false" and config["data"]["IPAM_TOKEN_FILE"]
     assert "IPAM_PLAIN_HTTP" not in config["data"]
     cert, = by_kind("Certificate")
@@ -198,3 +202,21 @@ def test_the_dashboard_is_grafana_json_whose_queries_parse():
         assert panel["datasource"]["uid"] == "${datasource}"
     for target in dashboard_targets():
         promql_parser.parse(target["expr"])
+
+
+def test_a_fresh_install_declares_a_default_pool_in_a_locally_administered_range():
+    from ipam.api.declared import parse
+    from ipam.domain.pools import parse_range
+
+    declared_map = config_map("ipam-declared")
+    declared = parse(declared_map["data"]["ipam.yaml"])
+    (pool,) = [p for p in declared.pools if p.default]
+    rng = parse_range(pool.range)
+    assert all((mac >> 40) & 0b11 == 0b10 for mac in (rng.first, rng.last)), "locally administered, unicast"
+    api = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "ipam-api")
+    spec = api["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    path = next(e["value"] for e in container["env"] if e["name"] == "IPAM_CONFIG_FILE")
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == "ipam-declared" and path.rsplit("/", 1)[1] in declared_map["data"]

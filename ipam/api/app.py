@@ -32,8 +32,10 @@ log = structlog.get_logger("ipam.api")
 class StatusApi:
     """What an operator asks: how far the pipeline is, whether this process is ready, its metrics."""
 
-    def __init__(self, cfg: Config, read, bus, readiness: Callable[[], dict[str, bool]], spaces: SpacesApi) -> None:
+    def __init__(self, cfg: Config, read, bus, readiness: Callable[[], dict[str, bool]], spaces: SpacesApi,
+                 declared=None) -> None:
         self.cfg, self.read, self.bus, self.readiness, self.spaces = cfg, read, bus, readiness, spaces
+        self.declared = declared  # the declared configuration's reconciler, when IPAM_CONFIG_FILE is set
         self.metrics = Metrics()
 
     async def status(self, request: web.Request) -> web.Response:
@@ -52,7 +54,8 @@ class StatusApi:
                 events_waiting=None if events_end is None else max(0, events_end - r["events_projected"])))
         pending = models.PendingCounts(mac=await self.read.pending(MAC_REST.kind), ip=await self.read.pending(IP_REST.kind))
         return reply(models.Status(broker=bool(ends) or not rows, partitions=partitions, pools=await self.spaces.pools(),
-                                   networks=await self.spaces.networks(), pending=pending))
+                                   networks=await self.spaces.networks(), pending=pending,
+                                   config=None if self.declared is None else self.declared.status))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return reply({"status": "ok"})
@@ -86,13 +89,14 @@ class StatusApi:
         ]
 
 
-def api_routes(cfg: Config, gateway: Gateway | None, read, bus, readiness: Callable[[], dict[str, bool]]) -> list[Route]:
+def api_routes(cfg: Config, gateway: Gateway | None, read, bus, readiness: Callable[[], dict[str, bool]],
+               declared=None) -> list[Route]:
     """Every REST route of the API role (the OpenAPI document among them, made from the others)."""
     spaces = SpacesApi(gateway, read)
     routes = spaces.routes()
     for rest in (MAC_REST, IP_REST):
         routes += LeaseApi(rest, cfg, gateway, read).routes()
-    routes += StatusApi(cfg, read, bus, readiness, spaces).routes()
+    routes += StatusApi(cfg, read, bus, readiness, spaces, declared).routes()
     document = None
 
     async def openapi(request: web.Request) -> web.Response:

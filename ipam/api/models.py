@@ -180,9 +180,28 @@ class PendingCounts(Struct):
     ip: int
 
 
+class Refusal(Struct):
+    """An entry of the declared configuration that could not be applied, and why (as REST would say)."""
+
+    entry: str  # "pools[0] (name)"
+    code: str
+    reason: str
+    field: str | None = None
+
+
+class ConfigStatus(Struct):
+    """The declared configuration (IPAM_CONFIG_FILE) as this replica last reconciled it."""
+
+    file: str
+    applied_at: str | None = None  # the last reconcile that read the file
+    error: str | None = None  # the file could not be read or parsed: nothing was changed
+    refusals: list[Refusal] = []
+
+
 class Status(Struct):
     broker: bool
     partitions: list[PartitionStatus]
     pools: list[Pool]
     networks: list[Network]
     pending: PendingCounts
+    config: ConfigStatus | None = None

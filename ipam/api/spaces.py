@@ -4,84 +4,35 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..domain import pool_changes
-from ..domain.commands import (
-    ChangePool,
-    CreatePool,
-    DefineNetwork,
-    DeleteNetwork,
-    DeletePool,
-    RetirePool,
-    SetPoolRange,
-    SubnetSpec,
-)
-from ..domain.pools import RangeError
 from . import models
-from .http import ApiError, Gateway, command_id, decode_body, now_ms, raise_rejection, reply
+from .http import ApiError, Gateway, command_id, decode_body, reply
 from .openapi import Route
+from .space_ops import SpaceOps
 
 
 class SpacesApi:
     def __init__(self, gateway: Gateway, read) -> None:
-        self.gateway, self.read = gateway, read
+        self.ops, self.read = SpaceOps(gateway, read), read
 
     # --- pools --------------------------------------------------------------------------------
 
     async def create_pool(self, request: web.Request) -> web.Response:
         body = await decode_body(request, models.PoolRequest)
-        events = await self.gateway.submit(CreatePool(
-            command_id=command_id(request, body.command_id), at=now_ms(), name=body.name, range=body.range,
-            namespaces=tuple(body.namespaces), default=body.default, external=body.external))
-        raise_rejection(events)
+        events = await self.ops.create_pool(command_id(request, body.command_id), body)
         (pool,) = await self.pools(events[-1]["name"])  # a retried key answers with the pool it created
         return reply(pool, 201)
 
     async def change_pool(self, request: web.Request) -> web.Response:
-        """Grow, shrink, rebind or (un)default a pool, in the steps ``pool_changes.plan`` gives, one change of a
-        pool at a time across replicas.  A registry refusal after a shrink puts the range back as it was."""
         body = await decode_body(request, models.PoolUpdate)
-        name, base = request.match_info["name"], command_id(request, body.command_id)
-        async with self.read.pool_change(name):
-            current = await self._live_pool(name)
-            try:
-                steps = pool_changes.plan(current, body.range)
-            except RangeError as e:
-                raise ApiError(400, "invalid", str(e), "range") from None
-            if isinstance(steps, str):
-                raise ApiError(422, "invalid", steps, "range")
-            shrink, grow = steps
-            if shrink is not None:
-                await self._step(SetPoolRange(command_id=f"{base}:shrink", at=now_ms(), pool=name, range=shrink))
-            registry = ChangePool(command_id=f"{base}:registry", at=now_ms(), name=name, range=body.range,
-                                  namespaces=None if body.namespaces is None else tuple(body.namespaces), default=body.default)
-            try:
-                await self._step(registry)
-            except ApiError:
-                if shrink is not None:
-                    await self._step(SetPoolRange(command_id=f"{base}:undo", at=now_ms(), pool=name, range=str(current.range)))
-                raise
-            if grow is not None:
-                await self._step(SetPoolRange(command_id=f"{base}:grow", at=now_ms(), pool=name, range=grow))
+        name = request.match_info["name"]
+        await self.ops.change_pool(name, body, command_id(request, body.command_id))
         (pool,) = await self.pools(name)
         return reply(pool)
 
     async def delete_pool(self, request: web.Request) -> web.Response:
-        """Retire the pool on its partition (refused while it holds leases), then remove it from the registry."""
-        name, base = request.match_info["name"], command_id(request, None)
-        async with self.read.pool_change(name):
-            await self._live_pool(name, retired_ok=True)
-            await self._step(RetirePool(command_id=f"{base}:retire", at=now_ms(), pool=name))
-            await self._step(DeletePool(command_id=f"{base}:delete", at=now_ms(), name=name))
+        name = request.match_info["name"]
+        await self.ops.delete_pool(name, command_id(request, None))
         return reply(models.PoolDeleted(deleted=name))
-
-    async def _live_pool(self, name: str, retired_ok: bool = False):
-        current = (await self.read.catalog()).pools.get(name)
-        if current is None or (current.retired and not retired_ok):
-            raise ApiError(404, "unknown_pool", f"pool {name!r} does not exist", "name")
-        return current
-
-    async def _step(self, command) -> None:
-        raise_rejection(await self.gateway.submit(command))
 
     async def list_pools(self, request: web.Request) -> web.Response:
         return reply(models.PoolList(pools=await self.pools()))
@@ -105,12 +56,8 @@ class SpacesApi:
         return await self._define(request, name, body, create_only=False)
 
     async def _define(self, request: web.Request, name: str, body, create_only: bool) -> web.Response:
-        events = await self.gateway.submit(DefineNetwork(
-            command_id=command_id(request, body.command_id), at=now_ms(), name=name,
-            subnets=tuple(SubnetSpec(cidr=s.cidr, gateway=s.gateway, exclude=tuple(s.exclude)) for s in body.subnets),
-            dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only,
-            source=getattr(body, "source", "api")))
-        raise_rejection(events)
+        events = await self.ops.define_network(command_id(request, body.command_id), name, body, create_only,
+                                               getattr(body, "source", "api"))
         (network,) = await self.networks(events[-1]["name"])
         return reply(network, 201 if create_only and events[-1].get("created") else 200)
 
@@ -126,7 +73,7 @@ class SpacesApi:
 
     async def delete_network(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        raise_rejection(await self.gateway.submit(DeleteNetwork(command_id=command_id(request, None), at=now_ms(), name=name)))
+        await self.ops.delete_network(command_id(request, None), name)
         return reply(models.NetworkDeleted(deleted=name))
 
     async def networks(self, name: str | None = None) -> list[models.Network]:

@@ -105,6 +105,13 @@ def status(client: Client) -> None:
     client.show([{"name": n["name"], "cidr": s["cidr"], "used": s["used"], "free": s["free"], "percent": f"{s['percent']:.1f}%"}
                  for n in raw["networks"] for s in n["subnets"]], ["name", "cidr", "used", "free", "percent"], raw)
     click.echo(f"\npending leases (admitted, VM not seen yet): {raw['pending']['mac']} MAC, {raw['pending']['ip']} IP")
+    declared = raw.get("config")
+    if declared:
+        click.echo(f"\ndeclared configuration {declared['file']}: applied {declared['applied_at'] or 'never'}")
+        if declared["error"]:
+            click.echo(f"  NOT applied: {declared['error']}")
+        for r in declared["refusals"]:
+            click.echo(f"  refused {r['entry']}: {r['reason']}")
 
 
 @main.group()

@@ -36,6 +36,11 @@ class ReadModel:
 
     # --- spaces -------------------------------------------------------------------------------
 
+    @property
+    def catalog_version(self) -> int:
+        """The definitions' version of the last catalogue read (``catalog_version`` in migrations/003)."""
+        return self._catalog_version
+
     async def catalog(self) -> Catalog:
         """Every pool and network as Postgres has them now: read-your-writes across replicas.
 

@@ -1,0 +1,85 @@
+"""Every change of a pool or a network as the commands its deciders need, in order: what REST's handlers
+and the declared configuration (``declared``) both run, so that a change made from a file is the same
+change, with the same refusals, as one made over HTTP."""
+
+from __future__ import annotations
+
+from ..domain import pool_changes
+from ..domain.commands import (
+    ChangePool,
+    CreatePool,
+    DefineNetwork,
+    DeleteNetwork,
+    DeletePool,
+    RetirePool,
+    SetPoolRange,
+    SubnetSpec,
+)
+from ..domain.pools import RangeError
+from . import models
+from .http import ApiError, Gateway, now_ms, raise_rejection
+
+
+class SpaceOps:
+    def __init__(self, gateway: Gateway, read) -> None:
+        self.gateway, self.read = gateway, read
+
+    async def create_pool(self, cid: str, body: models.PoolRequest) -> list[dict]:
+        events = await self.gateway.submit(CreatePool(
+            command_id=cid, at=now_ms(), name=body.name, range=body.range, namespaces=tuple(body.namespaces),
+            default=body.default, external=body.external))
+        raise_rejection(events)
+        return events
+
+    async def change_pool(self, name: str, update: models.PoolUpdate, base: str) -> None:
+        """Grow, shrink, rebind or (un)default a pool, in the steps ``pool_changes.plan`` gives, one change of a
+        pool at a time across replicas.  A registry refusal after a shrink puts the range back as it was."""
+        async with self.read.pool_change(name):
+            current = await self.live_pool(name)
+            try:
+                steps = pool_changes.plan(current, update.range)
+            except RangeError as e:
+                raise ApiError(400, "invalid", str(e), "range") from None
+            if isinstance(steps, str):
+                raise ApiError(422, "invalid", steps, "range")
+            shrink, grow = steps
+            if shrink is not None:
+                await self._step(SetPoolRange(command_id=f"{base}:shrink", at=now_ms(), pool=name, range=shrink))
+            registry = ChangePool(command_id=f"{base}:registry", at=now_ms(), name=name, range=update.range,
+                                  namespaces=None if update.namespaces is None else tuple(update.namespaces),
+                                  default=update.default)
+            try:
+                await self._step(registry)
+            except ApiError:
+                if shrink is not None:
+                    await self._step(SetPoolRange(command_id=f"{base}:undo", at=now_ms(), pool=name, range=str(current.range)))
+                raise
+            if grow is not None:
+                await self._step(SetPoolRange(command_id=f"{base}:grow", at=now_ms(), pool=name, range=grow))
+
+    async def delete_pool(self, name: str, base: str) -> None:
+        """Retire the pool on its partition (refused while it holds leases), then remove it from the registry."""
+        async with self.read.pool_change(name):
+            await self.live_pool(name, retired_ok=True)
+            await self._step(RetirePool(command_id=f"{base}:retire", at=now_ms(), pool=name))
+            await self._step(DeletePool(command_id=f"{base}:delete", at=now_ms(), name=name))
+
+    async def live_pool(self, name: str, retired_ok: bool = False):
+        current = (await self.read.catalog()).pools.get(name)
+        if current is None or (current.retired and not retired_ok):
+            raise ApiError(404, "unknown_pool", f"pool {name!r} does not exist", "name")
+        return current
+
+    async def define_network(self, cid: str, name: str, body, create_only: bool, source: str = "api") -> list[dict]:
+        events = await self.gateway.submit(DefineNetwork(
+            command_id=cid, at=now_ms(), name=name,
+            subnets=tuple(SubnetSpec(cidr=s.cidr, gateway=s.gateway, exclude=tuple(s.exclude)) for s in body.subnets),
+            dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only, source=source))
+        raise_rejection(events)
+        return events
+
+    async def delete_network(self, cid: str, name: str) -> None:
+        await self._step(DeleteNetwork(command_id=cid, at=now_ms(), name=name))
+
+    async def _step(self, command) -> None:
+        raise_rejection(await self.gateway.submit(command))
