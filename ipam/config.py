@@ -65,6 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_MAX_INTERFACES", int, "64"),
     Setting("IPAM_KUBE_API", str, ""),
     Setting("IPAM_RESYNC_SECONDS", float, "600"),
+    Setting("IPAM_CLUSTER", str, "default"),
     Setting("IPAM_CONFIG_FILE", str, ""),
     Setting("IPAM_CONFIG_POLL_SECONDS", float, "5"),
 )

@@ -90,8 +90,8 @@ async def test_grow_shrink_rebind_default_delete_and_make_again(service, http):
     status, again = await lease(http, base, "new", pool="p1")
     assert status == 201 and again["lease"]["mac"].startswith("0a:"), again
 
-    what = [r["what"] for r in await query(service, "SELECT what FROM ipam.history WHERE pool = 'p1' AND what LIKE 'Pool%'")]
-    assert {"PoolChanged", "PoolRangeSet", "PoolRetired", "PoolDeleted"} <= set(what)
+    what = [r["what"] for r in await query(service, "SELECT what FROM ipam.history WHERE pool = 'p1' AND what LIKE 'pool %'")]
+    assert {"pool changed", "pool range set", "pool retired", "pool deleted"} <= set(what)
     code, report = await asyncio.to_thread(run_rebuild, service.cfg.database_url)
     assert code == 0 and report["equal"] is True, report
 

@@ -161,7 +161,7 @@ def test_a_consumer_on_an_older_schema_reads_a_record_that_gained_fields():
         partition=1, epoch=2, seq=3, source_offset=4, last=True,
         event=MacLeased(command_id="c", at=5, pool="p", mac="02:00:00:00:00:01", owner=owner))))
     rec["trace"] = {"id": "abc"}
-    rec["event"]["cluster"] = "east"
-    rec["event"]["owner"]["cluster"] = "east"
+    rec["event"]["zone"] = "east"
+    rec["event"]["owner"]["zone"] = "east"
     read = record_decoder.decode(msgspec.json.encode(rec))
     assert read.event.owner == owner and read.event.mac == "02:00:00:00:00:01"

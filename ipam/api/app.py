@@ -24,6 +24,7 @@ from .auth import AUTH, Authenticator
 from .http import CONFIG, ApiError, Gateway, check_request_text, reply
 from .leases import IP_REST, MAC_REST, LeaseApi
 from .openapi import Route, add_routes, openapi_document
+from .reservations import ReservationApi
 from .spaces import SpacesApi
 
 log = structlog.get_logger("ipam.api")
@@ -95,7 +96,8 @@ def api_routes(cfg: Config, gateway: Gateway | None, read, bus, readiness: Calla
     spaces = SpacesApi(gateway, read)
     routes = spaces.routes()
     for rest in (MAC_REST, IP_REST):
-        routes += LeaseApi(rest, cfg, gateway, read).routes()
+        leases = LeaseApi(rest, cfg, gateway, read)
+        routes += leases.routes() + ReservationApi(leases).routes()
     routes += StatusApi(cfg, read, bus, readiness, spaces, declared).routes()
     document = None
 

@@ -19,7 +19,7 @@ from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.ip import AddressError, format_address, parse_address
-from ..domain.kinds import IP, MAC, VM_WORKLOAD, Kind, Owner
+from ..domain.kinds import DEFAULT_CLUSTER, IP, MAC, VM_WORKLOAD, Kind, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
 from ..domain.pools import RoutingError, choose_pool
 from . import models
@@ -77,13 +77,14 @@ class LeaseRest:
 
 MAC_REST = LeaseRest(
     kind=MAC, path="/v1/mac-leases", by_address="/v1/macs/{mac}", models=models.MAC_MODELS, head=("mac", "pool"),
-    filters=("namespace", "vm", "pool", "mac", "workload", "vm_uid"), canonical=canonical_mac, space_of=_route_mac,
+    filters=("namespace", "vm", "pool", "mac", "workload", "vm_uid", "cluster"), canonical=canonical_mac, space_of=_route_mac,
     requested=lambda body: {"mac": None if body.mac is None else canonical_mac(body.mac, "mac")},
     operations={"lease": "leaseMac", "list": "listMacLeases", "vm": "releaseVm", "interface": "releaseInterface",
                 "address": "releaseMac"})
 IP_REST = LeaseRest(
     kind=IP, path="/v1/ip-leases", by_address="/v1/ips/{network}/{address}", models=models.IP_MODELS,
-    head=("network", "address", "prefix_length"), filters=("namespace", "vm", "network", "address", "workload", "vm_uid"),
+    head=("network", "address", "prefix_length"), filters=("namespace", "vm", "network", "address", "workload", "vm_uid",
+                                                            "cluster"),
     canonical=canonical_ip,
     space_of=lambda body, catalog: body.network,
     requested=lambda body: {"addresses": tuple(canonical_ip(a, f"addresses[{i}]") for i, a in enumerate(body.addresses))},
@@ -94,23 +95,24 @@ IP_REST = LeaseRest(
 class LeaseApi:
     def __init__(self, rest: LeaseRest, cfg: Config, gateway: Gateway, read) -> None:
         self.rest, self.cfg, self.gateway, self.read = rest, cfg, gateway, read
-        self.request, self.lease_model, self.answer, self.listing, self.released = rest.models
+        self.request, self.lease_model, self.answer, self.listing, self.released, _ = rest.models
 
     def lease_of(self, ev: dict) -> object:
         o, pending = ev["owner"], ev.get("pending_until")
         return self.lease_model(**{h: ev.get(h, 0) for h in self.rest.head}, namespace=o["namespace"], vm=o["vm"],
                                 vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
                                 since=_iso(ev["at"]), state="pending" if pending else "confirmed",
-                                pending_until=_iso(pending) if pending else None, workload=o.get("workload", VM_WORKLOAD))
+                                pending_until=_iso(pending) if pending else None, workload=o.get("workload", VM_WORKLOAD),
+                                cluster=o.get("cluster", DEFAULT_CLUSTER))
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
         kind, rest = self.rest.kind, self.rest
         requested = rest.requested(body)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,
-                      workload=body.workload)
+                      workload=body.workload, cluster=body.cluster or self.cfg.cluster)
         space = await self._held_space(body, owner) or rest.space_of(body, await self.read.catalog())
-        await self._check_interfaces(body)
+        await self._check_interfaces(body, owner.cluster)
         cid = command_id(request, body.command_id)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
                                                                       owner=owner, **requested))
@@ -118,8 +120,9 @@ class LeaseApi:
         kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
         existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
         if existing:  # answered as stored: the lease's own time and whether it was static
-            leases = [self._from_row(r) for r in await self.read.leases(
-                kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid)
+            leases = [self.from_row(r) for r in await self.read.leases(
+                kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid,
+                cluster=owner.cluster)
                 if r["interface"] == owner.interface]
         else:
             leases = [self.lease_of(e) for e in events if e["type"] in kinds]
@@ -132,13 +135,14 @@ class LeaseApi:
         if self.rest.kind is not MAC or body.pool is not None or body.mac is not None:
             return None
         held = await self.read.spaces_held(MAC, owner.namespace, owner.vm, vm_uid=owner.vm_uid, interface=owner.interface,
-                                           workload=owner.workload)
+                                           workload=owner.workload, cluster=owner.cluster)
         return min(held) if held else None
 
-    async def _check_interfaces(self, body) -> None:
+    async def _check_interfaces(self, body, cluster: str) -> None:
         """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
         REST callers are held to the same bound here).  A new interface past the bound is refused."""
-        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface, body.workload)
+        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface, body.workload,
+                                                 cluster)
         if others >= self.cfg.max_interfaces:
             raise ApiError(422, "limit", f"{body.namespace}/{body.vm} already holds leases for {others} interfaces; "
                                          f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
@@ -147,38 +151,41 @@ class LeaseApi:
         q, kind = request.query, self.rest.kind
         limit = limit_of(request)
         address = self.rest.canonical(q[kind.address], kind.address) if kind.address in q else None
-        namespace, vm, space, _, _, vm_uid = (q.get(f) for f in self.rest.filters)
+        namespace, vm, space, _, _, vm_uid, _ = (q.get(f) for f in self.rest.filters)
         workload = workload_of(request)
         rows = await self.read.leases(kind, namespace=namespace, vm=vm, space=space, address=address, workload=workload,
-                                      vm_uid=vm_uid, limit=limit)
-        return reply(self.listing(leases=[self._from_row(r) for r in rows]))
+                                      vm_uid=vm_uid, cluster=q.get("cluster"), limit=limit)
+        return reply(self.listing(leases=[self.from_row(r) for r in rows]))
 
-    def _from_row(self, r) -> object:
+    def from_row(self, r) -> object:
         return self.lease_model(
             **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
             interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
-            pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat(), workload=r["workload"])
+            pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat(), workload=r["workload"],
+            cluster=r["cluster"])
 
     async def release_vm(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind
         ns, vm, interface = m["namespace"], m["vm"], m.get("interface")
         vm_uid, workload = request.query.get("vm_uid"), workload_of(request)
+        cluster = request.query.get("cluster") or self.cfg.cluster  # a release never reaches into another cluster
         what = f"{ns}/{vm}" + (f" interface {interface}" if interface else "")
         base = command_id(request, None)
         if not base.startswith("api-"):
             earlier = await self.gateway.decided_fanout(base)
             if earlier:  # a retry: answer what was decided then
-                return self._released([ev for events in earlier for ev in events], what)
+                return self.released_answer([ev for events in earlier for ev in events], what)
         spaces = [m[kind.space]] if kind.space in m else sorted(
-            await self.read.spaces_held(kind, ns, vm, interface=interface, vm_uid=vm_uid, workload=workload))
+            await self.read.spaces_held(kind, ns, vm, interface=interface, vm_uid=vm_uid, workload=workload, cluster=cluster))
         if not spaces:
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
-        stored = await self.read.leases(kind, namespace=ns, vm=vm, space=m.get(kind.space), workload=workload, vm_uid=vm_uid)
+        stored = await self.read.leases(kind, namespace=ns, vm=vm, space=m.get(kind.space), workload=workload, vm_uid=vm_uid,
+                                        cluster=cluster)
         results = await asyncio.gather(*[self.gateway.submit(LEASE_COMMANDS[kind].release_owner(
             command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface,
-            vm_uid=vm_uid, workload=workload))
+            vm_uid=vm_uid, workload=workload, cluster=cluster))
             for space in spaces])
-        return self._released([ev for events in results for ev in events], what, stored)
+        return self.released_answer([ev for events in results for ev in events], what, stored)
 
     async def release_address(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind
@@ -189,9 +196,9 @@ class LeaseApi:
         stored = await self.read.leases(kind, space=space, address=address)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].release_address(
             command_id=command_id(request, None), at=now_ms(), **{kind.space: space, kind.address: address}))
-        return self._released(events, address, stored)
+        return self.released_answer(events, address, stored)
 
-    def _released(self, events: list[dict], what: str, stored=()) -> web.Response:
+    def released_answer(self, events: list[dict], what: str, stored=()) -> web.Response:
         """The released leases as they were stored (read just before: their own time, static or not), else as
         the events tell them (a retried release, whose leases are gone)."""
         kind = self.rest.kind
@@ -200,13 +207,13 @@ class LeaseApi:
             raise_rejection(events)
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
         rows = {(r[kind.space], str(r[kind.address])): r for r in stored}
-        leases = [self._from_row(rows[key]) if (key := (e[kind.space], e[kind.address])) in rows else self.lease_of(e)
+        leases = [self.from_row(rows[key]) if (key := (e[kind.space], e[kind.address])) in rows else self.lease_of(e)
                   for e in released]
         return reply(self.released(released=leases,
                                    quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
 
     def routes(self) -> list[Route]:
-        rest, kind, (request, _, answer, listing, released) = self.rest, self.rest.kind, self.rest.models
+        rest, kind, (request, _, answer, listing, released, _) = self.rest, self.rest.kind, self.rest.models
         owner = rest.path + ("/{network}" if kind is IP else "") + "/{namespace}/{vm}"
         w, s = kind.word, kind.space
         release = {200: (released, f"Released; the {w} addresses are quarantined")}
@@ -218,10 +225,11 @@ class LeaseApi:
             Route("GET", rest.path, self.list, f"List live {w} leases", rest.operations["list"], ok={200: (listing, "Leases")},
                   errors=(400,), query=rest.filters, limit=True),
             Route("DELETE", owner, self.release_vm, f"Release a VM's {w} leases" + (f" in a {s}" if kind is IP else ""),
-                  rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True, query=("vm_uid", "workload")),
+                  rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True,
+                  query=("vm_uid", "workload", "cluster")),
             Route("DELETE", owner + "/{interface}", self.release_vm, f"Release one interface's {w} leases",
                   rest.operations["interface"], ok=release, errors=(400, 404, 504), idempotent=True,
-                  query=("vm_uid", "workload")),
+                  query=("vm_uid", "workload", "cluster")),
             Route("DELETE", rest.by_address, self.release_address, f"Release the lease holding a {w} address",
                   rest.operations["address"], ok=release, errors=(400, 404, 504), idempotent=True),
         ]

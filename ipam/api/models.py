@@ -127,7 +127,9 @@ Workload = Annotated[Literal["VirtualMachine", "Pod", "IPAMClaim"], Meta(
     description="What holds the lease; vm and vm_uid name that object (a pod: its name and uid, interface its CNI_IFNAME).")]
 _LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str), ("static", bool, False),
            ("since", str | None, None), ("state", str, "confirmed"), ("pending_until", str | None, None),
-           ("workload", str, "VirtualMachine")]
+           ("workload", str, "VirtualMachine"), ("cluster", str, "default")]
+Cluster = Annotated[str, Meta(min_length=1, max_length=63, description="The Kubernetes cluster of the holder; default: the "
+                                                                       "API replica's IPAM_CLUSTER.")]
 _KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease)
     "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),
                  ("mac", Annotated[str | None, Meta(description="Ask for this MAC (static request).")], None)],
@@ -141,24 +143,31 @@ _KIND_MODELS = {  # kind -> (request before the owner, request after it, lease b
 
 
 def _models(kind: str) -> tuple[type, type, type, type, type]:
-    """The REST bodies of one kind's leases: request, lease, answer, list, released."""
+    """The REST bodies of one kind's leases: request, lease, answer, list, released, reservation request."""
     before, after, head, single = _KIND_MODELS[kind]
     prefix = "" if kind == "mac" else "Ip"
     request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("workload", Workload, "VirtualMachine"),
-                                                  ("command_id", RetryKey | None, None)],
+                                                  ("cluster", Cluster | None, None), ("command_id", RetryKey | None, None)],
                         forbid_unknown_fields=True, module=__name__)
     lease = defstruct(f"{prefix}Lease", [*head, *_LEASED], module=__name__)
+    reservation = defstruct(f"{prefix}ReservationRequest", [
+        *before, ("namespace", Namespace), ("vm", Name),
+        ("interface", Annotated[Interface, Meta(description="The interface it is for; absent: the first of the VM's "
+                                                            "interfaces that asks")] | None, None),
+        *after, ("expires_in_seconds", Annotated[int, Meta(ge=1, le=10 * 365 * 86400)] | None, None),
+        ("workload", Workload, "VirtualMachine"), ("cluster", Cluster | None, None), ("command_id", RetryKey | None, None)],
+        forbid_unknown_fields=True, module=__name__)
     answer = defstruct(f"{prefix}LeaseAnswer", [("lease", lease) if single else ("leases", list[lease]), ("existing", bool),
                                                 ("command_id", str)], module=__name__)
     listing = defstruct(f"{prefix}LeaseList", [("leases", list[lease])], module=__name__)
     released = defstruct(f"{prefix}Released", [("released", list[lease]), ("quarantined_until", list[str])],
                          module=__name__)
-    return request, lease, answer, listing, released
+    return request, lease, answer, listing, released, reservation
 
 
 MAC_MODELS, IP_MODELS = _models("mac"), _models("ip")
-LeaseRequest, Lease, LeaseAnswer, LeaseList, Released = MAC_MODELS
-IpLeaseRequest, IpLease, IpLeaseAnswer, IpLeaseList, IpReleased = IP_MODELS
+LeaseRequest, Lease, LeaseAnswer, LeaseList, Released, ReservationRequest = MAC_MODELS
+IpLeaseRequest, IpLease, IpLeaseAnswer, IpLeaseList, IpReleased, IpReservationRequest = IP_MODELS
 
 
 class PartitionStatus(Struct):

@@ -95,7 +95,7 @@ def openapi_document(routes: list[Route]) -> dict:
 # What a path or query parameter names, for people.
 WORDS = {"namespace": "namespace", "vm": "VM name", "interface": "interface name", "pool": "pool", "mac": "MAC address",
          "network": "network", "address": "IP address", "name": "name", "vm_uid": "uid (one incarnation of the VM, pod or claim)",
-         "workload": "kind of holder"}
+         "workload": "kind of holder", "cluster": "Kubernetes cluster of the holder"}
 WORKLOADS = ("VirtualMachine", "Pod", "IPAMClaim")
 
 

@@ -200,7 +200,8 @@ class Webhook:
         for s in selections:
             plan.commands.append((s.interface, self._mac_command(
                 plan, s.interface, s.mac, f"{multus.FIELD}[{s.index}].mac", catalog, namespace, common, suffix,
-                Owner(namespace=namespace, vm=name, vm_uid=uid, interface=s.interface, workload=POD_WORKLOAD))))
+                Owner(namespace=namespace, vm=name, vm_uid=uid, interface=s.interface, workload=POD_WORKLOAD,
+                      cluster=self.cfg.cluster))))
         return plan
 
     async def _plan_vm(self, req: Mapping, namespace: str, vm: Mapping, old: Mapping | None) -> Plan:
@@ -229,7 +230,8 @@ class Webhook:
             raise Denied(f"metadata.name: a {kind} needs a name or generateName")
         uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{plan.uid}"
         dry_run, now = bool(req.get("dryRun")), int(time.time() * 1000)
-        common = {"at": now, "pending_until": now + self.cfg.pending_seconds * 1000, "dry_run": dry_run}
+        common = {"at": now, "pending_until": now + self.cfg.pending_seconds * 1000, "dry_run": dry_run,
+                  "receives": is_receiver(plan.vm)}
         return common, ":dry-run" if dry_run else "", name, uid
 
     @staticmethod
@@ -253,11 +255,11 @@ class Webhook:
             plan.commands.append((need.name, self._mac_command(
                 plan, need.name, need.requested_mac or old_macs.get(need.name),
                 f"{INTERFACES_FIELD}[{need.index}].macAddress", catalog, namespace, common, suffix,
-                Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name))))
+                Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name, cluster=self.cfg.cluster))))
         for m, network in plan.addressed:
             plan.commands.append((m.name, LeaseIp(
                 command_id=f"admission:{plan.uid}:ip:{m.name}{suffix}", network=network.name,
-                owner=Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=m.name),
+                owner=Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=m.name, cluster=self.cfg.cluster),
                 addresses=tuple(wanted_ips.get(m.name, ())), **common)))
 
     async def _decide(self, plan: Plan) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -306,6 +308,13 @@ class Webhook:
             raise Denied(f"{e.field}: {e.reason}") from None
         return patch + annotation_patch(plan.vm, {m.name: ips[m.name] for m, _ in plan.addressed}) + ops, \
             [warning] if warning else []
+
+
+def is_receiver(obj: Mapping) -> bool:
+    """The receiving VM of a decentralized live migration (KubeVirt's runStrategy WaitAsReceiver): the MACs and
+    addresses its spec copies from the source VM move to it from the cluster (or namespace) it comes from."""
+    spec = obj.get("spec") if isinstance(obj, Mapping) else None
+    return isinstance(spec, Mapping) and spec.get("runStrategy") == "WaitAsReceiver"
 
 
 def addressed_entry(iface: str, mac: str, leased: list[str], network) -> Addressed:

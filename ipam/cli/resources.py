@@ -71,6 +71,8 @@ def _with(options: list):
 
 WORKLOAD = click.option("--workload", type=click.Choice(["VirtualMachine", "Pod", "IPAMClaim"]), default=None,
                         help="What holds the lease (default VirtualMachine); --vm and --vm-uid then name that object.")
+CLUSTER = click.option("--cluster", default=None, help="The holder's Kubernetes cluster (default: the replica's IPAM_CLUSTER; "
+                                                       "for lists, every cluster).")
 
 
 def lease_command(group: click.Group, name: str, cli: LeaseCli) -> None:
@@ -81,10 +83,12 @@ def lease_command(group: click.Group, name: str, cli: LeaseCli) -> None:
     @click.option("--interface", required=True)
     @_with(cli.lease_options)
     @WORKLOAD
+    @CLUSTER
     @click.option("--command-id", default=None, help="Retry key: the same id gets the same outcome.")
     @click.pass_obj
     def lease(client: Client, **options) -> None:
-        body = {k: options[k] for k in ("namespace", "vm", "vm_uid", "interface", "workload", "command_id")} | cli.body(options)
+        body = {k: options[k] for k in ("namespace", "vm", "vm_uid", "interface", "workload", "cluster", "command_id")} \
+            | cli.body(options)
         r = client.call("POST", cli.path, {k: v for k, v in body.items() if v is not None})
         leases = [r["lease"]] if "lease" in r else r["leases"]
         client.show([{**x, "existing": r["existing"]} for x in leases], [*cli.head, "namespace", "vm", "interface", "existing"],
@@ -101,12 +105,14 @@ def list_command(group: click.Group, name: str, cli: LeaseCli) -> None:
     @click.option(cli.option, "address", default=None)
     @click.option("--limit", default=1000, type=click.IntRange(1, 100000), show_default=True)
     @WORKLOAD
+    @CLUSTER
     @click.pass_obj
     def listing(client: Client, **o) -> None:
         query = {space: o["space"], "namespace": o["namespace"], "vm": o["vm"], "limit": o["limit"],
-                 address: cli.canonical(o["address"], cli.option), "workload": o["workload"]}
+                 address: cli.canonical(o["address"], cli.option), "workload": o["workload"], "cluster": o["cluster"]}
         r = client.call("GET", cli.path, query=query)
-        client.show(r["leases"], [*cli.head, "namespace", "vm", "vm_uid", "interface", "workload", "state", "since"], r)
+        client.show(r["leases"], [*cli.head, "namespace", "vm", "vm_uid", "interface", "workload", "cluster", "state", "since"],
+                    r)
 
 
 def release_command(group: click.Group, name: str, cli: LeaseCli) -> None:

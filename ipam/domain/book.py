@@ -12,7 +12,7 @@ namespaces are told apart through ``by_key``.  A dict per VM used to take most o
 
 from __future__ import annotations
 
-from .kinds import Owner, binds
+from .kinds import Owner, binds, reserves
 
 
 class Region:
@@ -78,9 +78,11 @@ class Book:
         return {slot_of(k): k for k in self._keys(owner.vm) if by_key.get(k) == owner}
 
     def reserved_for(self, owner: Owner) -> dict[int, int]:
-        """slot -> the key a provisional holder of this name and interface holds for ``owner`` (``binds``)."""
+        """slot -> the key a provisional holder of this name and interface holds for ``owner`` (``binds``), or
+        a reservation made for it (``reserves``)."""
         by_key, slot_of, pending = self.by_key, self.space.slot_of, self.pending
-        return {slot_of(k): k for k in self._keys(owner.vm) if k in pending and binds(by_key[k], owner)}
+        return {slot_of(k): k for k in self._keys(owner.vm)
+                if k in pending and (binds(by_key[k], owner) or reserves(by_key[k], owner))}
 
     def leases_of(self, namespace: str, vm: str) -> list[tuple[int, Owner]]:
         """Every lease of one VM (all its incarnations), by key."""

@@ -13,7 +13,7 @@ from typing import Annotated, NamedTuple, Union
 import msgspec
 from msgspec import Meta, Struct
 
-from .kinds import IP, MAC, VM_WORKLOAD, CommandId, Kind, Millis, Name, Owner
+from .kinds import DEFAULT_CLUSTER, IP, MAC, VM_WORKLOAD, CommandId, Kind, Millis, Name, Owner
 
 
 class Command(Struct, tag_field="type", kw_only=True, frozen=True):
@@ -33,21 +33,22 @@ def _lease_commands(kind: Kind) -> LeaseCommands:
     space = (kind.space, Name)
     a, w, s = kind.address, kind.word, kind.space
     shapes = {
-        "lease": ([space, ("owner", Owner), kind.requested, ("pending_until", Millis, 0), ("dry_run", bool, False)],
+        "lease": ([space, ("owner", Owner), kind.requested, ("pending_until", Millis, 0), ("dry_run", bool, False),
+                   ("receives", bool, False)],
                   f"Lease an interface its {w} addresses in a {s}: {kind.holds}.  For each, "
                   f"the one asked for in ``{kind.requested[0]}`` (static), else the one it holds (sticky), else the next "
                   "free; one refusal rejects the command.  ``pending_until``: provisional (made at admission, before "
                   "the VM exists), released then unless a VM is seen holding it.  ``dry_run``: decide and answer with "
                   f"``{kind.prefix}LeaseOffered``, change nothing."),
         "release_owner": ([space, ("namespace", Name), ("vm", Name), ("interface", str | None, None),
-                           ("vm_uid", str | None, None), ("workload", str | None, None)],
+                           ("vm_uid", str | None, None), ("workload", str | None, None), ("cluster", str | None, None)],
                           f"Release a VM's {w} leases in a {s}, or one interface's (of a pod or claim too: "
                           "``workload``); ``vm_uid`` narrows it to one incarnation, as a CNI DEL must: the pod "
                           "that replaced a deleted one of the same name keeps what it holds."),
         "release_address": ([space, (a, str)], f"Release whatever lease holds this {w} address."),
         "observe": ([space, ("namespace", Name), ("vm", Name), ("vm_uid", Name),
                      ("interfaces", tuple[kind.observed, ...], ()), ("deleted", bool, False),
-                     ("workload", Name, VM_WORKLOAD)],
+                     ("workload", Name, VM_WORKLOAD), ("cluster", Name, DEFAULT_CLUSTER)],
                     f"What the watcher saw of one VM (or pod: ``workload``) for one {s}: the {w} addresses of each "
                     "interface.  Confirms "
                     "pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds "
@@ -151,6 +152,7 @@ class ObserveGuestIps(Command, tag="ObserveGuestIps", frozen=True):
     vm_uid: Name
     interface: Name
     addresses: tuple[str, ...] = ()
+    cluster: Name = DEFAULT_CLUSTER
 
 
 COMMAND_TYPES: tuple[type, ...] = (

@@ -25,10 +25,18 @@ CanonicalMac = Annotated[str, Meta(pattern="^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", des
 
 # Owners made by the admission webhook before the VM has a uid carry this prefix on vm_uid.
 PROVISIONAL_UID_PREFIX = "admission:"
+# A reservation (an address set aside for a VM that does not exist yet) is a provisional owner too, of
+# this prefix: never released by a watcher's list, lapsing only if asked to (its pending_until), handed
+# over to the VM of that namespace and name (and interface, unless ANY_INTERFACE) when it shows up.
+RESERVATION_UID_PREFIX = "admission:reserved:"
+ANY_INTERFACE = "*"
+NEVER = 253_402_300_799_000  # 9999-12-31T23:59:59Z in ms: the pending_until of a reservation that does not lapse
 
 
 # What holds leases: the Kubernetes kind of the object an owner is (``Owner.workload``).
 VM_WORKLOAD, POD_WORKLOAD, CLAIM_WORKLOAD = "VirtualMachine", "Pod", "IPAMClaim"
+# The cluster an owner lives in (``Owner.cluster``; IPAM_CLUSTER), when one ipam serves several.
+DEFAULT_CLUSTER = "default"
 
 
 # gc=False: an Owner holds only strings, so the cycle collector need not track the millions an allocator keeps.
@@ -39,28 +47,57 @@ class Owner(Struct, frozen=True, gc=False, omit_defaults=True):
     ``vm`` and ``vm_uid`` name the object whatever its kind (the names predate pods and claims);
     ``workload`` says which kind it is, as free text so that a consumer on an older schema still
     reads an owner of a kind added later.  A pod's interface is its CNI_IFNAME; a claim's, the
-    interface its spec names."""
+    interface its spec names.  ``cluster`` names the Kubernetes cluster the object lives in when one
+    ipam is the address space of several (MACs are then unique across all of them)."""
 
     namespace: Name
     vm: Name
     vm_uid: Name
     interface: Name
     workload: Name = VM_WORKLOAD
+    cluster: Name = DEFAULT_CLUSTER
 
     def describe(self) -> str:
         what = "" if self.workload == VM_WORKLOAD else f"{self.workload} "
-        return f"{what}{self.namespace}/{self.vm} (uid {self.vm_uid}) interface {self.interface}"
+        where = "" if self.cluster == DEFAULT_CLUSTER else f" in cluster {self.cluster}"
+        if self.vm_uid.startswith(RESERVATION_UID_PREFIX):
+            interface = "any interface" if self.interface == ANY_INTERFACE else f"interface {self.interface}"
+            return f"a reservation for {what}{self.namespace}/{self.vm} {interface}{where}"
+        return f"{what}{self.namespace}/{self.vm} (uid {self.vm_uid}) interface {self.interface}{where}"
+
+
+def moves(holder: Owner, owner: Owner) -> bool:
+    """Whether ``owner`` is ``holder``'s VM received in another cluster (or namespace) by a decentralized live
+    migration: the same VM name, interface and kind elsewhere.  Asked only for a receiving VM
+    (runStrategy WaitAsReceiver), which carries the source's MACs."""
+    return (holder.vm == owner.vm and holder.interface == owner.interface and holder.workload == owner.workload
+            and (holder.cluster, holder.namespace) != (owner.cluster, owner.namespace))
+
+
+def reserves(holder: Owner, owner: Owner) -> bool:
+    """Whether ``holder`` is a reservation for ``owner``: the same namespace, name, kind and cluster, and
+    the same interface unless the reservation names none (``ANY_INTERFACE``)."""
+    return (
+        holder.vm_uid.startswith(RESERVATION_UID_PREFIX)
+        and not owner.vm_uid.startswith(RESERVATION_UID_PREFIX)
+        and (holder.namespace, holder.vm, holder.workload, holder.cluster) == (owner.namespace, owner.vm, owner.workload,
+                                                                                owner.cluster)
+        and holder.interface in (ANY_INTERFACE, owner.interface)
+    )
 
 
 def binds(holder: Owner, owner: Owner) -> bool:
     """Whether a provisional holder (made at admission, before the VM had a uid, and perhaps a
-    name: generateName) is the VM ``owner`` that now shows up holding its address."""
+    name: generateName; or a reservation) is the VM ``owner`` that now shows up holding its address."""
+    if holder.vm_uid.startswith(RESERVATION_UID_PREFIX):
+        return reserves(holder, owner) and not owner.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
     return (
         holder.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
         and not owner.vm_uid.startswith(PROVISIONAL_UID_PREFIX)
         and holder.namespace == owner.namespace
         and holder.interface == owner.interface
         and holder.workload == owner.workload
+        and holder.cluster == owner.cluster
         and owner.vm.startswith(holder.vm)
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .book import Book, Space
 from .events import LEASE_EVENTS, CommandRejected, Event
-from .kinds import Owner, binds
+from .kinds import Owner, binds, moves, reserves
 
 NAMED_MAX = 5  # leases named in a refusal before "and N more"
 
@@ -104,13 +104,19 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
             out.append(d.event("returned", want, owner))
             continue
         binding = holder is not None and want in book.pending and binds(holder, owner)
-        if holder is not None and not binding:
+        moving = holder is not None and not binding and static and cmd.receives and moves(holder, owner)
+        taking = holder is not None and not binding and want in book.pending and reserves(holder, owner)  # at admission
+        moving = moving or taking
+        if holder is not None and not binding and not moving:
             return d.reject("held", f"{space.format(want)} is held by {holder.describe()}", space.kind.requested[0], holder)
         if cmd.dry_run:
             out.append(d.event("offered", want, owner))
             continue
         if current is not None:  # the interface moves to the address it asked for (or now carries)
             out.append(d.released(current, owner, "replaced"))
+        if moving:  # its VM was received elsewhere (a decentralized live migration), or reserved: it goes with it
+            out.append(d.released(want, holder, "reservation-taken" if taking else "moved"))
+            static = True  # handed over, not chosen: next-fit stays where it is
         if binding:
             out.append(d.event("confirmed", want, owner, previous=holder))
         else:
@@ -120,7 +126,8 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
 
 def release_owner(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
     chosen = [(k, o) for k, o in book.leases_of(cmd.namespace, cmd.vm)
-              if cmd.interface in (None, o.interface) and cmd.vm_uid in (None, o.vm_uid) and cmd.workload in (None, o.workload)]
+              if cmd.interface in (None, o.interface) and cmd.vm_uid in (None, o.vm_uid) and cmd.workload in (None, o.workload)
+              and cmd.cluster in (None, o.cluster)]
     d = _Decision(space, cmd, quarantine_ms)
     if not chosen:
         what = f"{cmd.namespace}/{cmd.vm}" + (f" interface {cmd.interface}" if cmd.interface else "")
@@ -171,7 +178,7 @@ def _observed(space: Space, d: _Decision) -> tuple[list[tuple[Owner, list[int]]]
                 continue
             keys.append(key)
         observed.append((Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=item.name,
-                               workload=cmd.workload), keys))
+                               workload=cmd.workload, cluster=cmd.cluster), keys))
     return observed, refusals
 
 
@@ -183,7 +190,7 @@ def observe(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
     for me, keys in observed:
         for k in keys:
             where.setdefault(k, me.interface)
-    mine = [(k, o) for k, o in book.leases_of(cmd.namespace, cmd.vm) if o.vm_uid == cmd.vm_uid]
+    mine = [(k, o) for k, o in book.leases_of(cmd.namespace, cmd.vm) if o.vm_uid == cmd.vm_uid and o.cluster == cmd.cluster]
     freed: set[int] = set()  # released by this command (decide does not change the book)
     for k, o in mine:  # an address now on another interface of this VM lets go of the old one first: moves and swaps
         if where.get(k, o.interface) != o.interface:

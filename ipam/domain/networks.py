@@ -138,7 +138,7 @@ def drift(state, cmd: ObserveGuestIps) -> list[Event]:
     network, book = state.spaces[IP].get(cmd.network), state.books[IP].get(cmd.network)
     if network is None:
         return []
-    me = Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=cmd.interface)
+    me = Owner(namespace=cmd.namespace, vm=cmd.vm, vm_uid=cmd.vm_uid, interface=cmd.interface, cluster=cmd.cluster)
     events: list[Event] = []
     for text in sorted(set(cmd.addresses)):
         try:

@@ -50,7 +50,8 @@ def claim_status(claim: dict, events: list[dict], pod: str | None) -> dict:
 
 
 class Claims:
-    def __init__(self, read, bus, network_of_config) -> None:
+    def __init__(self, read, bus, network_of_config, cluster: str) -> None:
+        self.cluster = cluster
         self.read, self.bus = read, bus
         self.network_of_config = network_of_config  # (namespace, CNI configuration name) -> ipam network or None
         self.api = None  # the watcher's Kubernetes client, set when it leads
@@ -58,7 +59,7 @@ class Claims:
 
     async def listed(self, items: list[dict]) -> None:
         live = {(c.get("metadata") or {}).get("uid") for c in items}
-        for h in await self.read.holdings(IP, CLAIM_WORKLOAD):
+        for h in await self.read.holdings(IP, CLAIM_WORKLOAD, self.cluster):
             if h.vm_uid not in live:
                 await self._release(h.space, h.namespace, h.vm, h.vm_uid)
         for claim in items:
@@ -70,13 +71,15 @@ class Claims:
             return
         namespace, name, uid, interface = multus.claim_holder(claim)
         if kind == "DELETED":
-            for space in await self.read.spaces_held(IP, namespace, name, vm_uid=uid, workload=CLAIM_WORKLOAD):
+            for space in await self.read.spaces_held(IP, namespace, name, vm_uid=uid, workload=CLAIM_WORKLOAD,
+                                                     cluster=self.cluster):
                 await self._release(space, namespace, name, uid)
             return
         network = self.network_of_config(namespace, (claim.get("spec") or {}).get("network") or "")
         if network is None:
             return  # a claim of another IPAM (OVN-Kubernetes' own networks): not ours
-        owner = Owner(namespace=namespace, vm=name, vm_uid=uid, interface=interface, workload=CLAIM_WORKLOAD)
+        owner = Owner(namespace=namespace, vm=name, vm_uid=uid, interface=interface, workload=CLAIM_WORKLOAD,
+                      cluster=self.cluster)
         events = await self.bus.submit(LeaseIp(
             command_id=f"claim:{uid}:{meta.get('resourceVersion')}:{network}", at=_now(), network=network, owner=owner,
             addresses=multus.claim_requests(claim)))
@@ -96,4 +99,5 @@ class Claims:
 
     async def _release(self, network: str, namespace: str, name: str, uid: str) -> None:
         await self.bus.send(ReleaseIps(command_id=f"claim-gone:{uid}:{network}", at=_now(), network=network,
-                                       namespace=namespace, vm=name, vm_uid=uid, workload=CLAIM_WORKLOAD))
+                                       namespace=namespace, vm=name, vm_uid=uid, workload=CLAIM_WORKLOAD,
+                                       cluster=self.cluster))

@@ -69,7 +69,8 @@ def address_rows(vmi: dict, catalog: Catalog) -> list[tuple]:
 
 
 class Instances:
-    def __init__(self, read, bus) -> None:
+    def __init__(self, read, bus, cluster: str) -> None:
+        self.cluster = cluster
         self.read, self.bus = read, bus
         self._reported: dict[tuple[str, str], frozenset] = {}  # (vmi uid, interface) -> addresses last sent
 
@@ -114,4 +115,4 @@ class Instances:
             await self.bus.send(ObserveGuestIps(
                 command_id=f"guest:{meta.get('uid')}:{meta.get('resourceVersion')}:{iface}", at=int(time.time() * 1000),
                 network=network, namespace=meta["namespace"], vm=meta["name"], vm_uid=vm_uid, interface=iface,
-                addresses=tuple(sorted(addresses))))
+                addresses=tuple(sorted(addresses)), cluster=self.cluster))

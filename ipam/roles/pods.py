@@ -37,14 +37,14 @@ def pod_macs(pod: dict) -> dict[str, str]:
 
 
 class PodLeases:
-    def __init__(self, read, bus) -> None:
-        self.read, self.bus = read, bus
+    def __init__(self, read, bus, cluster: str) -> None:
+        self.read, self.bus, self.cluster = read, bus, cluster
         self._seen: dict[str, frozenset] = {}  # pod uid -> the MACs last observed
 
     async def listed(self, items: list[dict]) -> None:
         """Observe every pod that carries MACs, then release what pods no longer listed held.  Who holds
         what is read once for the whole list (one query per kind), not once per pod."""
-        holdings = {kind: await self.read.holdings(kind, POD_WORKLOAD) for kind in KINDS}
+        holdings = {kind: await self.read.holdings(kind, POD_WORKLOAD, self.cluster) for kind in KINDS}
         mac_pools: dict[str, set[str]] = {}
         for h in holdings[MAC]:
             mac_pools.setdefault(h.vm_uid, set()).add(h.space)
@@ -72,7 +72,8 @@ class PodLeases:
         if kind == "DELETED":
             self._seen.pop(uid, None)
             for k in KINDS:
-                for space in await self.read.spaces_held(k, namespace, name, vm_uid=uid, workload=POD_WORKLOAD):
+                for space in await self.read.spaces_held(k, namespace, name, vm_uid=uid, workload=POD_WORKLOAD,
+                                                         cluster=self.cluster):
                     await self._release(k, space, namespace, name, uid, "deleted")
             return
         try:
@@ -101,13 +102,13 @@ class PodLeases:
                 continue
             by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
         if held is None:
-            held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD)
+            held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster)
         for pool in sorted(set(by_pool) | held):
             await self.bus.send(LEASE_COMMANDS[MAC].observe(
                 command_id=f"watch-pod-mac:{uid}:{version}:{pool}", at=_now(), pool=pool, namespace=namespace, vm=name,
-                vm_uid=uid, interfaces=tuple(by_pool.get(pool, ())), workload=POD_WORKLOAD))
+                vm_uid=uid, interfaces=tuple(by_pool.get(pool, ())), workload=POD_WORKLOAD, cluster=self.cluster))
 
     async def _release(self, kind, space: str, namespace: str, name: str, uid: str, why: str) -> None:
         await self.bus.send(LEASE_COMMANDS[kind].release_owner(
             command_id=f"pod-{why}-{kind.name}:{uid}:{space}", at=_now(), **{kind.space: space}, namespace=namespace,
-            vm=name, vm_uid=uid, workload=POD_WORKLOAD))
+            vm=name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster))

@@ -62,9 +62,9 @@ class Watcher:
         self._seen = None  # the catalog last compared
         self.vms: kube.Informer | None = None
         self.nads = NadNetworks(read, bus, changed=lambda: self._catalog())
-        self.instances = Instances(read, bus)
-        self.pods = PodLeases(read, bus)
-        self.claims = Claims(read, bus, self.nads.network_of_config)
+        self.instances = Instances(read, bus, cfg.cluster)
+        self.pods = PodLeases(read, bus, cfg.cluster)
+        self.claims = Claims(read, bus, self.nads.network_of_config, cfg.cluster)
         self.pod_informer: kube.Informer | None = None
 
     @property
@@ -73,7 +73,7 @@ class Watcher:
         return all(i is not None and i.synced.is_set() for i in (self.vms, self.pod_informer))
 
     async def run(self) -> None:
-        async with leadership(self.cfg.database_url, LEADER_LOCK):
+        async with leadership(self.cfg.database_url, LEADER_LOCK, self.cfg.cluster):
             self.is_leader = True
             log.info("watcher is the leader")
             try:
@@ -121,7 +121,7 @@ class Watcher:
             return
         pods = await kube.list_objects(kube.Resource.pods(api))
         vmis = await kube.list_objects(kube.Resource.virtual_machine_instances(api))
-        await whereabouts.adopt(self.read, self.bus, ippools, pods, vmis)
+        await whereabouts.adopt(self.read, self.bus, ippools, pods, vmis, self.cfg.cluster)
 
     async def recover(self) -> None:
         """After a failure: forget what was sent; the next list observes every VM again."""
@@ -148,7 +148,7 @@ class Watcher:
         """A full picture: observe every VM, and release VMs that hold leases but no longer exist.
         One query per kind for who holds leases where serves the whole list (not one per VM)."""
         await self._catalog()
-        holdings = {kind: await self.read.holdings(kind) for kind in KINDS}
+        holdings = {kind: await self.read.holdings(kind, cluster=self.cfg.cluster) for kind in KINDS}
         held: dict[Kind, dict[str, set[str]]] = {kind: {} for kind in KINDS}
         for kind, rows in holdings.items():
             for h in rows:
@@ -168,7 +168,7 @@ class Watcher:
             for h in rows:
                 await self.bus.send(LEASE_COMMANDS[kind].observe(
                     command_id=f"watch-{kind.name}:{h.vm_uid}:gone:{h.space}", at=_now(), **{kind.space: h.space},
-                    namespace=h.namespace, vm=h.vm, vm_uid=h.vm_uid, deleted=True))
+                    namespace=h.namespace, vm=h.vm, vm_uid=h.vm_uid, deleted=True, cluster=self.cfg.cluster))
         log.info("virtual machines listed", vms=len(items), **{f"released_missing_{k.name}": len(g) for k, g in gone.items()})
 
     async def _on_vm(self, kind: str, vm: dict) -> None:
@@ -208,7 +208,7 @@ class Watcher:
                 log.warning("address in a VM spec that ipam does not manage", kind=kind.name, namespace=namespace, vm=name,
                             interface=iface, address=text, reason=reason)
         if held is None:
-            held = await self.read.spaces_held(kind, namespace, name, vm_uid=uid)
+            held = await self.read.spaces_held(kind, namespace, name, vm_uid=uid, cluster=self.cfg.cluster)
         by_space = {} if routed is None else routed.by_space
         if routed is not None and routed.stale and routed.keep_unrouted:
             held = held & set(by_space)  # an interface on a NAD not known yet may be on one of them: release nothing
@@ -216,7 +216,7 @@ class Watcher:
         for space in sorted(set(by_space) | held):
             await self.bus.send(LEASE_COMMANDS[kind].observe(
                 command_id=f"watch-{kind.name}:{uid}:{tag}:{space}", at=_now(), **{kind.space: space}, namespace=namespace,
-                vm=name, vm_uid=uid, interfaces=tuple(by_space.get(space, ())), deleted=deleted))
+                vm=name, vm_uid=uid, interfaces=tuple(by_space.get(space, ())), deleted=deleted, cluster=self.cfg.cluster))
         return routed is None or not routed.unplaced
 
     # --- provisional leases -------------------------------------------------------------------

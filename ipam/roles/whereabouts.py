@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
+import msgspec
 import structlog
 
 from ..domain import multus
@@ -75,15 +76,16 @@ def adoptions(ippools: list[dict], pods: list[dict], vmis: list[dict], catalog: 
     return found, skipped
 
 
-async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dict]) -> None:
+async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dict], cluster: str) -> None:
     catalog = await read.catalog()
     found, skipped = adoptions(ippools, pods, vmis, catalog)
     adopted, holding = 0, {}  # network -> the interfaces holding addresses there (one query per network)
     for network, owner, address in found:
+        owner = msgspec.structs.replace(owner, cluster=cluster)
         if network not in holding:
-            holding[network] = {(r["namespace"], r["vm"], r["vm_uid"], r["interface"], r["workload"])
+            holding[network] = {(r["namespace"], r["vm"], r["vm_uid"], r["interface"], r["workload"], r["cluster"])
                                 for r in await read.leases(IP, space=network, limit=10_000_000)}
-        if (owner.namespace, owner.vm, owner.vm_uid, owner.interface, owner.workload) in holding[network]:
+        if (owner.namespace, owner.vm, owner.vm_uid, owner.interface, owner.workload, owner.cluster) in holding[network]:
             continue
         events = await bus.submit(LeaseIp(command_id=f"whereabouts:{network}:{address}:{owner.vm_uid}",
                                           at=int(time.time() * 1000), network=network, owner=owner, addresses=(address,)))

@@ -144,12 +144,13 @@ async def generations(conn: asyncpg.Connection, partitions: list[int]) -> dict[i
 
 
 @asynccontextmanager
-async def leadership(dsn: str, key: int, poll: float = 2.0):
-    """Hold an advisory lock on a connection of its own while the block runs: one leader at a time.
-    The lock goes with the connection, so a leader that dies lets another take over."""
+async def leadership(dsn: str, key: int, scope: str, poll: float = 2.0):
+    """Hold an advisory lock on a connection of its own while the block runs: one leader at a time per
+    ``scope`` (a cluster: each cluster's watchers elect their own).  The lock goes with the connection, so a
+    leader that dies lets another take over."""
     conn = await asyncpg.connect(dsn)
     try:
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1::int4, hashtext($2))", key, scope):
             await asyncio.sleep(poll)
         yield
     finally:

@@ -43,7 +43,8 @@ from .tables import TABLES, LeaseChanges, ts
 log = structlog.get_logger("ipam.projection")
 
 _LEDGER_COLUMNS = ("generation", "partition", "offset", "epoch", "seq", "at", "type", "command_id",
-                   "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body", "network", "address", "workload")
+                   "pool", "mac", "namespace", "vm", "vm_uid", "interface", "body", "network", "address", "workload",
+                   "cluster")
 
 
 class SequenceGap(Exception):
@@ -143,7 +144,7 @@ class _Batch:
         body = {"reason": reason, "record": raw[:2000].decode("utf-8", "replace")}
         self.ledger.append((self.generation, self.partition, offset, epoch, seq, dt.datetime.now(dt.UTC), kind,
                             command_id, None, None, None, None, None, None, msgspec.json.encode(body).decode(), None, None,
-                            None))
+                            None, None))
 
     def fold(self, offset: int, rec: EventRecord, changes: BatchChanges) -> None:
         ev = rec.event
@@ -168,7 +169,7 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
             owner.namespace if owner else None, owner.vm if owner else None,
             owner.vm_uid if owner else None, owner.interface if owner else None,
             encoder.encode(ev).decode(), network, None if address is None else address_of(address),
-            owner.workload if owner else None)
+            owner.workload if owner else None, owner.cluster if owner else None)
 
 
 class Projection:

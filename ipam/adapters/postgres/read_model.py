@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ...domain.catalog import Catalog
-from ...domain.kinds import PROVISIONAL_UID_PREFIX, VM_WORKLOAD, Kind
+from ...domain.kinds import DEFAULT_CLUSTER, PROVISIONAL_UID_PREFIX, VM_WORKLOAD, Kind
 from .spaces import CATALOG_VERSION, load_spaces, stored_networks
 from .tables import TABLES
 
@@ -91,33 +91,35 @@ class ReadModel:
     # --- leases -------------------------------------------------------------------------------
 
     async def leases(self, kind: Kind, *, namespace=None, vm=None, space=None, address=None, workload=None, vm_uid=None,
-                     limit=1000):
+                     cluster=None, state=None, limit=1000):
         t = TABLES[kind]
         return await self.db.fetch(
             f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until,
-                       workload
+                       workload, cluster
                 FROM {t.view} WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                   AND ($3::text IS NULL OR {kind.space} = $3) AND ($4::{t.address_type} IS NULL OR {kind.address} = $4)
                   AND ($6::text IS NULL OR workload = $6) AND ($7::text IS NULL OR vm_uid = $7)
+                  AND ($8::text IS NULL OR cluster = $8) AND ($9::text IS NULL OR state = $9)
                 ORDER BY namespace, vm, interface, {kind.space}, {kind.address} LIMIT $5""",
-            namespace, vm, space, address, limit, workload, vm_uid)
+            namespace, vm, space, address, limit, workload, vm_uid, cluster, state)
 
-    async def holdings(self, kind: Kind, workload: str = VM_WORKLOAD) -> list[Holding]:
-        """Every VM (pod, claim: ``workload``) holding leases of this kind, per space (those admitted but not
-        seen yet left out)."""
+    async def holdings(self, kind: Kind, workload: str = VM_WORKLOAD, cluster: str = DEFAULT_CLUSTER) -> list[Holding]:
+        """Every VM (pod, claim: ``workload``) of one cluster holding leases of this kind, per space (those
+        admitted but not seen yet left out): what that cluster's watcher may release when it lists."""
         t = TABLES[kind]
         rows = await self.db.fetch(f"SELECT DISTINCT {kind.space}, namespace, vm, vm_uid FROM {t.leases} "
-                                   "WHERE workload = $3 AND left(vm_uid, $1) <> $2", len(PROVISIONAL_UID_PREFIX),
-                                   PROVISIONAL_UID_PREFIX, workload)
+                                   "WHERE workload = $3 AND cluster = $4 AND left(vm_uid, $1) <> $2",
+                                   len(PROVISIONAL_UID_PREFIX), PROVISIONAL_UID_PREFIX, workload, cluster)
         return [Holding(*r) for r in rows]
 
     async def spaces_held(self, kind: Kind, namespace: str, vm: str, *, vm_uid: str | None = None,
-                          interface: str | None = None, workload: str | None = None) -> set[str]:
-        """Spaces where a VM (or one incarnation, or one interface; or a pod or claim) holds leases."""
+                          interface: str | None = None, workload: str | None = None, cluster: str | None = None) -> set[str]:
+        """Spaces where a VM (or one incarnation, or one interface; or a pod or claim; of one cluster) holds leases."""
         rows = await self.db.fetch(
             f"SELECT DISTINCT {kind.space} FROM {TABLES[kind].leases} WHERE namespace = $1 AND vm = $2 "
             "AND ($3::text IS NULL OR vm_uid = $3) AND ($4::text IS NULL OR interface = $4) "
-            "AND ($5::text IS NULL OR workload = $5)", namespace, vm, vm_uid, interface, workload)
+            "AND ($5::text IS NULL OR workload = $5) AND ($6::text IS NULL OR cluster = $6)",
+            namespace, vm, vm_uid, interface, workload, cluster)
         return {r[0] for r in rows}
 
     async def space_holding(self, kind: Kind, address: str) -> str | None:
@@ -126,10 +128,11 @@ class ReadModel:
         return await self.db.fetchval(f"SELECT {kind.space} FROM {t.leases} WHERE {kind.address} = $1::{t.address_type}",
                                       address)
 
-    async def interfaces_held(self, kind: Kind, namespace: str, vm: str, besides: str, workload: str = VM_WORKLOAD) -> int:
+    async def interfaces_held(self, kind: Kind, namespace: str, vm: str, besides: str, workload: str = VM_WORKLOAD,
+                              cluster: str = DEFAULT_CLUSTER) -> int:
         return await self.db.fetchval(f"SELECT count(DISTINCT interface) FROM {TABLES[kind].leases} "
-                                      "WHERE namespace = $1 AND vm = $2 AND interface <> $3 AND workload = $4",
-                                      namespace, vm, besides, workload)
+                                      "WHERE namespace = $1 AND vm = $2 AND interface <> $3 AND workload = $4 AND cluster = $5",
+                                      namespace, vm, besides, workload, cluster)
 
     async def lapsed(self, kind: Kind, limit: int = 1000) -> list[tuple[str, str, str, int]]:
         """Pending leases past their time: (space, address, vm uid, until ms)."""

@@ -247,13 +247,13 @@ async def _load_books(conn: asyncpg.Connection, state: State, t: LeaseTable, nam
     books, decode, intern = state.books[t.kind], t.decode_key, sys.intern
     for name in names:  # one space at a time: no space column to decode a million times
         hold = books[name].hold
-        cursor = await conn.cursor(f"SELECT {t.key_send}, namespace, vm, vm_uid, interface, workload FROM {t.leases} "
+        cursor = await conn.cursor(f"SELECT {t.key_send}, namespace, vm, vm_uid, interface, workload, cluster FROM {t.leases} "
                                    f"WHERE {t.space_column} = $1", name)
         # In chunks: a million rows fetched at once leave their records' memory behind in the heap.
         while rows := await cursor.fetch(LOAD_CHUNK):
-            for raw, ns, vm, uid, iface, workload in rows:
+            for raw, ns, vm, uid, iface, workload, cluster in rows:
                 hold(decode(raw), Owner(namespace=intern(ns), vm=vm, vm_uid=uid, interface=intern(iface),
-                                        workload=intern(workload)))
+                                        workload=intern(workload), cluster=intern(cluster)))
             del rows
     for space, raw, pending in await conn.fetch(
             f"SELECT {t.space_column}, {t.key_send}, (extract(epoch FROM pending_until) * 1000)::bigint FROM {t.leases} "

@@ -19,12 +19,12 @@ from ...domain.ip import V6, address_of, family_of
 from ...domain.kinds import IP, MAC, Kind, Owner
 from ...domain.mac import format_mac
 
-OWNER_COLUMNS = ("namespace", "vm", "vm_uid", "interface", "workload")
+OWNER_COLUMNS = ("namespace", "vm", "vm_uid", "interface", "workload", "cluster")
 
 
 def owner_row(o: Owner) -> tuple[str, ...]:
     """An owner as the values of OWNER_COLUMNS."""
-    return o.namespace, o.vm, o.vm_uid, o.interface, o.workload
+    return o.namespace, o.vm, o.vm_uid, o.interface, o.workload, o.cluster
 
 
 def ts(ms: int) -> dt.datetime:
