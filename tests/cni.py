@@ -23,7 +23,8 @@ from ipam.cni.install import install_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("IPAM_TEST_CACHE", ROOT / ".cache" / "debian"))
-PACKAGES = {"containernetworking-plugins": "usr/lib/cni/bridge", "iputils-ping": "bin/ping"}
+PACKAGES = {"containernetworking-plugins": "usr/lib/cni/bridge", "iputils-ping": "bin/ping",
+            "cloud-init": "usr/lib/python3/dist-packages/cloudinit/cmd/main.py"}
 
 
 def debian_tool(package: str) -> Path:

@@ -3,9 +3,9 @@ which interfaces are on which NetworkAttachmentDefinition, the address annotatio
 
 import pytest
 
-from ipam.domain.cloudinit import Addressed, NetworkDataConflict, merge
 from ipam.domain.commands import SubnetSpec
 from ipam.domain.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces, nad_network
+from ipam.domain.networkdata import Addressed, NetworkDataConflict, merge
 
 
 def nad(**annotations):
@@ -37,29 +37,30 @@ def test_bad_nad_annotations_name_the_annotation(annotations, words):
 
 
 def test_fresh_network_data_configures_the_pod_interface_by_dhcp():
-    data = merge(None, [Addressed("blue", "02:00:00:00:00:02", ("10.0.0.5/24",), ("10.0.0.1",), ("10.0.0.53",))],
-                 {"default": "02:00:00:00:00:01"})
-    assert data == {"version": 2, "ethernets": {
-        "default": {"match": {"macaddress": "02:00:00:00:00:01"}, "dhcp4": True},
-        "blue": {"match": {"macaddress": "02:00:00:00:00:02"}, "addresses": ["10.0.0.5/24"],
-                 "routes": [{"to": "0.0.0.0/0", "via": "10.0.0.1", "metric": 200}],
-                 "nameservers": {"addresses": ["10.0.0.53"]}}}}
+    data = merge(None, [Addressed("blue", "02:00:00:00:00:02", ("10.0.0.5/24",), ("10.0.0.1",), ("10.0.0.53",), index=1)],
+                 {"eth0": "02:00:00:00:00:01"}, False)
+    assert data == {"version": 1, "config": [
+        {"type": "physical", "name": "eth0", "mac_address": "02:00:00:00:00:01", "subnets": [{"type": "dhcp"}]},
+        {"type": "physical", "name": "eth1", "mac_address": "02:00:00:00:00:02", "subnets": [
+            {"type": "static", "address": "10.0.0.5/24", "routes": [{"network": "0.0.0.0/0", "gateway": "10.0.0.1",
+                                                                     "metric": 200}],
+             "dns_nameservers": ["10.0.0.53"]}]}]}
 
 
 def test_user_entries_are_kept_merged_or_refused():
     ours = [Addressed("blue", "02:00:00:00:00:02", ("10.0.0.5/24",))]
     by_mac = {"version": 2, "ethernets": {"eth1": {"match": {"macaddress": "02:00:00:00:00:02"}, "mtu": 9000}}}
-    merged = merge(by_mac, ours, {})
+    merged = merge(by_mac, ours, {}, False)
     assert merged["ethernets"]["eth1"] == {"match": {"macaddress": "02:00:00:00:00:02"}, "mtu": 9000,
                                            "addresses": ["10.0.0.5/24"]}
     same = {"version": 2, "ethernets": {"blue": {"addresses": ["10.0.0.5/24"], "dhcp4": False}}}
-    assert merge(same, ours, {})["ethernets"]["blue"]["dhcp4"] is False
+    assert merge(same, ours, {}, False)["ethernets"]["blue"]["dhcp4"] is False
     with pytest.raises(NetworkDataConflict, match="ethernets.blue sets addresses"):
-        merge({"version": 2, "ethernets": {"blue": {"addresses": ["10.9.9.9/24"]}}}, ours, {})
-    with pytest.raises(NetworkDataConflict, match="version 2"):
-        merge({"version": 1, "config": []}, ours, {})
-    with pytest.raises(NetworkDataConflict, match="not a YAML mapping"):
-        merge(["a"], ours, {})
+        merge({"version": 2, "ethernets": {"blue": {"addresses": ["10.9.9.9/24"]}}}, ours, {}, False)
+    with pytest.raises(NetworkDataConflict, match="version 3"):
+        merge({"version": 3, "config": []}, ours, {}, False)
+    with pytest.raises(NetworkDataConflict, match="not a mapping"):
+        merge(["a"], ours, {}, False)
 
 
 def test_multus_interfaces_resolve_their_attachment():

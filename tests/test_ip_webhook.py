@@ -96,15 +96,16 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     assert v4 in ipaddress.ip_network("10.40.0.0/24") and v6 in ipaddress.ip_network("fd00:40::/64")
     assert not ipaddress.ip_address("10.40.0.1") <= v4 <= ipaddress.ip_address("10.40.0.9")
     data = network_data(created)
-    assert data["version"] == 2
-    eth = data["ethernets"]
-    assert eth["default"] == {"match": {"macaddress": macs["default"]}, "dhcp4": True}
-    assert eth["blue"]["match"] == {"macaddress": macs["blue"]}
-    assert eth["blue"]["addresses"] == [f"{v4}/24", f"{v6}/64"]
-    assert {r["via"] for r in eth["blue"]["routes"]} == {"10.40.0.1", "fd00:40::1"}
-    assert eth["blue"]["nameservers"] == {"addresses": ["10.40.0.53"]}
-    assert eth["green"] == {"match": {"macaddress": macs["green"]}, "addresses": [f"{addresses['green'][0]}/28"]}
-    assert "red" not in eth
+    assert data["version"] == 1  # what cloud-init renders faithfully everywhere (tests/test_network_data.py)
+    nics = {item["mac_address"]: item for item in data["config"]}
+    assert nics[macs["default"]] == {"type": "physical", "name": "eth0", "mac_address": macs["default"],
+                                     "subnets": [{"type": "dhcp"}]}
+    blue = nics[macs["blue"]]
+    assert blue["name"] == "eth1" and [s["address"] for s in blue["subnets"]] == [f"{v4}/24", f"{v6}/64"]
+    assert {r["gateway"] for s in blue["subnets"] for r in s.get("routes", [])} == {"10.40.0.1", "fd00:40::1"}
+    assert blue["subnets"][0]["dns_nameservers"] == ["10.40.0.53"]
+    assert nics[macs["green"]]["subnets"] == [{"type": "static", "address": f"{addresses['green'][0]}/28"}]
+    assert len(nics) == 3  # red's NAD carries no ipam annotation: not configured
     disks = created["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
     assert {"name": "ipam-cloudinit", "disk": {"bus": "virtio"}} in disks
     pending = await query(kv, "SELECT network, host(address) AS a, state, vm_uid FROM ipam.ip_leases WHERE vm = 'app-1'")
@@ -138,8 +139,8 @@ async def test_a_vm_on_two_networks_gets_macs_addresses_and_matching_network_dat
     plugged = apply(plugged, answer)
     assert leased(plugged)["blue"] == addresses["blue"]
     assert ipaddress.ip_address(leased(plugged)["purple"][0]) in ipaddress.ip_network("172.20.0.0/24")
-    assert network_data(plugged)["ethernets"]["purple"]["match"] == {"macaddress": macs_of(plugged)["purple"]}
-    assert network_data(plugged)["ethernets"]["blue"] == eth["blue"]
+    nics = {item["mac_address"]: item for item in network_data(plugged)["config"]}
+    assert nics[macs_of(plugged)["purple"]]["name"] == "eth4" and nics[macs["blue"]] == blue
     stored = await kube.put("virtualmachines", plugged)
 
     # the guest runs and reports its addresses: one it was not given is drift
@@ -195,15 +196,17 @@ async def test_user_network_data_is_merged_or_the_conflict_denied(kv):
     clash["spec"]["template"]["spec"]["volumes"].append(
         {"name": "cloudinit",
          "cloudInitNoCloud": {"networkDataBase64": base64.b64encode(yaml.safe_dump(theirs).encode()).decode()}})
-    response = await admit(https, kv, review(clash))
+    response = await admit(https, kv, review(clash))  # the user's own address is asked for: outside the network
     assert response["allowed"] is False
-    assert "ethernets.green" in response["status"]["message"] and "10.99.0.5/24" in response["status"]["message"]
+    assert "10.99.0.5" in response["status"]["message"] and "outside network 'shared-green'" in response["status"]["message"]
 
     v1 = vm_manifest("v1-1", multus=("green",))
     v1["spec"]["template"]["spec"]["volumes"].append(
         {"name": "cloudinit", "cloudInitNoCloud": {"networkData": "version: 1\nconfig: []\n"}})
     response = await admit(https, kv, review(v1))
-    assert response["allowed"] is False and "version 2" in response["status"]["message"]
+    assert response["allowed"] is True, response  # version 1 is merged in its own form
+    (item,) = network_data(apply(v1, response))["config"]
+    assert item["type"] == "physical" and item["subnets"][0]["address"].startswith("192.168.60.")
 
     secret = vm_manifest("secret-1", multus=("green",))
     secret["spec"]["template"]["spec"]["volumes"].append(
@@ -257,3 +260,38 @@ async def test_nad_update_and_delete_become_commands(kv, kube):
     history = await query(kv, "SELECT what FROM ipam.history WHERE network = 'prod.temp-net' ORDER BY id")
     assert [r["what"] for r in history] == ["network created", "network changed", "network deleted"]
     await asyncio.sleep(0)
+
+
+async def test_an_address_the_user_wrote_is_claimed_for_that_vm_and_protected(kv):
+    """The user's own networkData gives the interface 172.20.0.20: that is the VM's lease (static), no second
+    address is added, another VM cannot lease it, and a VM writing a held address is denied naming the holder."""
+    https = kv.https
+
+    def vm_with(name: str, network_data: str, kind: str = "cloudInitNoCloud") -> dict:
+        vm = vm_manifest(name, multus=("purple",))
+        vm["spec"]["template"]["spec"]["volumes"].append({"name": "cloudinit", kind: {"networkData": network_data}})
+        return vm
+
+    own = vm_with("own-1", yaml.safe_dump({"version": 2, "ethernets": {"eth1": {"addresses": ["172.20.0.20/24"]}}}))
+    response = await admit(https, kv, review(own))
+    assert response["allowed"] is True, response
+    created = apply(own, response)
+    assert leased(created) == {"purple": ["172.20.0.20"]}
+    assert network_data(created)["ethernets"]["eth1"]["addresses"] == ["172.20.0.20/24"]  # one address, the user's
+    rows = await query(kv, "SELECT host(address) AS a, static FROM ipam.ip_leases WHERE vm = 'own-1'")
+    assert [(r["a"], r["static"]) for r in rows] == [("172.20.0.20", True)]
+    async with kv.http.post(f"{kv.url}/v1/ip-leases", json={"network": "prod.purple-net", "namespace": "prod", "vm": "x",
+                                                            "vm_uid": "u", "interface": "eth1",
+                                                            "addresses": ["172.20.0.20"]}) as r:
+        assert r.status == 409 and "prod/own-1" in (await r.json())["error"]["message"]
+
+    v1 = "version: 1\nconfig:\n- type: physical\n  name: eth1\n  subnets:\n  - type: static\n    address: 172.20.0.20/24\n"
+    response = await admit(https, kv, review(vm_with("own-2", v1)))
+    assert response["allowed"] is False and "172.20.0.20 is held by prod/own-1" in response["status"]["message"], response
+
+    drive = json.dumps({"links": [{"id": "eth1", "type": "phy"}],
+                        "networks": [{"id": "n", "link": "eth1", "type": "ipv4", "ip_address": "172.20.0.21",
+                                      "netmask": "255.255.255.0"}]})
+    response = await admit(https, kv, review(vm_with("own-3", drive, "cloudInitConfigDrive")))
+    assert response["allowed"] is True, response
+    assert leased(apply(vm_with("own-3", drive, "cloudInitConfigDrive"), response)) == {"purple": ["172.20.0.21"]}

@@ -33,7 +33,7 @@ from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
 from ..config import Config
 from ..domain import multus
-from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch
+from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch, written_addresses
 from ..domain.commands import LeaseIp, LeaseMac
 from ..domain.ip import format_address, parse_address
 from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
@@ -256,11 +256,24 @@ class Webhook:
                 plan, need.name, need.requested_mac or old_macs.get(need.name),
                 f"{INTERFACES_FIELD}[{need.index}].macAddress", catalog, namespace, common, suffix,
                 Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=need.name, cluster=self.cfg.cluster))))
+        written = self._written(plan, old_macs)
         for m, network in plan.addressed:
             plan.commands.append((m.name, LeaseIp(
                 command_id=f"admission:{plan.uid}:ip:{m.name}{suffix}", network=network.name,
                 owner=Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=m.name, cluster=self.cfg.cluster),
-                addresses=tuple(wanted_ips.get(m.name, ())), **common)))
+                addresses=tuple(wanted_ips.get(m.name) or written.get(m.name, ())), **common)))
+
+    @staticmethod
+    def _written(plan: Plan, old_macs: dict[str, str]) -> dict[str, list[str]]:
+        """Addresses the user's own networkData gives interfaces on ipam networks: asked for as static leases, so a
+        user's address is held for this VM (or refused, naming the holder) and never handed to another."""
+        names = [i.get("name") if isinstance(i, Mapping) else None for i in vm_interfaces(plan.vm)]
+        macs = {**old_macs, **spec_macs(plan.vm)}
+        wanted = [(m.name, macs.get(m.name), names.index(m.name) if m.name in names else -1) for m, _ in plan.addressed]
+        try:
+            return _spec(written_addresses, plan.vm, wanted)
+        except NetworkDataConflict as e:
+            raise Denied(str(e)) from None
 
     async def _decide(self, plan: Plan) -> tuple[dict[str, str], dict[str, list[str]]]:
         """Each command's answer: the stored one when the API server retries a review (same uid, same ids)."""
@@ -296,12 +309,15 @@ class Webhook:
         if not plan.addressed:
             return patch, []
         entries = []
+        names = [i.get("name") if isinstance(i, Mapping) else None for i in vm_interfaces(plan.vm)]
         for m, network in plan.addressed:
             if m.name not in macs:
                 raise Denied(f"interface {m.name}: has no MAC address to match its cloud-init networkData by")
-            entries.append(addressed_entry(m.name, macs[m.name], ips[m.name], network))
+            entries.append(addressed_entry(m.name, macs[m.name], ips[m.name], network,
+                                           names.index(m.name) if m.name in names else -1))
+        dhcp = {f"eth{n.index}": macs[n.name] for n in plan.needs if n.network == "pod"}  # named as the guest names it
         try:
-            ops, warning = cloud_init_patch(plan.vm, entries, {n.name: macs[n.name] for n in plan.needs if n.network == "pod"})
+            ops, warning = cloud_init_patch(plan.vm, entries, dhcp)
         except NetworkDataConflict as e:
             raise Denied(str(e)) from None
         except SpecError as e:
@@ -317,11 +333,12 @@ def is_receiver(obj: Mapping) -> bool:
     return isinstance(spec, Mapping) and spec.get("runStrategy") == "WaitAsReceiver"
 
 
-def addressed_entry(iface: str, mac: str, leased: list[str], network) -> Addressed:
-    """What cloud-init gets for one interface: address/prefix and the gateway of each leased subnet, the network's DNS."""
+def addressed_entry(iface: str, mac: str, leased: list[str], network, index: int = -1) -> Addressed:
+    """What cloud-init gets for one interface: address/prefix and the gateway of each leased subnet, the network's DNS;
+    ``index``: the interface's place in the VM spec (the guest's eth<N>)."""
     subnets = [network.subnets[network.subnet_of(parse_address(address))] for address in leased]
     addresses = tuple(f"{a}/{s.cidr.prefixlen}" for a, s in zip(leased, subnets, strict=True))
-    return Addressed(name=iface, mac=mac, addresses=addresses,
+    return Addressed(name=iface, mac=mac, addresses=addresses, index=index,
                      gateways=tuple(format_address(s.gateway) for s in subnets if s.gateway is not None), dns=network.dns)
 
 
