@@ -199,13 +199,13 @@ def pool_change(client: Client, name: str, range_: str | None, namespaces: tuple
     client.show([r], ["name", "range", "size", "used", "namespaces", "default"], r)
 
 
-@pool.command("delete")
-@click.argument("name")
-@click.pass_obj
-def pool_delete(client: Client, name: str) -> None:
-    """Delete pool NAME (refused while it holds leases)."""
-    r = client.call("DELETE", f"/v1/pools/{quoted(name)}")
-    client.show([r], ["deleted"], r)
+def _deleter(group: click.Group, path: str, what: str) -> None:
+    @group.command("delete", help=f"Delete {what} NAME (refused while it holds leases).")
+    @click.argument("name")
+    @click.pass_obj
+    def delete(client: Client, name: str) -> None:
+        r = client.call("DELETE", f"{path}/{quoted(name)}")
+        client.show([r], ["deleted"], r)
 
 
 @pool.command("list")
@@ -282,10 +282,5 @@ def network_list(client: Client) -> None:
     client.show(rows, ["name", "cidr", "gateway", "size", "used", "free", "percent", "attachments", "source"], r)
 
 
-@network.command("delete")
-@click.argument("name")
-@click.pass_obj
-def network_delete(client: Client, name: str) -> None:
-    """Delete network NAME (refused while it holds leases)."""
-    r = client.call("DELETE", f"/v1/networks/{quoted(name)}")
-    client.show([r], ["deleted"], r)
+_deleter(pool, "/v1/pools", "pool")
+_deleter(network, "/v1/networks", "network")

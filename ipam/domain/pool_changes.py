@@ -57,12 +57,9 @@ def change(state, cmd: ChangePool) -> list[Event]:
         return _refuse(cmd, "invalid", "the external pool cannot be the default pool", "default")
     claim = current.claim
     if cmd.range is not None:
-        if current.external:
-            return _refuse(cmd, "invalid", "the external pool has no range", "range")
-        try:
-            claim = parse_range(cmd.range)
-        except RangeError as e:
-            return _refuse(cmd, "invalid", str(e), "range")
+        claim = _new_range(current, cmd)
+        if isinstance(claim, list):
+            return claim
         other = overlap(pools, claim, cmd.name)
         if other is not None:
             return _refuse(cmd, "overlap", f"range {claim} overlaps pool {other.name!r} ({other.claim})", "range")
@@ -90,12 +87,9 @@ def set_range(state, cmd: SetPoolRange) -> list[Event]:
     pool = state.pools.get(cmd.pool)
     if pool is None or pool.retired:
         return _refuse(cmd, "unknown_pool", f"pool {cmd.pool!r} does not exist", "pool")
-    if pool.external:
-        return _refuse(cmd, "invalid", "the external pool has no range", "range")
-    try:
-        rng = parse_range(cmd.range)
-    except RangeError as e:
-        return _refuse(cmd, "invalid", str(e), "range")
+    rng = _new_range(pool, cmd)
+    if isinstance(rng, list):
+        return rng
     if not _within(rng, pool.claim):
         return _refuse(cmd, "not_granted", f"range {rng} reaches past what pool {cmd.pool!r} was granted ({pool.claim}): "
                                            "grow the pool on the registry first (PATCH /v1/pools does both)", "range")
@@ -119,6 +113,16 @@ def retire(state, cmd: RetirePool) -> list[Event]:
         return _refuse(cmd, "in_use", f"pool {cmd.pool!r} still holds {len(live)} live lease(s): "
                                       f"{named(state.books[MAC][cmd.pool], live)}", "name")
     return [PoolRetired(command_id=cmd.command_id, at=cmd.at, pool=cmd.pool)]
+
+
+def _new_range(pool: Pool, cmd) -> MacRange | list[Event]:
+    """The range a command asks the pool to have, or its refusal."""
+    if pool.external:
+        return _refuse(cmd, "invalid", "the external pool has no range", "range")
+    try:
+        return parse_range(cmd.range)
+    except RangeError as e:
+        return _refuse(cmd, "invalid", str(e), "range")
 
 
 def _within(inner: MacRange | None, outer: MacRange | None) -> bool:
