@@ -10,6 +10,7 @@ import sys
 import click
 
 from ..config import Config, ConfigError
+from ..devenv import BrokerAddressInUse
 from .base import Client, fail, main
 
 
@@ -35,7 +36,10 @@ def serve(roles: tuple[str, ...], listen: str | None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve_forever(cfg, set(roles)))
+    try:
+        asyncio.run(serve_forever(cfg, set(roles)))
+    except BrokerAddressInUse as e:
+        raise click.UsageError(str(e)) from None
 
 
 @main.command()
