@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-quick faults schemas clean
+.PHONY: run test bench bench-quick faults fuzz schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-quick: $(STAMP)
 
 faults: $(STAMP)  ## fault injection: FAULT_RUNS seeded runs of FAULT_SECONDS each (one JSON line per run)
 	$(BIN)/python -m tests.faults --runs $${FAULT_RUNS:-50} --seconds $${FAULT_SECONDS:-20} --seed $${FAULT_SEED:-1}
+
+fuzz: $(STAMP)  ## the webhooks' fuzz at full length (1,500 malformed reviews each; make test runs 300)
+	IPAM_FUZZ_REVIEWS=$${FUZZ_REVIEWS:-1500} $(BIN)/pytest -q tests/test_webhook_fuzz.py
 
 schemas: $(STAMP)
 	$(BIN)/ipam schemas export

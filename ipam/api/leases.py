@@ -45,6 +45,17 @@ def canonical_ip(text: str, field: str) -> str:
         raise ApiError(400, "invalid", str(e), field) from None
 
 
+def check_same_owner(events: list[dict], owner: Owner, kinds: set[str]) -> None:
+    """A stored outcome answered for this request's key must be this owner's: a key reused for another owner's
+    lease is refused (422) instead of answering with someone else's lease."""
+    for ev in events:
+        o = ev.get("owner") if ev["type"] in kinds else None
+        if o and (o["namespace"], o["vm"], o["vm_uid"], o["interface"]) != (owner.namespace, owner.vm, owner.vm_uid,
+                                                                              owner.interface):
+            raise ApiError(422, "key_reused", "this Idempotency-Key (or command_id) was used for another owner's lease; "
+                                              "use a new one", "Idempotency-Key")
+
+
 def workload_of(request: web.Request) -> str | None:
     """The ``workload`` query parameter: one of the kinds of holder, or absent."""
     workload = request.query.get("workload")
@@ -118,6 +129,7 @@ class LeaseApi:
                                                                       owner=owner, **requested))
         raise_rejection(events)
         kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
+        check_same_owner(events, owner, kinds)
         existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
         if existing:  # answered as stored: the lease's own time and whether it was static
             leases = [self.from_row(r) for r in await self.read.leases(

@@ -17,7 +17,7 @@ from aiohttp import web
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.kinds import ANY_INTERFACE, NEVER, RESERVATION_UID_PREFIX, Owner
 from .http import ApiError, command_id, decode_body, fanout_id, now_ms, raise_rejection, reply
-from .leases import LeaseApi
+from .leases import LeaseApi, check_same_owner
 from .openapi import Route
 
 
@@ -42,8 +42,10 @@ class ReservationApi:
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=f"{RESERVATION_UID_PREFIX}{cid}", interface=interface,
                       workload=body.workload, cluster=cluster)
         until = NEVER if body.expires_in_seconds is None else now_ms() + body.expires_in_seconds * 1000
-        raise_rejection(await self.gateway.submit(LEASE_COMMANDS[kind].lease(
-            command_id=cid, at=now_ms(), **{kind.space: space}, owner=owner, pending_until=until, **requested)))
+        events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(
+            command_id=cid, at=now_ms(), **{kind.space: space}, owner=owner, pending_until=until, **requested))
+        raise_rejection(events)
+        check_same_owner(events, owner, {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned"})
         rows = await self.read.leases(kind, namespace=body.namespace, vm=body.vm, space=space, vm_uid=owner.vm_uid)
         return reply(self._answer([api.from_row(r) for r in rows], False, cid), 201)
 

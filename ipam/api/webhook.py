@@ -33,6 +33,7 @@ from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
 from ..config import Config
 from ..domain import multus
+from ..domain import review as shapes
 from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch, written_addresses
 from ..domain.commands import LeaseIp, LeaseMac
 from ..domain.ip import format_address, parse_address
@@ -148,7 +149,12 @@ class Webhook:
             raise Denied("request.uid: an AdmissionReview needs a request with a uid")
         if review.get("apiVersion") != REVIEW_VERSION or review.get("kind") != "AdmissionReview":
             raise Denied(f"apiVersion/kind: expected {REVIEW_VERSION} AdmissionReview, got "
-                         f"{review.get('apiVersion')} {review.get('kind')}")
+                         f"{str(review.get('apiVersion'))[:80]} {str(review.get('kind'))[:80]}")
+        wrong = shapes.problem(req, shapes.Request, "request")
+        if wrong:
+            raise Denied(wrong)
+        if "\x00" in req["uid"] or len(req["uid"]) > 128:
+            raise Denied("request.uid: expected a uid (at most 128 characters, no U+0000)")
         return req
 
     async def _review(self, req: Mapping) -> dict:
@@ -179,6 +185,11 @@ class Webhook:
             return None  # opted out: admitted untouched
         if not isinstance(obj, Mapping):
             raise Denied("request.object: missing")
+        shape = shapes.Pod if kind == POD_KIND else shapes.VirtualMachine
+        for value, root in ((obj, "request.object"), (req.get("oldObject"), "request.oldObject")):
+            wrong = None if value is None else shapes.problem(value, shape, root)
+            if wrong:
+                raise Denied(wrong)
         if kind == POD_KIND:
             return await self._plan_pod(req, namespace, obj)
         return await self._plan_vm(req, namespace, obj, req.get("oldObject") if operation == "UPDATE" else None)

@@ -47,7 +47,11 @@ async def notify(conn, outcomes: dict[str, list], complete: set[str]) -> None:
 
 
 async def read(db, command_ids: list[str]) -> dict[str, list]:
-    """Committed outcomes of several commands in one round trip (absent ids are left out)."""
+    """Committed outcomes of several commands in one round trip (absent ids are left out; an id holding U+0000,
+    which Postgres text cannot hold, was never stored)."""
+    command_ids = [c for c in command_ids if "\x00" not in c]
+    if not command_ids:
+        return {}
     rows = await db.fetch("SELECT command_id, events::text FROM ipam_store.command_outcomes "
                           "WHERE complete AND command_id = ANY($1::text[])", command_ids)
     return {r["command_id"]: msgspec.json.decode(r["events"]) for r in rows}
@@ -55,6 +59,8 @@ async def read(db, command_ids: list[str]) -> dict[str, list]:
 
 async def read_prefixed(db, key: str) -> list[list]:
     """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
+    if "\x00" in key:
+        return []
     rows = await db.fetch("SELECT events::text FROM ipam_store.command_outcomes WHERE complete AND left(command_id, $2) = $1",
                           key + "/", len(key) + 1)
     return [msgspec.json.decode(r["events"]) for r in rows]
