@@ -220,3 +220,42 @@ def test_a_fresh_install_declares_a_default_pool_in_a_locally_administered_range
     (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == "ipam-declared" and path.rsplit("/", 1)[1] in declared_map["data"]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_every_role_survives_a_drain_and_a_lost_node():
+    """A PodDisruptionBudget keeps one ready replica of every role through a drain; replicas spread over nodes."""
+    budgets = by_kind("PodDisruptionBudget")
+    for dep in by_kind("Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert dep["spec"]["replicas"] >= 2, dep["metadata"]["name"]
+        (budget,) = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+        assert budget["spec"]["minAvailable"] == 1
+        spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        hostname = next(c for c in spread if c["topologyKey"] == "kubernetes.io/hostname")
+        assert hostname["whenUnsatisfiable"] == "DoNotSchedule" and _selects(hostname["labelSelector"], labels)
+
+
+def test_network_policies_open_the_webhook_to_the_api_server_and_metrics_to_prometheus():
+    policies = by_kind("NetworkPolicy")
+    (deny,) = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    api = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "ipam-api")
+    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"] for p in container["ports"]}
+    webhook, = by_kind("MutatingWebhookConfiguration")
+    service = next(s for s in by_kind("Service") if s["metadata"]["name"] == webhook["webhooks"][0]["clientConfig"]
+                   ["service"]["name"])
+    target = service["spec"]["ports"][0]["targetPort"]
+    open_to_all = [rule for p in policies if _selects(p["spec"]["podSelector"], api_labels)
+                   for rule in p["spec"].get("ingress", []) if "from" not in rule]
+    assert any(port["port"] == target for rule in open_to_all for port in rule["ports"]) and target in ports
+    for dep in by_kind("Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        scraped = [rule for p in policies if _selects(p["spec"]["podSelector"], labels) for rule in p["spec"].get("ingress", [])
+                   if any("namespaceSelector" in f for f in rule.get("from", []))]
+        assert any(port["port"] == "http" for rule in scraped for port in rule["ports"]), dep["metadata"]["name"]
