@@ -189,3 +189,21 @@ async def test_cli_network_and_ip_round_trip(service):
     assert released.returncode == 0 and addresses[0] in released.stdout
     refused = await asyncio.to_thread(cli, "network", "delete", "cli-net", url=service.url)
     assert refused.returncode == 2 and "still holds 1 lease" in refused.stderr
+
+
+async def test_patch_changes_part_of_a_network_and_refuses_orphaning_a_lease(service, http):
+    base = service.url
+    status, _ = await call(http, "POST", f"{base}/v1/networks", {"name": "patched", "subnets": [{"cidr": "10.77.0.0/24"}],
+                                                                 "attachments": ["prod/a-net"]})
+    assert status == 201
+    status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "patched", **owner(1),
+                                                                     "addresses": ["10.77.0.200"]})
+    assert status == 201, body
+    status, net = await call(http, "PATCH", f"{base}/v1/networks/patched", {"dns": ["10.77.0.53"]})
+    assert status == 200 and net["dns"] == ["10.77.0.53"] and net["attachments"] == ["prod/a-net"]
+    assert [s["cidr"] for s in net["subnets"]] == ["10.77.0.0/24"]
+    status, refused = await call(http, "PATCH", f"{base}/v1/networks/patched", {"subnets": [{"cidr": "10.77.0.0/25"}]})
+    assert status == 409 and refused["error"]["code"] == "in_use" and "10.77.0.200" in refused["error"]["message"]
+    assert (await call(http, "PATCH", f"{base}/v1/networks/nope", {"dns": []}))[0] == 404
+    changed = await asyncio.to_thread(cli, "--json", "network", "change", "patched", "--no-dns", url=base)
+    assert changed.returncode == 0 and json.loads(changed.stdout)["dns"] == [], changed.stderr

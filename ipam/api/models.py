@@ -88,6 +88,15 @@ class NetworkUpdate(Struct, forbid_unknown_fields=True):
     command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
+class NetworkChange(Struct, forbid_unknown_fields=True):
+    """PATCH of a network: what is given replaces that part of its definition, the rest stays."""
+
+    subnets: Annotated[list[SubnetRequest], Meta(min_length=1, max_length=16)] | None = None
+    dns: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=8)] | None = None
+    attachments: Annotated[list[Annotated[str, Meta(min_length=3, max_length=127)]], Meta(max_length=256)] | None = None
+    command_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
 class SubnetUsage(Struct):
     cidr: str
     family: int

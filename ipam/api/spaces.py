@@ -55,6 +55,20 @@ class SpacesApi:
             raise ApiError(404, "unknown_network", f"network {name!r} does not exist", "name")
         return await self._define(request, name, body, create_only=False)
 
+    async def change_network(self, request: web.Request) -> web.Response:
+        """Change what the body gives (subnets, DNS, attachments) and keep the rest of the definition."""
+        body = await decode_body(request, models.NetworkChange)
+        name = request.match_info["name"]
+        current = (await self.read.catalog()).networks.get(name)
+        if current is None:
+            raise ApiError(404, "unknown_network", f"network {name!r} does not exist", "name")
+        subnets = body.subnets if body.subnets is not None else [
+            models.SubnetRequest(cidr=s.cidr, gateway=s.gateway, exclude=list(s.exclude)) for s in current.specs]
+        merged = models.NetworkUpdate(subnets=subnets, dns=list(current.dns if body.dns is None else body.dns),
+                                      attachments=list(current.attachments if body.attachments is None else body.attachments),
+                                      command_id=body.command_id)
+        return await self._define(request, name, merged, create_only=False)
+
     async def _define(self, request: web.Request, name: str, body, create_only: bool) -> web.Response:
         events = await self.ops.define_network(command_id(request, body.command_id), name, body, create_only,
                                                getattr(body, "source", "api"))
@@ -108,6 +122,10 @@ class SpacesApi:
                   ok={200: (network, "The network")}, errors=(404,)),
             Route("PUT", "/v1/networks/{name}", self.update_network, "Replace a network's definition (refused while a live "
                   "lease would fall outside it)", "updateNetwork", body=models.NetworkUpdate, ok={200: (network, "Updated")},
+                  errors=(400, 404, 409, 413, 504), idempotent=True),
+            Route("PATCH", "/v1/networks/{name}", self.change_network, "Change part of a network's definition (subnets, "
+                  "DNS, attachments: what is given replaces it); refused while a live lease would fall outside it",
+                  "changeNetwork", body=models.NetworkChange, ok={200: (network, "Changed")},
                   errors=(400, 404, 409, 413, 504), idempotent=True),
             Route("DELETE", "/v1/networks/{name}", self.delete_network, "Delete a network (refused while it holds leases)",
                   "deleteNetwork", ok={200: (models.NetworkDeleted, "Deleted")}, errors=(404, 409, 504), idempotent=True),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import click
 
+from ..domain.commands import SubnetSpec
 from ..domain.ip import AddressError, NetworkError, format_address, parse_address
 from ..domain.kinds import IP, MAC, Kind
 from ..domain.kubevirt import SpecError, subnet_specs
@@ -270,6 +271,23 @@ def _network_writer(verb: str, method: str, help_: str) -> None:
 
 _network_writer("create", "POST", "Create network NAME.")
 _network_writer("update", "PUT", "Replace the definition of network NAME (refused while a lease would fall outside it).")
+
+
+@network.command("change")
+@click.argument("name")
+@click.option("--dns", multiple=True, help="DNS servers (replace the list; --no-dns for none).")
+@click.option("--no-dns", is_flag=True, help="No DNS servers.")
+@click.option("--attachment", "attachments", multiple=True, help="Attachments namespace/name (replace the list).")
+@click.option("--no-attachments", is_flag=True, help="No attachments.")
+@click.pass_obj
+def network_change(client: Client, name: str, dns, no_dns: bool, attachments, no_attachments: bool) -> None:
+    """Change network NAME's DNS or attachments, keeping the rest (subnets: ipam network update)."""
+    body = {"dns": [] if no_dns else list(dns) or None, "attachments": [] if no_attachments else list(attachments) or None}
+    try:
+        build_network(name, [SubnetSpec(cidr="192.0.2.0/24")], body["dns"] or (), body["attachments"] or ())
+    except NetworkError as e:
+        fail({"dns": "--dns", "attachments": "--attachment"}.get(e.field.split("[")[0], "NAME"), e.reason)
+    _show_network(client, client.call("PATCH", f"/v1/networks/{quoted(name)}", {k: v for k, v in body.items() if v is not None}))
 
 
 @network.command("list")
