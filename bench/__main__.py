@@ -308,7 +308,7 @@ async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs: check the benchmarks work (CI)")
-    ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 5)")
+    ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 2)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
     ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
@@ -324,7 +324,7 @@ async def main(argv: list[str]) -> int:
                                                  "pipeline, ip-pipeline, baseline, takeover, rebuild, memory, cni "
                                                  "(default: all)")
     args = ap.parse_args(argv)
-    seconds = args.seconds or (5 if args.quick else 60)
+    seconds = args.seconds or (2 if args.quick else 60)
     def rates_of(given: str | None, full: str) -> list[int]:
         return [int(r) for r in (given if given is not None else ("100" if args.quick else full)).split(",") if r]
 
@@ -335,11 +335,11 @@ async def main(argv: list[str]) -> int:
     ip_rates = rates_of(args.ip_rates, "100,500")
     https_rates = [int(r) for r in (args.https_rates if args.https_rates is not None
                                     else ("100" if args.quick else "100,500")).split(",") if r]
-    lat_seconds = 3 if args.quick else 15
+    lat_seconds = 1.5 if args.quick else 15
     only = set(args.only.split(",")) if args.only else {"latency", "latency-https", "webhook", "webhook-ip", "ip-latency",
                                                         "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory",
                                                         "cni"}
-    leases = args.leases or (20_000 if args.quick else 1_000_000)
+    leases = args.leases or (5_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
     webhook_rates = webhook_rates if "webhook" in only else []
@@ -387,7 +387,7 @@ async def main(argv: list[str]) -> int:
                     report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples))
         if "cni" in only:
             async with Stack(backends, tls, args.partitions) as stack:
-                for r in await measure_cni(stack.svc.url, 50 if args.quick else 200):
+                for r in await measure_cni(stack.svc.url, 20 if args.quick else 200):
                     report(r)
         if {"takeover", "rebuild", "memory"} & only:
             async with Stack(backends, tls, args.partitions) as stack:

@@ -1,5 +1,7 @@
-"""CI runs the benchmarks in their quick form only to check that they still run and report every
-scenario (figures are not asserted: timing assertions do not belong in a test suite)."""
+"""CI runs the benchmarks in their quick form only to check that they still run and report (figures are not
+asserted: timing assertions do not belong in a test suite).  To keep ``make test`` short it runs the scenarios
+of every kind of measurement once (plain latency, webhook, pipelines, baseline, CNI, the large-state ones);
+``make bench-quick`` runs every scenario, the HTTPS, webhook-IP and IP-latency variants too."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = {"latency@100/s", "latency-https@100/s", "webhook@100/s", "webhook-ip@100/s", "ip-latency@100/s", "pipeline",
-             "ip-pipeline", "cni-ipam", "cni-host-local",
+ONLY = "latency,webhook,pipeline,ip-pipeline,baseline,cni,takeover,rebuild,memory"
+SCENARIOS = {"latency@100/s", "webhook@100/s", "pipeline", "ip-pipeline", "cni-ipam", "cni-host-local",
              "populate", "takeover", "memory", "rebuild", "baseline", "summary"}
 
 
 def test_bench_quick_runs_every_scenario():
-    out = subprocess.run([sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", ONLY], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {r["scenario"] for r in results} == SCENARIOS
@@ -23,7 +26,7 @@ def test_bench_quick_runs_every_scenario():
     assert by["pipeline"]["committed"] == by["pipeline"]["sent"] == by["pipeline"]["distinct_macs"]
     ip = by["ip-pipeline"]
     assert ip["committed_leases"] == 2 * ip["sent_commands"] == ip["distinct_addresses"]
-    assert by["takeover"]["leases"] == by["populate"]["leases"] == 20_000
-    assert by["rebuild"]["equal"] is True and by["rebuild"]["events"] >= 20_000
-    assert by["cni-ipam"]["pods"] == by["cni-host-local"]["pods"] == 50
+    assert by["takeover"]["leases"] == by["populate"]["leases"] == 5_000
+    assert by["rebuild"]["equal"] is True and by["rebuild"]["events"] >= 5_000
+    assert by["cni-ipam"]["pods"] == by["cni-host-local"]["pods"] == 20
     assert all(r.get("errors", 0) == 0 and r.get("denied", 0) == 0 for r in results)

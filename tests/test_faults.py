@@ -13,7 +13,7 @@ from .faults.driver import Run
 async def test_seeded_fault_run_has_no_violations():
     pg = PrivatePostgres().start()
     try:
-        result = await Run(seed=1001, seconds=20, base_pg=pg).run()
+        result = await Run(seed=1001, seconds=12, base_pg=pg).run()
     finally:
         pg.destroy()
     print(result)

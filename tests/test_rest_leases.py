@@ -80,6 +80,14 @@ async def test_the_same_command_id_gives_the_same_outcome(service, http, kind):
     first = await lease(http, service.url, kind, 1, "s", headers=headers)
     second = await lease(http, service.url, kind, 1, "s", headers=headers)
     assert first[0] == second[0] == 201 and first[1] == second[1]
+    # the same key for another owner's lease, or for another kind of request, is refused
+    headers = {"Idempotency-Key": f"reused-{kind.name}"}
+    assert (await lease(http, service.url, kind, 3, "s", headers=headers))[0] == 201
+    status, body = await lease(http, service.url, kind, 4, "s", headers=headers)
+    assert status == 422 and body["error"]["code"] == "key_reused" and body["error"]["field"] == "Idempotency-Key"
+    async with http.post(service.url + "/v1/pools", json={"name": "other", "range": "0e:00:00:00:00:00-0e:00:00:00:00:ff"},
+                         headers=headers) as r:
+        assert r.status == 422 and (await r.json())["error"]["code"] == "key_reused"
 
 
 @KINDS
@@ -103,15 +111,3 @@ async def test_a_repeat_and_a_release_answer_the_stored_lease_exactly(service, h
     listed = [stored] if isinstance(stored, dict) else stored
     assert [{k: v for k, v in x.items() if k not in ("since", "state", "pending_until")} for x in released] == \
         [{k: v for k, v in x.items() if k not in ("since", "state", "pending_until")} for x in listed]
-
-
-@KINDS
-async def test_a_key_reused_for_another_owner_or_request_is_refused(service, http, kind):
-    await create_space(http, service.url, kind, "s")
-    headers = {"Idempotency-Key": f"reused-{kind.name}"}
-    assert (await lease(http, service.url, kind, 1, "s", headers=headers))[0] == 201
-    status, body = await lease(http, service.url, kind, 2, "s", headers=headers)
-    assert status == 422 and body["error"]["code"] == "key_reused" and body["error"]["field"] == "Idempotency-Key"
-    async with http.post(service.url + "/v1/pools", json={"name": "other", "range": "0e:00:00:00:00:00-0e:00:00:00:00:ff"},
-                         headers=headers) as r:
-        assert r.status == 422 and (await r.json())["error"]["code"] == "key_reused"

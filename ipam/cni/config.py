@@ -23,7 +23,7 @@ class Settings:
     token: str = ""
     ca_file: str = ""
     kubeconfig: str = ""
-    timeout: float = 10.0
+    timeout: float = 30.0  # per request; kubelet gives a CNI ADD minutes, and 200 pods starting at once queue
     server_name: str = ""  # the name ipam's certificate carries, when ``url`` names it by address
 
 
@@ -53,7 +53,7 @@ def settings(section: dict) -> Settings:
         except OSError as e:
             raise CniError(INVALID_CONFIG, f"token_file {merged['token_file']}: {e}") from None
     try:
-        timeout = float(merged["timeout_seconds"] or 10)
+        timeout = float(merged["timeout_seconds"] or 30)
     except (TypeError, ValueError):
         raise CniError(INVALID_CONFIG, "timeout_seconds: expected a number of seconds") from None
     return Settings(url=str(merged["url"]).rstrip("/"), token=token, ca_file=merged["ca_file"] or "",
