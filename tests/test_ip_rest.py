@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import subprocess
-import sys
 
 import asyncpg
 import pytest
 
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
+
+from .test_bad_input import cli
 
 EXCLUDED = ["10.30.0.1", "10.30.0.2", "10.30.0.3", "10.30.0.10", "10.30.0.20", "10.30.0.21", "10.30.0.22", "10.30.0.100",
             "10.30.0.200", "10.30.0.254"]
@@ -145,10 +145,6 @@ async def test_bad_network_definitions_name_the_field(service, http):
             assert words in answer["error"]["message"], (body, answer)
     async with asyncpg.create_pool(service.cfg.database_url) as db:
         assert await db.fetchval("SELECT count(*) FROM ipam_store.networks") == 0
-
-
-def cli(*args, url):
-    return subprocess.run([sys.executable, "-m", "ipam", "--url", url, *args], capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("args,words", [

@@ -122,8 +122,9 @@ class LeaseApi:
         requested = rest.requested(body)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,
                       workload=body.workload, cluster=body.cluster or self.cfg.cluster)
-        space = await self._held_space(body, owner) or rest.space_of(body, await self.read.catalog())
-        await self._check_interfaces(body, owner.cluster)
+        vm_leases, version = await self.read.vm_leases(kind, owner.namespace, owner.vm, owner.workload, owner.cluster)
+        space = self._held_space(body, owner, vm_leases) or rest.space_of(body, await self.read.catalog(version))
+        self._check_interfaces(body, vm_leases)
         cid = command_id(request, body.command_id)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
                                                                       owner=owner, **requested))
@@ -141,20 +142,18 @@ class LeaseApi:
         held = {"lease": leases[-1]} if "lease" in self.answer.__struct_fields__ else {"leases": leases}
         return reply(self.answer(**held, existing=existing, command_id=cid), 200 if existing else 201)
 
-    async def _held_space(self, body, owner: Owner) -> str | None:
+    def _held_space(self, body, owner: Owner, vm_leases) -> str | None:
         """A MAC request naming neither pool nor MAC goes where the interface already holds its MAC, whatever
         pool that is (asked for by name or by a static MAC earlier): one interface, one MAC."""
         if self.rest.kind is not MAC or body.pool is not None or body.mac is not None:
             return None
-        held = await self.read.spaces_held(MAC, owner.namespace, owner.vm, vm_uid=owner.vm_uid, interface=owner.interface,
-                                           workload=owner.workload, cluster=owner.cluster)
+        held = [r["pool"] for r in vm_leases if r["vm_uid"] == owner.vm_uid and r["interface"] == owner.interface]
         return min(held) if held else None
 
-    async def _check_interfaces(self, body, cluster: str) -> None:
+    def _check_interfaces(self, body, vm_leases) -> None:
         """IPAM_MAX_INTERFACES bounds the interfaces one VM may hold leases for (the webhook checks the spec;
         REST callers are held to the same bound here).  A new interface past the bound is refused."""
-        others = await self.read.interfaces_held(self.rest.kind, body.namespace, body.vm, body.interface, body.workload,
-                                                 cluster)
+        others = len({r["interface"] for r in vm_leases} - {body.interface})
         if others >= self.cfg.max_interfaces:
             raise ApiError(422, "limit", f"{body.namespace}/{body.vm} already holds leases for {others} interfaces; "
                                          f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
@@ -187,12 +186,11 @@ class LeaseApi:
             earlier = await self.gateway.decided_fanout(base)
             if earlier:  # a retry: answer what was decided then
                 return self.released_answer([ev for events in earlier for ev in events], what)
-        spaces = [m[kind.space]] if kind.space in m else sorted(
-            await self.read.spaces_held(kind, ns, vm, interface=interface, vm_uid=vm_uid, workload=workload, cluster=cluster))
+        stored = [r for r in await self.read.leases(kind, namespace=ns, vm=vm, space=m.get(kind.space), workload=workload,
+                                                    vm_uid=vm_uid, cluster=cluster) if interface in (None, r["interface"])]
+        spaces = [m[kind.space]] if kind.space in m else sorted({r[kind.space] for r in stored})
         if not spaces:
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
-        stored = await self.read.leases(kind, namespace=ns, vm=vm, space=m.get(kind.space), workload=workload, vm_uid=vm_uid,
-                                        cluster=cluster)
         results = await asyncio.gather(*[self.gateway.submit(LEASE_COMMANDS[kind].release_owner(
             command_id=fanout_id(base, space), at=now_ms(), **{kind.space: space}, namespace=ns, vm=vm, interface=interface,
             vm_uid=vm_uid, workload=workload, cluster=cluster))

@@ -278,9 +278,8 @@ class Webhook:
     def _written(plan: Plan, old_macs: dict[str, str]) -> dict[str, list[str]]:
         """Addresses the user's own networkData gives interfaces on ipam networks: asked for as static leases, so a
         user's address is held for this VM (or refused, naming the holder) and never handed to another."""
-        names = [i.get("name") if isinstance(i, Mapping) else None for i in vm_interfaces(plan.vm)]
         macs = {**old_macs, **spec_macs(plan.vm)}
-        wanted = [(m.name, macs.get(m.name), names.index(m.name) if m.name in names else -1) for m, _ in plan.addressed]
+        wanted = [(m.name, macs.get(m.name), m.index) for m, _ in plan.addressed]
         try:
             return _spec(written_addresses, plan.vm, wanted)
         except NetworkDataConflict as e:
@@ -320,12 +319,10 @@ class Webhook:
         if not plan.addressed:
             return patch, []
         entries = []
-        names = [i.get("name") if isinstance(i, Mapping) else None for i in vm_interfaces(plan.vm)]
         for m, network in plan.addressed:
             if m.name not in macs:
                 raise Denied(f"interface {m.name}: has no MAC address to match its cloud-init networkData by")
-            entries.append(addressed_entry(m.name, macs[m.name], ips[m.name], network,
-                                           names.index(m.name) if m.name in names else -1))
+            entries.append(addressed_entry(m.name, macs[m.name], ips[m.name], network, m.index))
         dhcp = {f"eth{n.index}": macs[n.name] for n in plan.needs if n.network == "pod"}  # named as the guest names it
         try:
             ops, warning = cloud_init_patch(plan.vm, entries, dhcp)

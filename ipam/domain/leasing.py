@@ -104,24 +104,32 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
             out.append(d.event("returned", want, owner))
             continue
         binding = holder is not None and want in book.pending and binds(holder, owner)
-        moving = holder is not None and not binding and static and cmd.receives and moves(holder, owner)
-        taking = holder is not None and not binding and want in book.pending and reserves(holder, owner)  # at admission
-        moving = moving or taking
-        if holder is not None and not binding and not moving:
+        handover = None if holder is None or binding else _handover(book, cmd, want, holder, static)
+        if holder is not None and not binding and handover is None:
             return d.reject("held", f"{space.format(want)} is held by {holder.describe()}", space.kind.requested[0], holder)
         if cmd.dry_run:
             out.append(d.event("offered", want, owner))
             continue
         if current is not None:  # the interface moves to the address it asked for (or now carries)
             out.append(d.released(current, owner, "replaced"))
-        if moving:  # its VM was received elsewhere (a decentralized live migration), or reserved: it goes with it
-            out.append(d.released(want, holder, "reservation-taken" if taking else "moved"))
+        if handover is not None:
+            out.append(d.released(want, holder, handover))
             static = True  # handed over, not chosen: next-fit stays where it is
         if binding:
             out.append(d.event("confirmed", want, owner, previous=holder))
         else:
             out.append(d.event("leased", want, owner, static=static, pending_until=cmd.pending_until))
     return out
+
+
+def _handover(book: Book, cmd, key: int, holder: Owner, static: bool) -> str | None:
+    """Why an address another owner holds goes to this one (the reason its release records), or None: a
+    reservation made for it, or its source VM's when it is received by a decentralized live migration."""
+    if key in book.pending and reserves(holder, cmd.owner):
+        return "reservation-taken"
+    if static and cmd.receives and moves(holder, cmd.owner):
+        return "moved"
+    return None
 
 
 def release_owner(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
