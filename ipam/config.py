@@ -32,6 +32,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter"),
     Setting("IPAM_PARTITIONS", int, "8"),
     Setting("IPAM_GROUP_PREFIX", str, "ipam"),
+    Setting("IPAM_OWNERSHIP_TTL_SECONDS", float, "2"),
+    Setting("IPAM_OWNERSHIP_BEAT_SECONDS", float, "0.5"),
     Setting("IPAM_HTTP_ADDR", str, "127.0.0.1:8080"),
     Setting("IPAM_PLAIN_HTTP", bool, "false"),
     Setting("IPAM_QUARANTINE_SECONDS", int, "600"),

@@ -133,7 +133,6 @@ class Service:
         return self
 
     async def _start_partition_roles(self) -> None:
-        # Group joins take seconds on some brokers: join both groups at once.
         if "projector" in self.roles:
             self.projector = Projector(self.cfg, self.read.db)
         if "allocator" in self.roles:
@@ -143,6 +142,9 @@ class Service:
             return
         await asyncio.gather(*(r.start() for r in roles))
         for role in roles:
+            # the beats are essential: a member that cannot beat for a reason other than an unreachable
+            # Postgres would keep partitions nobody works, so its process stops and is restarted
+            self.supervisor.spawn(f"{role.name}-membership", role.membership.run)
             self.supervisor.spawn(role.name, role.run, recover=role.recover)
         self.supervisor.spawn("topic-watchdog", self._watch_topics)
 

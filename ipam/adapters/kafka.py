@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
@@ -114,50 +113,64 @@ async def dead_letter(producer: AIOKafkaProducer, cfg: Config, source_topic: str
     telemetry.dead_letters.labels(source_topic).inc()
 
 
-class GroupMember:
-    """One member of a consumer group on one topic: which partitions it is given, and their records.
+class PartitionReader:
+    """Reads the partitions of one topic this process is told to work, outside any consumer group.
 
-    The roles see partition numbers and records (``offset``, ``key``, ``value``), never aiokafka:
-    ``on_assigned``/``on_revoked`` are called with the partitions from inside the rebalance."""
+    Who works on what is decided in Postgres (``roles.membership``); this only follows it.  The
+    roles see partition numbers and records (``offset``, ``key``, ``value``), never aiokafka.
+    Changing the assignment and fetching take turns (a lock), and a partition kept across a
+    change keeps its position: aiokafka's ``assign`` would otherwise reset it."""
 
-    def __init__(self, cfg: Config, topic: str, group: str, on_assigned: Callable[[list[int]], Awaitable[None]],
-                 on_revoked: Callable[[list[int]], Awaitable[None]], **overrides) -> None:
+    def __init__(self, cfg: Config, topic: str, **overrides) -> None:
         self.topic = topic
-        self._consumer = consumer(cfg, group, **overrides)
-        self._listener = _Listener(on_assigned, on_revoked)
+        self._consumer = consumer(cfg, None, **overrides)
+        self._lock = asyncio.Lock()
+        self.partitions: set[int] = set()
 
     async def start(self, partitions: list[int] | None = None) -> None:
-        """Join the group; or, given ``partitions``, read just those outside any group (benchmarks, tools)."""
-        if partitions is None:
-            self._consumer.subscribe([self.topic], listener=self._listener)
-        else:
-            self._consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         await self._consumer.start()
+        if partitions:
+            await self.assign(set(partitions))
 
     async def stop(self) -> None:
-        await self._consumer.stop()  # leaves the group
+        await self._consumer.stop()
+
+    async def assign(self, partitions: set[int]) -> None:
+        async with self._lock:
+            kept = {p: await self._consumer.position(self._tp(p)) for p in self.partitions & partitions
+                    if self._consumer.assignment() and self._has_position(p)}
+            if partitions:
+                self._consumer.assign([self._tp(p) for p in sorted(partitions)])
+            else:
+                self._consumer.unsubscribe()
+            for p, offset in kept.items():
+                self._consumer.seek(self._tp(p), offset)
+            self.partitions = set(partitions)
+
+    def _has_position(self, partition: int) -> bool:
+        # aiokafka has no public "is this position known?"; position() would reset an unknown one
+        state = self._consumer._subscription.subscription.assignment.state_value(self._tp(partition))
+        return state is not None and state.has_valid_position
 
     async def fetch(self, max_records: int) -> dict[int, list]:
         """Records fetched since the last call, by partition (waits up to 100 ms for some)."""
-        batches = await self._consumer.getmany(timeout_ms=100, max_records=max_records)
+        async with self._lock:
+            if not self.partitions:
+                batches = {}
+            else:
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=max_records)
+        if not self.partitions:
+            await asyncio.sleep(0.1)
         return {tp.partition: msgs for tp, msgs in batches.items() if msgs}
 
     def seek(self, partition: int, offset: int) -> None:
-        self._consumer.seek(TopicPartition(self.topic, partition), offset)
+        self._consumer.seek(self._tp(partition), offset)
 
     def record_lag(self, role: str, partition: int, position: int) -> None:
-        telemetry.lag(role, self._consumer, TopicPartition(self.topic, partition), position)
+        telemetry.lag(role, self._consumer, self._tp(partition), position)
 
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_assigned, on_revoked) -> None:
-        self.on_assigned, self.on_revoked = on_assigned, on_revoked
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self.on_revoked(sorted(tp.partition for tp in revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        await self.on_assigned(sorted(tp.partition for tp in assigned))
+    def _tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.topic, partition)
 
 
 class Unserved:
@@ -208,10 +221,17 @@ class LogReader:
     async def record_at(self, topic: str, partition: int, offset: int, wait: float = 3.0) -> bytes | None | Unserved:
         """The value of the record at ``offset``; None when the log does not hold that offset (it
         was deleted, truncated or recreated shorter); ``UNSERVED`` when the broker lists the offset
-        but returns nothing for it (no proof either way)."""
+        but returns nothing for it (no proof either way).
+
+        The end offset is not an upper bound to trust: the local broker reports the first offset
+        of the last batch as the end (268 of 300 multi-record batches in a probe), so the last
+        record a projector consumed looked missing and every take after a batch declared a log
+        reset.  So fetch first: a record at ``offset`` is the answer; a record past it, or one
+        before it (the broker said out of range and the consumer went back to the earliest), means
+        the offset is not there; the end offset only judges a fetch that returned nothing."""
         tp = TopicPartition(topic, partition)
         async with self._lock:
-            if not (await self.beginning(topic, partition) <= offset < await self.end(topic, partition)):
+            if offset < await self.beginning(topic, partition):
                 return None
             self._consumer.assign([tp])
             self._consumer.seek(tp, offset)
@@ -220,7 +240,7 @@ class LogReader:
                 got = await self._consumer.getmany(tp, timeout_ms=200, max_records=1)
                 for msg in got.get(tp, []):
                     return msg.value if msg.offset == offset else None
-            return UNSERVED
+            return None if await self.end(topic, partition) <= offset else UNSERVED
 
     async def read_to_end(self, topic: str, partition: int, start: int, idle: float = 0.3, stall: float = 10.0):
         """Yield (offset, value) batches from ``start`` until the log is quiet.

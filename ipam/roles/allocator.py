@@ -11,9 +11,7 @@ so a crash at any point repeats at most undecided commands, and command ids make
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 
 import msgspec
@@ -49,7 +47,6 @@ class Allocator(PartitionRole):
 
     def __init__(self, cfg: Config, db) -> None:
         super().__init__(cfg, db, cfg.commands_topic, f"{cfg.group_prefix}-allocator")
-        self.owner_id = f"{socket.gethostname()}/allocator-{uuid.uuid4().hex[:8]}"  # the pod name in Kubernetes
         self.owned: dict[int, Owned] = self.taken
         self._pools_refreshed = 0
         self._epochs_checked = 0.0
@@ -133,7 +130,7 @@ class Allocator(PartitionRole):
             self.log.warning("partition fenced by a newer epoch", partition=partition, ours=owned.epoch, current=epoch,
                              claimed_by=owner, retaking=partition in self.assigned)
             if partition in self.assigned:
-                await self.take_until_done(partition)
+                self.take_until_done(partition)
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -159,6 +156,7 @@ class Allocator(PartitionRole):
                                                     partition=partition))
         if sends:
             failpoints.hit("allocator.before_produce")
+            failpoints.fault("allocator.raise_before_produce")
             await asyncio.gather(*await asyncio.gather(*sends))
             failpoints.hit("allocator.after_produce")
 

@@ -1,39 +1,47 @@
-"""What the allocator and the projector share: owning partitions of one topic through a consumer group.
+"""What the allocator and the projector share: working the partitions of one topic that Postgres gives us.
 
-Kafka group membership decides who works on which partition; what a partition's owner knows
-(its state, its position) comes from Postgres when it takes the partition.  Taking must not
-give up: a failure inside a rebalance callback would leave a partition assigned but never
-loaded (aiokafka logs the error and keeps the assignment), so a failed take is retried in the
-background while the partition stays ours.  Every take ends with a seek: records fetched for a
+Partition leases in Postgres (``membership``) decide who works on which partition; what a
+partition's owner knows (its state, its position) comes from Postgres when it takes the
+partition.  Taking must not give up, and must not hold up the beats that keep the other
+partitions ours: each take runs as its own task, retried with backoff while the partition stays
+ours, and cancelled when it is lost.  Every take ends with a seek: records fetched for a
 partition before it was taken are skipped and fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from abc import ABC, abstractmethod
 
 import structlog
 
 from ..adapters import kafka
 from ..config import Config
+from .membership import Membership
 
 FIRST_RETRY, LONGEST_RETRY = 0.5, 5.0  # seconds between attempts to take a partition
 
 
 class PartitionRole(ABC):
-    """A member of one consumer group; subclasses say how to take, hold, drop and work a partition."""
+    """A member of one group; subclasses say how to take, hold, drop and work a partition."""
 
     name = "partitioned"
 
     def __init__(self, cfg: Config, db, topic: str, group: str, **consumer_options) -> None:
         self.cfg, self.db = cfg, db
         self.log = structlog.get_logger(f"ipam.{self.name}")
+        # the pod name in Kubernetes; the pid tells processes apart on one machine (the fault suite)
+        self.owner_id = f"{socket.gethostname()}/{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.assigned: set[int] = set()
-        self.member = kafka.GroupMember(cfg, topic, group, self._assigned, self._revoked, **consumer_options)
+        self.member = kafka.PartitionReader(cfg, topic, **consumer_options)
+        self.membership = Membership(cfg.database_url, group, self.owner_id, cfg.partitions, ttl=cfg.ownership_ttl_seconds,
+                                     beat=cfg.ownership_beat_seconds, gained=self._gained, lost=self._lost)
         self.producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
-        self._retries: set[asyncio.Task] = set()
+        self._takes: dict[int, asyncio.Task] = {}
         self.taken: dict[int, object] = {}  # partitions taken and ready to work -> what the role keeps of each
 
     def held(self) -> set[int]:
@@ -65,6 +73,7 @@ class PartitionRole(ABC):
         return bool(self.assigned) and self.assigned <= self.held()
 
     async def start(self) -> None:
+        """Connect; the service then runs ``membership.run`` and ``run`` as supervised tasks."""
         await self.producer.start()
         await self.member.start()
 
@@ -85,20 +94,28 @@ class PartitionRole(ABC):
         self._stopping.set()
 
     async def close(self) -> None:
-        for task in self._retries:
+        for task in self._takes.values():
             task.cancel()
-        await self.member.stop()  # leaves the group
+        await self.membership.leave()  # the others take our partitions on their next beat
+        await self.member.stop()
         await self.producer.stop()
 
     # --- assignment -----------------------------------------------------------------------------
 
-    async def _revoked(self, partitions: list[int]) -> None:
-        self.drop(set(partitions))
-        self.assigned -= set(partitions)
+    async def _lost(self, partitions: set[int]) -> None:
+        for p in partitions:
+            task = self._takes.pop(p, None)
+            if task is not None:
+                task.cancel()
+        self.drop(partitions)
+        self.assigned -= partitions
+        await self.member.assign(self.assigned)
 
-    async def _assigned(self, partitions: list[int]) -> None:
-        self.assigned = set(partitions)
-        await asyncio.gather(*(self.take_until_done(p) for p in partitions))
+    async def _gained(self, partitions: set[int]) -> None:
+        self.assigned |= partitions
+        await self.member.assign(self.assigned)
+        for p in sorted(partitions):
+            self.take_until_done(p)
 
     async def _try_take(self, partition: int) -> bool:
         try:
@@ -110,19 +127,21 @@ class PartitionRole(ABC):
             self.log.warning("cannot take partition yet; retrying", partition=partition, error=repr(e))
             return False
 
-    async def take_until_done(self, partition: int) -> None:
-        """Try once inline; on failure keep trying in the background while the partition stays ours."""
-        if await self._try_take(partition):
+    def take_until_done(self, partition: int) -> None:
+        """Take in the background, retrying with backoff while the partition stays ours."""
+        if partition in self._takes and not self._takes[partition].done():
             return
 
-        async def retry() -> None:
+        async def attempts() -> None:
             wait = FIRST_RETRY
             while partition in self.assigned:
-                await asyncio.sleep(wait)
                 if await self._try_take(partition):
+                    if partition in self.held():
+                        await self.membership.ready(partition)
                     return
+                await asyncio.sleep(wait)
                 wait = min(LONGEST_RETRY, wait * 2)
 
-        task = asyncio.get_running_loop().create_task(retry(), name=f"{self.name}-take-{partition}")
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        task = asyncio.get_running_loop().create_task(attempts(), name=f"{self.name}-take-{partition}")
+        self._takes[partition] = task
+        task.add_done_callback(lambda done: self._takes.pop(partition, None) if self._takes.get(partition) is done else None)
