@@ -1,4 +1,4 @@
-"""Failpoints: named places where a fault-injection run may make this process die, abruptly.
+"""Failpoints: named places where a fault-injection run may make this process die, abruptly, or raise.
 
 Off unless ``IPAM_FAILPOINTS`` is set (``name:probability,...``), and then only in the
 processes a test started that way.  A hit logs one line and sends SIGKILL to ourselves:
@@ -8,6 +8,11 @@ Points: ``allocator.before_produce`` (decided, nothing produced), ``allocator.af
 (events on the log, not yet projected), ``projector.mid_batch`` (batch written inside the
 transaction, offset not yet stored), ``projector.after_commit`` (committed, in-memory
 position not yet advanced).
+
+Raising points (``fault``) raise ``InjectedFault`` instead, so the role's task fails and the
+supervisor recovers it inside the process: ``allocator.raise_before_produce`` (decided, state
+changed in memory, nothing produced) and ``projector.raise_mid_batch`` (batch written inside the
+transaction, which rolls back).
 """
 
 from __future__ import annotations
@@ -35,3 +40,19 @@ def hit(name: str) -> None:
         sys.stderr.write(f'{{"event": "failpoint hit", "failpoint": "{name}", "level": "warning"}}\n')
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a failpoint: an unexpected exception inside a role's loop."""
+
+
+raised: dict[str, int] = {}  # raising points hit in this process, by name (tests read it)
+
+
+def fault(name: str) -> None:
+    p = _POINTS.get(name)
+    if p and random.random() < p:
+        raised[name] = raised.get(name, 0) + 1
+        sys.stderr.write(f'{{"event": "failpoint hit", "failpoint": "{name}", "level": "warning"}}\n')
+        sys.stderr.flush()
+        raise InjectedFault(f"failpoint {name}")

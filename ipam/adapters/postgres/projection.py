@@ -230,6 +230,7 @@ class Projection:
             if b.ledger:
                 await conn.copy_records_to_table("ledger", schema_name="ipam_store", columns=_LEDGER_COLUMNS, records=b.ledger)
             failpoints.hit("projector.mid_batch")
+            failpoints.fault("projector.raise_mid_batch")
             await outcomes.write(conn, partition, b.outcomes, b.complete)
             await conn.execute(
                 """UPDATE ipam_store.partitions SET events_offset = $2,
