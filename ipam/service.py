@@ -146,7 +146,7 @@ class Service:
             # Postgres would keep partitions nobody works, so its process stops and is restarted
             self.supervisor.spawn(f"{role.name}-membership", role.membership.run)
             self.supervisor.spawn(role.name, role.run, recover=role.recover)
-        self.supervisor.spawn("topic-watchdog", self._watch_topics)
+        self.supervisor.spawn("topic-watchdog", lambda: self._watch_topics(roles))
 
         async def stop_roles() -> None:
             await self.supervisor.cancel("topic-watchdog")
@@ -192,8 +192,14 @@ class Service:
         await site.start()
         return site._server.sockets[0].getsockname()[1]
 
-    async def _watch_topics(self) -> None:
-        """A broker that lost its topics (the memory-only one after a restart) gets them back."""
+    async def _watch_topics(self, roles: list) -> None:
+        """A broker that lost its topics (the memory-only one after a restart) gets them back, and
+        after a broker outage or lost topics every partition is taken again, which checks its log.
+
+        A consumer group did that retake by itself (the group is rejoined after its coordinator
+        went away); with manual assignment a consumer placed past the end of a new, shorter log
+        can wait there until the new log grows past it, skipping what came before."""
+        unreachable = False
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -201,8 +207,13 @@ class Service:
                 if missing:
                     log.warning("topics missing on the broker; creating them again", topics=missing)
                     await ensure_topics(self.cfg)
+                if missing or unreachable:
+                    for role in roles:
+                        role.retake_all()
+                unreachable = False
             except Exception as e:  # the broker is away: the roles wait for it too; look again in a second
                 log.warning("cannot check topics", error=repr(e))
+                unreachable = True
 
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

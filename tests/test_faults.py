@@ -20,3 +20,21 @@ async def test_seeded_fault_run_has_no_violations():
     assert result["violations"] == []
     assert result["kills"] >= 1 and result["postgres_restarts"] == 1 and result["broker_restarts"] == 1
     assert result["confirmed"] > 20
+    assert result["attempts"] >= result["requests"] and "availability" in result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_kills_every_8_to_12_seconds_are_ridden_over():
+    """The availability scenario, short: two kills under 8 clients (the full one: `make availability`)."""
+    pg = PrivatePostgres().start()
+    try:
+        result = await Run(seed=2001, seconds=25, base_pg=pg, scenario="kills").run()
+    finally:
+        pg.destroy()
+    print(result)
+    assert result["violations"] == [] and result["kills"] >= 2
+    # the target (99.9 %) is make availability's; here, on a busy CI machine, nothing close to the old 97.9 %
+    assert result["ok_2xx"] >= 0.99 * (result["attempts"] - result["refused_4xx"]), result
+    # both groups were sampled; a kill leaves a partition unworked for a while (expiry, then the take)
+    assert len(result["longest_unworked_s"]) == 2 and max(result["longest_unworked_s"].values()) > 0

@@ -12,6 +12,7 @@ import asyncio
 import asyncpg
 import msgspec
 import structlog
+from aiokafka.errors import KafkaError
 
 from ..config import Config
 from ..domain.decider import stream_key
@@ -20,6 +21,9 @@ from .postgres import outcomes
 
 log = structlog.get_logger("ipam.bus")
 encoder = msgspec.json.Encoder()
+
+
+RESEND_AFTER = 3.0  # seconds without an outcome before the command is sent again (a hand-over takes less)
 
 
 class OutcomeTimeout(Exception):
@@ -93,6 +97,17 @@ class CommandBus:
         """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
         return await outcomes.read_prefixed(self.db, key)
 
+    async def _produce(self, raw: bytes, key: str, partition: int, deadline: float) -> bool:
+        """One produce attempt within the deadline; False when it failed (the caller tries again)."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._producer.send_and_wait(self.cfg.commands_topic, raw, key=key.encode(),
+                                                                partition=partition), max(remaining, 0.01))
+            return True
+        except (KafkaError, OSError, TimeoutError) as e:
+            log.warning("cannot produce the command yet", error=repr(e), partition=partition)
+            return False
+
     async def send(self, command) -> None:
         """Produce a command without waiting for its outcome (the watcher's observations)."""
         partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
@@ -101,20 +116,34 @@ class CommandBus:
         )
 
     async def submit(self, command) -> list[dict]:
+        """Produce the command and wait for its committed outcome, riding over faults until the deadline.
+
+        A command on the log is decided by whoever owns its partition next, so waiting covers a
+        hand-over.  What waiting does not cover: a produce that fails (the broker restarting) and
+        a command the broker lost (a log reset).  So a failed produce is tried again, and with no
+        outcome after ``RESEND_AFTER`` seconds the same bytes are sent again: the same command id,
+        decided at most once (a repeat is answered from the first decision)."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.request_timeout_seconds
         fut = loop.create_future()
         self._waiters.setdefault(command.command_id, []).append(fut)
+        raw, key = encoder.encode(command), stream_key(command)
+        partition = kafka.partition_for(key, self.cfg.partitions)
         try:
-            partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
-            await self._producer.send_and_wait(
-                self.cfg.commands_topic, encoder.encode(command), key=stream_key(command).encode(), partition=partition
-            )
-            try:
-                events = await asyncio.wait_for(asyncio.shield(fut), self.cfg.request_timeout_seconds)
-            except TimeoutError:
-                events = await self.outcome(command.command_id)
-                if events is None:
-                    raise OutcomeTimeout(command.command_id) from None
+            while True:
+                if not await self._produce(raw, key, partition, deadline):
+                    await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                wait = min(RESEND_AFTER, deadline - loop.time())
+                try:
+                    events = await asyncio.wait_for(asyncio.shield(fut), max(wait, 0.0))
+                    break
+                except TimeoutError:
+                    events = await self.outcome(command.command_id)
+                    if events is not None:
+                        break
+                    if loop.time() >= deadline:
+                        raise OutcomeTimeout(command.command_id) from None
+                    log.info("no outcome yet; sending the command again", command_id=command.command_id)
             if events is None:  # too big for a notification: read it
                 events = await self.outcome(command.command_id)
             return events

@@ -38,6 +38,7 @@ record_encoder = msgspec.json.Encoder()
 class Owned:
     state: State
     epoch: int
+    generation: int
     position: int = 0  # next commands offset expected
     seq: int = 0
 
@@ -94,7 +95,7 @@ class Allocator(PartitionRole):
             return  # revoked while we were loading: someone else owns it now
         self.member.seek(partition, resume)
         # Only now is it ours: a failed seek must not leave a stale state behind.
-        self.owned[partition] = Owned(state=state, epoch=row.epoch, position=resume)
+        self.owned[partition] = Owned(state=state, epoch=row.epoch, generation=row.generation, position=resume)
         self.log.info("partition ready", partition=partition, epoch=row.epoch, generation=row.generation,
                       spaces=sum(len(b) for b in state.books.values()), caught_up=caught_up, commands_offset=resume,
                       leases=sum(len(b.by_key) for books in state.books.values() for b in books.values()),
@@ -122,13 +123,15 @@ class Allocator(PartitionRole):
         self._epochs_checked = now
         async with self.db.acquire() as conn:
             epochs = await current_epochs(conn, list(self.owned))
-        for partition, (epoch, owner) in epochs.items():
+        for partition, (epoch, owner, generation) in epochs.items():
             owned = self.owned.get(partition)
-            if owned is None or epoch == owned.epoch:
+            if owned is None or (epoch, generation) == (owned.epoch, owned.generation):
                 continue
             self.owned.pop(partition, None)
-            self.log.warning("partition fenced by a newer epoch", partition=partition, ours=owned.epoch, current=epoch,
-                             claimed_by=owner, retaking=partition in self.assigned)
+            # a new generation: someone found the broker lost the log (a restart of a memory-only broker); our
+            # position is in the old log, and a new log can grow past it without the fetch ever failing
+            self.log.warning("partition fenced by a newer epoch or log generation", partition=partition, ours=owned.epoch,
+                             current=epoch, generation=generation, claimed_by=owner, retaking=partition in self.assigned)
             if partition in self.assigned:
                 self.take_until_done(partition)
 

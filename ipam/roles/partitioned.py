@@ -90,6 +90,13 @@ class PartitionRole(ABC):
         for p in sorted(self.assigned):
             await self.take(p)
 
+    def retake_all(self) -> None:
+        """Take every partition again (after a broker outage): each take checks the log is the one Postgres knows."""
+        self.log.info("taking every partition again after a broker outage", partitions=sorted(self.assigned))
+        self.drop(set(self.held()))
+        for p in sorted(self.assigned):
+            self.take_until_done(p)
+
     async def stop(self) -> None:
         self._stopping.set()
 

@@ -7,6 +7,10 @@ restarts them, adds and removes group members (rebalances), re-sends recorded co
 the same bytes (duplicate delivery), feeds malformed records into both topics, restarts
 Postgres once and the broker once (memory lost: a log reset).
 
+Scenario ``kills`` does only the kills, one every 8-12 s, and measures availability under them.
+Every run reports each client attempt's answer (2xx, 4xx, 5xx, none) and how long a partition
+went unworked (``availability.py``); a run below its scenario's target fails ``make faults``.
+
 Afterwards, from Postgres: no MAC was ever leased to two live owners (checked over the
 whole ledger, not just the final table); every lease a client saw confirmed is present
 unless that client released it; replaying the ledger gives exactly the lease tables;
@@ -34,13 +38,22 @@ from ipam.domain.events import AnyEvent
 
 from ..backends import PrivatePostgres
 from ..harness import ServiceProcess, create_database, make_config
+from .availability import OwnershipSampler, Tally
+
+# What each scenario does, and the share of attempts it must answer 2xx (make faults fails a run below it).
+SCENARIOS = {
+    # everything at once: kills, failpoints, rebalances, duplicates, poison, a Postgres and a broker restart
+    "chaos": {"clients": 12, "request_timeout": 5, "failpoints": True, "target": 0.95},
+    # the issue's measure: one allocator or projector (of two each) kill -9'd every 8-12 s, 8 REST clients
+    "kills": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999},
+}
 
 _decode_event = __import__("msgspec").json.Decoder(AnyEvent)
 
 
 FAILPOINTS = {
-    "allocator": "allocator.before_produce:0.003,allocator.after_produce:0.003",
-    "projector": "projector.mid_batch:0.003,projector.after_commit:0.003",
+    "allocator": "allocator.before_produce:0.003,allocator.after_produce:0.003,allocator.raise_before_produce:0.003",
+    "projector": "projector.mid_batch:0.003,projector.after_commit:0.003,projector.raise_mid_batch:0.003",
 }
 
 
@@ -62,6 +75,7 @@ class Client:
 
     def __init__(self, url: str, rng: random.Random, owners: int) -> None:
         self.url, self.rng, self.owners = url, rng, owners
+        self.tally = Tally()
         self.confirmed: dict[tuple, str] = {}  # owner -> mac the service confirmed
         self.uncertain: set[tuple] = set()  # owners whose last change has an unknown outcome
         self.violations: list[str] = []
@@ -73,14 +87,16 @@ class Client:
 
     async def call(self, http, method: str, path: str, body: dict | None, key: str) -> tuple[int, dict] | None:
         for attempt in range(8):
+            sent = time.monotonic()
             try:
                 async with http.request(method, self.url + path, json=body, headers={"Idempotency-Key": key},
                                         timeout=aiohttp.ClientTimeout(total=15)) as r:
                     data = await r.json(content_type=None)
+                    self.tally.answered(r.status, time.monotonic() - sent)
                     if r.status < 500:
                         return r.status, data
             except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
-                pass
+                self.tally.failed()
             await asyncio.sleep(0.3 * (attempt + 1))
         return None
 
@@ -117,8 +133,9 @@ class Client:
 
 
 class Run:
-    def __init__(self, seed: int, seconds: float, base_pg: PrivatePostgres) -> None:
+    def __init__(self, seed: int, seconds: float, base_pg: PrivatePostgres, scenario: str = "chaos") -> None:
         self.seed, self.seconds, self.pg = seed, seconds, base_pg
+        self.scenario, self.plan = scenario, SCENARIOS[scenario]
         self.rng = random.Random(seed)
         self.counters = Counters()
         self.procs: dict[str, ServiceProcess] = {}
@@ -130,7 +147,7 @@ class Run:
         import os
 
         os.makedirs(self.log_dir, exist_ok=True)
-        env = {"IPAM_FAILPOINTS": FAILPOINTS[role]} if role in FAILPOINTS else {}
+        env = {"IPAM_FAILPOINTS": FAILPOINTS[role]} if role in FAILPOINTS and self.plan["failpoints"] else {}
         proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log", extra_env=env).start()
         return proc
 
@@ -157,7 +174,7 @@ class Run:
         self.broker = LocalBroker().start()
         dsn = await create_database(self.pg.dsn)
         self.cfg = make_config(self.broker.bootstrap, dsn, partitions=4, quarantine_seconds=2, log_level="info",
-                               request_timeout_seconds=5)
+                               request_timeout_seconds=self.plan["request_timeout"])
         try:
             return await self._run()
         finally:
@@ -187,12 +204,16 @@ class Run:
 
             producer = AIOKafkaProducer(bootstrap_servers=self.cfg.kafka_bootstrap, enable_idempotence=False)
             await producer.start()
+            groups = [f"{self.cfg.group_prefix}-{r}" for r in ("allocator", "projector")]
+            sampler = OwnershipSampler(self.cfg.database_url, groups, self.cfg.partitions, self._alive)
+            sampler.start()
             try:
-                workers = [asyncio.create_task(load()) for _ in range(12)]
-                await self._chaos(producer)
+                workers = [asyncio.create_task(load()) for _ in range(self.plan["clients"])]
+                await (self._chaos(producer) if self.scenario == "chaos" else self._kills())
                 stop.set()
                 await asyncio.gather(*workers)
             finally:
+                unworked = await sampler.stop()
                 await producer.stop()
             # from here on no process may die: the probe and the checks need a quiet system
             for p in [*self.procs.values(), *self.extras]:
@@ -203,11 +224,35 @@ class Run:
             stuck = await self._probe_partitions(http)
         violations = await self._check(client, stuck)
         c = self.counters
-        return {"seed": self.seed, "seconds": self.seconds, "kills": c.kills, "failpoint_deaths": c.failpoint_deaths,
+        availability = client.tally.as_dict()
+        return {"seed": self.seed, "scenario": self.scenario, "seconds": self.seconds,
+                **availability, "target": self.plan["target"],
+                "below_target": availability["availability"] < self.plan["target"],
+                "longest_unworked_s": unworked, "kills": c.kills, "failpoint_deaths": c.failpoint_deaths,
                 "failpoints": self.failpoint_hits(), "rebalances": c.rebalances,
                 "duplicates_injected": c.duplicates, "poison_records": c.poison, "postgres_restarts": c.postgres_restarts,
                 "broker_restarts": c.broker_restarts, "requests": c.requests, "confirmed": c.confirmed,
                 "violations": violations, "database": self.cfg.database_url, "logs": self.log_dir}
+
+    def _alive(self, member: str) -> bool:
+        """Is the process behind a lease's member id (host/role-pid-random) still running?"""
+        try:
+            pid = int(member.rsplit("/", 1)[1].split("-")[1])
+        except (IndexError, ValueError):
+            return False
+        return any(p.proc and p.proc.pid == pid and p.proc.poll() is None for p in [*self.procs.values(), *self.extras])
+
+    async def _kills(self) -> None:
+        """One allocator or projector (of two each) kill -9'd every 8-12 s and started again at once."""
+        start = time.monotonic()
+        while True:
+            await asyncio.sleep(self.rng.uniform(8, 12))
+            if time.monotonic() - start >= self.seconds:
+                return
+            name = self.rng.choice([n for n in self.procs if n != "api"])
+            self.procs[name].kill()
+            self.counters.kills += 1
+            self.procs[name].start()
 
     async def _wait_api(self) -> None:
         deadline = time.monotonic() + 120

@@ -69,13 +69,13 @@ async def fence_at(conn: asyncpg.Connection, partition: int, offset: int, owner:
     return row["epoch"]
 
 
-async def current_epochs(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, tuple[int, str | None]]:
-    """partition -> (current epoch, who claimed it)."""
+async def current_epochs(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, tuple[int, str | None, int]]:
+    """partition -> (current epoch, who claimed it, log generation)."""
     rows = await conn.fetch(
-        "SELECT p.partition, p.epoch, e.owner FROM ipam_store.partitions p "
+        "SELECT p.partition, p.epoch, e.owner, p.generation FROM ipam_store.partitions p "
         "LEFT JOIN ipam_store.epochs e ON e.partition = p.partition AND e.epoch = p.epoch "
         "WHERE p.partition = ANY($1::int[])", partitions)
-    return {r["partition"]: (r["epoch"], r["owner"]) for r in rows}
+    return {r["partition"]: (r["epoch"], r["owner"], r["generation"]) for r in rows}
 
 
 async def set_fence(conn: asyncpg.Connection, partition: int, epoch: int, fence_offset: int) -> bool:
