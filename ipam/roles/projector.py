@@ -1,7 +1,7 @@
 """The projector: applies each events partition to Postgres, batch by batch, exactly once.
 
 Its position lives in Postgres (``ipam_store.partitions.events_offset``), written in the
-same transaction as the batch; Kafka group membership only decides who works on what.
+same transaction as the batch; partition leases (roles/membership.py) only decide who works on what.
 """
 
 from __future__ import annotations

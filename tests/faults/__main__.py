@@ -58,8 +58,9 @@ def add(totals: dict, result: dict) -> None:
         totals[key] += result.get(key, 0)
     for name, count in result["failpoints"].items():
         totals["failpoints"][name] = totals["failpoints"].get(name, 0) + count
-    for group, seconds in result["longest_unworked_s"].items():
-        totals["longest_unworked_s"][group] = max(totals["longest_unworked_s"].get(group, 0), seconds)
+    for group, seconds in result["longest_unworked_s"].items():  # <run's prefix>-allocator -> allocator
+        role = group.rsplit("-", 1)[-1]
+        totals["longest_unworked_s"][role] = max(totals["longest_unworked_s"].get(role, 0), seconds)
     totals["violations"] += len(result["violations"])
     totals["runs_below_target"] += bool(result["below_target"])
 
