@@ -97,16 +97,16 @@ class CommandBus:
         """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
         return await outcomes.read_prefixed(self.db, key)
 
-    async def _produce(self, raw: bytes, key: str, partition: int, deadline: float) -> bool:
-        """One produce attempt within the deadline; False when it failed (the caller tries again)."""
+    async def _produce(self, raw: bytes, key: str, partition: int, deadline: float) -> int | None:
+        """One produce attempt within the deadline: the command's offset, or None when it failed."""
         remaining = deadline - asyncio.get_running_loop().time()
         try:
-            await asyncio.wait_for(self._producer.send_and_wait(self.cfg.commands_topic, raw, key=key.encode(),
-                                                                partition=partition), max(remaining, 0.01))
-            return True
+            meta = await asyncio.wait_for(self._producer.send_and_wait(self.cfg.commands_topic, raw, key=key.encode(),
+                                                                       partition=partition), max(remaining, 0.01))
+            return meta.offset
         except (KafkaError, OSError, TimeoutError) as e:
             log.warning("cannot produce the command yet", error=repr(e), partition=partition)
-            return False
+            return None
 
     async def send(self, command) -> None:
         """Produce a command without waiting for its outcome (the watcher's observations)."""
@@ -120,20 +120,26 @@ class CommandBus:
 
         A command on the log is decided by whoever owns its partition next, so waiting covers a
         hand-over.  What waiting does not cover: a produce that fails (the broker restarting) and
-        a command the broker lost (a log reset).  So a failed produce is tried again, and with no
-        outcome after ``RESEND_AFTER`` seconds the same bytes are sent again: the same command id,
-        decided at most once (a repeat is answered from the first decision)."""
+        a command the broker lost (a log reset).  So a failed produce is tried again, and when
+        ``RESEND_AFTER`` seconds pass without an outcome while the partition was projected past the
+        command, the same bytes are sent again: the same command id, decided at most once.  A command
+        merely queued behind others is not sent again: under overload that would add load."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.request_timeout_seconds
         fut = loop.create_future()
         self._waiters.setdefault(command.command_id, []).append(fut)
         raw, key = encoder.encode(command), stream_key(command)
         partition = kafka.partition_for(key, self.cfg.partitions)
+        offset = None
         try:
             while True:
-                if not await self._produce(raw, key, partition, deadline):
-                    await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
-                wait = min(RESEND_AFTER, deadline - loop.time())
+                if offset is None or await outcomes.decided_past(self.db, partition, offset):
+                    if offset is not None:
+                        log.info("command passed over without an outcome; sending it again", command_id=command.command_id)
+                    offset = await self._produce(raw, key, partition, deadline)
+                    if offset is None:
+                        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                wait = min(RESEND_AFTER if offset is not None else 0.0, deadline - loop.time())
                 try:
                     events = await asyncio.wait_for(asyncio.shield(fut), max(wait, 0.0))
                     break
@@ -143,7 +149,6 @@ class CommandBus:
                         break
                     if loop.time() >= deadline:
                         raise OutcomeTimeout(command.command_id) from None
-                    log.info("no outcome yet; sending the command again", command_id=command.command_id)
             if events is None:  # too big for a notification: read it
                 events = await self.outcome(command.command_id)
             return events

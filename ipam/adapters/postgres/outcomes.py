@@ -74,3 +74,10 @@ async def prune(conn, retention_hours: float) -> int:
                WHERE decided_at < now() - make_interval(secs => $1) LIMIT $2)""",
         retention_hours * 3600, PRUNE_BATCH)
     return int(status.split()[-1])
+
+
+async def decided_past(db, partition: int, offset: int) -> bool:
+    """Has the projection of this partition gone past this commands offset?  Then a command there with no
+    outcome was lost (a log reset) or decided by a fenced writer, and sending it again is the way on."""
+    decided = await db.fetchval("SELECT commands_offset FROM ipam_store.partitions WHERE partition = $1", partition)
+    return decided is not None and decided > offset
