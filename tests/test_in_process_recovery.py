@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from ipam import failpoints
+from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
 from ipam.service import Service
@@ -57,3 +58,20 @@ async def test_raising_roles_recover_without_a_log_reset(config, http, kind, mon
         assert report.equal, report.differences
     finally:
         await conn.close()
+
+
+async def test_the_last_record_of_a_multi_record_batch_is_found_whatever_the_end_offset_says(config):
+    """The adapter-level cause: ``record_at`` must find the last record of a batch.  On the local broker the
+    end offset lands at the batch's first offset (the probe behind the fix); on Kafka it is exact."""
+    await kafka.ensure_topics(config)
+    producer = kafka.producer(config, linger_ms=20)
+    await producer.start()
+    try:
+        sent = [await producer.send(config.events_topic, f"r{i}".encode(), partition=0) for i in range(6)]
+        offsets = [(await s).offset for s in sent]  # one batch: six records sent within the linger
+    finally:
+        await producer.stop()
+    async with kafka.LogReader(config) as reader:
+        end = await reader.end(config.events_topic, 0)
+        assert await reader.record_at(config.events_topic, 0, offsets[-1]) == b"r5", f"end offset reported: {end}"
+        assert await reader.record_at(config.events_topic, 0, offsets[-1] + 1, wait=0.5) is None

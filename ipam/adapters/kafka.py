@@ -155,12 +155,10 @@ class PartitionReader:
     async def fetch(self, max_records: int) -> dict[int, list]:
         """Records fetched since the last call, by partition (waits up to 100 ms for some)."""
         async with self._lock:
-            if not self.partitions:
-                batches = {}
-            else:
-                batches = await self._consumer.getmany(timeout_ms=100, max_records=max_records)
-        if not self.partitions:
+            batches = await self._consumer.getmany(timeout_ms=100, max_records=max_records) if self.partitions else None
+        if batches is None:  # nothing assigned: aiokafka would not wait, so we do
             await asyncio.sleep(0.1)
+            return {}
         return {tp.partition: msgs for tp, msgs in batches.items() if msgs}
 
     def seek(self, partition: int, offset: int) -> None:

@@ -69,7 +69,8 @@ class Membership:
         self._failing = True
 
     async def step(self) -> None:
-        """One beat: renew, take, give back; then tell the role (outside the connection)."""
+        """One beat: give back what is no longer ours (the role drops it first), renew and take; then tell
+        the role what it gained or had taken away."""
         async with self.db.use(self.ttl) as conn:
             members = await asyncio.wait_for(leases.beat(conn, self.group, self.member, self.ttl), self.ttl)
             mine = wanted(members, self.member, self.partitions)

@@ -96,13 +96,3 @@ async def leave(conn: asyncpg.Connection, group: str, member: str) -> None:
         await conn.execute('DELETE FROM ipam_store.partition_leases WHERE "group" = $1 AND member = $2', group, member)
         await conn.execute('DELETE FROM ipam_store.members WHERE "group" = $1 AND member = $2', group, member)
 
-
-async def unowned_since(conn: asyncpg.Connection, group: str, partitions: int) -> dict[int, float]:
-    """Partition -> seconds it has had no live lease (0 for a held partition); for status and the fault suite."""
-    rows = await conn.fetch(
-        """SELECT p, CASE WHEN l.expires_at > now() THEN 0
-                          ELSE extract(epoch FROM now() - coalesce(l.expires_at, now())) END AS idle
-           FROM generate_series(0, $2 - 1) AS p
-           LEFT JOIN ipam_store.partition_leases l ON l."group" = $1 AND l.partition = p""",
-        group, partitions)
-    return {r["p"]: float(r["idle"]) for r in rows}
