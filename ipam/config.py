@@ -27,6 +27,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_MIGRATE", bool, "true"),
     Setting("IPAM_KAFKA_BOOTSTRAP", str, None),
     Setting("IPAM_LOCAL_BROKER_ADDR", str, "127.0.0.1:9092"),
+    Setting("IPAM_LOG_TRIM_RECORDS", int, None),
     Setting("IPAM_COMMANDS_TOPIC", str, "ipam.commands"),
     Setting("IPAM_EVENTS_TOPIC", str, "ipam.events"),
     Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter"),

@@ -32,15 +32,17 @@ from .api.declared import DeclaredSpaces
 from .api.http import Gateway
 from .api.space_ops import SpaceOps
 from .api.webhook import Webhook, make_webhook_app
-from .config import Config
+from .config import Config, ConfigError
 from .devenv import LocalBroker
 from .roles.allocator import Allocator
+from .roles.log_trim import LogTrimmer
 from .roles.projector import Projector
 from .roles.watcher import Watcher
 from .supervisor import Supervisor
 
 log = structlog.get_logger("ipam.service")
 ROLES = ("all", "api", "allocator", "projector", "watcher")
+LOCAL_TRIM_RECORDS = 2000  # IPAM_LOG_TRIM_RECORDS on the local broker this process starts (docs/performance.md)
 
 
 class Service:
@@ -58,6 +60,7 @@ class Service:
         self.allocator: Allocator | None = None
         self.projector: Projector | None = None
         self.watcher: Watcher | None = None
+        self.trimmer: LogTrimmer | None = None
         self.declared: DeclaredSpaces | None = None
         self.http_tls: TlsFiles | None = None
         self.webhook_tls: TlsFiles | None = None
@@ -115,6 +118,7 @@ class Service:
             self.bus = CommandBus(cfg, db)
             await self.bus.start()
             self._on_stop("command bus", self.bus.stop)
+        self._start_trimming()
         gateway = Gateway(self.bus, cfg.request_timeout_seconds) if self.bus else None
         if "api" in self.roles and cfg.config_file:
             self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceOps(gateway, self.read), self.read)
@@ -157,6 +161,23 @@ class Service:
                 await role.close()
 
         self._on_stop("partition roles", stop_roles)
+
+    def _start_trimming(self) -> None:
+        """On a broker only this process uses (the local one it started, or one IPAM_LOG_TRIM_RECORDS names as
+        such), trim the logs once projected; it needs the bus, the allocator and the projector in one process."""
+        records = self.cfg.log_trim_records
+        if records is None:
+            records = LOCAL_TRIM_RECORDS if self.broker is not None else 0
+        if records <= 0:
+            return
+        if self.bus is None or self.allocator is None or self.projector is None:
+            if self.cfg.log_trim_records is not None:
+                raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records} needs the api, allocator and projector roles in one "
+                                  "process (ipam serve, or --role all)")
+            log.info("the local broker's log is not trimmed: this process does not run every role")
+            return
+        self.trimmer = LogTrimmer(self.cfg, self.read.db, self.bus, self.allocator, self.projector, records)
+        log.info("trimming the broker's log once projected", records=records)
 
     async def _serve_rest(self, gateway: Gateway | None) -> None:
         cfg = self.cfg
@@ -214,6 +235,14 @@ class Service:
             except Exception as e:  # the broker is away: the roles wait for it too; look again in a second
                 log.warning("cannot check topics", error=repr(e))
                 unreachable = True
+                continue
+            if self.trimmer is not None:
+                try:
+                    await self.trimmer.step()
+                except Exception as e:  # a trim that failed half-way is a log reset: every take checks the log
+                    log.warning("cannot trim the broker's log", error=repr(e))
+                    for role in roles:
+                        role.retake_all("after a failed trim")
 
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

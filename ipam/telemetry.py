@@ -36,6 +36,8 @@ commands = Counter("ipam_commands_decided", "Commands decided by the allocators 
 rejections = Counter("ipam_rejections", "Commands rejected by the decider, by reason code", ["code"], registry=REGISTRY)
 dead_letters = Counter("ipam_dead_letters", "Records copied to the dead-letter topic, by the topic they came from",
                        ["topic"], registry=REGISTRY)
+log_trims = Counter("ipam_log_trims", "Times the local broker's topics were swapped for empty ones once projected "
+                    "(IPAM_LOG_TRIM_RECORDS)", registry=REGISTRY)
 consumer_lag = Gauge("ipam_consumer_lag", "Records on a partition not yet processed by this process (high watermark - position)",
                      ["group", "partition"], registry=REGISTRY)
 projector_batch = Histogram("ipam_projector_batch_records", "Events applied to Postgres per projector transaction",

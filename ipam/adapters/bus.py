@@ -8,6 +8,8 @@ waiter falls back to reading ``ipam_store.command_outcomes`` before giving up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -38,6 +40,11 @@ class CommandBus:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._listener: asyncpg.Connection | None = None
         self._closing = False
+        # the local log trimmer holds new commands back while it swaps the topics (``held``)
+        self._open = asyncio.Event()
+        self._open.set()
+        self._producing = 0
+        self._produced = asyncio.Condition()
 
     async def start(self) -> None:
         await self._producer.start()
@@ -97,23 +104,42 @@ class CommandBus:
         """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
         return await outcomes.read_prefixed(self.db, key)
 
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Hold new commands back; the block starts once every produce in flight has finished (its command is
+        in the log).  Commands wait at the gate (within their deadline), none is refused."""
+        self._open.clear()
+        try:
+            async with self._produced:
+                await self._produced.wait_for(lambda: self._producing == 0)
+            yield
+        finally:
+            self._open.set()
+
+    async def _produce_once(self, raw: bytes, key: str, partition: int) -> int:
+        await self._open.wait()
+        self._producing += 1
+        try:
+            meta = await self._producer.send_and_wait(self.cfg.commands_topic, raw, key=key.encode(), partition=partition)
+            return meta.offset
+        finally:
+            self._producing -= 1
+            async with self._produced:
+                self._produced.notify_all()
+
     async def _produce(self, raw: bytes, key: str, partition: int, deadline: float) -> int | None:
         """One produce attempt within the deadline: the command's offset, or None when it failed."""
         remaining = deadline - asyncio.get_running_loop().time()
         try:
-            meta = await asyncio.wait_for(self._producer.send_and_wait(self.cfg.commands_topic, raw, key=key.encode(),
-                                                                       partition=partition), max(remaining, 0.01))
-            return meta.offset
+            return await asyncio.wait_for(self._produce_once(raw, key, partition), max(remaining, 0.01))
         except (KafkaError, OSError, TimeoutError) as e:
             log.warning("cannot produce the command yet", error=repr(e), partition=partition)
             return None
 
     async def send(self, command) -> None:
         """Produce a command without waiting for its outcome (the watcher's observations)."""
-        partition = kafka.partition_for(stream_key(command), self.cfg.partitions)
-        await self._producer.send_and_wait(
-            self.cfg.commands_topic, encoder.encode(command), key=stream_key(command).encode(), partition=partition
-        )
+        key = stream_key(command)
+        await self._produce_once(encoder.encode(command), key, kafka.partition_for(key, self.cfg.partitions))
 
     async def submit(self, command) -> list[dict]:
         """Produce the command and wait for its committed outcome, riding over faults until the deadline.

@@ -82,6 +82,20 @@ async def ensure_topics(cfg: Config) -> None:
                                  f"IPAM_PARTITIONS={cfg.partitions}")
 
 
+async def recreate_topics(cfg: Config, topics: list[str]) -> None:
+    """Delete the topics and create them again, empty, with the same partition count: the only way to
+    trim the local broker's logs (it refuses DeleteRecords and keeps every record in memory)."""
+    async with _Admin(cfg) as admin:
+        resp = await admin.delete_topics(topics)
+        for topic, code in resp.topic_error_codes:
+            if code != 0:
+                raise TopicError(f"cannot delete topic {topic}: error {code}")
+        resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in topics])
+        for topic, code, message in resp.topic_errors:
+            if code not in (0, TOPIC_EXISTS):  # the topic watchdog may have been first
+                raise TopicError(f"cannot create topic {topic} again: error {code} {message}")
+
+
 async def missing_topics(cfg: Config) -> list[str]:
     async with _Admin(cfg) as admin:
         present = set(await admin.list_topics())
@@ -266,6 +280,36 @@ class LogReader:
                     quiet_since = clock()
                 elif clock() - quiet_since >= idle:
                     return
+
+
+async def nothing_at(cfg: Config, positions: dict[tuple[str, int], int], timeout: float = 1.0) -> bool | None:
+    """Whether no partition holds a record at its position ((topic, partition) -> offset), or None when
+    not every partition was answered within ``timeout``.
+
+    Proof by fetching, not by end offsets (which the local broker under-reports): a partition
+    counts as answered once a fetch response at its position came back (aiokafka then knows its
+    highwater), and what that response held is returned by the ``getmany`` that follows.  A fresh
+    consumer each time, so no response to an earlier question can pass for an answer."""
+    tps = {TopicPartition(t, p): offset for (t, p), offset in positions.items()}
+    clock = asyncio.get_running_loop().time
+    reader = consumer(cfg, None, fetch_max_wait_ms=20)
+    await reader.start()
+    try:
+        reader.assign(list(tps))
+        for tp, offset in tps.items():
+            reader.seek(tp, offset)
+        deadline = clock() + timeout
+        while True:
+            answered = all(reader.highwater(tp) is not None for tp in tps)
+            got = await reader.getmany(*tps, timeout_ms=0 if answered else 50)
+            if any(got.values()):
+                return False
+            if answered:
+                return True
+            if clock() >= deadline:
+                return None
+    finally:
+        await reader.stop()
 
 
 async def topic_ends(cfg: Config) -> dict[tuple[str, int], int]:

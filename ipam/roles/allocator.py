@@ -52,6 +52,7 @@ class Allocator(PartitionRole):
         self._pools_refreshed = 0
         self._epochs_checked = 0.0
         self._stalls: dict[int, tuple[int, int]] = {}  # partition -> (generation, position) of the last stall
+        self.working = False  # deciding a batch: commands read, events maybe not produced yet (log trimming)
 
     # --- taking a partition -------------------------------------------------------------------
 
@@ -101,6 +102,23 @@ class Allocator(PartitionRole):
                       leases=sum(len(b.by_key) for books in state.books.values() for b in books.values()),
                       events_offset=position)
 
+    async def follow_trimmed_log(self) -> None:
+        """Keep each partition's state (everything was decided and projected before the trim): claim a new epoch
+        whose writes begin at offset 0 of the new generation, as a take would, without reloading the state."""
+        for partition in sorted(self.assigned):
+            owned = self.owned.get(partition)
+            if owned is None:
+                self.take_until_done(partition)  # a take in progress (or a fence seen by ``tick``): it checks the log
+                continue
+            async with self.db.acquire() as conn:
+                row = await claim(conn, partition, self.owner_id)
+                fenced = await set_fence(conn, partition, row.epoch, 0)
+            if not fenced or self.owned.get(partition) is not owned:
+                self.take_until_done(partition)
+                continue
+            self.member.seek(partition, 0)
+            self.owned[partition] = Owned(state=owned.state, epoch=row.epoch, generation=row.generation)
+
     async def _stalled(self, reader: kafka.LogReader, partition: int, row, stalled: kafka.CatchUpStalled) -> None:
         """A stall can be a slow broker; the same stall twice in a row, at the same place, is an unserved range."""
         where = (row.generation, stalled.position)
@@ -138,6 +156,13 @@ class Allocator(PartitionRole):
     # --- deciding ---------------------------------------------------------------------------
 
     async def work(self, batches: dict[int, list]) -> None:
+        self.working = True
+        try:
+            await self._work(batches)
+        finally:
+            self.working = False
+
+    async def _work(self, batches: dict[int, list]) -> None:
         sends = []
         for partition, msgs in batches.items():
             owned = self.owned.get(partition)

@@ -90,12 +90,18 @@ class PartitionRole(ABC):
         for p in sorted(self.assigned):
             await self.take(p)
 
-    def retake_all(self) -> None:
-        """Take every partition again (after a broker outage): each take checks the log is the one Postgres knows."""
-        self.log.info("taking every partition again after a broker outage", partitions=sorted(self.assigned))
+    def retake_all(self, why: str = "after a broker outage") -> None:
+        """Take every partition again (after a broker outage, a trimmed log): each take checks the log is the one
+        Postgres knows."""
+        self.log.info(f"taking every partition again {why}", partitions=sorted(self.assigned))
         self.drop(set(self.held()))
         for p in sorted(self.assigned):
             self.take_until_done(p)
+
+    async def follow_trimmed_log(self) -> None:
+        """The topics were swapped for empty ones with nothing lost (roles/log_trim.py): go on from offset 0 in
+        the new generation.  A subclass that can keep what it holds overrides this; taking again is always right."""
+        self.retake_all("in the trimmed log")
 
     async def stop(self) -> None:
         self._stopping.set()

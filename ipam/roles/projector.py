@@ -42,6 +42,19 @@ class Projector(PartitionRole):
         self.positions[partition] = row.events_offset
         self.log.info("projecting partition", partition=partition, offset=row.events_offset, generation=row.generation)
 
+    async def follow_trimmed_log(self) -> None:
+        """Everything was projected before the trim: go on from offset 0 of each partition's new generation."""
+        async with self.db.acquire() as conn:
+            current = await generations(conn, sorted(self.assigned))
+        for partition in sorted(self.assigned):
+            if partition not in self.positions:
+                self.take_until_done(partition)  # a take in progress: it reads the new row
+                continue
+            self._applier.forget(partition)
+            self._generations[partition] = current[partition]
+            self.member.seek(partition, 0)
+            self.positions[partition] = 0
+
     async def work(self, batches: dict[int, list]) -> None:
         for partition, msgs in batches.items():
             expected = self.positions.get(partition)

@@ -45,6 +45,12 @@ async def read_partition(conn: asyncpg.Connection, partition: int) -> PartitionR
         f"DO UPDATE SET partition = EXCLUDED.partition RETURNING {_COLUMNS}", partition))
 
 
+async def read_partitions(conn: asyncpg.Connection, partitions: list[int]) -> dict[int, PartitionRow]:
+    """The rows of these partitions that exist (a partition never worked has none)."""
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM ipam_store.partitions WHERE partition = ANY($1::int[])", partitions)
+    return {r["partition"]: PartitionRow.of(r) for r in rows}
+
+
 async def claim(conn: asyncpg.Connection, partition: int, owner: str) -> PartitionRow:
     """Take a partition: bump its epoch so every earlier owner's later writes are fenced off."""
     async with conn.transaction():

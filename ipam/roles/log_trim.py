@@ -1,0 +1,98 @@
+"""Keep the local broker fast: swap its topics for empty ones once Postgres has projected everything.
+
+The local broker (Tansu, memory only) keeps every record, refuses DeleteRecords, and its fetches
+cost time in proportion to the records a partition holds: at 50 requests/s on one pool, REST
+latency went from 15 ms to 20 s within five minutes (docs/performance.md, "The local broker").
+Postgres is the durable state, so what the broker holds once projected is only history.  When a
+partition holds ``IPAM_LOG_TRIM_RECORDS`` records, the trimmer holds new commands back at the bus,
+waits until every command produced was decided and every event produced was projected, deletes and
+creates both topics, and starts a new log generation of every partition at offset 0: the same
+path a broker restart takes (continuity.py), but planned, with nothing in flight to lose.
+
+Only for a broker nobody else reads, worked by this process alone: the service turns it on for the
+local broker it started, with the API, allocator and projector in one process (config.py says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from .. import telemetry
+from ..adapters import kafka
+from ..adapters.bus import CommandBus
+from ..adapters.postgres.ownership import PartitionRow, read_partitions, reset_log
+from ..config import Config
+from .allocator import Allocator
+from .projector import Projector
+
+log = structlog.get_logger("ipam.log_trim")
+
+DRAIN_SECONDS = 2.0  # longest hold on new commands while waiting for the pipeline to drain
+BACKOFF_SECONDS = 5.0  # after a drain that did not finish: the pipeline is slow, let it be
+
+
+class LogTrimmer:
+    def __init__(self, cfg: Config, db, bus: CommandBus, allocator: Allocator, projector: Projector, records: int) -> None:
+        self.cfg, self.db, self.bus, self.allocator, self.projector = cfg, db, bus, allocator, projector
+        self.records = records
+        self.trims = 0
+        self._not_before = 0.0
+        self._one_at_a_time = asyncio.Lock()
+
+    async def step(self) -> bool:
+        """Trim when some partition holds ``records`` records and the roles are working; True if it did."""
+        async with self._one_at_a_time:
+            return await self._step()
+
+    async def _step(self) -> bool:
+        if time.monotonic() < self._not_before or not (self.allocator.ready and self.projector.ready):
+            return False
+        # how far the roles read is how many records a partition holds (end offsets under-report on this broker)
+        read = [owned.position for owned in self.allocator.owned.values()] + list(self.projector.positions.values())
+        if max(read, default=0) < self.records:
+            return False
+        started = time.perf_counter()
+        async with self.bus.held():
+            rows = await self._drained(time.monotonic() + DRAIN_SECONDS)
+            if rows is None:
+                self._not_before = time.monotonic() + BACKOFF_SECONDS
+                log.warning("local broker log not trimmed: the pipeline did not drain in time; trying again later",
+                            drain_seconds=DRAIN_SECONDS)
+                return False
+            await kafka.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
+            await self._new_generations(rows)
+            for role in (self.allocator, self.projector):  # before new commands come: nothing new to skip
+                await role.follow_trimmed_log()
+        self.trims += 1
+        telemetry.log_trims.inc()
+        log.info("local broker log trimmed", records=max(read), trims=self.trims,
+                 held_ms=round((time.perf_counter() - started) * 1000, 1))
+        return True
+
+    async def _drained(self, deadline: float) -> dict[int, PartitionRow] | None:
+        """The partition rows once every command in the log was decided and every event projected, or None
+        at the deadline.  The allocator's positions say what it decided, Postgres what was projected, and a
+        fetch at those positions that comes back empty proves nothing is left (commands are held at the bus,
+        so neither log grows once the allocator is idle with nothing to read)."""
+        partitions = list(range(self.cfg.partitions))
+        while time.monotonic() < deadline:
+            decided = {p: owned.position for p, owned in self.allocator.owned.items()}
+            if not self.allocator.working and len(decided) == len(partitions):
+                async with self.db.acquire() as conn:
+                    rows = await read_partitions(conn, partitions)
+                positions = {(self.cfg.commands_topic, p): decided[p] for p in partitions} | \
+                            {(self.cfg.events_topic, p): rows[p].events_offset for p in partitions if p in rows}
+                if len(rows) == len(partitions) and await kafka.nothing_at(self.cfg, positions, timeout=0.5):
+                    return rows
+            await asyncio.sleep(0.01)
+        return None
+
+    async def _new_generations(self, rows: dict[int, PartitionRow]) -> None:
+        reason = f"local broker log trimmed: every record was projected (IPAM_LOG_TRIM_RECORDS={self.records})"
+        async with self.db.acquire() as conn:
+            for partition, row in rows.items():
+                while await reset_log(conn, partition, row, events_start=0, commands_start=0, reason=reason) is None:
+                    row = (await read_partitions(conn, [partition]))[partition]  # moved (a prune, a beat): look again
