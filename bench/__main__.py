@@ -43,12 +43,15 @@ from ipam.devenv import free_port
 from ipam.domain.commands import LeaseIp, LeaseMac
 from ipam.domain.events import encoder
 from ipam.domain.kinds import Owner
+from ipam.service import LOCAL_TRIM_RECORDS
 from tests.backends import select_backends
 from tests.harness import ServiceProcess, create_database, drop_database, env_of, make_config
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
 from .cni import measure_cni
 from .large_state import BIG_POOL, BIG_RANGE, measure_rebuild, measure_takeover, populate
+from .load import latency_figures, offered_load
+from .log_growth import log_growth
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
@@ -60,13 +63,6 @@ SPREAD = 16
 
 def pool_range(i: int) -> str:
     return f"0a:{i:02x}:00:00:00:00-0a:{i:02x}:ff:ff:ff:ff"
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def create_pools(url: str, **session) -> None:
@@ -210,26 +206,6 @@ async def baseline(dsn: str, seconds: float, concurrency: int = 16) -> dict:
             "leases": count, "how": "one transaction per lease: SELECT pool FOR UPDATE, INSERT lease, UPDATE pool"}
 
 
-async def offered_load(one, rate: int, seconds: float) -> float:
-    """Start ``one(i)`` at a fixed offered rate (open loop: never waits for answers to send more);
-    return the seconds until every request was answered."""
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - start
-
-
-def latency_figures(scenario: str, rate: int, lat: list[float], elapsed: float) -> dict:
-    return {"scenario": scenario, "offered_per_s": rate, "achieved_per_s": round(len(lat) / elapsed),
-            "p50_ms": round(percentile(lat, 0.5), 2), "p99_ms": round(percentile(lat, 0.99), 2),
-            "p999_ms": round(percentile(lat, 0.999), 2), "requests": len(lat)}
-
-
 async def latency(url: str, rate: int, seconds: float, ip: bool = False, **session) -> dict:
     """Requests at a fixed offered rate; each is one new lease (MAC, or dual-stack IP) answered after commit.
     ``session``: headers and a connector for the HTTPS-with-token variant."""
@@ -318,10 +294,13 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--https-rates", default=None, help="offered POST /v1/mac-leases per second over HTTPS with a bearer "
                                                         "token (default 100,500)")
     ap.add_argument("--samples", action="store_true", help="print each pipeline's commit timeline (stderr, JSON)")
+    ap.add_argument("--growth-commands", type=int, default=None,
+                    help="commands pushed on one pool between the two latency runs of log-growth (default 100,000)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
     ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, "
                     "webhook-ip, ip-latency, "
-                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory, cni "
+                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory, cni, "
+                                                 "log-growth "
                                                  "(default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (2 if args.quick else 60)
@@ -338,7 +317,7 @@ async def main(argv: list[str]) -> int:
     lat_seconds = 1.5 if args.quick else 15
     only = set(args.only.split(",")) if args.only else {"latency", "latency-https", "webhook", "webhook-ip", "ip-latency",
                                                         "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory",
-                                                        "cni"}
+                                                        "cni", "log-growth"}
     leases = args.leases or (5_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
@@ -351,7 +330,7 @@ async def main(argv: list[str]) -> int:
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
 
     planned = (len(rates) + len(https_rates) + len(webhook_rates) + len(webhook_ip_rates) + len(ip_rates)
-               + len({"pipeline", "ip-pipeline", "baseline", "cni"} & only)
+               + len({"pipeline", "ip-pipeline", "baseline", "cni", "log-growth"} & only)
                + (1 if {"takeover", "rebuild", "memory"} & only else 0))
     # A progress bar on stderr when it is a terminal (figures stay on stdout, one JSON object per line).
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -383,14 +362,18 @@ async def main(argv: list[str]) -> int:
                 report(await latency(stack.svc.url, rate, lat_seconds, ip=True))
         for ip in (False, True):
             if ("ip-pipeline" if ip else "pipeline") in only:
-                async with Stack(backends, tls, args.partitions) as stack:
+                async with Stack(backends, tls, args.partitions, trim=False) as stack:
                     report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples))
+        if "log-growth" in only:
+            async with Stack(backends, tls, args.partitions) as stack:
+                report(await log_growth(stack.svc.url, args.growth_commands or (2_000 if args.quick else 100_000),
+                                        rate=100, seconds=lat_seconds))
         if "cni" in only:
             async with Stack(backends, tls, args.partitions) as stack:
                 for r in await measure_cni(stack.svc.url, 20 if args.quick else 200):
                     report(r)
         if {"takeover", "rebuild", "memory"} & only:
-            async with Stack(backends, tls, args.partitions) as stack:
+            async with Stack(backends, tls, args.partitions, trim=False) as stack:
                 for r in await large_state(stack, leases):
                     if r["scenario"] in only or (r["scenario"] == "populate"):
                         report(r)
@@ -449,9 +432,11 @@ class Stack:
 
     TOKEN = "bench-admin-token-0123456789"
 
-    def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False) -> None:
-        """``secure``: REST over HTTPS with a bearer token (what production runs), not plain HTTP on loopback."""
-        self.backends, self.tls, self.partitions, self.secure = backends, tls, partitions, secure
+    def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False, trim: bool = True) -> None:
+        """``secure``: REST over HTTPS with a bearer token (what production runs), not plain HTTP on loopback.
+        ``trim``: trim the local broker's log as ``ipam serve`` does; not for scenarios that produce commands
+        to the topic themselves (the trimmer holds back only the commands of the service's own API)."""
+        self.backends, self.tls, self.partitions, self.secure, self.trim = backends, tls, partitions, secure, trim
 
     def session(self, limit: int = 100) -> dict:
         """aiohttp.ClientSession arguments that reach this stack's REST API."""
@@ -469,6 +454,8 @@ class Stack:
         self.webhook_url = f"https://127.0.0.1:{port}/mutate-virtualmachines"
         env = {"IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
                "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}"}
+        if self.trim and self.backends.broker is not None:  # as `ipam serve` trims the local broker it starts
+            env["IPAM_LOG_TRIM_RECORDS"] = str(LOCAL_TRIM_RECORDS)
         if self.secure:
             tokens = self.tls.folder / "bench-tokens"
             tokens.write_text(f"{self.TOKEN} admin bench\n")
