@@ -74,7 +74,7 @@ class StatusApi:
         return reply({"ready": ok, "checks": checks}, 200 if ok else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
-        await self.metrics.refresh(self.read)
+        await self.metrics.current(self.read)
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -172,8 +172,21 @@ def ops_routes(readiness: Callable[[], dict[str, bool]]) -> list[Route]:
             Route("GET", "/metrics", metrics_text, "Metrics", "metrics")]
 
 
+SCRAPE_BUDGET_SECONDS = 0.1  # a refresh slower than this is done in the background, after the scrape
+
+
 class Metrics:
+    """The gauges read from Postgres (usage views, counts) for /metrics.
+
+    Every scrape of every API replica would run the usage views: cheap for a small cluster, seconds
+    at a million leases.  So a scrape waits for fresh gauges only while refreshing them takes less
+    than ``SCRAPE_BUDGET_SECONDS``; once a refresh took longer, a scrape is answered with the gauges of
+    the last refresh and starts the next one in the background (one at a time): the figures are then
+    one scrape interval old, and a scrape costs the rendering only."""
+
     def __init__(self) -> None:
+        self._refreshing: asyncio.Task | None = None
+        self._last_refresh_seconds: float | None = None  # None: never refreshed
         r = self.registry = CollectorRegistry()
         self.collisions = Gauge("ipam_mac_collisions", "MACs used by more than one running VirtualMachineInstance", registry=r)
         self.conflicts = Gauge("ipam_mac_conflicts", "VM interfaces whose spec carries a MAC another interface holds",
@@ -188,16 +201,32 @@ class Metrics:
                                  ["network", "cidr"], registry=r)
         self.pending = Gauge("ipam_pending_leases", "Leases made at admission still waiting for their VM", ["kind"], registry=r)
 
+    async def current(self, read) -> None:
+        """Gauges as fresh as the scrape budget allows (see the class)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self.refresh(read))
+        if self._last_refresh_seconds is None or self._last_refresh_seconds < SCRAPE_BUDGET_SECONDS:
+            await asyncio.shield(self._refreshing)
+
     async def refresh(self, read) -> None:
+        started = time.perf_counter()
+        try:
+            await self._refresh(read)
+        finally:
+            self._last_refresh_seconds = time.perf_counter() - started
+
+    async def _refresh(self, read) -> None:
+        # read everything first, then set without awaiting: a scrape rendering meanwhile sees whole sets
         gauges = await read.gauges()
+        counts = {kind: (await read.lease_counts(kind), await read.pending(kind)) for kind in self.leases}
         self.collisions.set(gauges["collisions"])
         self.conflicts.set(gauges["conflicts"])
         self.ip_drift.set(gauges["drift"])
         for kind, gauge in self.leases.items():
             gauge.clear()
-            for space, state, n in await read.lease_counts(kind):
+            for space, state, n in counts[kind][0]:
                 gauge.labels(space, state).set(n)
-            self.pending.labels(kind.name).set(await read.pending(kind))
+            self.pending.labels(kind.name).set(counts[kind][1])
         for gauge in (self.pool_used, self.ip_free, self.subnet_used):
             gauge.clear()
         for pool, ratio in gauges["pools"]:
