@@ -49,9 +49,11 @@ from tests.harness import ServiceProcess, create_database, drop_database, env_of
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
 from .cni import measure_cni
+from .figures import table, targets
 from .large_state import BIG_POOL, BIG_RANGE, measure_rebuild, measure_takeover, populate
 from .load import latency_figures, offered_load
 from .log_growth import log_growth
+from .metrics_scrape import measure_scrape
 
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
@@ -59,6 +61,8 @@ NETWORKS = [f"net-{i:02d}" for i in range(16)]
 # attached to each network), so they spread over the partitions as a real cluster's do.  Sending every
 # request to one pool made one partition of the local broker grow until it slowed every later scenario.
 SPREAD = 16
+SCENARIOS = ("latency", "latency-https", "webhook", "webhook-ip", "ip-latency", "pipeline", "pipeline-16-pools",
+             "ip-pipeline", "baseline", "takeover", "rebuild", "memory", "metrics-scrape", "cni", "log-growth")
 
 
 def pool_range(i: int) -> str:
@@ -84,8 +88,8 @@ async def create_networks(url: str, **session) -> None:
                 assert r.status == 201, await r.text()
 
 
-def mac_command(n: int, at: int) -> tuple[str, LeaseMac]:
-    pool = POOLS[n % len(POOLS)]
+def mac_command(n: int, at: int, pools: list[str] = POOLS) -> tuple[str, LeaseMac]:
+    pool = pools[n % len(pools)]
     return pool, LeaseMac(command_id=f"b{uuid.uuid4().hex}", at=at, pool=pool,
                           owner=Owner(namespace="bench", vm=f"vm-{n}", vm_uid=f"u{n}", interface="eth0"))
 
@@ -100,10 +104,13 @@ async def projected(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT coalesce(sum(events_offset), 0)::bigint FROM ipam_store.partitions"))
 
 
-async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = False, show_samples: bool = False) -> dict:
+async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = False, show_samples: bool = False,
+                   one_pool: bool = True) -> dict:
     """Produce lease commands as fast as the pipeline absorbs them; count committed events in Postgres
-    (one per MAC lease; two per dual-stack IP lease command)."""
-    make = ip_command if ip else mac_command
+    (one per MAC lease; two per dual-stack IP lease command).  ``one_pool``: every MAC lease on the default
+    pool, as most clusters run (one partition); else spread over the 16 pools."""
+    pools = POOLS[:1] if one_pool else POOLS
+    make = ip_command if ip else (lambda n, at: mac_command(n, at, pools))
     per_command = 2 if ip else 1
     producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, linger_ms=5, max_batch_size=512 * 1024,
                                 enable_idempotence=False, acks="all")
@@ -162,8 +169,8 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = Fa
         return {"scenario": "ip-pipeline", "seconds": seconds, "leases_per_s": round(rate), "commands_per_s": round(rate / 2),
                 "sent_commands": sent, "committed_leases": done - base, "live_leases": leases, "distinct_addresses": distinct,
                 "networks": len(NETWORKS), "partitions": cfg.partitions, "leases_per_command": 2}
-    return {"scenario": "pipeline", "seconds": seconds, "leases_per_s": round(rate), "sent": sent,
-            "committed": done - base, "live_leases": leases, "distinct_macs": distinct, "pools": len(POOLS),
+    return {"scenario": "pipeline" if one_pool else "pipeline-16-pools", "seconds": seconds, "leases_per_s": round(rate),
+            "sent": sent, "committed": done - base, "live_leases": leases, "distinct_macs": distinct, "pools": len(pools),
             "partitions": cfg.partitions}
 
 
@@ -259,27 +266,6 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
     return {**latency_figures(f"webhook@{rate}/s", rate, lat, elapsed), "denied": errors, "leases_per_review": 3}
 
 
-def table(results: list[dict]) -> str:
-    lines = [f"{'scenario':<18} {'figure':<40}"]
-    for r in results:
-        if r["scenario"] in ("takeover", "rebuild", "populate"):
-            fig = f"{r['seconds']} s for {r.get('leases', r.get('events')):,}"
-        elif r["scenario"] == "memory":
-            fig = f"{r['bytes_per_lease']} bytes per live lease ({r['leases']:,})"
-        elif "pods_per_s" in r:
-            fig = f"{r['pods_per_s']} pods/s, ADD p50 {r['add_p50_ms']} ms p99 {r['add_p99_ms']} ms ({r['pods']} at once)"
-        elif "skipped" in r:
-            fig = f"skipped: {r['skipped']}"
-        elif "leases_per_s" in r:
-            fig = f"{r['leases_per_s']:,} leases/s"
-            if "ratio_to_baseline" in r:
-                fig += f"  ({r['ratio_to_baseline']}x baseline)"
-        else:
-            fig = f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  p99.9 {r['p999_ms']} ms  at {r['achieved_per_s']}/s"
-        lines.append(f"{r['scenario']:<18} {fig}")
-    return "\n".join(lines)
-
-
 async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -287,7 +273,7 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 2)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
-    ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,500)")
+    ap.add_argument("--webhook-rates", default=None, help="offered AdmissionReviews/s over HTTPS (default 100,200,500)")
     ap.add_argument("--webhook-ip-rates", default=None,
                     help="offered AdmissionReviews/s of VMs on ipam networks (default 100,500)")
     ap.add_argument("--ip-rates", default=None, help="offered POST /v1/ip-leases per second (default 100,500)")
@@ -297,27 +283,21 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--growth-commands", type=int, default=None,
                     help="commands pushed on one pool between the two latency runs of log-growth (default 100,000)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
-    ap.add_argument("--only", default=None, help="comma-separated scenarios to run: latency, latency-https, webhook, "
-                    "webhook-ip, ip-latency, "
-                                                 "pipeline, ip-pipeline, baseline, takeover, rebuild, memory, cni, "
-                                                 "log-growth "
-                                                 "(default: all)")
+    ap.add_argument("--only", default=None, help=f"comma-separated scenarios to run: {', '.join(SCENARIOS)} (default: all)")
     args = ap.parse_args(argv)
     seconds = args.seconds or (2 if args.quick else 60)
     def rates_of(given: str | None, full: str) -> list[int]:
         return [int(r) for r in (given if given is not None else ("100" if args.quick else full)).split(",") if r]
 
     rates = rates_of(args.rates, "100,500,1000")
-    webhook_rates = rates_of(args.webhook_rates, "100,500")
+    webhook_rates = rates_of(args.webhook_rates, "100,200,500")
     webhook_ip_rates = [int(r) for r in (args.webhook_ip_rates if args.webhook_ip_rates is not None
                                          else ("100" if args.quick else "100,500")).split(",") if r]
     ip_rates = rates_of(args.ip_rates, "100,500")
     https_rates = [int(r) for r in (args.https_rates if args.https_rates is not None
                                     else ("100" if args.quick else "100,500")).split(",") if r]
     lat_seconds = 1.5 if args.quick else 15
-    only = set(args.only.split(",")) if args.only else {"latency", "latency-https", "webhook", "webhook-ip", "ip-latency",
-                                                        "pipeline", "ip-pipeline", "baseline", "takeover", "rebuild", "memory",
-                                                        "cni", "log-growth"}
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
     leases = args.leases or (5_000 if args.quick else 1_000_000)
     webhook_ip_rates = webhook_ip_rates if "webhook-ip" in only else []
     rates = rates if "latency" in only else []
@@ -330,8 +310,8 @@ async def main(argv: list[str]) -> int:
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
 
     planned = (len(rates) + len(https_rates) + len(webhook_rates) + len(webhook_ip_rates) + len(ip_rates)
-               + len({"pipeline", "ip-pipeline", "baseline", "cni", "log-growth"} & only)
-               + (1 if {"takeover", "rebuild", "memory"} & only else 0))
+               + len({"pipeline", "pipeline-16-pools", "ip-pipeline", "baseline", "cni", "log-growth"} & only)
+               + (1 if {"takeover", "rebuild", "memory", "metrics-scrape"} & only else 0))
     # A progress bar on stderr when it is a terminal (figures stay on stdout, one JSON object per line).
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
@@ -360,10 +340,11 @@ async def main(argv: list[str]) -> int:
         for rate in ip_rates:
             async with Stack(backends, tls, args.partitions) as stack:
                 report(await latency(stack.svc.url, rate, lat_seconds, ip=True))
-        for ip in (False, True):
-            if ("ip-pipeline" if ip else "pipeline") in only:
+        for name, ip, one_pool in (("pipeline", False, True), ("pipeline-16-pools", False, False),
+                                   ("ip-pipeline", True, False)):
+            if name in only:
                 async with Stack(backends, tls, args.partitions, trim=False) as stack:
-                    report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples))
+                    report(await pipeline(stack.cfg, seconds, ip=ip, show_samples=args.samples, one_pool=one_pool))
         if "log-growth" in only:
             async with Stack(backends, tls, args.partitions) as stack:
                 report(await log_growth(stack.svc.url, args.growth_commands or (2_000 if args.quick else 100_000),
@@ -372,7 +353,7 @@ async def main(argv: list[str]) -> int:
             async with Stack(backends, tls, args.partitions) as stack:
                 for r in await measure_cni(stack.svc.url, 20 if args.quick else 200):
                     report(r)
-        if {"takeover", "rebuild", "memory"} & only:
+        if {"takeover", "rebuild", "memory", "metrics-scrape"} & only:
             async with Stack(backends, tls, args.partitions, trim=False) as stack:
                 for r in await large_state(stack, leases):
                     if r["scenario"] in only or (r["scenario"] == "populate"):
@@ -386,7 +367,7 @@ async def main(argv: list[str]) -> int:
             base = results[-1]["leases_per_s"]
             summary = {"scenario": "summary", "backends": backends.kind, "baseline_leases_per_s": base}
             for r in results:
-                if r["scenario"] in ("pipeline", "ip-pipeline"):
+                if r["scenario"] in ("pipeline", "pipeline-16-pools", "ip-pipeline"):
                     r["ratio_to_baseline"] = round(r["leases_per_s"] / max(1, base), 2)
                     summary[f"{r['scenario'].replace('-', '_')}_leases_per_s"] = r["leases_per_s"]
                     summary[f"{r['scenario'].replace('-', '_')}_ratio_to_baseline"] = r["ratio_to_baseline"]
@@ -395,6 +376,7 @@ async def main(argv: list[str]) -> int:
                 plain, secure = by[f"latency@{rate}/s"], by[f"latency-https@{rate}/s"]
                 summary[f"https_to_plain_p50_at_{rate}"] = round(secure["p50_ms"] / max(plain["p50_ms"], 0.01), 2)
             print(json.dumps(summary), flush=True)
+        print(json.dumps(targets(results)), flush=True)
         progress.stop()
         print(table(results), file=sys.stderr)
     finally:
@@ -414,6 +396,7 @@ async def large_state(stack: Stack, leases: int) -> list[dict]:
     seconds = await populate(stack.dsn, partition, leases)
     out = [{"scenario": "populate", "leases": leases, "seconds": round(seconds, 1), "how": "generate_series into "
             "mac_leases and the ledger (the pool itself made through the service)"}]
+    out.append(await measure_scrape(stack.dsn, leases))
     taken = await asyncio.to_thread(measure_takeover, env_of(stack.cfg), partition)
     out.append(taken)
     out.append({"scenario": "memory", "leases": taken["leases"], "bytes_per_lease": taken["bytes_per_lease"],

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ONLY = "latency,webhook,pipeline,baseline,cni,takeover,rebuild,memory"
+ONLY = "latency,webhook,pipeline,baseline,cni,takeover,rebuild,memory,metrics-scrape,log-growth"
 SCENARIOS = {"latency@100/s", "webhook@100/s", "pipeline", "cni-ipam", "cni-host-local",
-             "populate", "takeover", "memory", "rebuild", "baseline", "summary"}
+             "populate", "takeover", "memory", "rebuild", "baseline", "summary", "log-growth",
+             "metrics-scrape", "targets"}
 
 
 def test_bench_quick_runs_every_scenario():
@@ -27,4 +28,5 @@ def test_bench_quick_runs_every_scenario():
     assert by["takeover"]["leases"] == by["populate"]["leases"] == 5_000
     assert by["rebuild"]["equal"] is True and by["rebuild"]["events"] >= 5_000
     assert by["cni-ipam"]["pods"] == by["cni-host-local"]["pods"] == 20
+    assert by["log-growth"]["commands"] == 2_000 and by["log-growth"]["push_errors"] == 0
     assert all(r.get("errors", 0) == 0 and r.get("denied", 0) == 0 for r in results)
