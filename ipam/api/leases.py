@@ -132,13 +132,17 @@ class LeaseApi:
         kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
         check_same_owner(events, owner, kinds)
         existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
+        leases = []
         if existing:  # answered as stored: the lease's own time and whether it was static
             leases = [self.from_row(r) for r in await self.read.leases(
                 kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid,
                 cluster=owner.cluster)
                 if r["interface"] == owner.interface]
-        else:
+        if not leases:  # new, or none stored: a release decided right after this answer took it away
             leases = [self.lease_of(e) for e in events if e["type"] in kinds]
+        if not leases:
+            raise ApiError(409, "conflict", "the lease was released by a concurrent request before it could be read; "
+                           "ask again")
         held = {"lease": leases[-1]} if "lease" in self.answer.__struct_fields__ else {"leases": leases}
         return reply(self.answer(**held, existing=existing, command_id=cid), 200 if existing else 201)
 
