@@ -136,7 +136,7 @@ class Allocator(PartitionRole):
         newer epoch: our records are being dropped, so while the group still gives us the
         partition we take it again from Postgres; if it does not, we stop deciding it."""
         now = time.monotonic()
-        if now - self._epochs_checked < 1.0 or not self.owned:
+        if now - self._epochs_checked < 1.0 or not self.owned or self.trimming:
             return
         self._epochs_checked = now
         async with self.db.acquire() as conn:

@@ -62,10 +62,17 @@ class LogTrimmer:
                 log.warning("local broker log not trimmed: the pipeline did not drain in time; trying again later",
                             drain_seconds=DRAIN_SECONDS)
                 return False
-            await kafka.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
-            await self._new_generations(rows)
-            for role in (self.allocator, self.projector):  # before new commands come: nothing new to skip
-                await role.follow_trimmed_log()
+            roles = (self.allocator, self.projector)
+            for role in roles:  # their own checks would see the new generations first and take everything again
+                role.trimming = True
+            try:
+                await kafka.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
+                await self._new_generations(rows)
+                for role in roles:  # before new commands come: nothing new to skip
+                    await role.follow_trimmed_log()
+            finally:
+                for role in roles:
+                    role.trimming = False
         self.trims += 1
         telemetry.log_trims.inc()
         log.info("local broker log trimmed", records=max(read), trims=self.trims,

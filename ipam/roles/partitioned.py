@@ -43,6 +43,7 @@ class PartitionRole(ABC):
         self._stopping = asyncio.Event()
         self._takes: dict[int, asyncio.Task] = {}
         self.taken: dict[int, object] = {}  # partitions taken and ready to work -> what the role keeps of each
+        self.trimming = False  # the log trimmer is moving every partition to a new generation: checks wait for it
 
     def held(self) -> set[int]:
         return set(self.taken)

@@ -116,7 +116,7 @@ class Projector(PartitionRole):
     async def _follow_generations(self) -> None:
         """Notice a new log generation someone else started (an allocator that stepped over an
         unserved range): no record tells us, because the broker serves nothing where we wait."""
-        if time.monotonic() - self._generations_checked < 2.0 or not self.positions:
+        if time.monotonic() - self._generations_checked < 2.0 or not self.positions or self.trimming:
             return
         self._generations_checked = time.monotonic()
         async with self.db.acquire() as conn:
