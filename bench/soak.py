@@ -50,10 +50,11 @@ class Load:
         self.errors: dict[str, int] = {}
         self.reviews = 0
 
-    def _note(self, kind: str, started: float, ok: bool) -> None:
+    def _note(self, kind: str, started: float, ok: bool, status: int | None = None) -> None:
         self.minute.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
-        if not ok:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
+        if not ok:  # counted by kind and HTTP status ("release:404"), so a minute's errors say what they were
+            key = kind if status is None else f"{kind}:{status}"
+            self.errors[key] = self.errors.get(key, 0) + 1
 
     async def rest_one(self, http) -> None:
         i = self.rng.randrange(OWNERS)
@@ -64,13 +65,13 @@ class Load:
                 async with http.delete(f"{self.stack.svc.url}/v1/mac-leases/soak-{i % 16}/vm-{i}") as r:
                     await r.read()
                     self.held.discard(i)
-                    self._note("release", started, r.status == 200)
+                    self._note("release", started, r.status == 200, r.status)
                 return
             kind = "repeat" if i in self.held else "lease"
             async with http.post(f"{self.stack.svc.url}/v1/mac-leases", json=body) as r:
                 await r.read()
                 self.held.add(i)
-                self._note(kind, started, r.status in (200, 201))
+                self._note(kind, started, r.status in (200, 201), r.status)
         except (aiohttp.ClientError, TimeoutError):
             self._note("rest", started, False)
 
