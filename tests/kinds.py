@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,6 +50,17 @@ KINDS = pytest.mark.parametrize("kind", [MAC, IP], ids=["mac", "ip"])
 async def create_space(http, base: str, kind: KindCase, name: str = "crash") -> None:
     async with http.post(base + kind.spaces, json=kind.space(name)) as r:
         assert r.status == 201, await r.text()
+
+
+async def lease_until_answered(http, base: str, kind: KindCase, i: int, key: str, tries: int = 30) -> tuple[int, dict]:
+    """A lease asked again while the service answers 5xx (a role recovering, a trim), under one Idempotency-Key:
+    every try is the same command."""
+    for _ in range(tries):
+        status, body = await lease(http, base, kind, i, headers={"Idempotency-Key": f"{key}-{kind.name}-{i}"})
+        if status < 500:
+            return status, body
+        await asyncio.sleep(0.2)
+    return status, body
 
 
 async def lease(http, base: str, kind: KindCase, i: int, space: str = "crash", headers=None, **extra) -> tuple[int, dict]:

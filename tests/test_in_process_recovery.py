@@ -16,16 +16,7 @@ from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
 from ipam.service import Service
 
-from .kinds import KINDS, create_space, lease
-
-
-async def _lease_until_answered(http, url, kind, i: int) -> tuple[int, dict]:
-    for _ in range(30):  # the same key each time: a retry is the same command
-        status, body = await lease(http, url, kind, i, headers={"Idempotency-Key": f"recover-{kind.name}-{i}"})
-        if status < 500:
-            return status, body
-        await asyncio.sleep(0.2)
-    return status, body
+from .kinds import KINDS, create_space, lease_until_answered
 
 
 @KINDS
@@ -39,14 +30,15 @@ async def test_raising_roles_recover_without_a_log_reset(config, http, kind, mon
         # small waves, many batches: until each loop has raised twice (and 120 leases at least)
         while waves < 10 or min(failpoints.raised.get(p, 0) for p in failpoints._POINTS) < 2:
             start = 12 * waves
-            answers += await asyncio.gather(*(_lease_until_answered(http, svc.url, kind, i) for i in range(start, start + 12)))
+            answers += await asyncio.gather(*(lease_until_answered(http, svc.url, kind, i, "recover")
+                                              for i in range(start, start + 12)))
             waves += 1
             assert waves < 60, failpoints.raised
         monkeypatch.setattr(failpoints, "_POINTS", {})
         assert all(status == 201 for status, _ in answers), [a for a in answers if a[0] != 201][:3]
         every = [a for _, body in answers for a in kind.addresses(body)]
         assert len(every) == len(set(every)) == 12 * waves * kind.per_lease
-        again = await asyncio.gather(*(_lease_until_answered(http, svc.url, kind, i) for i in range(12 * waves)))
+        again = await asyncio.gather(*(lease_until_answered(http, svc.url, kind, i, "recover") for i in range(12 * waves)))
         assert [kind.addresses(b) for _, b in again] == [kind.addresses(b) for _, b in answers]
     conn = await connect(config.database_url)
     try:

@@ -19,7 +19,7 @@ from ipam.config import ConfigError
 from ipam.service import Service
 
 from .harness import make_config
-from .kinds import KINDS, create_space, lease
+from .kinds import KINDS, create_space, lease, lease_until_answered
 
 THRESHOLD = 60  # records in one partition; the waves below cross it several times
 
@@ -30,15 +30,6 @@ def local_broker(backends):
         pytest.skip("trimming swaps topics, which only the local broker does at once (Apache Kafka deletes later)")
 
 
-async def _until_answered(http, url, kind, i: int) -> tuple[int, dict]:
-    for _ in range(20):
-        status, body = await lease(http, url, kind, i, headers={"Idempotency-Key": f"trim-{kind.name}-{i}"})
-        if status < 500:
-            return status, body
-        await asyncio.sleep(0.2)
-    return status, body
-
-
 @KINDS
 async def test_trimming_under_load_keeps_every_answer_and_lease(local_broker, backends, database, http, kind):
     config = make_config(backends.kafka_bootstrap, database, log_trim_records=THRESHOLD)
@@ -47,7 +38,8 @@ async def test_trimming_under_load_keeps_every_answer_and_lease(local_broker, ba
         await create_space(http, svc.url, kind)
         answers = []
         for wave in range(25):  # 25 waves of 16 concurrent leases, one pool: one partition takes them all
-            answers += await asyncio.gather(*(_until_answered(http, svc.url, kind, 16 * wave + i) for i in range(16)))
+            answers += await asyncio.gather(*(lease_until_answered(http, svc.url, kind, 16 * wave + i, "trim")
+                                              for i in range(16)))
             await asyncio.sleep(0.15)  # the trimmer looks once a second: spread the waves over a few seconds
         assert [s for s, _ in answers] == [201] * len(answers), [a for a in answers if a[0] != 201][:3]
         every = [a for _, body in answers for a in kind.addresses(body)]
