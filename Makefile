@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-quick faults availability soak fuzz schemas clean
+.PHONY: run test bench bench-quick faults availability broker-kills soak fuzz psql schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,16 +27,22 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 faults: $(STAMP)  ## fault injection: FAULT_RUNS seeded runs of FAULT_SECONDS each (one JSON line per run)
-	$(BIN)/python -m tests.faults --runs $${FAULT_RUNS:-50} --seconds $${FAULT_SECONDS:-20} --seed $${FAULT_SEED:-1}
+	$(BIN)/python -m tests.faults --scenario $${FAULT_SCENARIO:-chaos} --runs $${FAULT_RUNS:-50} --seconds $${FAULT_SECONDS:-20} --seed $${FAULT_SEED:-1}
 
 availability: $(STAMP)  ## kill -9 of one allocator or projector every 8-12 s under 8 REST clients: 2xx share and hand-over times
 	$(BIN)/python -m tests.faults --scenario kills --runs $${FAULT_RUNS:-5} --seconds $${FAULT_SECONDS:-120} --seed $${FAULT_SEED:-1}
+
+broker-kills: $(STAMP)  ## three Apache Kafka nodes, the busiest leader kill -9'd every 20-30 s under 8 REST clients and 20 reviews/s
+	$(BIN)/python -m tests.faults --scenario broker-kills --runs $${FAULT_RUNS:-1} --seconds $${FAULT_SECONDS:-300} --seed $${FAULT_SEED:-1}
 
 soak: $(STAMP)  ## mixed load (leases, releases, repeats, reviews) for SOAK_MINUTES (default 60): JSON per minute, flat or not
 	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-60}
 
 fuzz: $(STAMP)  ## the webhooks' fuzz at full length (1,500 malformed reviews each; make test runs 300)
 	IPAM_FUZZ_REVIEWS=$${FUZZ_REVIEWS:-1500} $(BIN)/pytest -q tests/test_webhook_fuzz.py
+
+psql: $(STAMP)  ## psql (the embedded PostgreSQL's own) on make run's database
+	$$($(BIN)/python -c 'from ipam.devenv import client_binary; print(client_binary("psql"))') $${IPAM_DATABASE_URL:-postgresql://postgres@127.0.0.1:55432/ipam}
 
 schemas: $(STAMP)
 	$(BIN)/ipam schemas export

@@ -23,11 +23,16 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("IPAM_DATABASE_URL", str, "postgresql://postgres@127.0.0.1:5432/ipam"),
+    Setting("IPAM_DATABASE_URL", str, None),
+    Setting("IPAM_EMBEDDED_POSTGRES_ADDR", str, "127.0.0.1:55432"),
+    Setting("IPAM_EMBEDDED_POSTGRES_DIR", str, ".ipam/postgres"),
     Setting("IPAM_MIGRATE", bool, "true"),
     Setting("IPAM_KAFKA_BOOTSTRAP", str, None),
     Setting("IPAM_LOCAL_BROKER_ADDR", str, "127.0.0.1:9092"),
     Setting("IPAM_LOG_TRIM_RECORDS", int, None),
+    Setting("IPAM_KAFKA_BROKER", str, "apache-kafka"),
+    Setting("IPAM_KAFKA_REPLICATION", int, "-1"),
+    Setting("IPAM_KAFKA_MIN_INSYNC_REPLICAS", int, "0"),
     Setting("IPAM_COMMANDS_TOPIC", str, "ipam.commands"),
     Setting("IPAM_EVENTS_TOPIC", str, "ipam.events"),
     Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter"),
@@ -74,6 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# What IPAM_KAFKA_BROKER may name, and what each one can do (docs/settings.md)
+BROKERS = ("apache-kafka", "local")
+
+
 # Config's fields are the settings' (``Setting.field``), typed as the table says: one list, not two.
 _Fields = make_dataclass("_Fields", [(x.field, x.type | None if x.default is None else x.type) for x in SETTINGS], frozen=True)
 
@@ -105,6 +114,19 @@ class Config(_Fields):
                               f"with IPAM_KAFKA_SECURITY_PROTOCOL={cfg.kafka_security_protocol}")
         for setting in ("IPAM_ADMIN_SUBJECTS", "IPAM_READER_SUBJECTS", "IPAM_NODE_SUBJECTS"):
             subjects(env.get(setting, ""), setting)
+        if cfg.kafka_broker not in BROKERS:
+            raise ConfigError(f"IPAM_KAFKA_BROKER={cfg.kafka_broker!r}: expected one of {', '.join(BROKERS)}")
+        if cfg.log_trim_records and cfg.kafka_bootstrap is not None and cfg.kafka_broker != "local":
+            raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={cfg.log_trim_records}: only for the local broker (topics swapped for "
+                              "empty ones); Apache Kafka deletes decided commands with DeleteRecords and keeps events "
+                              "by its retention settings")
+        if cfg.kafka_replication == 0 or cfg.kafka_replication < -1:
+            raise ConfigError(f"IPAM_KAFKA_REPLICATION={cfg.kafka_replication}: expected a replica count, or -1 for the "
+                              "broker's default.replication.factor")
+        replicas = cfg.kafka_replication if cfg.kafka_replication > 0 else None
+        if cfg.kafka_min_insync_replicas < 0 or (replicas is not None and cfg.kafka_min_insync_replicas > replicas):
+            raise ConfigError(f"IPAM_KAFKA_MIN_INSYNC_REPLICAS={cfg.kafka_min_insync_replicas}: expected 0 (the broker's "
+                              f"min.insync.replicas) up to IPAM_KAFKA_REPLICATION={cfg.kafka_replication}")
         if cfg.token_review and not cfg.kube_api:
             raise ConfigError("IPAM_TOKEN_REVIEW=true needs IPAM_KUBE_API (in-cluster, a kubeconfig path or a URL)")
         return cfg
@@ -123,6 +145,22 @@ class Config(_Fields):
         if not (self.token_file or self.token_review):
             raise ConfigError("REST needs a token source: IPAM_TOKEN_FILE and/or IPAM_TOKEN_REVIEW=true "
                               "(or IPAM_PLAIN_HTTP=true on a loopback address, for development)")
+
+    @property
+    def local_broker(self) -> bool:
+        """The broker is the local stand-in (Tansu): no idempotent producer, end offsets it under-reports, no
+        DeleteRecords; the code that works around it asks this, and nothing else."""
+        return self.kafka_broker == "local"
+
+    @property
+    def embedded_database_url(self) -> str:
+        """Where the embedded Postgres ``ipam serve`` starts (IPAM_DATABASE_URL unset) takes connections."""
+        return f"postgresql://postgres@{self.embedded_postgres_addr}/ipam"
+
+    @property
+    def database_dsn(self) -> str:
+        """IPAM_DATABASE_URL, or the embedded Postgres's when unset (for the CLI's database verbs)."""
+        return self.database_url or self.embedded_database_url
 
     @property
     def quarantine_ms(self) -> int:

@@ -24,7 +24,7 @@ from .adapters.bus import CommandBus
 from .adapters.kafka import ensure_topics, missing_topics
 from .adapters.kubernetes import NamespaceLabels
 from .adapters.postgres.codecs import create_pool
-from .adapters.postgres.migrations import check_current, check_partitions, migrate
+from .adapters.postgres.migrations import check_current, check_partitions, ensure_database, migrate
 from .adapters.postgres.read_model import ReadModel
 from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
@@ -33,10 +33,11 @@ from .api.http import Gateway
 from .api.space_ops import SpaceOps
 from .api.webhook import Webhook, make_webhook_app
 from .config import Config, ConfigError
-from .devenv import LocalBroker
+from .devenv import EmbeddedPostgres, LocalBroker
 from .roles.allocator import Allocator
 from .roles.log_trim import LogTrimmer
 from .roles.projector import Projector
+from .roles.retention import CommandRetention
 from .roles.watcher import Watcher
 from .supervisor import Supervisor
 
@@ -55,12 +56,14 @@ class Service:
         self.namespaces = NamespaceLabels()
         self._stops: list[tuple[str, Callable[[], Awaitable | None]]] = []  # in start order
         self.broker: LocalBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
         self.read: ReadModel | None = None
         self.bus: CommandBus | None = None
         self.allocator: Allocator | None = None
         self.projector: Projector | None = None
         self.watcher: Watcher | None = None
         self.trimmer: LogTrimmer | None = None
+        self.retention: CommandRetention | None = None
         self.declared: DeclaredSpaces | None = None
         self.http_tls: TlsFiles | None = None
         self.webhook_tls: TlsFiles | None = None
@@ -100,7 +103,11 @@ class Service:
             self.broker = LocalBroker(cfg.local_broker_addr).start()
             self._on_stop("local broker", self.broker.stop)
             log.info("started local broker (memory only)", bootstrap=self.broker.bootstrap, log=self.broker.log_path)
-            cfg = self.cfg = dataclasses.replace(cfg, kafka_bootstrap=self.broker.bootstrap)
+            # no idempotent producer there, and one broker: one replica
+            cfg = self.cfg = dataclasses.replace(cfg, kafka_bootstrap=self.broker.bootstrap, kafka_broker="local",
+                                                 kafka_replication=1, kafka_min_insync_replicas=0)
+        if cfg.database_url is None:
+            cfg = self.cfg = dataclasses.replace(cfg, database_url=await self._start_embedded_postgres())
         if cfg.migrate:
             applied = await migrate(cfg.database_url)
             if applied:
@@ -118,7 +125,7 @@ class Service:
             self.bus = CommandBus(cfg, db)
             await self.bus.start()
             self._on_stop("command bus", self.bus.stop)
-        self._start_trimming()
+        self._start_log_upkeep()
         gateway = Gateway(self.bus, cfg.request_timeout_seconds) if self.bus else None
         if "api" in self.roles and cfg.config_file:
             self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceOps(gateway, self.read), self.read)
@@ -135,6 +142,15 @@ class Service:
             self._on_stop("watcher", lambda: self.supervisor.cancel("watcher"))
         log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
         return self
+
+    async def _start_embedded_postgres(self) -> str:
+        """IPAM_DATABASE_URL unset: a Postgres of our own on IPAM_EMBEDDED_POSTGRES_DIR, stopped with us."""
+        self.postgres = EmbeddedPostgres(self.cfg.embedded_postgres_dir, self.cfg.embedded_postgres_addr).start()
+        self._on_stop("embedded Postgres", self.postgres.stop)
+        await ensure_database(self.cfg.embedded_database_url)
+        log.info("started embedded Postgres", dsn=self.cfg.embedded_database_url, data=str(self.postgres.data),
+                 log=str(self.postgres.log_path))
+        return self.cfg.embedded_database_url
 
     async def _start_partition_roles(self) -> None:
         if "projector" in self.roles:
@@ -161,6 +177,17 @@ class Service:
                 await role.close()
 
         self._on_stop("partition roles", stop_roles)
+
+    def _start_log_upkeep(self) -> None:
+        """Keep the commands log short: on Apache Kafka, DeleteRecords below what was projected (any process with
+        the projector role); on the local broker, trim by swapping topics (log_trim.py)."""
+        if not self.cfg.local_broker:
+            if self.projector is not None:
+                self.retention = CommandRetention(self.cfg, self.read.db)
+                self.supervisor.spawn("command-retention", self.retention.run)
+                self._on_stop("command retention", lambda: self.supervisor.cancel("command-retention"))
+            return
+        self._start_trimming()
 
     def _start_trimming(self) -> None:
         """On a broker only this process uses (the local one it started, or one IPAM_LOG_TRIM_RECORDS names as
@@ -266,7 +293,11 @@ class Service:
         log.info("ipam stopped")
 
     async def __aenter__(self) -> Service:
-        return await self.start()
+        try:
+            return await self.start()
+        except BaseException:  # what started before the failure stops, not left to the garbage collector
+            await self.stop()
+            raise
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
@@ -279,7 +310,7 @@ async def serve_forever(cfg: Config, roles: set[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    await service.__aenter__()
     try:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.supervisor.failed.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

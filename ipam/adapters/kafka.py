@@ -1,7 +1,8 @@
 """Kafka: topic set-up, partitioning, client construction, and reading single records.
 
-Everything here works on a plain Kafka-protocol broker without idempotent producers or
-transactions (the local Tansu broker has neither): exactly-once comes from Postgres.
+On Apache Kafka the producer is idempotent with acks=all, so a retried produce is never written twice
+in a partition; the local broker (Tansu) has no idempotent producer, and ``ipam serve`` turns it off
+there.  Either way exactly-once comes from Postgres: command ids dedupe, sequences fence writers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
@@ -68,18 +70,56 @@ class _Admin:
         await self.client.close()
 
 
+async def _replication(cfg: Config, admin: AIOKafkaAdminClient) -> int:
+    """IPAM_KAFKA_REPLICATION, or for -1 the broker's ``default.replication.factor``, read from the broker:
+    aiokafka's NewTopic refuses -1 (it takes it for "replicas assigned by hand"), so we ask instead."""
+    if cfg.kafka_replication > 0:
+        return cfg.kafka_replication
+    try:
+        brokers = (await admin.describe_cluster())["brokers"]
+        resource = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]), {"default.replication.factor": None})
+        for response in await admin.describe_configs([resource]):
+            for _, _, _, _, entries in response.resources:
+                for entry in entries:
+                    if entry[0] == "default.replication.factor":
+                        return max(1, min(int(entry[1]), len(brokers)))
+    except (KafkaError, LookupError, ValueError, TypeError) as e:  # the local broker answers no broker configs
+        log.info("broker default replication unknown: one replica", error=repr(e))
+    return 1
+
+
+def new_topic(cfg: Config, name: str, replication: int) -> NewTopic:
+    """A topic as the deployment sets it: IPAM_PARTITIONS, the replication, IPAM_KAFKA_MIN_INSYNC_REPLICAS
+    (0: the broker's)."""
+    configs = {"min.insync.replicas": str(cfg.kafka_min_insync_replicas)} if cfg.kafka_min_insync_replicas else {}
+    return NewTopic(name, cfg.partitions, replication, topic_configs=configs)
+
+
 async def ensure_topics(cfg: Config) -> None:
     """Create the commands, events and dead-letter topics with the configured partition count."""
     wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
     async with _Admin(cfg) as admin:
-        resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in wanted])
+        replication = await _replication(cfg, admin)
+        resp = await admin.create_topics([new_topic(cfg, t, replication) for t in wanted])
         for topic, code, message in resp.topic_errors:
             if code not in (0, TOPIC_EXISTS):
                 raise TopicError(f"cannot create topic {topic}: error {code} {message}")
-        for desc in await admin.describe_topics(wanted):
+        for desc in await _described(admin, wanted):
             if len(desc["partitions"]) != cfg.partitions:
                 raise TopicError(f"topic {desc['topic']} has {len(desc['partitions'])} partitions but "
                                  f"IPAM_PARTITIONS={cfg.partitions}")
+
+
+async def _described(admin: AIOKafkaAdminClient, topics: list[str], wait: float = 15.0) -> list[dict]:
+    """The topics' descriptions once every one lists its partitions: on a cluster, a topic another process
+    has just created is described with none (or unknown) until its metadata reaches the broker asked."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        described = await admin.describe_topics(topics)
+        settled = all(d["partitions"] and not d.get("error_code") for d in described)
+        if settled or asyncio.get_running_loop().time() >= deadline:
+            return described
+        await asyncio.sleep(0.2)
 
 
 async def recreate_topics(cfg: Config, topics: list[str]) -> None:
@@ -90,10 +130,18 @@ async def recreate_topics(cfg: Config, topics: list[str]) -> None:
         for topic, code in resp.topic_error_codes:
             if code != 0:
                 raise TopicError(f"cannot delete topic {topic}: error {code}")
-        resp = await admin.create_topics([NewTopic(t, cfg.partitions, 1) for t in topics])
+        resp = await admin.create_topics([new_topic(cfg, t, await _replication(cfg, admin)) for t in topics])
         for topic, code, message in resp.topic_errors:
             if code not in (0, TOPIC_EXISTS):  # the topic watchdog may have been first
                 raise TopicError(f"cannot create topic {topic} again: error {code} {message}")
+
+
+async def delete_records_before(cfg: Config, topic: str, before: dict[int, int]) -> dict[int, int]:
+    """Apache Kafka's DeleteRecords: drop each partition's records below ``before[partition]``; returns each
+    partition's new log start (low watermark).  The local broker refuses it (it trims by swapping topics)."""
+    async with _Admin(cfg) as admin:
+        marks = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(o) for p, o in before.items()})
+    return {tp.partition: low for tp, low in marks.items()}
 
 
 async def missing_topics(cfg: Config) -> list[str]:
@@ -103,8 +151,9 @@ async def missing_topics(cfg: Config) -> list[str]:
 
 
 def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
-    """acks=all, no idempotence (the local broker has none; Postgres dedupes instead)."""
-    return AIOKafkaProducer(**{**connection_options(cfg), "acks": "all", "enable_idempotence": False,
+    """acks=all and idempotent (a retried produce is written once), except on the local broker, which has no
+    idempotent producer."""
+    return AIOKafkaProducer(**{**connection_options(cfg), "acks": "all", "enable_idempotence": not cfg.local_broker,
                                "linger_ms": cfg.kafka_linger_ms, "max_batch_size": 256 * 1024, "request_timeout_ms": 15000,
                                **overrides})
 
@@ -209,6 +258,7 @@ class LogReader:
     def __init__(self, cfg: Config) -> None:
         self._consumer = consumer(cfg, None, fetch_max_wait_ms=50)
         self._lock = asyncio.Lock()
+        self._trust_end = not cfg.local_broker  # Apache Kafka's end offset is the high watermark, exact
 
     async def __aenter__(self) -> LogReader:
         await self._consumer.start()
@@ -240,11 +290,14 @@ class LogReader:
         record a projector consumed looked missing and every take after a batch declared a log
         reset.  So fetch first: a record at ``offset`` is the answer; a record past it, or one
         before it (the broker said out of range and the consumer went back to the earliest), means
-        the offset is not there; the end offset only judges a fetch that returned nothing."""
+        the offset is not there; the end offset only judges a fetch that returned nothing.  On Apache
+        Kafka an offset at or past the end is known absent without a fetch."""
         tp = TopicPartition(topic, partition)
         async with self._lock:
             if offset < await self.beginning(topic, partition):
                 return None
+            if self._trust_end and offset >= await self.end(topic, partition):
+                return None  # Apache Kafka: past the high watermark, certainly not there
             self._consumer.assign([tp])
             self._consumer.seek(tp, offset)
             deadline = asyncio.get_running_loop().time() + wait
@@ -255,12 +308,13 @@ class LogReader:
             return None if await self.end(topic, partition) <= offset else UNSERVED
 
     async def read_to_end(self, topic: str, partition: int, start: int, idle: float = 0.3, stall: float = 10.0):
-        """Yield (offset, value) batches from ``start`` until the log is quiet.
+        """Yield (offset, value) batches from ``start`` up to the end offset read when it began.
 
-        We do not trust the broker's end offset alone (Tansu under-reports it after a
-        multi-record batch): we read until the end offset is reached *and* a fetch comes
-        back empty.  If the end offset is not reached and nothing arrives for ``stall``
-        seconds, raise rather than wait forever: the caller retries with a fresh consumer.
+        On Apache Kafka the end offset is the high watermark (every record before it is committed and
+        served), so reading stops there.  The local broker under-reports it after a multi-record batch:
+        there we read until the end offset is reached *and* the log stayed quiet for ``idle`` seconds.
+        If the end offset is not reached and nothing arrives for ``stall`` seconds, raise rather than
+        wait forever: the caller retries with a fresh consumer.
         """
         tp, clock = TopicPartition(topic, partition), asyncio.get_running_loop().time
         async with self._lock:
@@ -268,7 +322,7 @@ class LogReader:
             self._consumer.seek(tp, start)
             end = (await self._consumer.end_offsets([tp]))[tp]
             position, quiet_since, progress_at = start, None, clock()
-            while True:
+            while not (self._trust_end and position >= end):
                 msgs = (await self._consumer.getmany(tp, timeout_ms=100, max_records=10000)).get(tp, [])
                 if msgs:
                     quiet_since, progress_at, position = None, clock(), msgs[-1].offset + 1

