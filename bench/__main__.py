@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -270,6 +271,8 @@ async def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs: check the benchmarks work (CI)")
+    ap.add_argument("--broker", choices=("apache-kafka", "local"), default=None,
+                    help="apache-kafka (the default where Java and Maven exist) or local (the broker make run starts)")
     ap.add_argument("--seconds", type=float, default=None, help="pipeline and baseline duration (default 60, quick 2)")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--rates", default=None, help="comma-separated offered rates for latency (default 100,500,1000)")
@@ -305,6 +308,8 @@ async def main(argv: list[str]) -> int:
     ip_rates = ip_rates if "ip-latency" in only else []
     https_rates = https_rates if "latency-https" in only else []
 
+    if args.broker:
+        os.environ["IPAM_TEST_BROKER"] = args.broker
     backends = select_backends()
     results: list[dict] = []
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-bench-tls-")))
@@ -376,7 +381,7 @@ async def main(argv: list[str]) -> int:
                 plain, secure = by[f"latency@{rate}/s"], by[f"latency-https@{rate}/s"]
                 summary[f"https_to_plain_p50_at_{rate}"] = round(secure["p50_ms"] / max(plain["p50_ms"], 0.01), 2)
             print(json.dumps(summary), flush=True)
-        print(json.dumps(targets(results)), flush=True)
+        print(json.dumps({**targets(results), "broker": backends.broker_name}), flush=True)
         progress.stop()
         print(table(results), file=sys.stderr)
     finally:

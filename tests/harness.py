@@ -20,6 +20,8 @@ from ipam.config import Config
 from ipam.devenv import free_port
 from ipam.service import Service
 
+from .backends import LOCAL_BROKERS
+
 
 async def create_database(admin_dsn: str) -> str:
     name = f"ipam_t_{uuid.uuid4().hex[:12]}"
@@ -47,6 +49,7 @@ def make_config(kafka_bootstrap: str, database_url: str, **overrides) -> Config:
         events_topic=f"t{uid}.events", dead_letter_topic=f"t{uid}.dead-letter", group_prefix=f"t{uid}",
         http_addr="127.0.0.1:0", partitions=4,
         log_format="console", log_level="warning", plain_http=True,
+        kafka_broker="local" if kafka_bootstrap in LOCAL_BROKERS else "apache-kafka",
     )
     values.update(overrides)
     return Config.from_env(env={}, **values)
@@ -62,6 +65,8 @@ def env_of(cfg: Config) -> dict[str, str]:
         "IPAM_GROUP_PREFIX": cfg.group_prefix, "IPAM_PARTITIONS": str(cfg.partitions),
         "IPAM_HTTP_ADDR": cfg.http_addr, "IPAM_QUARANTINE_SECONDS": str(cfg.quarantine_seconds),
         "IPAM_LOG_LEVEL": cfg.log_level, "IPAM_LOG_FORMAT": "json", "IPAM_PLAIN_HTTP": str(cfg.plain_http).lower(),
+        "IPAM_KAFKA_BROKER": cfg.kafka_broker, "IPAM_KAFKA_REPLICATION": str(cfg.kafka_replication),
+        "IPAM_KAFKA_MIN_INSYNC_REPLICAS": str(cfg.kafka_min_insync_replicas),
     })
     return env
 

@@ -10,9 +10,9 @@ import asyncpg
 
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
-from ipam.devenv import LocalBroker
 from ipam.service import Service
 
+from .backends import local_broker
 from .harness import ServiceProcess, make_config
 from .kinds import KINDS, create_space, lease
 
@@ -59,7 +59,7 @@ async def test_kill_9_with_leases_in_flight_then_restart(config, http, kind):
 @KINDS
 async def test_a_restart_on_an_empty_broker_continues_from_postgres(database, http, kind):
     """The local broker keeps nothing: a restarted `make run` sees empty topics and must carry on."""
-    broker = LocalBroker().start()
+    broker = local_broker()
     try:
         cfg = make_config(broker.bootstrap, database)
         async with Service(cfg) as svc:

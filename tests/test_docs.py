@@ -107,3 +107,20 @@ async def test_openapi_documents_every_route(shared_service):
                 ref = resp.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
                 if ref:
                     assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
+
+
+def test_compose_runs_the_kafka_the_tests_run():
+    """compose.yaml's broker is the version and the topic settings the suite starts (tests/apache_kafka.py)."""
+    import yaml
+
+    from .apache_kafka import kafka_version
+
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert services["kafka"]["image"] == f"apache/kafka:{kafka_version()}"
+    broker = services["kafka"]["environment"]
+    assert broker["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false" and broker["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    ipam = services["ipam"]["environment"]
+    assert ipam["IPAM_KAFKA_BROKER"] == "apache-kafka"
+    assert int(ipam["IPAM_KAFKA_REPLICATION"]) == broker["KAFKA_DEFAULT_REPLICATION_FACTOR"]
+    assert int(ipam["IPAM_KAFKA_MIN_INSYNC_REPLICAS"]) == broker["KAFKA_MIN_INSYNC_REPLICAS"]
+    assert kafka_version() in (ROOT / "docs" / "operations.md").read_text()

@@ -86,7 +86,8 @@ async def tls_broker(tmp_path):
 async def test_the_pipeline_runs_over_mutual_tls_to_the_broker(tls_broker, database):
     bootstrap, files, proxy = tls_broker
     cfg = make_config(bootstrap, database, kafka_security_protocol="SSL", kafka_ca_file=str(files / "ca.pem"),
-                      kafka_cert_file=str(files / "client.pem"), kafka_key_file=str(files / "client.key"), partitions=2)
+                      kafka_cert_file=str(files / "client.pem"), kafka_key_file=str(files / "client.key"), partitions=2,
+                      kafka_broker="local")  # a local broker behind the proxy: no idempotent producer
     async with Service(cfg) as svc, aiohttp.ClientSession() as http:
         await svc.wait_ready()
         await lease_one(http, svc.url, "tls", "02:30:00:00:00:00-02:30:00:00:00:0f")

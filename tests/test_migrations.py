@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from ipam.adapters.postgres.migrations import SchemaOutOfDate, check_current, migrate
+from ipam.devenv import client_binary
 from ipam.domain.events import EVENT_TYPES
 
 from .harness import create_database, drop_database
@@ -41,7 +42,8 @@ async def _run_old_chain(dsn: str, versions: list[str]) -> None:
 
 
 def _schema(dsn: str) -> str:
-    dump = subprocess.run(["pg_dump", "--schema-only", "-N", "public", dsn], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([client_binary("pg_dump"), "--schema-only", "-N", "public", dsn], capture_output=True, text=True,
+                          check=True).stdout
     lines = [line for line in dump.splitlines() if line and not line.startswith(("--", "SET ", "SELECT pg_catalog", "\\"))]
     text = "\n".join(lines)
     start = text.index("CREATE VIEW ipam.history AS")  # written anew (each event's word once): compared by its rows

@@ -20,12 +20,13 @@ every partition still moves (a probe lease on each partition commits).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import random
 import signal
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
@@ -33,12 +34,16 @@ from aiokafka import AIOKafkaProducer
 from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
-from ipam.devenv import LocalBroker
+from ipam.devenv import ThrowawayPostgres, free_port
 from ipam.domain.events import AnyEvent
 
-from ..backends import PrivatePostgres
+from ..apache_kafka import KafkaCluster
+from ..backends import local_broker
 from ..harness import ServiceProcess, create_database, make_config
-from .availability import OwnershipSampler, Tally
+from ..kubevirt import WebhookTls
+from .availability import OwnershipSampler
+from .broker_kills import ride_broker_kills
+from .clients import Client, Counters
 
 # What each scenario does, and the share of attempts it must answer 2xx (make faults fails a run below it).
 SCENARIOS = {
@@ -46,6 +51,10 @@ SCENARIOS = {
     "chaos": {"clients": 12, "request_timeout": 5, "failpoints": True, "target": 0.95},
     # the issue's measure: one allocator or projector (of two each) kill -9'd every 8-12 s, 8 REST clients
     "kills": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999},
+    # three Apache Kafka nodes (replication 3, min.insync.replicas 2): the busiest leader kill -9'd every 20-30 s,
+    # under 8 REST clients and 20 AdmissionReviews/s (broker_kills.py)
+    "broker-kills": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999, "brokers": 3,
+                     "reviews_per_s": 20},
 }
 
 _decode_event = __import__("msgspec").json.Decoder(AnyEvent)
@@ -57,83 +66,8 @@ FAILPOINTS = {
 }
 
 
-@dataclasses.dataclass
-class Counters:
-    kills: int = 0
-    failpoint_deaths: int = 0
-    rebalances: int = 0
-    duplicates: int = 0
-    poison: int = 0
-    postgres_restarts: int = 0
-    broker_restarts: int = 0
-    requests: int = 0
-    confirmed: int = 0
-
-
-class Client:
-    """Issues leases and releases, retrying with the same command id; remembers what was confirmed."""
-
-    def __init__(self, url: str, rng: random.Random, owners: int) -> None:
-        self.url, self.rng, self.owners = url, rng, owners
-        self.tally = Tally()
-        self.confirmed: dict[tuple, str] = {}  # owner -> mac the service confirmed
-        self.uncertain: set[tuple] = set()  # owners whose last change has an unknown outcome
-        self.violations: list[str] = []
-        self.locks: dict[tuple, asyncio.Lock] = {}
-
-    def owner(self) -> dict:
-        i = self.rng.randrange(self.owners)
-        return {"namespace": f"ns{i % 3}", "vm": f"vm-{i}", "vm_uid": f"uid-{i}", "interface": "eth0"}
-
-    async def call(self, http, method: str, path: str, body: dict | None, key: str) -> tuple[int, dict] | None:
-        for attempt in range(8):
-            sent = time.monotonic()
-            try:
-                async with http.request(method, self.url + path, json=body, headers={"Idempotency-Key": key},
-                                        timeout=aiohttp.ClientTimeout(total=15)) as r:
-                    data = await r.json(content_type=None)
-                    self.tally.answered(r.status, time.monotonic() - sent)
-                    if r.status < 500:
-                        return r.status, data
-            except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError):
-                self.tally.failed()
-            await asyncio.sleep(0.3 * (attempt + 1))
-        return None
-
-    async def step(self, http, counters: Counters) -> None:
-        o = self.owner()
-        key = (o["namespace"], o["vm"], o["vm_uid"], o["interface"])
-        # One request per owner at a time: with a lease and a release of the same owner in flight
-        # together, answers can arrive in another order than the decisions, and the model would lie.
-        async with self.locks.setdefault(key, asyncio.Lock()):
-            await self._step(http, counters, o, key)
-
-    async def _step(self, http, counters: Counters, o: dict, key: tuple) -> None:
-        counters.requests += 1
-        if key in self.confirmed and self.rng.random() < 0.3:
-            got = await self.call(http, "DELETE", f"/v1/mac-leases/{o['namespace']}/{o['vm']}", None, f"rel-{uuid.uuid4()}")
-            if got is None:
-                self.uncertain.add(key)
-            elif got[0] == 200:
-                self.confirmed.pop(key, None)
-                self.uncertain.discard(key)
-            return
-        got = await self.call(http, "POST", "/v1/mac-leases", o, f"lease-{uuid.uuid4()}")
-        if got is None:
-            self.uncertain.add(key)
-            return
-        status, data = got
-        if status in (200, 201):
-            mac = data["lease"]["mac"]
-            if key in self.confirmed and key not in self.uncertain and self.confirmed[key] != mac:
-                self.violations.append(f"sticky lease changed for {key}: {self.confirmed[key]} -> {mac}")
-            self.confirmed[key] = mac
-            self.uncertain.discard(key)
-            counters.confirmed += 1
-
-
 class Run:
-    def __init__(self, seed: int, seconds: float, base_pg: PrivatePostgres, scenario: str = "chaos") -> None:
+    def __init__(self, seed: int, seconds: float, base_pg: ThrowawayPostgres, scenario: str = "chaos") -> None:
         self.seed, self.seconds, self.pg = seed, seconds, base_pg
         self.scenario, self.plan = scenario, SCENARIOS[scenario]
         self.rng = random.Random(seed)
@@ -142,12 +76,17 @@ class Run:
         self.extras: list[ServiceProcess] = []
         self.leaving: list[ServiceProcess] = []
         self.log_dir = f"/tmp/ipam-faults-{seed}-{uuid.uuid4().hex[:6]}"
+        self.broker, self.cluster, self.tls = None, None, None
+        self.extra_figures: dict = {}
 
     def spawn(self, name: str, role: str) -> ServiceProcess:
         import os
 
         os.makedirs(self.log_dir, exist_ok=True)
         env = {"IPAM_FAILPOINTS": FAILPOINTS[role]} if role in FAILPOINTS and self.plan["failpoints"] else {}
+        if role == "api" and self.tls is not None:  # the webhook too, for the scenarios that send reviews
+            env |= {"IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
+                    "IPAM_WEBHOOK_ADDR": self.webhook_addr}
         proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log", extra_env=env).start()
         return proc
 
@@ -171,16 +110,26 @@ class Run:
         return dict(sorted(hits.items()))
 
     async def run(self) -> dict:
-        self.broker = LocalBroker().start()
+        if self.plan.get("brokers"):
+            self.cluster = await asyncio.to_thread(KafkaCluster(self.plan["brokers"]).start)
+            bootstrap, topics = self.cluster.bootstrap, self.cluster.topic_settings
+            self.tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-faults-tls-")))
+            self.webhook_addr = f"127.0.0.1:{free_port()}"
+        else:
+            self.broker = local_broker()
+            bootstrap, topics = self.broker.bootstrap, {}
         dsn = await create_database(self.pg.dsn)
-        self.cfg = make_config(self.broker.bootstrap, dsn, partitions=4, quarantine_seconds=2, log_level="info",
-                               request_timeout_seconds=self.plan["request_timeout"])
+        self.cfg = make_config(bootstrap, dsn, partitions=4, quarantine_seconds=2, log_level="info",
+                               request_timeout_seconds=self.plan["request_timeout"], **topics)
         try:
             return await self._run()
         finally:
             for p in [*self.procs.values(), *self.extras, *self.leaving]:
                 p.kill()
-            self.broker.stop()
+            if self.broker is not None:
+                self.broker.stop()
+            if self.cluster is not None:
+                self.cluster.destroy()
 
     async def _run(self) -> dict:
         self.procs["api"] = self.spawn("api", "api")
@@ -209,7 +158,11 @@ class Run:
             sampler.start()
             try:
                 workers = [asyncio.create_task(load()) for _ in range(self.plan["clients"])]
-                await (self._chaos(producer) if self.scenario == "chaos" else self._kills())
+                if self.scenario == "broker-kills":
+                    self.extra_figures = await ride_broker_kills(self, self.rng, self.tls,
+                                                                 f"https://{self.webhook_addr}/mutate-virtualmachines")
+                else:
+                    await (self._chaos(producer) if self.scenario == "chaos" else self._kills())
                 stop.set()
                 await asyncio.gather(*workers)
             finally:
@@ -225,7 +178,11 @@ class Run:
         violations = await self._check(client, stuck)
         c = self.counters
         availability = client.tally.as_dict()
-        return {"seed": self.seed, "scenario": self.scenario, "seconds": self.seconds,
+        if "webhook" in self.extra_figures:  # REST and webhook attempts together against the target
+            hooks = self.extra_figures["webhook"]
+            answered = availability["attempts"] - availability["refused_4xx"] + hooks["attempts"] - hooks["refused_4xx"]
+            availability["availability"] = round((availability["ok_2xx"] + hooks["ok_2xx"]) / max(1, answered), 5)
+        return {**self.extra_figures, "seed": self.seed, "scenario": self.scenario, "seconds": self.seconds,
                 **availability, "target": self.plan["target"],
                 "below_target": availability["availability"] < self.plan["target"],
                 "longest_unworked_s": unworked, "kills": c.kills, "failpoint_deaths": c.failpoint_deaths,

@@ -1,0 +1,157 @@
+"""The ``broker-kills`` scenario: a three-node Apache Kafka cluster whose busiest leader is kill -9'd.
+
+Topics have replication 3 and ``min.insync.replicas=2``, the producers ``acks=all`` and idempotence, so
+losing one broker loses no confirmed write: the controller moves leadership to an in-sync follower, and
+clients retry on the new leader.  Every 20-30 s the broker that leads the most ipam partitions (commands
+and events topics) is killed and started again at once (its log kept, as a node restarted in place).
+
+Besides the REST clients the driver runs, 20 AdmissionReviews a second go to the webhook (3 MACs each),
+and ``PartitionProbe`` leases on every partition's pool every 0.5 s: the longest time any partition went
+without a committed answer is the figure ``longest_unanswered_after_kill_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import aiohttp
+
+from ..apache_kafka import KafkaCluster
+from ..kubevirt import WebhookTls, review, vm_manifest
+from .availability import Tally
+
+
+async def leaders(cfg, cluster: KafkaCluster) -> dict[int, int]:
+    """node id -> how many partitions of ipam's commands and events topics it leads."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        counts = dict.fromkeys((n.node_id for n in cluster.nodes), 0)
+        for desc in await admin.describe_topics([cfg.commands_topic, cfg.events_topic]):
+            for p in desc["partitions"]:
+                if p["leader"] in counts:
+                    counts[p["leader"]] += 1
+        return counts
+    finally:
+        await admin.close()
+
+
+async def kill_leaders(cfg, cluster: KafkaCluster, rng: random.Random, seconds: float, kills: list[dict]) -> None:
+    """Every 20-30 s, kill -9 the busiest leader and start it again; ``kills`` gets one entry per kill."""
+    start = time.monotonic()
+    while True:
+        await asyncio.sleep(rng.uniform(20, 30))
+        if time.monotonic() - start >= seconds:
+            return
+        try:
+            counts = await leaders(cfg, cluster)
+        except Exception as e:  # the cluster is still settling from the last kill: skip this round
+            kills.append({"skipped": repr(e)})
+            continue
+        busiest = max(counts, key=counts.get)
+        node = next(n for n in cluster.nodes if n.node_id == busiest)
+        at = time.monotonic()
+        await asyncio.to_thread(cluster.kill_node, node)
+        await asyncio.to_thread(cluster.start_node, node)
+        kills.append({"node": busiest, "led": counts[busiest], "at_s": round(at - start, 1),
+                      "restart_s": round(time.monotonic() - at, 2)})
+
+
+class WebhookLoad:
+    """AdmissionReviews of new VMs at a fixed rate, each answered within the API server's deadline or not."""
+
+    def __init__(self, url: str, tls: WebhookTls, rate: float, deadline: float = 10.0) -> None:
+        self.url, self.tls, self.rate, self.deadline = url, tls, rate, deadline
+        self.tally = Tally()
+        self.denied: list[str] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connector = aiohttp.TCPConnector(limit=64, ssl=self.tls.client_context())
+        async with aiohttp.ClientSession(connector=connector) as http:
+            pending: set[asyncio.Task] = set()
+            i = 0
+            while not stop.is_set():
+                i += 1
+                task = asyncio.create_task(self._one(http, i))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                await asyncio.sleep(1 / self.rate)
+            await asyncio.gather(*pending)
+
+    async def _one(self, http, i: int) -> None:
+        body = review(vm_manifest(f"kvm-{i}-{uuid.uuid4().hex[:4]}", namespace=f"ns{i % 3}"))
+        sent = time.monotonic()
+        try:
+            async with http.post(self.url, json=body, timeout=aiohttp.ClientTimeout(total=self.deadline)) as r:
+                answer = await r.json()
+                if r.status == 200 and not answer["response"]["allowed"]:
+                    self.denied.append(answer["response"].get("status", {}).get("message", ""))
+                    self.tally.answered(503, time.monotonic() - sent)  # denied is a failed VM creation
+                else:
+                    self.tally.answered(r.status, time.monotonic() - sent)
+        except (TimeoutError, aiohttp.ClientError):
+            self.tally.failed()
+
+
+class PartitionProbe:
+    """A new lease on every partition's pool every ``every`` seconds: the longest gap between committed
+    answers per partition, while brokers are killed."""
+
+    def __init__(self, url: str, pools: dict[int, str], every: float = 0.5) -> None:
+        self.url, self.pools, self.every = url, pools, every
+        self.longest: dict[int, float] = dict.fromkeys(pools, 0.0)
+        self.last_ok: dict[int, float] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as http:
+            while not stop.is_set():
+                await asyncio.gather(*(self._probe(http, p, pool) for p, pool in self.pools.items()))
+                await asyncio.sleep(self.every)
+        now = time.monotonic()
+        for p, since in self.last_ok.items():
+            self.longest[p] = max(self.longest[p], now - since)
+
+    async def _probe(self, http, partition: int, pool: str) -> None:
+        n = uuid.uuid4().hex[:8]
+        body = {"namespace": "probe", "vm": f"probe-{partition}-{n}", "vm_uid": n, "interface": "eth0", "pool": pool}
+        try:
+            async with http.post(self.url + "/v1/mac-leases", json=body, timeout=aiohttp.ClientTimeout(total=10),
+                                 headers={"Idempotency-Key": f"probe-{n}"}) as r:
+                ok = r.status in (200, 201)
+            if ok:
+                async with http.delete(f"{self.url}/v1/mac-leases/probe/probe-{partition}-{n}",
+                                       timeout=aiohttp.ClientTimeout(total=10)):
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            ok = False
+        if ok:
+            now = time.monotonic()
+            since = self.last_ok.get(partition, now)
+            self.longest[partition] = max(self.longest[partition], now - since)
+            self.last_ok[partition] = now
+
+    def figures(self) -> dict:
+        return {"longest_unanswered_after_kill_s": round(max(self.longest.values(), default=0.0), 2),
+                "longest_unanswered_by_partition_s": {p: round(s, 2) for p, s in sorted(self.longest.items())}}
+
+
+async def ride_broker_kills(run, rng: random.Random, tls: WebhookTls, webhook_url: str) -> dict:
+    """The scenario's chaos: leader kills under webhook reviews and partition probes; the run's extra figures."""
+    stop = asyncio.Event()
+    hooks = WebhookLoad(webhook_url, tls, run.plan["reviews_per_s"])
+    probe = PartitionProbe(run.procs["api"].url, run.pools)
+    kills: list[dict] = []
+    loads = [asyncio.create_task(hooks.run(stop)), asyncio.create_task(probe.run(stop))]
+    try:
+        await kill_leaders(run.cfg, run.cluster, rng, run.seconds, kills)
+    finally:
+        stop.set()
+        await asyncio.gather(*loads)
+    done = [k for k in kills if "node" in k]
+    return {"broker_kills": len(done), "broker_kill_log": kills, "webhook": hooks.tally.as_dict(),
+            "webhook_denials": hooks.denied[:5], **probe.figures()}
