@@ -139,8 +139,11 @@ async def recreate_topics(cfg: Config, topics: list[str]) -> None:
 async def delete_records_before(cfg: Config, topic: str, before: dict[int, int]) -> dict[int, int]:
     """Apache Kafka's DeleteRecords: drop each partition's records below ``before[partition]``; returns each
     partition's new log start (low watermark).  The local broker refuses it (it trims by swapping topics)."""
-    async with _Admin(cfg) as admin:
-        marks = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(o) for p, o in before.items()})
+    try:
+        async with _Admin(cfg) as admin:
+            marks = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(o) for p, o in before.items()})
+    except KafkaError as e:
+        raise TopicError(f"cannot delete records of {topic}: {e!r}") from e
     return {tp.partition: low for tp, low in marks.items()}
 
 

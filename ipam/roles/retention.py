@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aiokafka.errors import KafkaError
 
 from ..adapters import kafka
 from ..adapters.postgres.ownership import read_partitions
@@ -54,6 +53,6 @@ class CommandRetention:
                 starts = await self.step()
                 if starts:
                     log.debug("decided commands deleted", log_starts=starts)
-            except (KafkaError, OSError) as e:  # a broker away, a leader moving: the next pass tries again
+            except (kafka.TopicError, OSError) as e:  # a broker away, a leader moving: the next pass tries again
                 log.warning("deleting decided commands failed; retrying", error=repr(e))
             await asyncio.sleep(self.every)
