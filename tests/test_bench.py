@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .apache_kafka import kafka_version
+
 ROOT = Path(__file__).resolve().parents[1]
 ONLY = "latency,webhook,pipeline,baseline,cni,takeover,rebuild,memory,metrics-scrape,log-growth"
 SCENARIOS = {"latency@100/s", "webhook@100/s", "pipeline", "cni-ipam", "cni-host-local",
@@ -30,3 +32,4 @@ def test_bench_quick_runs_every_scenario():
     assert by["cni-ipam"]["pods"] == by["cni-host-local"]["pods"] == 20
     assert by["log-growth"]["commands"] == 2_000 and by["log-growth"]["push_errors"] == 0
     assert all(r.get("errors", 0) == 0 and r.get("denied", 0) == 0 for r in results)
+    assert by["targets"]["broker"] in ("local", f"apache-kafka {kafka_version()}")  # what the figures were measured on
