@@ -135,6 +135,11 @@ async def test_bad_network_definitions_name_the_field(service, http):
         ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24"}], "attachments": ["no-slash"]}, "attachments[0]", None),
         ({"name": "Bad_Name", "subnets": [{"cidr": "10.0.0.0/24"}]}, "name", None),
         ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24", "bogus": 1}]}, None, "bogus"),
+        # Whereabouts reads this as 192.168.1.0/24, other tools as octal: refused, saying why and what to write
+        ({"name": "x", "subnets": [{"cidr": "00192.00168.1.0/24"}]}, "subnets[0].cidr",
+         "leading zeroes are ambiguous (octal to some tools, decimal to others); write 192.168.1.0/24"),
+        ({"name": "x", "subnets": [{"cidr": "10.0.0.0/24", "exclude": ["10.0.0.010"]}]}, "subnets[0].exclude[0]",
+         "leading zeroes are ambiguous"),
     ]
     for body, field, words in cases:
         status, answer = await call(http, "POST", f"{base}/v1/networks", body)

@@ -33,12 +33,31 @@ class AddressError(ValueError):
     pass
 
 
+def leading_zeroes(text: str) -> str | None:
+    """Why a dotted IPv4 spelling with a leading zero in an octet (``00192.00168.1.0/24``) is refused, or None.
+
+    Refused on purpose: some parsers read ``010`` as octal 8, others (Whereabouts) as decimal 10, so the same
+    text means different addresses to different tools; Python's ``ipaddress`` refuses it too, without saying
+    why.  The reason names the decimal reading, which is what the user most likely meant."""
+    head, slash, tail = text.strip().partition("/")
+    quad = head.rsplit(":", 1)[-1]  # the dotted part of an IPv4-mapped IPv6 address too
+    octets = quad.split(".")
+    if len(octets) != 4 or not all(o.isdigit() for o in octets) or not any(len(o) > 1 and o[0] == "0" for o in octets):
+        return None
+    decimal = ".".join(str(int(o)) for o in octets)
+    meant = head[: len(head) - len(quad)] + decimal + slash + tail
+    return f"{text.strip()[:80]!r} has leading zeroes in an IPv4 octet: leading zeroes are ambiguous (octal to some " \
+           f"tools, decimal to others); write {meant} if that is what you mean"
+
+
 def parse_address(text: object) -> int:
     """An address in any spelling ``ipaddress`` accepts -> its key."""
     if not isinstance(text, str):
         raise AddressError("expected an IP address as a string")
     if "%" in text:  # ipaddress keeps a zone aside and int() drops it: refused, not silently lost
         raise AddressError(f"{text[:80]!r} carries a zone (scope id after '%'); ipam leases addresses without zones")
+    if (zeroes := leading_zeroes(text)) is not None:
+        raise AddressError(zeroes)
     try:
         addr = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -145,6 +164,8 @@ def _interval(text: str, net, field_name: str) -> tuple[int, int]:
     if not isinstance(text, str) or not text.strip():
         raise NetworkError(field_name, "expected an address, a range 'first-last' or a CIDR")
     text = text.strip()
+    if (zeroes := leading_zeroes(text.partition("-")[0])) or (zeroes := leading_zeroes(text.partition("-")[2])):
+        raise NetworkError(field_name, zeroes)
     if "/" in text:
         try:
             sub = ipaddress.ip_network(text, strict=False)
@@ -183,6 +204,8 @@ def build_subnet(network: str, index: int, cidr: str, gateway: str | None, exclu
     where = f"subnets[{index}]"
     if not isinstance(cidr, str):
         raise NetworkError(f"{where}.cidr", "expected a CIDR such as 10.0.0.0/24 or fd00::/64")
+    if (zeroes := leading_zeroes(cidr)) is not None:
+        raise NetworkError(f"{where}.cidr", zeroes)
     try:
         net = ipaddress.ip_network(cidr.strip())
     except ValueError as e:
