@@ -12,6 +12,8 @@ namespaces are told apart through ``by_key``.  A dict per VM used to take most o
 
 from __future__ import annotations
 
+from collections import deque
+
 from .kinds import Owner, binds, reserves
 
 
@@ -32,13 +34,14 @@ class Space:
 
 
 class Book:
-    __slots__ = ("space", "by_key", "vms", "quarantine", "pending", "cursors", "counts")
+    __slots__ = ("space", "by_key", "vms", "quarantine", "expiries", "pending", "cursors", "counts")
 
     def __init__(self, space: Space) -> None:
         self.space = space
         self.by_key: dict[int, Owner] = {}
         self.vms: dict[str, int | tuple[int, ...]] = {}
         self.quarantine: dict[int, int] = {}  # key -> until (ms)
+        self.expiries: deque[tuple[int, int]] = deque()  # (until, key) in the order they were quarantined
         self.pending: dict[int, int] = {}  # provisional leases: key -> when they lapse (ms)
         self.cursors = list(space.starts)
         self.counts = [0] * len(space.regions)  # live leases per region: exhaustion without a scan
@@ -88,6 +91,23 @@ class Book:
         """Every lease of one VM (all its incarnations), by key."""
         by_key = self.by_key
         return sorted((k, by_key[k]) for k in self._keys(vm) if by_key[k].namespace == namespace)
+
+    def quarantine_until(self, key: int, until: int, at: int) -> None:
+        """Keep ``key`` from automatic reuse until ``until``, and forget every entry that expired by ``at``.
+
+        Without the forgetting a pool whose addresses are rarely leased again (2^32 of them and more) kept
+        ~100 bytes per release forever.  Entries expire in about the order they were made (release time plus a
+        fixed quarantine), so the oldest are looked at first and the pass stops at the first one still running."""
+        self.quarantine[key] = until
+        self.expiries.append((until, key))
+        self.forget_expired(at)
+
+    def forget_expired(self, at: int) -> None:
+        expiries, quarantine = self.expiries, self.quarantine
+        while expiries and expiries[0][0] <= at:
+            until, key = expiries.popleft()
+            if quarantine.get(key) == until:  # not quarantined again since, nor leased (leased() drops it)
+                del quarantine[key]
 
     def quarantined(self, at: int, slot: int | None = None) -> int:
         slot_of = self.space.slot_of

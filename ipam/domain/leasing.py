@@ -250,6 +250,7 @@ def leased(book: Book, ev, key: int) -> None:
         book.pending[key] = ev.pending_until
     if book.quarantine:
         book.quarantine.pop(key, None)
+        book.forget_expired(ev.at)
     if not ev.static:
         book.advance(key)
 
@@ -257,7 +258,9 @@ def leased(book: Book, ev, key: int) -> None:
 def released(book: Book, ev, key: int) -> None:
     book.drop(key)
     if ev.quarantined_until > ev.at:
-        book.quarantine[key] = ev.quarantined_until
+        book.quarantine_until(key, ev.quarantined_until, ev.at)
+    elif book.quarantine:
+        book.forget_expired(ev.at)
 
 
 def confirmed(book: Book, ev, key: int) -> None:

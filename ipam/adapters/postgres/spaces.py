@@ -262,6 +262,6 @@ async def _load_books(conn: asyncpg.Connection, state: State, t: LeaseTable, nam
     now_ms = int(time.time() * 1000)
     for space, raw, until in await conn.fetch(
             f"SELECT {t.space_column}, {t.key_send}, (extract(epoch FROM until) * 1000)::bigint FROM {t.quarantine} "
-            f"WHERE {t.space_column} = ANY($1::text[]) AND until > now()", names):
+            f"WHERE {t.space_column} = ANY($1::text[]) AND until > now() ORDER BY until", names):
         if until > now_ms:
-            books[space].quarantine[decode(raw)] = until
+            books[space].quarantine_until(decode(raw), until, now_ms)
