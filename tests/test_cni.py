@@ -145,6 +145,19 @@ async def test_dual_stack_and_an_ipv6_64(cni_path, ipam, namespaces):
     assert {f"{x['address']}/{x['prefix_length']}" for x in held} == outcome.ips
 
 
+async def test_the_result_lists_addresses_in_the_order_of_the_ranges(cni_path, ipam, namespaces):
+    """Whereabouts' case: ipRanges written IPv6 first give a result with the IPv6 address first (on a repeat too)."""
+    bridge, network = unique("io"), unique("six-")
+    namespaces.bridges.append(bridge)
+    conf = bridge_conf(network, bridge, {"ipRanges": [{"range": "abcd::/64"}, {"range": "192.168.10.0/24"}]})
+    ns = namespaces()
+    outcome, _ = await add(cni_path, ipam, ns, conf, "order")
+    assert outcome.code == 0, outcome
+    listed = [ipaddress.ip_interface(ip["address"]).version for ip in outcome.answer["ips"]]
+    assert listed == [6, 4], outcome.answer
+    assert ns.addresses("net1") == outcome.ips
+
+
 async def test_exhaustion_is_a_cni_error_not_a_crash(cni_path, ipam, namespaces):
     bridge, network = unique("ib"), unique("tiny-")
     namespaces.bridges.append(bridge)

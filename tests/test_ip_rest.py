@@ -208,3 +208,19 @@ async def test_patch_changes_part_of_a_network_and_refuses_orphaning_a_lease(ser
     assert (await call(http, "PATCH", f"{base}/v1/networks/nope", {"dns": []}))[0] == 404
     changed = await asyncio.to_thread(cli, "--json", "network", "change", "patched", "--no-dns", url=base)
     assert changed.returncode == 0 and json.loads(changed.stdout)["dns"] == [], changed.stderr
+
+
+async def test_addresses_come_in_the_order_of_the_networks_subnets(service, http):
+    """Whereabouts' and OVN-Kubernetes' cases: a network defined IPv6 first answers IPv6 first, in the lease
+    answer, a repeat of it, the listing and the release; one defined IPv4 first answers IPv4 first."""
+    base = service.url
+    for name, subnets in (("six-first", ["abcd::/64", "192.168.10.0/24"]), ("four-first", ["192.168.11.0/24", "abce::/64"])):
+        status, _ = await call(http, "POST", f"{base}/v1/networks", {"name": name, "subnets": [{"cidr": c} for c in subnets]})
+        assert status == 201
+        versions = [ipaddress.ip_network(c).version for c in subnets]
+        status, body = await call(http, "POST", f"{base}/v1/ip-leases", {"network": name, **owner(1)})
+        assert status == 201 and [ipaddress.ip_address(x["address"]).version for x in body["leases"]] == versions, body
+        status, again = await call(http, "POST", f"{base}/v1/ip-leases", {"network": name, **owner(1)})
+        assert [x["address"] for x in again["leases"]] == [x["address"] for x in body["leases"]], again
+        status, listed = await call(http, "GET", f"{base}/v1/ip-leases?network={name}")
+        assert [ipaddress.ip_address(x["address"]).version for x in listed["leases"]] == versions, listed

@@ -41,6 +41,7 @@ async def kube():
     await api.put(NAD, nad("green-net", subnets="192.168.60.0/28", network="shared-green"))
     await api.put(NAD, nad("purple-net", subnets="172.20.0.0/24"))
     await api.put(NAD, nad("red-net"))  # no ipam annotations: not addressed
+    await api.put(NAD, nad("orange-net", subnets="fd00:41::/64, 10.41.0.0/24"))  # IPv6 first, as OVN-K users write it
     yield api
     await api.stop()
 
@@ -55,7 +56,7 @@ async def kv(backends, kube, tmp_path_factory):
         async def networks_known():
             async with http.get(f"{svc.url}/v1/networks") as r:
                 names = {n["name"] for n in (await r.json())["networks"]}
-            return {"prod.blue-net", "shared-green", "prod.purple-net"} <= names
+            return {"prod.blue-net", "shared-green", "prod.purple-net", "prod.orange-net"} <= names
 
         await eventually(networks_known)
         yield svc
@@ -69,6 +70,19 @@ def network_data(vm: dict) -> dict:
 
 def leased(vm: dict) -> dict[str, list[str]]:
     return json.loads(vm["metadata"]["annotations"][ANNOTATION])
+
+
+async def test_addresses_follow_the_order_of_the_nads_subnets(kv):
+    """A NAD listing IPv6 first gets IPv6 first in the annotation and in networkData, on every answer."""
+    vm = vm_manifest("app-order", multus=("orange",))
+    body = review(vm)
+    created = apply(vm, await admit(kv.https, kv, body))
+    six, four = (ipaddress.ip_address(a) for a in leased(created)["orange"])
+    assert six.version == 6 and four.version == 4, leased(created)
+    orange = {item["mac_address"]: item for item in network_data(created)["config"]}[macs_of(created)["orange"]]
+    assert [s["address"] for s in orange["subnets"]] == [f"{six}/64", f"{four}/24"]
+    again = apply(vm, await admit(kv.https, kv, body))
+    assert leased(again) == leased(created) and network_data(again) == network_data(created)
 
 
 async def test_nad_annotations_become_networks(kv):

@@ -35,7 +35,9 @@ class Network:
     kind, allocates = IP, True
     spec = property(lambda self: (self.specs, self.dns, self.attachments))  # as written: the same one is no change
     regions = property(lambda self: self.subnets)
-    slots = property(lambda self: tuple(sorted({s.family for s in self.subnets})))
+    # the families in the order the network's subnets list them: answers, annotations, networkData and CNI
+    # results give addresses in that order (as Whereabouts and OVN-Kubernetes do), IPv6 first if defined so
+    slots = property(lambda self: tuple(dict.fromkeys(s.family for s in self.subnets)))
     starts = property(lambda self: tuple(s.start for s in self.subnets))
     slot_of = staticmethod(family_of)
     slot_name = staticmethod(lambda slot: f"IPv{slot} ")

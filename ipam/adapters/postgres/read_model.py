@@ -99,11 +99,11 @@ class ReadModel:
         return await self.db.fetch(
             f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until,
                        workload, cluster
-                FROM {t.view} WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
+                FROM {t.view} l WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                   AND ($3::text IS NULL OR {kind.space} = $3) AND ($4::{t.address_type} IS NULL OR {kind.address} = $4)
                   AND ($6::text IS NULL OR workload = $6) AND ($7::text IS NULL OR vm_uid = $7)
                   AND ($8::text IS NULL OR cluster = $8) AND ($9::text IS NULL OR state = $9)
-                ORDER BY namespace, vm, interface, {kind.space}, {kind.address} LIMIT $5""",
+                ORDER BY namespace, vm, interface, {kind.space}, {t.listed_order} LIMIT $5""",
             namespace, vm, space, address, limit, workload, vm_uid, cluster, state)
 
     async def vm_leases(self, kind: Kind, namespace: str, vm: str, workload: str, cluster: str) -> tuple[list, int]:

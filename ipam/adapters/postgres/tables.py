@@ -53,6 +53,7 @@ class LeaseTable:
     listed: str  # the view's address columns as REST lists them
     address_text: str  # the address column as canonical text
     address_type: str  # the view's address column type
+    listed_order: str  # how one owner's addresses are listed (the view aliased ``l``): IPs in their subnets' order
 
     key_of: Callable[[object], tuple]  # lease event -> row key (addresses as the connection's codecs take them)
     extra_of: Callable[[object, tuple], tuple]  # lease event, row key -> the extra columns
@@ -127,7 +128,7 @@ class LeaseTable:
 MAC_TABLE = LeaseTable(
     kind=MAC, leases="ipam_store.mac_leases", quarantine="ipam_store.mac_quarantine", key=(("mac", "macaddr"),),
     extra=(("pool", "text"),), quarantine_extra=(("pool", "text"),), key_send="macaddr_send(mac)", view="ipam.mac_leases",
-    listed="mac::text AS mac", address_text="mac::text", address_type="macaddr",
+    listed="mac::text AS mac", address_text="mac::text", address_type="macaddr", listed_order="l.mac",
     key_of=lambda ev: (ev.mac,), extra_of=lambda ev, key: (ev.pool,), quarantine_extra_of=lambda ev: (ev.pool,),
     decode_key=_mac_of_bytes, row_key=lambda space, key: (format_mac(key),),
     cursors="ipam_store.pools", cursor_key=(("name", "text"),), cursor_type="bigint", cursor_of=lambda space, region: (space,),
@@ -137,6 +138,8 @@ IP_TABLE = LeaseTable(
     key=(("network", "text"), ("address", "inet")), extra=(("family", "smallint"), ("prefix_length", "smallint")),
     quarantine_extra=(), key_send="inet_send(address)", view="ipam.ip_leases",
     listed="host(address) AS address, prefix_length", address_text="host(address)", address_type="inet",
+    listed_order="(SELECT s.idx FROM ipam_store.network_subnets s WHERE s.network = l.network AND l.address << s.cidr), "
+                 "l.address",
     key_of=lambda ev: (ev.network, address_of(ev.address)), extra_of=lambda ev, key: (family_of(key[1]), ev.prefix_length),
     quarantine_extra_of=lambda ev: (), decode_key=_ip_of_bytes, row_key=lambda space, key: (space, key),
     cursors="ipam_store.network_subnets", cursor_key=(("network", "text"), ("cidr", "cidr")), cursor_type="numeric",
