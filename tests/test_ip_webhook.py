@@ -309,3 +309,35 @@ async def test_an_address_the_user_wrote_is_claimed_for_that_vm_and_protected(kv
     response = await admit(https, kv, review(vm_with("own-3", drive, "cloudInitConfigDrive")))
     assert response["allowed"] is True, response
     assert leased(apply(vm_with("own-3", drive, "cloudInitConfigDrive"), response)) == {"purple": ["172.20.0.21"]}
+
+
+async def test_a_review_raced_by_releases_of_the_same_vm_gets_its_addresses_or_a_reason(kv):
+    """The webhook's side of the REST race (a repeat answered just before a release of the same VM): every
+    review of the VM, repeated while REST releases its MACs and addresses, is allowed with a MAC on every
+    interface and the addresses of its network in the annotation and networkData, or denied with a message;
+    never a 5xx, never an allowed answer without an address."""
+    vm = vm_manifest("app-race", multus=("blue",))
+    outcomes = []
+
+    async def release(path: str) -> int:
+        async with kv.http.delete(kv.url + path) as r:
+            await r.read()
+            return r.status
+
+    for _ in range(30):
+        reviews = [admit(kv.https, kv, review(vm)) for _ in range(2)]
+        releases = [release("/v1/mac-leases/prod/app-race"), release("/v1/ip-leases/prod.blue-net/prod/app-race")]
+        *answers, mac_released, ip_released = await asyncio.gather(*reviews, *releases)
+        assert mac_released < 500 and ip_released < 500
+        outcomes += answers
+    for response in outcomes:
+        if not response["allowed"]:
+            assert response["status"]["code"] < 500 and response["status"]["message"], response
+            continue
+        created = apply(vm, response)
+        assert set(macs_of(created)) == {"default", "blue"}, response
+        versions = [ipaddress.ip_address(a).version for a in leased(created)["blue"]]
+        assert versions == [4, 6], response
+        blue = {i["mac_address"]: i for i in network_data(created)["config"]}[macs_of(created)["blue"]]
+        assert len(blue["subnets"]) == 2
+    assert any(r["allowed"] for r in outcomes)
