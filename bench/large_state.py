@@ -23,8 +23,18 @@ import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
+import aiohttp
 import asyncpg
+
+from ipam.adapters.kafka import partition_for
+from tests.harness import env_of
+
+from .metrics_scrape import measure_scrape
+
+if TYPE_CHECKING:
+    from .stack import Stack
 
 BIG_POOL = "big"
 BIG_RANGE = "0e:00:00:00:00:00-0e:00:ff:ff:ff:ff"  # 16.7M unicast addresses (0x0e: bit 40 clear throughout)
@@ -123,6 +133,27 @@ async def _takeover(partition: int) -> dict:
     return {"scenario": "takeover", "partition": partition, "leases": leases, "seconds": round(seconds, 2),
             "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
             "bytes_per_lease": round((after - before) / max(1, leases))}
+
+
+async def large_state(stack: Stack, leases: int) -> list[dict]:
+    """A pool made through the service, a million leases written under it, then the service stopped:
+    time an allocator's takeover of that partition (and its memory), and a rebuild of the ledger."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{stack.svc.url}/v1/pools", json={"name": BIG_POOL, "range": BIG_RANGE}) as r:
+            assert r.status == 201, await r.text()
+    stack.stop_service()  # nobody else owns the partition while it is taken
+    partition = partition_for(BIG_POOL, stack.cfg.partitions)
+    seconds = await populate(stack.dsn, partition, leases)
+    out = [{"scenario": "populate", "leases": leases, "seconds": round(seconds, 1), "how": "generate_series into "
+            "mac_leases and the ledger (the pool itself made through the service)"}]
+    out.append(await measure_scrape(stack.dsn, leases))
+    taken = await asyncio.to_thread(measure_takeover, env_of(stack.cfg), partition)
+    out.append(taken)
+    out.append({"scenario": "memory", "leases": taken["leases"], "bytes_per_lease": taken["bytes_per_lease"],
+                "rss_before_mb": taken["rss_before_mb"], "rss_after_mb": taken["rss_after_mb"],
+                "how": "allocator process resident memory after taking the partition, minus before, per live lease"})
+    out.append(await measure_rebuild(stack.dsn))
+    return out
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.__main__ import Stack
 from bench.load import percentile
+from bench.stack import Stack
 from tests.backends import select_backends
 from tests.kubevirt import WebhookTls, review, vm_manifest
 

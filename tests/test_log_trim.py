@@ -90,7 +90,7 @@ async def test_nothing_at_sees_the_last_record_of_a_batch_whatever_the_end_offse
 async def test_a_trim_waits_for_commands_already_in_the_log(local_broker, database, http):
     """Commands in the log that the allocator has not decided yet (here produced straight to the topic, in
     multi-record batches) are decided and projected before the topics are swapped: none is lost."""
-    from bench.__main__ import mac_command  # the bench's own way of producing commands past the API
+    from bench.throughput import mac_command  # the bench's own way of producing commands past the API
 
     config = make_config(local_broker.bootstrap, database, log_trim_records=50, partitions=2)
     async with Service(config) as svc:

@@ -212,6 +212,13 @@ class Metrics:
         if self._last_refresh_seconds is None or self._last_refresh_seconds < SCRAPE_BUDGET_SECONDS:
             await asyncio.shield(self._refreshing)
 
+    async def settled(self) -> float | None:
+        """Wait for a refresh in progress (if any) and return how long the last refresh took, in seconds
+        (None: never refreshed); for measuring the scrape budget from outside."""
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+        return self._last_refresh_seconds
+
     async def refresh(self, read) -> None:
         started = time.perf_counter()
         try:
