@@ -12,7 +12,7 @@ import asyncpg
 
 from ipam.service import Service
 
-from .harness import query
+from .harness import make_config, query
 from .test_bad_input import cli
 from .test_rebuild import run_rebuild
 
@@ -132,3 +132,41 @@ async def test_a_restarted_allocator_decides_with_the_changed_pool(config, http)
             await conn.close()
         assert (row["first_mac"], row["last_mac"]) == ("02:00:00:00:00:08", "02:00:00:00:00:1f")
         assert (row["claim_lo"], row["claim_hi"]) == (0x020000000008, 0x02000000001f)
+
+
+async def test_a_range_moves_in_one_patch_when_nothing_is_in_the_way(backends, database, http):
+    """KubeMacPool changes its range in place; here a PATCH to a range sharing no address with the old one is
+    one request, refused naming what is in the way: a live lease, a quarantined address, a pool in between."""
+    async with Service(make_config(backends.kafka_bootstrap, database, quarantine_seconds=1)) as service:
+        await service.wait_ready()
+        await _move_in_one_patch(service.url, http)
+
+
+async def _move_in_one_patch(base: str, http) -> None:
+    old, new = "02:00:00:00:00:00-02:00:00:00:00:0f", "02:00:00:00:10:00-02:00:00:00:10:0f"
+    assert (await call(http, "POST", f"{base}/v1/pools", {"name": "mover", "range": old, "default": True}))[0] == 201
+    assert (await lease(http, base, "held"))[0] == 201
+    status, refused = await call(http, "PATCH", f"{base}/v1/pools/mover", {"range": new})
+    assert status == 409 and refused["error"]["field"] == "range" and "ns/held" in refused["error"]["message"], refused
+    assert "would orphan 1 live lease" in refused["error"]["message"]
+    async with http.delete(f"{base}/v1/mac-leases/ns/held") as r:
+        assert r.status == 200
+    status, refused = await call(http, "PATCH", f"{base}/v1/pools/mover", {"range": new})
+    assert status == 409 and "quarantined address" in refused["error"]["message"], refused
+    pools = (await call(http, "GET", f"{base}/v1/pools"))[1]["pools"]
+    assert [(p["name"], p["range"]) for p in pools] == [("mover", old)]  # the span was given back
+
+    await asyncio.sleep(1.2)  # the quarantine (1 s here) runs out
+    status, moved = await call(http, "PATCH", f"{base}/v1/pools/mover", {"range": new})
+    assert status == 200 and moved["range"] == new and moved["size"] == 16, moved
+    status, body = await lease(http, base, "after")
+    assert status == 201 and body["lease"]["mac"].startswith("02:00:00:00:10:"), body
+
+    # a pool between the two ranges: the span would overlap it, and the refusal says so
+    between = {"name": "between", "range": "02:00:00:00:20:00-02:00:00:00:20:ff"}
+    assert (await call(http, "POST", f"{base}/v1/pools", between))[0] == 201
+    async with http.delete(f"{base}/v1/mac-leases/ns/after") as r:
+        assert r.status == 200
+    status, refused = await call(http, "PATCH", f"{base}/v1/pools/mover", {"range": "02:00:00:00:30:00-02:00:00:00:30:0f"})
+    assert status == 409 and "claims 02:00:00:00:10:00-02:00:00:00:30:0f first" in refused["error"]["message"], refused
+    assert "'between'" in refused["error"]["message"]

@@ -40,9 +40,9 @@ class SpaceOps:
                 steps = pool_changes.plan(current, update.range)
             except RangeError as e:
                 raise ApiError(400, "invalid", str(e), "range") from None
-            if isinstance(steps, str):
-                raise ApiError(422, "invalid", steps, "range")
-            shrink, grow = steps
+            if steps.span is not None:
+                await self._move(name, current, update.range, steps.span, base)
+            shrink, grow = steps.shrink, steps.grow
             if shrink is not None:
                 await self._step(SetPoolRange(command_id=f"{base}:shrink", at=now_ms(), pool=name, range=shrink))
             registry = ChangePool(command_id=f"{base}:registry", at=now_ms(), name=name, range=update.range,
@@ -56,6 +56,21 @@ class SpaceOps:
                 raise
             if grow is not None:
                 await self._step(SetPoolRange(command_id=f"{base}:grow", at=now_ms(), pool=name, range=grow))
+
+    async def _move(self, name: str, current, new: str, span: str, base: str) -> None:
+        """A range that shares no address with the old one: claim both and what lies between, move the range on
+        the pool's partition (refused while a live lease, reservation or quarantined address is in the old
+        range), and leave the narrowing of the claim to the new range to the registry step that follows."""
+        where = f"moving pool {name!r} from {current.range} to {new} in one step claims {span} first"
+        try:
+            await self._step(ChangePool(command_id=f"{base}:span", at=now_ms(), name=name, range=span))
+        except ApiError as e:
+            raise ApiError(e.status, e.code, f"{where}: {e.message}", "range") from None
+        try:
+            await self._step(SetPoolRange(command_id=f"{base}:move", at=now_ms(), pool=name, range=new, move=True))
+        except ApiError:
+            await self._step(ChangePool(command_id=f"{base}:unspan", at=now_ms(), name=name, range=str(current.range)))
+            raise
 
     async def delete_pool(self, name: str, base: str) -> None:
         """Retire the pool on its partition (refused while it holds leases), then remove it from the registry."""

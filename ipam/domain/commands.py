@@ -99,10 +99,12 @@ class DeletePool(Command, tag="DeletePool", frozen=True):
 class SetPoolRange(Command, tag="SetPoolRange", frozen=True):
     """The range a pool hands out from, decided on the pool's partition (which knows its leases): refused
     while live leases lie outside it (they are named), or when it reaches past what the registry granted.
-    Quarantined addresses outside it are dropped."""
+    Quarantined addresses outside it are dropped, unless ``move`` (a range moved in one step, sharing no
+    address with the old one): then they are in the way too, and named."""
 
     pool: Name
     range: str
+    move: bool = False
 
 
 class RetirePool(Command, tag="RetirePool", frozen=True):

@@ -93,12 +93,19 @@ def set_range(state, cmd: SetPoolRange) -> list[Event]:
     if not _within(rng, pool.claim):
         return _refuse(cmd, "not_granted", f"range {rng} reaches past what pool {cmd.pool!r} was granted ({pool.claim}): "
                                            "grow the pool on the registry first (PATCH /v1/pools does both)", "range")
+    what = "moving" if cmd.move else "shrinking"
     outside = [k for k in _live(state, cmd.pool) if k not in rng]
     if outside:
         book = state.books[MAC][cmd.pool]
-        return _refuse(cmd, "in_use", f"shrinking pool {cmd.pool!r} to {rng} would orphan {len(outside)} live lease(s): "
+        return _refuse(cmd, "in_use", f"{what} pool {cmd.pool!r} to {rng} would orphan {len(outside)} live lease(s): "
                                       f"{named(book, outside)}", "range")
     book = state.books[MAC].get(cmd.pool)
+    quarantined = [] if book is None else [k for k, until in book.quarantine.items() if k not in rng and until > cmd.at]
+    if cmd.move and quarantined:
+        shown = ", ".join(pool.format(k) for k in sorted(quarantined)[:5])
+        return _refuse(cmd, "in_use", f"{what} pool {cmd.pool!r} to {rng} would drop {len(quarantined)} quarantined "
+                                      f"address(es) still kept from reuse: {shown}; move it once their quarantine "
+                                      "has run out, or in steps that overlap", "range")
     dropped = 0 if book is None else sum(1 for k in book.quarantine if k not in rng)
     return [PoolRangeSet(command_id=cmd.command_id, at=cmd.at, pool=cmd.pool, range=str(rng),
                          start=start_offset(cmd.pool, cmd.command_id, rng.size), dropped=dropped)]
@@ -180,15 +187,25 @@ def merge(mine: Pool | None, stored: Pool, registry_here: bool, pool_here: bool)
                                claimed=None if claim == own.range else claim)
 
 
-def plan(current: Pool, range_text: str | None) -> tuple[str | None, str | None] | str:
-    """The partition steps of a range change around the registry's: (range to shrink to first, range to grow
-    to after), either None when not needed; or why the change cannot be made in these steps."""
+@dataclasses.dataclass(frozen=True)
+class RangeSteps:
+    """The partition steps of a range change around the registry's.  ``shrink``: the range the partition
+    shrinks to first; ``grow``: the range it grows to after.  ``span``: for a move to a range that shares no
+    address with the old one, what the registry claims first (from the lowest to the highest address of
+    both), so that the partition may move the range inside its claim before the claim is narrowed to the
+    new range; hands-out ⊆ claims holds after every step."""
+
+    shrink: str | None = None
+    grow: str | None = None
+    span: str | None = None
+
+
+def plan(current: Pool, range_text: str | None) -> RangeSteps:
     if range_text is None or current.range is None:
-        return None, None
+        return RangeSteps()
     new = parse_range(range_text)
     old = current.range
-    keep = MacRange(max(old.first, new.first), min(old.last, new.last)) if old.overlaps(new) else None
-    if keep is None or keep.size == 0:
-        return (f"range {new} shares no address with the pool's range {old}: grow and shrink it in steps that "
-                "overlap, or delete the pool and create it again")
-    return (None if keep == old else str(keep)), (None if new == keep else str(new))
+    if not old.overlaps(new):
+        return RangeSteps(span=str(MacRange(min(old.first, new.first), max(old.last, new.last))))
+    keep = MacRange(max(old.first, new.first), min(old.last, new.last))
+    return RangeSteps(shrink=None if keep == old else str(keep), grow=None if new == keep else str(new))
