@@ -170,3 +170,20 @@ async def _move_in_one_patch(base: str, http) -> None:
     status, refused = await call(http, "PATCH", f"{base}/v1/pools/mover", {"range": "02:00:00:00:30:00-02:00:00:00:30:0f"})
     assert status == 409 and "claims 02:00:00:00:10:00-02:00:00:00:30:0f first" in refused["error"]["message"], refused
     assert "'between'" in refused["error"]["message"]
+
+
+async def test_a_pool_does_not_grow_over_a_static_mac_of_the_external_pool(service, http):
+    """Found by the decider's property test: a pool grown over a MAC the external pool holds would hand it out
+    again.  Refused, naming the holder, whether the external pool shares the registry's partition or not."""
+    base = service.url
+    assert (await call(http, "POST", f"{base}/v1/pools", {"name": "ranged", "range": P1, "default": True}))[0] == 201
+    assert (await call(http, "POST", f"{base}/v1/pools", {"name": "outside", "external": True}))[0] == 201
+    status, body = await lease(http, base, "legacy", mac="02:00:00:00:00:20")
+    assert status == 201 and body["lease"]["pool"] == "outside", body
+    status, refused = await call(http, "PATCH", f"{base}/v1/pools/ranged", {"range": "02:00:00:00:00:00-02:00:00:00:00:ff"})
+    assert status == 409 and refused["error"]["field"] == "range", refused
+    assert "02:00:00:00:00:20" in refused["error"]["message"] and "ns/legacy" in refused["error"]["message"], refused
+    pools = {p["name"]: p for p in (await call(http, "GET", f"{base}/v1/pools"))[1]["pools"]}
+    assert pools["ranged"]["range"] == P1
+    status, grown = await call(http, "PATCH", f"{base}/v1/pools/ranged", {"range": "02:00:00:00:00:00-02:00:00:00:00:1f"})
+    assert status == 200 and grown["size"] == 32, grown  # up to the static MAC is fine

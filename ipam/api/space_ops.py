@@ -15,7 +15,8 @@ from ..domain.commands import (
     SetPoolRange,
     SubnetSpec,
 )
-from ..domain.pools import RangeError
+from ..domain.mac import format_mac
+from ..domain.pools import RangeError, parse_range
 from . import models
 from .http import ApiError, Gateway, now_ms, raise_rejection
 
@@ -40,6 +41,8 @@ class SpaceOps:
                 steps = pool_changes.plan(current, update.range)
             except RangeError as e:
                 raise ApiError(400, "invalid", str(e), "range") from None
+            if update.range is not None and not current.external:
+                await self._no_static_macs_in(parse_range(update.range))
             if steps.span is not None:
                 await self._move(name, current, update.range, steps.span, base)
             shrink, grow = steps.shrink, steps.grow
@@ -56,6 +59,16 @@ class SpaceOps:
                 raise
             if grow is not None:
                 await self._step(SetPoolRange(command_id=f"{base}:grow", at=now_ms(), pool=name, range=grow))
+
+    async def _no_static_macs_in(self, claim) -> None:
+        """A pool may not grow over static MACs the external pool holds: it would hand them out again.  The
+        registry refuses it when it sees the external pool's book; this covers the external pool on another
+        partition, from Postgres (a static lease racing this check is caught by the unique MAC)."""
+        held = await self.read.external_leases(format_mac(claim.first), format_mac(claim.last))
+        if held:
+            shown = ", ".join(f"{r['mac']} ({r['namespace']}/{r['vm']} {r['interface']})" for r in held)
+            raise ApiError(409, "in_use", f"range {claim} covers {shown}, held in the external pool: release it "
+                                          "there first (the grown pool would hand it out again)", "range")
 
     async def _move(self, name: str, current, new: str, span: str, base: str) -> None:
         """A range that shares no address with the old one: claim both and what lies between, move the range on

@@ -66,8 +66,24 @@ def change(state, cmd: ChangePool) -> list[Event]:
         if not _within(current.range, claim):
             return _refuse(cmd, "in_use", f"pool {cmd.name!r} still hands out {current.range}, which {claim} does not "
                                           "hold: shrink it on its partition first (PATCH /v1/pools does both)", "range")
+        static = external_holdings(state, claim)
+        if static:
+            return _refuse(cmd, "in_use", f"range {claim} covers {static}: release it from the external pool first "
+                                          "(the grown pool would hand it out again)", "range")
     return [PoolChanged(command_id=cmd.command_id, at=cmd.at, name=cmd.name, range=None if claim is None else str(claim),
                         namespaces=namespaces, default=default)]
+
+
+def external_holdings(state, claim: MacRange) -> str:
+    """The external pool's leases (static MACs outside every ranged pool) that ``claim`` covers, for people;
+    empty when none.  The external pool's book is here when it shares the registry's partition (and in a
+    single-state model); the API checks Postgres too, for the external pool on another partition."""
+    for name, pool in state.pools.items():
+        book = state.books[MAC].get(name) if pool.external else None
+        covered = [] if book is None else [key for key in book.by_key if key in claim]
+        if covered:
+            return named(book, covered)
+    return ""
 
 
 def delete(state, cmd: DeletePool) -> list[Event]:

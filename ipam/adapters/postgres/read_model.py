@@ -136,6 +136,13 @@ class ReadModel:
             namespace, vm, vm_uid, interface, workload, cluster)
         return {r[0] for r in rows}
 
+    async def external_leases(self, first: str, last: str, limit: int = 5) -> list[asyncpg.Record]:
+        """Leases of the external pool (static MACs outside every ranged pool) between two MACs."""
+        return await self.db.fetch(
+            "SELECT l.mac::text AS mac, l.namespace, l.vm, l.interface FROM ipam_store.mac_leases l "
+            "JOIN ipam_store.pools p ON p.name = l.pool WHERE p.external AND l.mac BETWEEN $1::macaddr AND $2::macaddr "
+            "ORDER BY l.mac LIMIT $3", first, last, limit)
+
     async def space_holding(self, kind: Kind, address: str) -> str | None:
         """The space whose lease holds this address (an address unique in the cluster: a MAC)."""
         t = TABLES[kind]
