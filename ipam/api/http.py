@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 import uuid
 
 import msgspec
@@ -49,10 +48,6 @@ class ApiError(Exception):
 
 def reply(obj, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(obj), status=status, content_type="application/json")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def decode_body(request: web.Request, kind: type):

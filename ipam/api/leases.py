@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
@@ -23,7 +24,7 @@ from ..domain.kinds import DEFAULT_CLUSTER, IP, MAC, VM_WORKLOAD, Kind, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
 from ..domain.pools import RoutingError, choose_pool
 from . import models
-from .http import STATUS, ApiError, Gateway, command_id, decode_body, fanout_id, limit_of, now_ms, raise_rejection, reply
+from .http import STATUS, ApiError, Gateway, command_id, decode_body, fanout_id, limit_of, raise_rejection, reply
 from .openapi import WORKLOADS, Route
 
 

@@ -14,9 +14,10 @@ import asyncio
 
 from aiohttp import web
 
+from ..clock import now_ms
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.kinds import ANY_INTERFACE, NEVER, RESERVATION_UID_PREFIX, Owner
-from .http import ApiError, command_id, decode_body, fanout_id, now_ms, raise_rejection, reply
+from .http import ApiError, command_id, decode_body, fanout_id, raise_rejection, reply
 from .leases import LeaseApi, check_same_owner
 from .openapi import Route
 

@@ -4,6 +4,7 @@ change, with the same refusals, as one made over HTTP."""
 
 from __future__ import annotations
 
+from ..clock import now_ms
 from ..domain import pool_changes
 from ..domain.commands import (
     ChangePool,
@@ -18,7 +19,7 @@ from ..domain.commands import (
 from ..domain.mac import format_mac
 from ..domain.pools import RangeError, parse_range
 from . import models
-from .http import ApiError, Gateway, now_ms, raise_rejection
+from .http import ApiError, Gateway, raise_rejection
 
 
 class SpaceOps:

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
+from ..clock import now_ms
 from ..config import Config
 from ..domain import multus
 from ..domain import review as shapes
@@ -240,7 +241,7 @@ class Webhook:
         if not isinstance(name, str) or not name:
             raise Denied(f"metadata.name: a {kind} needs a name or generateName")
         uid = meta.get("uid") or old_meta.get("uid") or f"{PROVISIONAL_UID_PREFIX}{plan.uid}"
-        dry_run, now = bool(req.get("dryRun")), int(time.time() * 1000)
+        dry_run, now = bool(req.get("dryRun")), now_ms()
         common = {"at": now, "pending_until": now + self.cfg.pending_seconds * 1000, "dry_run": dry_run,
                   "receives": is_receiver(plan.vm)}
         return common, ":dry-run" if dry_run else "", name, uid

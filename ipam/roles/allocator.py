@@ -20,6 +20,7 @@ from .. import failpoints, telemetry
 from ..adapters import kafka
 from ..adapters.postgres.ownership import claim, current_epochs, load_fences, read_partition, set_fence
 from ..adapters.postgres.spaces import load_pools, load_state
+from ..clock import now_ms
 from ..config import Config
 from ..domain import pool_changes
 from ..domain.commands import command_decoder, nul_field
@@ -193,7 +194,7 @@ class Allocator(PartitionRole):
         try:
             command = command_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            events = [CommandRejected(command_id=command_id_of(raw, partition, offset), at=int(time.time() * 1000),
+            events = [CommandRejected(command_id=command_id_of(raw, partition, offset), at=now_ms(),
                                       command="unknown", code="malformed", reason=f"undecodable command: {e}")]
             self.log.warning("poison command sent to the dead-letter topic",
                              **command_context(raw, partition, offset, events[0]), error=str(e))
@@ -274,7 +275,7 @@ class Allocator(PartitionRole):
         none when the pool really does not exist."""
         if self._pools_refreshed >= command_at:
             return
-        self._pools_refreshed = int(time.time() * 1000)
+        self._pools_refreshed = now_ms()
         async with self.db.acquire() as conn:
             pools = await load_pools(conn)
         for owned in list(self.owned.values()):

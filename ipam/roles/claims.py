@@ -12,11 +12,11 @@ same addresses, on whichever node and in whichever pod of a live migration.
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import structlog
 
 from ..adapters import kubernetes as kube
+from ..clock import now_ms
 from ..domain import multus
 from ..domain.commands import LeaseIp, ReleaseIps
 from ..domain.kinds import CLAIM_WORKLOAD, IP, Owner
@@ -24,10 +24,6 @@ from ..domain.kinds import CLAIM_WORKLOAD, IP, Owner
 log = structlog.get_logger("ipam.watcher")
 CONDITION = "IPsAllocated"
 REASONS = {"exhausted": "SubnetExhausted", "held": "IPAddressConflict"}
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 def claim_status(claim: dict, events: list[dict], pod: str | None) -> dict:
@@ -81,7 +77,7 @@ class Claims:
         owner = Owner(namespace=namespace, vm=name, vm_uid=uid, interface=interface, workload=CLAIM_WORKLOAD,
                       cluster=self.cluster)
         events = await self.bus.submit(LeaseIp(
-            command_id=f"claim:{uid}:{meta.get('resourceVersion')}:{network}", at=_now(), network=network, owner=owner,
+            command_id=f"claim:{uid}:{meta.get('resourceVersion')}:{network}", at=now_ms(), network=network, owner=owner,
             addresses=multus.claim_requests(claim)))
         status = claim_status(claim, events, self.owner_pods.get((namespace, name)))
         if {k: (claim.get("status") or {}).get(k) for k in status} != status and self.api is not None:
@@ -98,6 +94,6 @@ class Claims:
             pass
 
     async def _release(self, network: str, namespace: str, name: str, uid: str) -> None:
-        await self.bus.send(ReleaseIps(command_id=f"claim-gone:{uid}:{network}", at=_now(), network=network,
+        await self.bus.send(ReleaseIps(command_id=f"claim-gone:{uid}:{network}", at=now_ms(), network=network,
                                        namespace=namespace, vm=name, vm_uid=uid, workload=CLAIM_WORKLOAD,
                                        cluster=self.cluster))

@@ -9,8 +9,7 @@ that is not its lease also becomes an ``ObserveGuestIps`` command (an ``IpDrift`
 
 from __future__ import annotations
 
-import time
-
+from ..clock import now_ms
 from ..domain.catalog import Catalog
 from ..domain.commands import ObserveGuestIps
 from ..domain.ip import AddressError, format_address, parse_address
@@ -113,6 +112,6 @@ class Instances:
                 continue
             self._reported[key] = seen
             await self.bus.send(ObserveGuestIps(
-                command_id=f"guest:{meta.get('uid')}:{meta.get('resourceVersion')}:{iface}", at=int(time.time() * 1000),
+                command_id=f"guest:{meta.get('uid')}:{meta.get('resourceVersion')}:{iface}", at=now_ms(),
                 network=network, namespace=meta["namespace"], vm=meta["name"], vm_uid=vm_uid, interface=iface,
                 addresses=tuple(sorted(addresses)), cluster=self.cluster))

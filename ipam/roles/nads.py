@@ -8,11 +8,11 @@ touched from here.
 from __future__ import annotations
 
 import hashlib
-import time
 
 import msgspec
 import structlog
 
+from ..clock import now_ms
 from ..domain.commands import DefineNetwork, DeleteNetwork
 from ..domain.events import NetworkDefined
 from ..domain.ip import canonical
@@ -23,10 +23,6 @@ log = structlog.get_logger("ipam.watcher")
 
 def _digest(*parts) -> str:
     return hashlib.blake2b(msgspec.json.encode(parts), digest_size=8).hexdigest()
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 class NadNetworks:
@@ -104,7 +100,7 @@ class NadNetworks:
             return
         source = source or self.nads[members[0]]
         cmd = DefineNetwork(command_id=f"nad:{network}:{source.version}:{_digest(subnets, dns, members)}",
-                            at=_now(), name=network, subnets=subnets, dns=dns, attachments=tuple(members),
+                            at=now_ms(), name=network, subnets=subnets, dns=dns, attachments=tuple(members),
                             source=f"nad:{source.attachment}")
         for ev in await self.bus.submit(cmd):
             if ev["type"] == "CommandRejected":
@@ -112,7 +108,7 @@ class NadNetworks:
                             attachment=source.attachment, reason=ev["reason"])
 
     async def _delete(self, network: str, current: NetworkDefined) -> None:
-        events = await self.bus.submit(DeleteNetwork(command_id=f"nad-gone:{network}:{_now() // 60000}", at=_now(),
+        events = await self.bus.submit(DeleteNetwork(command_id=f"nad-gone:{network}:{now_ms() // 60000}", at=now_ms(),
                                                      name=network, source=current.source))
         for ev in events:
             if ev["type"] == "CommandRejected":

@@ -13,10 +13,9 @@ A lease the CNI plugin made without K8S_POD_UID has the container as its uid
 
 from __future__ import annotations
 
-import time
-
 import structlog
 
+from ..clock import now_ms
 from ..domain import multus
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.kinds import KINDS, MAC, POD_WORKLOAD, ObservedInterface
@@ -25,10 +24,6 @@ from ..domain.pools import RoutingError, choose_pool
 
 log = structlog.get_logger("ipam.watcher")
 CONTAINER_UID = "container:"
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 def pod_macs(pod: dict) -> dict[str, str]:
@@ -105,10 +100,10 @@ class PodLeases:
             held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster)
         for pool in sorted(set(by_pool) | held):
             await self.bus.send(LEASE_COMMANDS[MAC].observe(
-                command_id=f"watch-pod-mac:{uid}:{version}:{pool}", at=_now(), pool=pool, namespace=namespace, vm=name,
+                command_id=f"watch-pod-mac:{uid}:{version}:{pool}", at=now_ms(), pool=pool, namespace=namespace, vm=name,
                 vm_uid=uid, interfaces=tuple(by_pool.get(pool, ())), workload=POD_WORKLOAD, cluster=self.cluster))
 
     async def _release(self, kind, space: str, namespace: str, name: str, uid: str, why: str) -> None:
         await self.bus.send(LEASE_COMMANDS[kind].release_owner(
-            command_id=f"pod-{why}-{kind.name}:{uid}:{space}", at=_now(), **{kind.space: space}, namespace=namespace,
+            command_id=f"pod-{why}-{kind.name}:{uid}:{space}", at=now_ms(), **{kind.space: space}, namespace=namespace,
             vm=name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster))

@@ -29,6 +29,7 @@ import structlog
 
 from ..adapters import kubernetes as kube
 from ..adapters.postgres.ownership import leadership
+from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
@@ -46,10 +47,6 @@ log = structlog.get_logger("ipam.watcher")
 PROGRESS_SECONDS = 5.0  # how often a long full list logs its progress
 LEADER_LOCK = 0x1BA3_0002  # pg_advisory_lock key of the watcher (0x1BA3_0001 is the migrations lock)
 NAD_SYNC_WAIT = 10.0  # seconds the first VM list waits for the NetworkAttachmentDefinitions
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 class Watcher:
@@ -167,7 +164,7 @@ class Watcher:
         for kind, rows in gone.items():
             for h in rows:
                 await self.bus.send(LEASE_COMMANDS[kind].observe(
-                    command_id=f"watch-{kind.name}:{h.vm_uid}:gone:{h.space}", at=_now(), **{kind.space: h.space},
+                    command_id=f"watch-{kind.name}:{h.vm_uid}:gone:{h.space}", at=now_ms(), **{kind.space: h.space},
                     namespace=h.namespace, vm=h.vm, vm_uid=h.vm_uid, deleted=True, cluster=self.cfg.cluster))
         log.info("virtual machines listed", vms=len(items), **{f"released_missing_{k.name}": len(g) for k, g in gone.items()})
 
@@ -215,7 +212,7 @@ class Watcher:
         tag = "deleted" if deleted else meta.get("resourceVersion")
         for space in sorted(set(by_space) | held):
             await self.bus.send(LEASE_COMMANDS[kind].observe(
-                command_id=f"watch-{kind.name}:{uid}:{tag}:{space}", at=_now(), **{kind.space: space}, namespace=namespace,
+                command_id=f"watch-{kind.name}:{uid}:{tag}:{space}", at=now_ms(), **{kind.space: space}, namespace=namespace,
                 vm=name, vm_uid=uid, interfaces=tuple(by_space.get(space, ())), deleted=deleted, cluster=self.cfg.cluster))
         return routed is None or not routed.unplaced
 
@@ -232,7 +229,7 @@ class Watcher:
             for kind in KINDS:
                 for space, address, uid, until in await self.read.lapsed(kind):
                     await self.bus.send(LEASE_COMMANDS[kind].expire(
-                        command_id=f"expire-{kind.name}:{space}:{address}:{uid}:{until}", at=_now(),
+                        command_id=f"expire-{kind.name}:{space}:{address}:{uid}:{until}", at=now_ms(),
                         **{kind.space: space, kind.address: address}, vm_uid=uid))
 
 

@@ -11,11 +11,11 @@ address's offset in the range to ``{"id": container, "podref": "namespace/name",
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import msgspec
 import structlog
 
+from ..clock import now_ms
 from ..domain import multus
 from ..domain.catalog import Catalog
 from ..domain.commands import LeaseIp
@@ -88,7 +88,7 @@ async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dic
         if (owner.namespace, owner.vm, owner.vm_uid, owner.interface, owner.workload, owner.cluster) in holding[network]:
             continue
         events = await bus.submit(LeaseIp(command_id=f"whereabouts:{network}:{address}:{owner.vm_uid}",
-                                          at=int(time.time() * 1000), network=network, owner=owner, addresses=(address,)))
+                                          at=now_ms(), network=network, owner=owner, addresses=(address,)))
         rejected = [e for e in events if e["type"] == "CommandRejected"]
         if rejected:
             log.warning("Whereabouts allocation not adopted", network=network, address=address, owner=owner.describe(),

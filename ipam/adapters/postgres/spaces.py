@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import sys
-import time
 
 import asyncpg
 import msgspec
 
+from ...clock import now_ms
 from ...domain.book import Space
 from ...domain.decider import State
 from ...domain.events import (
@@ -259,9 +259,9 @@ async def _load_books(conn: asyncpg.Connection, state: State, t: LeaseTable, nam
             f"SELECT {t.space_column}, {t.key_send}, (extract(epoch FROM pending_until) * 1000)::bigint FROM {t.leases} "
             f"WHERE {t.space_column} = ANY($1::text[]) AND pending_until IS NOT NULL", names):
         books[space].pending[decode(raw)] = pending
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     for space, raw, until in await conn.fetch(
             f"SELECT {t.space_column}, {t.key_send}, (extract(epoch FROM until) * 1000)::bigint FROM {t.quarantine} "
             f"WHERE {t.space_column} = ANY($1::text[]) AND until > now() ORDER BY until", names):
-        if until > now_ms:
-            books[space].quarantine_until(decode(raw), until, now_ms)
+        if until > now:
+            books[space].quarantine_until(decode(raw), until, now)
