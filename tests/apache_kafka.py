@@ -41,6 +41,16 @@ class KafkaUnavailable(RuntimeError):
     """No Java or Maven here (or the jars could not be fetched): the suite says so and runs on the local broker."""
 
 
+def unavailable() -> str | None:
+    """Why Apache Kafka cannot be started here (no Java, no Maven and no cached jars), or None."""
+    try:
+        java()
+        classpath()
+    except KafkaUnavailable as e:
+        return str(e)
+    return None
+
+
 def kafka_version() -> str:
     text = POM.read_text()
     return text.split("<kafka.version>", 1)[1].split("<", 1)[0]

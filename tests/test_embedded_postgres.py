@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 
 import aiohttp
 import asyncpg
@@ -17,7 +14,7 @@ from ipam.devenv import EmbeddedPostgres, free_port
 from ipam.devenv.processes import cmdline
 
 from .harness import eventually
-from .test_local_broker import ready, serve
+from .test_local_broker import leased_macs, plain_env, pool_and_lease, ready, serve, serve_with_address_taken
 
 
 def servers_on(data_dir: str) -> list[int]:
@@ -32,22 +29,15 @@ def servers_on(data_dir: str) -> list[int]:
 
 async def test_its_own_postgres_keeps_leases_across_kill_9_and_leftovers_are_replaced(tmp_path):
     data, addr, port = str(tmp_path / "pg"), f"127.0.0.1:{free_port()}", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
-    env.update(IPAM_EMBEDDED_POSTGRES_DIR=data, IPAM_EMBEDDED_POSTGRES_ADDR=addr, IPAM_HTTP_ADDR=f"127.0.0.1:{port}",
-               IPAM_LOCAL_BROKER_ADDR=f"127.0.0.1:{free_port()}", IPAM_PLAIN_HTTP="true", IPAM_PARTITIONS="2",
-               IPAM_LOG_FORMAT="console")
+    env = plain_env(port, IPAM_EMBEDDED_POSTGRES_DIR=data, IPAM_EMBEDDED_POSTGRES_ADDR=addr,
+                    IPAM_LOCAL_BROKER_ADDR=f"127.0.0.1:{free_port()}")
     url, log = f"http://127.0.0.1:{port}", open(tmp_path / "serve.log", "ab")
     procs, leftover = [], None
     try:
         async with aiohttp.ClientSession() as http:
             procs.append(first := serve(env, log))
             await ready(http, url, first)
-            async with http.post(f"{url}/v1/pools", json={"name": "p", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff",
-                                                          "default": True}) as r:
-                assert r.status == 201
-            async with http.post(f"{url}/v1/mac-leases", json={"namespace": "ns", "vm": "v", "vm_uid": "u",
-                                                               "interface": "eth0"}) as r:
-                mac = (await r.json())["lease"]["mac"]
+            mac = await pool_and_lease(http, url)
             async with http.get(f"{url}/v1/status") as r:
                 assert (await r.json())["database"] == f"postgresql://postgres@{addr}/ipam"
             conn = await asyncpg.connect(f"postgresql://postgres@{addr}/ipam")  # what psql reaches
@@ -61,8 +51,7 @@ async def test_its_own_postgres_keeps_leases_across_kill_9_and_leftovers_are_rep
 
             procs.append(second := serve(env, log))
             await ready(http, url, second)
-            async with http.get(f"{url}/v1/mac-leases") as r:
-                assert [x["mac"] for x in (await r.json())["leases"]] == [mac]
+            assert await leased_macs(http, url) == [mac]
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
             assert not servers_on(data)
@@ -72,18 +61,11 @@ async def test_its_own_postgres_keeps_leases_across_kill_9_and_leftovers_are_rep
             procs.append(third := serve(env, log))
             await ready(http, url, third)
             assert leftover.proc.wait(30) is not None and servers_on(data) not in ([], [leftover.proc.pid])
-            async with http.get(f"{url}/v1/mac-leases") as r:
-                assert [x["mac"] for x in (await r.json())["leases"]] == [mac]
+            assert await leased_macs(http, url) == [mac]
             third.send_signal(signal.SIGTERM)
             third.wait(30)
 
-        with socket.socket() as other:  # something else on the address: one line naming the setting, exit 2
-            host, other_port = addr.rsplit(":", 1)
-            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            other.bind((host, int(other_port)))
-            other.listen()
-            done = subprocess.run([sys.executable, "-m", "ipam", "serve"], env=env, capture_output=True, text=True,
-                                  timeout=60)
+        done = serve_with_address_taken(env, addr)  # something else there: one line naming the setting, exit 2
         assert done.returncode == 2, done.stderr
         assert "IPAM_EMBEDDED_POSTGRES_ADDR" in done.stderr and "Traceback" not in done.stderr
     finally:

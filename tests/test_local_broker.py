@@ -36,6 +36,39 @@ async def ready(http, url: str, proc: subprocess.Popen) -> None:
     await eventually(up, timeout=90)
 
 
+def plain_env(port: int, **settings: str) -> dict[str, str]:
+    """The environment of a `make run`-like `ipam serve`: this process's, without its IPAM_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
+    env.update(IPAM_HTTP_ADDR=f"127.0.0.1:{port}", IPAM_PLAIN_HTTP="true", IPAM_PARTITIONS="2", IPAM_LOG_FORMAT="console",
+               **settings)
+    return env
+
+
+async def pool_and_lease(http, url: str) -> str:
+    """A default pool and one MAC lease in it, as a new user would make them; the MAC."""
+    async with http.post(f"{url}/v1/pools", json={"name": "p", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff",
+                                                  "default": True}) as r:
+        assert r.status == 201
+    async with http.post(f"{url}/v1/mac-leases", json={"namespace": "ns", "vm": "v", "vm_uid": "u",
+                                                       "interface": "eth0"}) as r:
+        return (await r.json())["lease"]["mac"]
+
+
+async def leased_macs(http, url: str) -> list[str]:
+    async with http.get(f"{url}/v1/mac-leases") as r:
+        return [x["mac"] for x in (await r.json())["leases"]]
+
+
+def serve_with_address_taken(env: dict[str, str], addr: str) -> subprocess.CompletedProcess:
+    """`ipam serve` while another program listens on ``addr``: what it answers."""
+    with socket.socket() as other:
+        host, port = addr.rsplit(":", 1)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind((host, int(port)))
+        other.listen()
+        return subprocess.run([sys.executable, "-m", "ipam", "serve"], env=env, capture_output=True, text=True, timeout=60)
+
+
 def brokers_on(url: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -52,21 +85,14 @@ def brokers_on(url: str) -> list[int]:
 async def test_a_killed_run_comes_back_and_leftovers_are_replaced(backends, tmp_path):
     dsn = await create_database(backends.postgres_dsn)
     broker, port = f"127.0.0.1:{free_port()}", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPAM_")}
-    env.update(IPAM_DATABASE_URL=dsn, IPAM_LOCAL_BROKER_ADDR=broker, IPAM_HTTP_ADDR=f"127.0.0.1:{port}",
-               IPAM_PLAIN_HTTP="true", IPAM_PARTITIONS="2", IPAM_LOG_FORMAT="console")
+    env = plain_env(port, IPAM_DATABASE_URL=dsn, IPAM_LOCAL_BROKER_ADDR=broker)
     url, log = f"http://127.0.0.1:{port}", open(tmp_path / "serve.log", "ab")
     procs = []
     try:
         async with aiohttp.ClientSession() as http:
             procs.append(first := serve(env, log))
             await ready(http, url, first)
-            async with http.post(f"{url}/v1/pools", json={"name": "p", "range": "02:00:00:00:00:00-02:00:00:00:ff:ff",
-                                                          "default": True}) as r:
-                assert r.status == 201
-            async with http.post(f"{url}/v1/mac-leases", json={"namespace": "ns", "vm": "v", "vm_uid": "u",
-                                                               "interface": "eth0"}) as r:
-                mac = (await r.json())["lease"]["mac"]
+            mac = await pool_and_lease(http, url)
             first.send_signal(signal.SIGKILL)
             first.wait()
 
@@ -76,8 +102,7 @@ async def test_a_killed_run_comes_back_and_leftovers_are_replaced(backends, tmp_
 
             procs.append(second := serve(env, log))
             await ready(http, url, second)
-            async with http.get(f"{url}/v1/mac-leases") as r:
-                assert [x["mac"] for x in (await r.json())["leases"]] == [mac]
+            assert await leased_macs(http, url) == [mac]
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
 
@@ -94,13 +119,7 @@ async def test_a_killed_run_comes_back_and_leftovers_are_replaced(backends, tmp_
             third.send_signal(signal.SIGTERM)
             third.wait(30)
 
-        # something else on the address: one line naming the setting, exit 2
-        with socket.socket() as other:
-            host, other_port = broker.rsplit(":", 1)
-            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            other.bind((host, int(other_port)))
-            other.listen()
-            done = subprocess.run([sys.executable, "-m", "ipam", "serve"], env=env, capture_output=True, text=True, timeout=60)
+        done = serve_with_address_taken(env, broker)  # something else there: one line naming the setting, exit 2
         assert done.returncode == 2, done.stderr
         assert "IPAM_LOCAL_BROKER_ADDR" in done.stderr and "Traceback" not in done.stderr
     finally:

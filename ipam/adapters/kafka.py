@@ -130,7 +130,8 @@ async def recreate_topics(cfg: Config, topics: list[str]) -> None:
         for topic, code in resp.topic_error_codes:
             if code != 0:
                 raise TopicError(f"cannot delete topic {topic}: error {code}")
-        resp = await admin.create_topics([new_topic(cfg, t, await _replication(cfg, admin)) for t in topics])
+        replication = await _replication(cfg, admin)
+        resp = await admin.create_topics([new_topic(cfg, t, replication) for t in topics])
         for topic, code, message in resp.topic_errors:
             if code not in (0, TOPIC_EXISTS):  # the topic watchdog may have been first
                 raise TopicError(f"cannot create topic {topic} again: error {code} {message}")

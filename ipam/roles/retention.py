@@ -33,18 +33,17 @@ class CommandRetention:
     def __init__(self, cfg: Config, db, every: float = PASS_SECONDS) -> None:
         self.cfg, self.db, self.every = cfg, db, every
         self.log_starts: dict[int, int] = {}  # partition -> the commands log's start after the last pass
-        self.passes = 0
 
     async def step(self) -> dict[int, int]:
-        """One pass: returns partition -> the start of its commands log after it (one already past the
-        offset asked for stays where it is: DeleteRecords never moves a start back)."""
+        """One pass: returns partition -> the start of its commands log after it, for the partitions that had
+        something to delete (one already past the offset asked for stays: DeleteRecords never moves a start back)."""
         async with self.db.acquire() as conn:
             rows = await read_partitions(conn, list(range(self.cfg.partitions)))
-        before = {p: row.commands_offset - 1 for p, row in rows.items() if row.commands_offset > 1}
+        before = {p: row.commands_offset - 1 for p, row in rows.items()
+                  if row.commands_offset > 1 and self.log_starts.get(p) != row.commands_offset - 1}  # idle ones: no call
         if not before:
             return {}
         self.log_starts.update(await kafka.delete_records_before(self.cfg, self.cfg.commands_topic, before))
-        self.passes += 1
         return {p: self.log_starts[p] for p in before}
 
     async def run(self) -> None:
