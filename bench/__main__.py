@@ -41,6 +41,7 @@ from .cni import measure_cni
 from .figures import table, targets
 from .large_state import large_state
 from .log_growth import log_growth
+from .profile import Profiler
 from .rates import latency, webhook_latency
 from .stack import Stack
 from .throughput import baseline, pipeline
@@ -50,6 +51,26 @@ SCENARIOS = ("latency", "latency-https", "webhook", "webhook-ip", "ip-latency", 
 
 
 LARGE_STATE = {"takeover", "rebuild", "memory", "metrics-scrape"}
+
+
+PROFILE_DIR: Path | None = None  # --profile: py-spy records ``ipam serve`` through each scenario
+
+
+async def with_cpu(stack: Stack, scenario) -> dict:
+    """Run a scenario and add the CPU µs a lease its stack's processes used (total and per process)."""
+    spy = Profiler(PROFILE_DIR, "running", stack.svc.proc.pid).start() if PROFILE_DIR else None
+    window = stack.cpu().start()
+    try:
+        result = await scenario
+    finally:
+        window.stop()
+        if spy is not None:
+            spy.stop()
+    if spy is not None:
+        for made in (spy.raw, spy.folder / "running.top.txt"):
+            if made.exists():
+                made.rename(made.with_name(made.name.replace("running", result["scenario"].replace("/", "_"))))
+    return {**result, **window.per_lease(result["leases"], "cpu_us_per_lease")}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -71,6 +92,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--growth-commands", type=int, default=None,
                     help="commands pushed on one pool between the two latency runs of log-growth (default 100,000)")
     ap.add_argument("--leases", type=int, default=None, help="live leases for takeover, rebuild and memory (default 1,000,000)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="record ipam serve with py-spy through each latency and pipeline scenario into DIR (bench/profile.py)")
     ap.add_argument("--only", default=None, help=f"comma-separated scenarios to run: {', '.join(SCENARIOS)} (default: all)")
     return ap.parse_args(argv)
 
@@ -122,24 +145,24 @@ class Bench:
     async def latencies(self) -> None:
         for rate in self.rates:
             async with self.stack() as stack:
-                self.report(await latency(stack.svc.url, rate, self.lat_seconds))
+                self.report(await with_cpu(stack, latency(stack.svc.url, rate, self.lat_seconds)))
         for rate in self.https_rates:
             async with self.stack(secure=True) as stack:
-                self.report(await latency(stack.svc.url, rate, self.lat_seconds, **stack.session(1000)))
+                self.report(await with_cpu(stack, latency(stack.svc.url, rate, self.lat_seconds, **stack.session(1000))))
         for rate, ip in [(r, False) for r in self.webhook_rates] + [(r, True) for r in self.webhook_ip_rates]:
             async with self.stack() as stack:
-                self.report(await webhook_latency(stack.webhook_url, self.tls, rate, self.lat_seconds, ip=ip))
+                self.report(await with_cpu(stack, webhook_latency(stack.webhook_url, self.tls, rate, self.lat_seconds, ip=ip)))
         for rate in self.ip_rates:
             async with self.stack() as stack:
-                self.report(await latency(stack.svc.url, rate, self.lat_seconds, ip=True))
+                self.report(await with_cpu(stack, latency(stack.svc.url, rate, self.lat_seconds, ip=True)))
 
     async def throughputs(self) -> None:
         for name, ip, one_pool in (("pipeline", False, True), ("pipeline-16-pools", False, False),
                                    ("ip-pipeline", True, False)):
             if name in self.only:
                 async with self.stack(trim=False) as stack:
-                    self.report(await pipeline(stack.cfg, self.seconds, ip=ip, show_samples=self.args.samples,
-                                               one_pool=one_pool))
+                    self.report(await with_cpu(stack, pipeline(stack.cfg, self.seconds, ip=ip, show_samples=self.args.samples,
+                                                               one_pool=one_pool)))
 
     async def the_rest(self) -> None:
         quick = self.args.quick
@@ -179,7 +202,9 @@ class Bench:
 
 
 async def main(argv: list[str]) -> int:
+    global PROFILE_DIR
     bench = Bench(parse(argv))
+    PROFILE_DIR = bench.args.profile
     bench.progress.start()
     try:
         await bench.latencies()

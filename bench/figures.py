@@ -42,11 +42,22 @@ def targets(results: list[dict]) -> dict:
             "ratio_to_baseline": round(one / base, 2) if one and base else None,
             "rest_p50_ms_at_500": get("latency@500/s", "p50_ms"), "rest_p99_ms_at_500": get("latency@500/s", "p99_ms"),
             "webhook_p99_ms_at_200": get("webhook@200/s", "p99_ms"),
+            "webhook_answers_over_deadline_at_500": get("webhook@500/s", "answers_over_deadline"),
+            "webhook_denied_busy_at_500": get("webhook@500/s", "denied_busy"),
+            **_cpu(by.get("pipeline", {}), "pipeline"), **_cpu(by.get("latency@500/s", {}), "rest_at_500"),
+            **_cpu(by.get("webhook@200/s", {}), "webhook_at_200"),
             "latency_growth_after_100k": get("log-growth", "growth_p50") if get("log-growth", "commands") == 100_000 else None,
             "bytes_per_lease": get("memory", "bytes_per_lease") or get("takeover", "bytes_per_lease"),
             "takeover_s_1m": _at_1m(by, "takeover", "seconds"),
             "rebuild_s_1m": _at_1m(by, "rebuild", "seconds"),
             "metrics_scrape_ms_1m": _at_1m(by, "metrics-scrape", "scrape_p50_ms")}
+
+
+def _cpu(result: dict, name: str) -> dict:
+    """CPU µs a lease of one scenario, in total and per process (service, broker, postgres)."""
+    figures = {key.replace("cpu_us_per_lease", f"cpu_us_per_lease_{name}", 1): value
+               for key, value in result.items() if key.startswith("cpu_us_per_lease")}
+    return figures or {f"cpu_us_per_lease_{name}": None}
 
 
 def _at_1m(by: dict, scenario: str, key: str):

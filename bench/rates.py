@@ -11,6 +11,8 @@ from tests.kubevirt import WebhookTls, review, vm_manifest
 from .load import latency_figures, offered_load
 from .stack import NETWORKS, SPREAD
 
+API_SERVER_TIMEOUT_S = 10  # the webhooks' timeoutSeconds in deploy/webhook.yaml
+
 
 async def latency(url: str, rate: int, seconds: float, ip: bool = False, **session) -> dict:
     """Requests at a fixed offered rate; each is one new lease (MAC, or dual-stack IP) answered after commit.
@@ -34,7 +36,8 @@ async def latency(url: str, rate: int, seconds: float, ip: bool = False, **sessi
 
         elapsed = await offered_load(one, rate, seconds)
     scenario = f"{'ip-latency' if ip else 'latency'}{'-https' if url.startswith('https') else ''}@{rate}/s"
-    return {**latency_figures(scenario, rate, lat, elapsed), "errors": errors}
+    return {**latency_figures(scenario, rate, lat, elapsed), "errors": errors,
+            "leases": (len(lat) - errors) * (2 if ip else 1)}
 
 
 async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, ip: bool = False) -> dict:
@@ -43,13 +46,13 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
     Reviews come from 16 namespaces, each bound to its own pool (and network)."""
     prefix = "hook-ip" if ip else "hook"
     lat: list[float] = []
-    errors = 0
+    errors = busy = 0
     # The API server keeps a small pool of warm connections to a webhook (HTTP/2 or keep-alive), it does
     # not open a TLS connection per review: a bounded pool models that (queueing shows in the latency).
     connector = aiohttp.TCPConnector(limit=64, ssl=tls.client_context())
     async with aiohttp.ClientSession(connector=connector) as http:
         async def one(i: int) -> None:
-            nonlocal errors
+            nonlocal errors, busy
             body = review(vm_manifest(f"vm-{rate}-{i}", namespace=f"{prefix}-{i % SPREAD}"))
             t = time.perf_counter()
             async with http.post(url, json=body) as r:
@@ -57,9 +60,13 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
             lat.append((time.perf_counter() - t) * 1000)
             if not answer["response"]["allowed"]:
                 errors += 1
+                busy += answer["response"].get("status", {}).get("code") == 429
 
         elapsed = await offered_load(one, rate, seconds)
+    # what the API server would not have waited for: answers after the webhook's timeoutSeconds
+    late = {"denied_busy": busy, "answers_over_deadline": sum(ms > API_SERVER_TIMEOUT_S * 1000 for ms in lat)}
     if ip:
         return {**latency_figures(f"webhook-ip@{rate}/s", rate, lat, elapsed), "denied": errors, "mac_leases_per_review": 3,
-                "ip_leases_per_review": 4}
-    return {**latency_figures(f"webhook@{rate}/s", rate, lat, elapsed), "denied": errors, "leases_per_review": 3}
+                "ip_leases_per_review": 4, "leases": (len(lat) - errors) * 7, **late}
+    return {**latency_figures(f"webhook@{rate}/s", rate, lat, elapsed), "denied": errors, "leases_per_review": 3,
+            "leases": (len(lat) - errors) * 3, **late}

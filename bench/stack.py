@@ -12,6 +12,8 @@ from ipam.service import LOCAL_TRIM_RECORDS
 from tests.harness import ServiceProcess, create_database, drop_database, make_config
 from tests.kubevirt import WebhookTls
 
+from .cpu import CpuWindow
+
 POOLS = [f"bench-{i:02d}" for i in range(16)]
 NETWORKS = [f"net-{i:02d}" for i in range(16)]
 # Requests come from 16 namespaces of each kind, one bound to each pool (and, for VMs on ipam networks,
@@ -90,6 +92,10 @@ class Stack:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def cpu(self) -> CpuWindow:
+        """A window on the CPU time of this stack's processes: ``ipam serve``, the broker, Postgres."""
+        return CpuWindow({"service": self.svc.proc.pid, **self.backends.process_roots()})
 
     def stop_service(self) -> None:
         try:

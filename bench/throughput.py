@@ -98,11 +98,11 @@ async def pipeline(cfg, seconds: float, max_inflight: int = 40000, ip: bool = Fa
         await conn.close()
     if ip:
         return {"scenario": "ip-pipeline", "seconds": seconds, "leases_per_s": round(rate), "commands_per_s": round(rate / 2),
-                "sent_commands": sent, "committed_leases": done - base, "live_leases": leases, "distinct_addresses": distinct,
-                "networks": len(NETWORKS), "partitions": cfg.partitions, "leases_per_command": 2}
+                "sent_commands": sent, "committed_leases": done - base, "leases": done - base, "live_leases": leases,
+                "distinct_addresses": distinct, "networks": len(NETWORKS), "partitions": cfg.partitions, "leases_per_command": 2}
     return {"scenario": "pipeline" if one_pool else "pipeline-16-pools", "seconds": seconds, "leases_per_s": round(rate),
-            "sent": sent, "committed": done - base, "live_leases": leases, "distinct_macs": distinct, "pools": len(pools),
-            "partitions": cfg.partitions}
+            "sent": sent, "committed": done - base, "leases": done - base, "live_leases": leases, "distinct_macs": distinct,
+            "pools": len(pools), "partitions": cfg.partitions}
 
 
 async def baseline(dsn: str, seconds: float, concurrency: int = 16) -> dict:

@@ -57,7 +57,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_KAFKA_CA_FILE", str, ""),
     Setting("IPAM_KAFKA_CERT_FILE", str, ""),
     Setting("IPAM_KAFKA_KEY_FILE", str, ""),
-    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", int, "5"),
+    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", int, "0"),
     Setting("IPAM_WEBHOOK_ADDR", str, "127.0.0.1:8443"),
     Setting("IPAM_TLS_CERT_FILE", str, ""),
     Setting("IPAM_TLS_KEY_FILE", str, ""),
@@ -127,6 +127,9 @@ class Config(_Fields):
         if cfg.kafka_min_insync_replicas < 0 or (replicas is not None and cfg.kafka_min_insync_replicas > replicas):
             raise ConfigError(f"IPAM_KAFKA_MIN_INSYNC_REPLICAS={cfg.kafka_min_insync_replicas}: expected 0 (the broker's "
                               f"min.insync.replicas) up to IPAM_KAFKA_REPLICATION={cfg.kafka_replication}")
+        if cfg.kafka_fetch_max_wait_ms < 0:
+            raise ConfigError(f"IPAM_KAFKA_FETCH_MAX_WAIT_MS={cfg.kafka_fetch_max_wait_ms}: expected milliseconds, or 0 "
+                              "for the broker's best (500 on Apache Kafka, 5 on the local broker)")
         if cfg.token_review and not cfg.kube_api:
             raise ConfigError("IPAM_TOKEN_REVIEW=true needs IPAM_KUBE_API (in-cluster, a kubeconfig path or a URL)")
         return cfg
@@ -151,6 +154,16 @@ class Config(_Fields):
         """The broker is the local stand-in (Tansu): no idempotent producer, end offsets it under-reports, no
         DeleteRecords; the code that works around it asks this, and nothing else."""
         return self.kafka_broker == "local"
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """How long a consumer's fetch may wait for data (IPAM_KAFKA_FETCH_MAX_WAIT_MS, 0: by broker).  Apache Kafka
+        answers a fetch as soon as a record arrives, so a long wait costs no latency and saves polling (an idle
+        service and its broker used 15 % and 37 % of a core at 5 ms, 2 % and 7 % at 500 ms); the local broker waits
+        the whole time even when records arrive, so there it must be short."""
+        if self.kafka_fetch_max_wait_ms > 0:
+            return self.kafka_fetch_max_wait_ms
+        return 5 if self.local_broker else 500
 
     @property
     def embedded_database_url(self) -> str:

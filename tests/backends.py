@@ -50,6 +50,7 @@ class Backends:
     kind: str
     broker: LocalBroker | None = None  # when the session's broker is the local one
     kafka: KafkaCluster | None = None  # when it is Apache Kafka started here
+    postgres: ThrowawayPostgres | None = None  # when it is the embedded server started here
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -58,6 +59,18 @@ class Backends:
         if self.kafka is not None:
             return f"apache-kafka {self.kafka.version}"
         return "local" if self.broker is not None else "kafka (IPAM_TEST_KAFKA_BOOTSTRAP)"
+
+    def process_roots(self) -> dict[str, int]:
+        """Root pids of the broker (each Kafka node) and Postgres started here, for the bench's CPU figures."""
+        roots: dict[str, int] = {}
+        if self.kafka is not None:
+            nodes = [n for n in self.kafka.nodes if n.alive]
+            roots |= {("broker" if len(nodes) == 1 else f"broker_{n.node_id}"): n.proc.pid for n in nodes}
+        elif self.broker is not None and self.broker.proc is not None:
+            roots["broker"] = self.broker.proc.pid
+        if self.postgres is not None and self.postgres.proc is not None:
+            roots["postgres"] = self.postgres.proc.pid
+        return roots
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -99,7 +112,7 @@ def _kafka(env: dict[str, str], use_docker: bool, closers: list, chosen: dict) -
     return broker.bootstrap, f"the local broker (Tansu, memory only; {why_local})"
 
 
-def _postgres(env: dict[str, str], use_docker: bool, closers: list) -> tuple[str, str]:
+def _postgres(env: dict[str, str], use_docker: bool, closers: list, chosen: dict) -> tuple[str, str]:
     dsn = env.get("IPAM_TEST_DATABASE_URL") or env.get("IPAM_TEST_POSTGRES_DSN")
     if dsn:
         return dsn, "PostgreSQL (IPAM_TEST_DATABASE_URL)"
@@ -112,6 +125,7 @@ def _postgres(env: dict[str, str], use_docker: bool, closers: list) -> tuple[str
         return container.get_connection_url(), "PostgreSQL 18 (Docker)"
     server = ThrowawayPostgres().start()
     closers.append(server.destroy)
+    chosen["postgres"] = server
     return server.dsn, f"PostgreSQL {server_version()} (embedded)"
 
 
@@ -123,7 +137,7 @@ def select_backends(env: dict[str, str] | None = None) -> Backends:
         and docker_available()
     chosen: dict = {}
     try:
-        pg, pg_kind = _postgres(env, use_docker, closers)
+        pg, pg_kind = _postgres(env, use_docker, closers, chosen)
         kafka, kafka_kind = _kafka(env, use_docker, closers, chosen)
     except BaseException:
         for close in reversed(closers):

@@ -17,8 +17,8 @@ import trustme
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ipam.adapters.kafka import connection_options
-from ipam.config import Config
+from ipam.adapters.kafka import connection_options, consumer
+from ipam.config import Config, ConfigError
 from ipam.devenv import free_port, wait_port
 from ipam.service import Service
 
@@ -114,3 +114,20 @@ async def test_sasl_settings_are_passed_to_aiokafka(tmp_path, mechanism):
     assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("ipam", "s3cret")
     assert isinstance(options["ssl_context"], ssl.SSLContext)
     AIOKafkaProducer(**options)  # aiokafka accepts the combination (it checks mechanism and protocol)
+
+
+@pytest.mark.parametrize(("broker", "given", "waits"), [("apache-kafka", "", 500), ("local", "", 5), ("apache-kafka", "40", 40)])
+async def test_fetch_wait_follows_the_broker(broker, given, waits):
+    """Apache Kafka answers a fetch when a record arrives (a long wait saves idle polling); the local broker waits the
+    full time, so it gets a short one; a value given is kept."""
+    env = {"IPAM_KAFKA_BOOTSTRAP": "kafka:9092", "IPAM_KAFKA_BROKER": broker}
+    cfg = Config.from_env(env=env | ({"IPAM_KAFKA_FETCH_MAX_WAIT_MS": given} if given else {}))
+    assert cfg.fetch_wait_ms == waits
+    reader = consumer(cfg, None)
+    assert reader._fetch_max_wait_ms == waits  # what aiokafka was given (never started: no broker here)
+    await reader.stop()
+
+
+def test_a_negative_fetch_wait_is_refused():
+    with pytest.raises(ConfigError, match="IPAM_KAFKA_FETCH_MAX_WAIT_MS=-1"):
+        Config.from_env(env={"IPAM_KAFKA_FETCH_MAX_WAIT_MS": "-1"})

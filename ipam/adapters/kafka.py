@@ -165,7 +165,7 @@ def producer(cfg: Config, **overrides) -> AIOKafkaProducer:
 def consumer(cfg: Config, group: str | None, **overrides) -> AIOKafkaConsumer:
     """No committed offsets: positions live in Postgres."""
     return AIOKafkaConsumer(**{**connection_options(cfg), "group_id": group, "enable_auto_commit": False,
-                               "auto_offset_reset": "earliest", "fetch_max_wait_ms": cfg.kafka_fetch_max_wait_ms,
+                               "auto_offset_reset": "earliest", "fetch_max_wait_ms": cfg.fetch_wait_ms,
                                "max_partition_fetch_bytes": 4 * 1024 * 1024, "session_timeout_ms": 10000,
                                "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 60000, "metadata_max_age_ms": 1000,
                                **overrides})

@@ -62,13 +62,22 @@ class ReadModel:
     @asynccontextmanager
     async def pool_change(self, name: str):
         """One change of a pool at a time, across API replicas (a session advisory lock): the steps of two
-        changes must not interleave (``domain/pool_changes``).  Released with the connection if we die."""
+        changes must not interleave (``domain/pool_changes``).  Released with the connection if we die, and the
+        connection is closed when the unlock fails (the pool does not reset sessions: ``codecs._keep_session``)."""
         async with self.db.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(hashtext('ipam-pool:' || $1))", name)
+            try:  # a lock taken as its wait was cancelled would otherwise go back into the pool
+                await conn.execute("SELECT pg_advisory_lock(hashtext('ipam-pool:' || $1))", name)
+            except BaseException:
+                conn.terminate()
+                raise
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext('ipam-pool:' || $1))", name)
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext('ipam-pool:' || $1))", name)
+                except BaseException:
+                    conn.terminate()  # the lock goes with the session, never back into the pool
+                    raise
 
     async def stored_networks(self):
         async with self.db.acquire() as conn:
