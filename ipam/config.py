@@ -44,6 +44,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_PLAIN_HTTP", bool, "false"),
     Setting("IPAM_QUARANTINE_SECONDS", int, "600"),
     Setting("IPAM_REQUEST_TIMEOUT_SECONDS", float, "10"),
+    Setting("IPAM_SHED_AFTER_SECONDS", float, "2"),
+    Setting("IPAM_SHED_MIN_WAITING", int, "256"),
     Setting("IPAM_MAX_BODY_BYTES", int, "1048576"),
     Setting("IPAM_OUTCOME_RETENTION_HOURS", float, "168"),
     Setting("IPAM_DEDUPE_WINDOW", int, "10000"),
@@ -127,6 +129,9 @@ class Config(_Fields):
         if cfg.kafka_min_insync_replicas < 0 or (replicas is not None and cfg.kafka_min_insync_replicas > replicas):
             raise ConfigError(f"IPAM_KAFKA_MIN_INSYNC_REPLICAS={cfg.kafka_min_insync_replicas}: expected 0 (the broker's "
                               f"min.insync.replicas) up to IPAM_KAFKA_REPLICATION={cfg.kafka_replication}")
+        if cfg.shed_after_seconds < 0 or cfg.shed_min_waiting < 1:
+            raise ConfigError(f"IPAM_SHED_AFTER_SECONDS={cfg.shed_after_seconds:g}, IPAM_SHED_MIN_WAITING="
+                              f"{cfg.shed_min_waiting}: expected seconds (0: never shed) and a count of at least 1")
         if cfg.kafka_fetch_max_wait_ms < 0:
             raise ConfigError(f"IPAM_KAFKA_FETCH_MAX_WAIT_MS={cfg.kafka_fetch_max_wait_ms}: expected milliseconds, or 0 "
                               "for the broker's best (500 on Apache Kafka, 5 on the local broker)")

@@ -25,6 +25,8 @@ http_requests = Counter("ipam_http_requests", "REST requests answered, by route 
 http_seconds = Histogram("ipam_http_request_duration_seconds", "REST request latency, by route template",
                          ["route", "method"], buckets=_LATENCY, registry=REGISTRY)
 webhook_reviews = Counter("ipam_webhook_reviews", "AdmissionReviews answered", ["result"], registry=REGISTRY)
+requests_shed = Counter("ipam_requests_shed", "Lease requests refused at once under overload (429, or a review denied "
+                        "busy): IPAM_SHED_AFTER_SECONDS", registry=REGISTRY)
 webhook_seconds = Histogram("ipam_webhook_review_duration_seconds", "AdmissionReview latency", buckets=_LATENCY,
                             registry=REGISTRY)
 auth_failures = Counter("ipam_auth_failures", "REST calls refused: missing or invalid token (401), role too weak (403)",

@@ -11,6 +11,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from ipam.cni.clients import Ipam
+from ipam.cni.config import Settings
+from ipam.cni.protocol import TRY_AGAIN_LATER, CniError
 from ipam.service import Service
 
 from .harness import eventually, kubevirt_service, make_config
@@ -186,6 +189,51 @@ async def test_an_oversized_review_is_denied_not_dropped(kv, https):
     response = await admit(https, kv, body)
     assert response["allowed"] is False and response["status"]["code"] == 413
     assert response["uid"] == body["request"]["uid"]
+
+
+async def test_overload_is_refused_at_once_not_queued_past_the_deadline(backends, kv, tls, https):
+    """Commands pile up (nobody decides them here): once the oldest has waited IPAM_SHED_AFTER_SECONDS and more
+    than IPAM_SHED_MIN_WAITING wait, a new lease gets 429 with Retry-After and a review is denied "busy" with
+    code 429 at once, before any lease is made; the waiting ones still get their own answer (504 here)."""
+    cfg = make_config(backends.kafka_bootstrap, kv.cfg.database_url, tls_cert_file=str(tls.cert_file),
+                      tls_key_file=str(tls.key_file), webhook_addr="127.0.0.1:0", request_timeout_seconds=4.0,
+                      shed_after_seconds=0.3, shed_min_waiting=3)
+    async with Service(cfg, roles={"api"}) as lonely, aiohttp.ClientSession() as http:
+        def lease(i: int):
+            return http.post(f"{lonely.url}/v1/mac-leases", json={"namespace": "prod", "vm": f"shed-{i}",
+                                                                   "vm_uid": f"u-shed-{i}", "interface": "eth0"})
+
+        async def status_of(i: int) -> int:
+            async with lease(i) as r:
+                return r.status
+
+        waiting = [asyncio.create_task(status_of(i)) for i in range(4)]
+        await asyncio.sleep(0.6)
+        started = time.monotonic()
+        async with lease(99) as r:
+            refused, retry_after, body = r.status, r.headers.get("Retry-After"), await r.json()
+        response = await admit(https, lonely, review(vm_manifest("shed-vm")))
+        took = time.monotonic() - started
+        plugin = Ipam(Settings(url=lonely.url, timeout=1.5))  # the CNI plugin's client: retries, then code 11
+        body_of_add = {"namespace": "prod", "vm": "shed-pod", "vm_uid": "u-shed-pod", "interface": "net1"}
+        with pytest.raises(CniError) as busy:
+            await asyncio.to_thread(plugin.call, "POST", "/v1/mac-leases", body_of_add)
+        tried_for = time.monotonic() - started - took
+        assert sorted(await asyncio.gather(*waiting)) == [504] * 4  # answered at their deadline, not refused
+        metrics = await (await http.get(f"{lonely.url}/metrics")).text()
+    assert refused == 429 and body["error"]["code"] == "busy" and retry_after in ("1", "2")
+    assert "nothing was done" in body["error"]["message"]
+    assert response["allowed"] is False and response["status"]["code"] == 429
+    assert "ipam is busy" in response["status"]["message"]
+    assert took < 1.0  # both refused at once
+    assert busy.value.code == TRY_AGAIN_LATER and "ipam is busy" in busy.value.msg
+    assert 1.0 <= tried_for < 2.5  # sent again within its own timeout, then "try again later"
+    assert "ipam_requests_shed_total" in metrics and "ipam_requests_shed_total 0.0" not in metrics
+    conn = await asyncpg.connect(kv.cfg.database_url)
+    try:  # the refused review made no provisional lease
+        assert await conn.fetchval("SELECT count(*) FROM ipam_store.mac_leases WHERE vm = 'shed-vm'") == 0
+    finally:
+        await conn.close()
 
 
 async def test_a_stalled_pipeline_gets_a_denial_before_the_deadline(backends, kv, tls, https):

@@ -16,6 +16,7 @@ import msgspec
 import structlog
 from aiokafka.errors import KafkaError
 
+from .. import telemetry
 from ..config import Config
 from ..domain.decider import stream_key
 from . import kafka
@@ -32,6 +33,51 @@ class OutcomeTimeout(Exception):
     pass
 
 
+class Busy(Exception):
+    """Refused at once: the commands already waiting here will not be answered in time (``Backlog``)."""
+
+    def __init__(self, waiting: int, oldest: float) -> None:
+        super().__init__(f"{waiting} requests are waiting, the oldest for {oldest:.1f}s")
+        self.waiting, self.oldest = waiting, oldest
+        self.retry_after = max(1, min(5, round(oldest)))
+
+
+class Backlog:
+    """The commands this process waits on, oldest first, and whether to take more (load shedding).
+
+    Beyond capacity an open queue only grows: every request then waits until its deadline and fails, and the
+    API server's client meets timeouts instead of a fast "try again".  So once the oldest waiting command has
+    waited ``shed_after`` seconds and at least ``min_waiting`` wait, a new request is refused at once; those
+    admitted finish in about ``shed_after``.  Few requests held long (a partition handing over, a broker
+    restarting) are not overload and are never shed: the count keeps them apart.  A dict keeps insertion
+    order, so the oldest is its first key."""
+
+    def __init__(self, shed_after: float, min_waiting: int) -> None:
+        self.shed_after, self.min_waiting = shed_after, min_waiting
+        self._since: dict[int, float] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def check(self, now: float, extra: int = 1) -> None:
+        """Raise ``Busy`` when ``extra`` more commands should not be taken now."""
+        if not extra or not self.shed_after or len(self._since) + extra <= self.min_waiting:
+            return
+        oldest = now - next(iter(self._since.values()))
+        if oldest >= self.shed_after:
+            telemetry.requests_shed.inc()
+            raise Busy(len(self._since), oldest)
+
+    def enter(self, now: float) -> int:
+        self._next += 1
+        self._since[self._next] = now
+        return self._next
+
+    def leave(self, ticket: int) -> None:
+        self._since.pop(ticket, None)
+
+
 class CommandBus:
     def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:
         self.cfg = cfg
@@ -45,6 +91,7 @@ class CommandBus:
         self._open.set()
         self._producing = 0
         self._produced = asyncio.Condition()
+        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -141,8 +188,14 @@ class CommandBus:
         key = stream_key(command)
         await self._produce_once(encoder.encode(command), key, kafka.partition_for(key, self.cfg.partitions))
 
-    async def submit(self, command) -> list[dict]:
-        """Produce the command and wait for its committed outcome, riding over faults until the deadline.
+    def admit(self, commands: int = 1) -> None:
+        """Raise ``Busy`` when ``commands`` more should be refused now (a review checks its leases at once)."""
+        self.backlog.check(asyncio.get_running_loop().time(), commands)
+
+    async def submit(self, command, shed: bool = False) -> list[dict]:
+        """Produce the command and wait for its committed outcome, riding over faults until the deadline;
+        with ``shed`` (new leases from clients), ``Busy`` at once under overload.  Releases, admin changes and
+        the roles' own commands are never shed: they free addresses or have no client to retry.
 
         A command on the log is decided by whoever owns its partition next, so waiting covers a
         hand-over.  What waiting does not cover: a produce that fails (the broker restarting) and
@@ -151,6 +204,9 @@ class CommandBus:
         command, the same bytes are sent again: the same command id, decided at most once.  A command
         merely queued behind others is not sent again: under overload that would add load."""
         loop = asyncio.get_running_loop()
+        if shed:
+            self.backlog.check(loop.time())
+        ticket = self.backlog.enter(loop.time())
         deadline = loop.time() + self.cfg.request_timeout_seconds
         fut = loop.create_future()
         self._waiters.setdefault(command.command_id, []).append(fut)
@@ -179,6 +235,7 @@ class CommandBus:
                 events = await self.outcome(command.command_id)
             return events
         finally:
+            self.backlog.leave(ticket)
             waiters = self._waiters.get(command.command_id)
             if waiters and fut in waiters:
                 waiters.remove(fut)

@@ -15,7 +15,7 @@ import uuid
 import msgspec
 from aiohttp import web
 
-from ..adapters.bus import CommandBus, OutcomeTimeout
+from ..adapters.bus import Busy, CommandBus, OutcomeTimeout
 from ..config import Config
 from ..domain.commands import nul_field
 from . import models
@@ -37,13 +37,22 @@ _FIELD = re.compile(r"at `\$\.([A-Za-z_][\w.\[\]]*)`|field `([A-Za-z_]\w*)`")
 class ApiError(Exception):
     """A request that cannot be served: becomes a JSON error body naming the field."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429 under overload)
 
     def response(self) -> web.Response:
         body = models.Error(models.ErrorBody(code=self.code, message=self.message, field=self.field))
-        return web.Response(body=_json.encode(body), status=self.status, content_type="application/json")
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return web.Response(body=_json.encode(body), status=self.status, content_type="application/json", headers=headers)
+
+
+def busy_error(e: Busy) -> ApiError:
+    """429 with Retry-After: refused at once, nothing was done, the same request may be sent again."""
+    return ApiError(429, "busy", f"ipam is busy ({e}); nothing was done, retry in {e.retry_after}s",
+                    retry_after=e.retry_after)
 
 
 def reply(obj, status: int = 200) -> web.Response:
@@ -142,8 +151,9 @@ class Gateway:
     def __init__(self, bus: CommandBus, timeout_seconds: float) -> None:
         self.bus, self.timeout_seconds = bus, timeout_seconds
 
-    async def submit(self, command) -> list[dict]:
-        """Answer from the stored outcome when a client's command id was decided before; else decide it."""
+    async def submit(self, command, shed: bool = False) -> list[dict]:
+        """Answer from the stored outcome when a client's command id was decided before; else decide it
+        (``shed``: refused with 429 under overload, for new leases)."""
         if not command.command_id.startswith("api-"):
             known = await self.bus.outcome(command.command_id)
             if known is not None:
@@ -151,15 +161,24 @@ class Gateway:
                     raise ApiError(422, "key_reused", f"command id {command.command_id!r} was already used for another kind "
                                                       "of request; use a new Idempotency-Key or command_id", "Idempotency-Key")
                 return known
-        return await self.decide(command)
+        return await self.decide(command, shed)
 
-    async def decide(self, command) -> list[dict]:
+    async def decide(self, command, shed: bool = False) -> list[dict]:
         """Send the command and wait for its committed answer (504 ``timeout`` when none comes in time)."""
         try:
-            return await self.bus.submit(command)
+            return await self.bus.submit(command, shed)
+        except Busy as e:
+            raise busy_error(e) from None
         except OutcomeTimeout:
             raise ApiError(504, "timeout", f"no answer within {self.timeout_seconds:g}s; retry with command_id "
                                            f"{command.command_id} to get the same outcome") from None
+
+    def admit(self, commands: int) -> None:
+        """Refuse (429) a request of ``commands`` new leases at once under overload, before any is sent."""
+        try:
+            self.bus.admit(commands)
+        except Busy as e:
+            raise busy_error(e) from None
 
     async def decided(self, command_ids: list[str]) -> dict[str, list]:
         """Outcomes already committed for these ids (the API server retrying a review)."""

@@ -119,6 +119,7 @@ class LeaseApi:
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
+        self.gateway.admit(1)  # under overload refused before any read: 429 with Retry-After
         kind, rest = self.rest.kind, self.rest
         requested = rest.requested(body)
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=body.vm_uid, interface=body.interface,

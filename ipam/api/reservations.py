@@ -43,6 +43,7 @@ class ReservationApi:
         owner = Owner(namespace=body.namespace, vm=body.vm, vm_uid=f"{RESERVATION_UID_PREFIX}{cid}", interface=interface,
                       workload=body.workload, cluster=cluster)
         until = NEVER if body.expires_in_seconds is None else now_ms() + body.expires_in_seconds * 1000
+        self.gateway.admit(1)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(
             command_id=cid, at=now_ms(), **{kind.space: space}, owner=owner, pending_until=until, **requested))
         raise_rejection(events)

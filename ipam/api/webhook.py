@@ -290,6 +290,10 @@ class Webhook:
         """Each command's answer: the stored one when the API server retries a review (same uid, same ids)."""
         known = await self.gateway.decided([cmd.command_id for _, cmd in plan.commands])
         try:
+            self.gateway.admit(sum(cmd.command_id not in known for _, cmd in plan.commands))
+        except ApiError as e:  # overload: denied now, before any lease is made, rather than at the deadline
+            raise Denied(f"{e.message} (the API server's client retries)", 429) from None
+        try:
             outcomes = await asyncio.gather(*(self._one(cmd, known.get(cmd.command_id)) for _, cmd in plan.commands))
         except ApiError as e:
             raise TimeoutError from e  # no answer in time: the deadline's denial says retry

@@ -1,7 +1,7 @@
 """The two services the plugin calls, over the standard library's HTTP client: ipam's REST API and
 (when the node has a kubeconfig) the Kubernetes API, to read the pod, its VMI and its IPAMClaim.
 
-ipam that cannot be reached, times out or answers 503/504 is CNI code 11, "try again later": the
+ipam that cannot be reached, times out or answers 429 (overload), 503 or 504 is CNI code 11, "try again later": the
 runtime retries the sandbox, and nothing was half-done (a lease that was made is returned to the
 same pod on the retry).
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import random
 import ssl
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -66,9 +68,19 @@ class Ipam:
             else None
 
     def call(self, method: str, path: str, body: object = None) -> Answer:
+        """One call; a 429 (ipam shedding load, nothing done) is sent again after a short pause while the
+        plugin's timeout allows, then becomes CNI code 11 (the runtime retries the sandbox later)."""
         headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
-        answer = _request(self.settings.url, method, path, headers, body, self.context, self.settings.timeout, "ipam",
-                          self.settings.server_name)
+        give_up = time.monotonic() + self.settings.timeout
+        while True:
+            answer = _request(self.settings.url, method, path, headers, body, self.context, self.settings.timeout,
+                              "ipam", self.settings.server_name)
+            pause = random.uniform(0.25, 0.75)  # spread so that refused nodes do not come back together
+            if answer.status != 429 or time.monotonic() + pause >= give_up:
+                break
+            time.sleep(pause)
+        if answer.status == 429:
+            raise CniError(TRY_AGAIN_LATER, f"ipam is busy: {answer.error.get('message') or 429}")
         if answer.status in (502, 503, 504):
             raise CniError(TRY_AGAIN_LATER, f"ipam is not ready: {answer.error.get('message') or answer.status}")
         if answer.status in (401, 403):

@@ -1,0 +1,45 @@
+"""When the bus refuses new leases (``Backlog``): overload, told apart from a few requests held by a hand-over."""
+
+from __future__ import annotations
+
+import pytest
+
+from ipam.adapters.bus import Backlog, Busy
+
+
+def test_few_requests_held_long_are_never_shed():
+    backlog = Backlog(shed_after=2.0, min_waiting=4)
+    for _ in range(3):
+        backlog.enter(0.0)
+    backlog.check(60.0)  # three waiting a minute (a partition handing over): a fourth still goes
+
+
+def test_many_waiting_past_the_limit_are_shed_until_the_oldest_is_answered():
+    backlog = Backlog(shed_after=2.0, min_waiting=4)
+    tickets = [backlog.enter(t / 10) for t in range(10)]
+    backlog.check(1.9)  # the oldest has waited 1.9 s: still taken
+    with pytest.raises(Busy) as refused:
+        backlog.check(2.0)
+    assert (refused.value.waiting, refused.value.retry_after) == (10, 2)
+    for ticket in tickets[:5]:  # the oldest five answered: the oldest left waited 1.5 s
+        backlog.leave(ticket)
+    backlog.check(2.0)
+    with pytest.raises(Busy):
+        backlog.check(2.5)
+
+
+def test_a_review_counts_all_its_leases_and_nothing_new_is_never_refused():
+    backlog = Backlog(shed_after=1.0, min_waiting=4)
+    backlog.enter(0.0)
+    backlog.enter(0.0)
+    backlog.check(5.0, extra=2)  # 2 + 2 = 4: not above the count
+    with pytest.raises(Busy):
+        backlog.check(5.0, extra=3)
+    backlog.check(5.0, extra=0)  # every answer already stored: nothing to refuse
+
+
+def test_zero_never_sheds():
+    backlog = Backlog(shed_after=0.0, min_waiting=1)
+    for _ in range(100):
+        backlog.enter(0.0)
+    backlog.check(1e6)
