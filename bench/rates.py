@@ -47,9 +47,10 @@ async def webhook_latency(url: str, tls: WebhookTls, rate: int, seconds: float, 
     prefix = "hook-ip" if ip else "hook"
     lat: list[float] = []
     errors = busy = 0
-    # The API server keeps a small pool of warm connections to a webhook (HTTP/2 or keep-alive), it does
-    # not open a TLS connection per review: a bounded pool models that (queueing shows in the latency).
-    connector = aiohttp.TCPConnector(limit=64, ssl=tls.client_context())
+    # The API server's webhook client is Go's http.Transport: no cap on connections to a host (MaxConnsPerHost
+    # 0), idle ones kept for reuse.  So a review never queues in the client: when ipam is slower than the
+    # offered rate, the queue is ipam's (what its load shedding sees), not the load generator's.
+    connector = aiohttp.TCPConnector(limit=0, ssl=tls.client_context())
     async with aiohttp.ClientSession(connector=connector) as http:
         async def one(i: int) -> None:
             nonlocal errors, busy
