@@ -164,7 +164,7 @@ class Allocator(PartitionRole):
             self.working = False
 
     async def _work(self, batches: dict[int, list]) -> None:
-        sends = []
+        records: dict[int, list[tuple[bytes | None, bytes]]] = {}
         for partition, msgs in batches.items():
             owned = self.owned.get(partition)
             if owned is None:
@@ -178,15 +178,17 @@ class Allocator(PartitionRole):
                 break
             owned.position = msgs[-1].offset + 1
             self.member.record_lag("allocator", partition, owned.position)
+            out = records.setdefault(partition, [])
             for msg in msgs:
                 # events keep their command's key (pool, network or @registry); a poison command's have none
-                for rec in await self._decide_one(partition, owned, msg.offset, msg.value):
-                    sends.append(self.producer.send(self.cfg.events_topic, record_encoder.encode(rec), key=msg.key,
-                                                    partition=partition))
-        if sends:
+                out.extend((msg.key, record_encoder.encode(rec))
+                           for rec in await self._decide_one(partition, owned, msg.offset, msg.value))
+        if any(records.values()):
             failpoints.hit("allocator.before_produce")
             failpoints.fault("allocator.raise_before_produce")
-            await asyncio.gather(*await asyncio.gather(*sends))
+            sent = await asyncio.gather(*(kafka.send_records(self.producer, self.cfg.events_topic, partition, out)
+                                          for partition, out in records.items() if out))
+            await asyncio.gather(*(future for futures in sent for future in futures))
             failpoints.hit("allocator.after_produce")
 
     async def _decide_one(self, partition: int, owned: Owned, offset: int, raw: bytes) -> list[EventRecord]:
