@@ -111,7 +111,7 @@ async def test_any_event_stream_in_any_batches_projects_to_what_a_replay_gives(d
             assert result.applied == len(batch) and not (result.poison or result.dropped or result.duplicates)
             offset = start = result.next_offset
         report = await rebuild(conn)
-        assert report.equal, report.differences
+        assert report.equal, str(report.differences)
         assert report.events == sum(1 for _, ev in events if type(ev) in STATE_EVENTS)
     finally:
         await conn.close()

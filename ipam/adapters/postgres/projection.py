@@ -151,14 +151,15 @@ class _Batch:
         self.result.applied += 1
         if rec.source_offset + 1 > self.commands_offset:
             self.commands_offset, self.last_command_id = rec.source_offset + 1, ev.command_id
-        self.ledger.append(_ledger_row(self.generation, self.partition, offset, rec))
-        self.outcomes.setdefault(ev.command_id, []).append(msgspec.json.decode(encoder.encode(ev)))
+        body = encoder.encode(ev)  # once: the ledger's text and the outcome's element (Raw: not encoded again)
+        self.ledger.append(_ledger_row(self.generation, self.partition, offset, rec, body))
+        self.outcomes.setdefault(ev.command_id, []).append(msgspec.Raw(body))
         if rec.last:
             self.complete.add(ev.command_id)
         changes.add(ev)
 
 
-def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) -> tuple:
+def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord, body: bytes) -> tuple:
     ev = rec.event
     owner = getattr(ev, "owner", None) or getattr(ev, "holder", None)
     pool = ev.name if isinstance(ev, (PoolCreated, PoolChanged, PoolDeleted)) else getattr(ev, "pool", None)
@@ -168,7 +169,7 @@ def _ledger_row(generation: int, partition: int, offset: int, rec: EventRecord) 
             pool, getattr(ev, "mac", None),
             owner.namespace if owner else None, owner.vm if owner else None,
             owner.vm_uid if owner else None, owner.interface if owner else None,
-            encoder.encode(ev).decode(), network, None if address is None else address_of(address),
+            body.decode(), network, None if address is None else address_of(address),
             owner.workload if owner else None, owner.cluster if owner else None)
 
 
