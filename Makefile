@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-quick faults availability broker-kills soak fuzz psql schemas clean
+.PHONY: run test bench profile bench-quick faults availability broker-kills soak fuzz psql schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ test: $(STAMP)  ## the whole suite on real services (local broker and Postgres, 
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+bench: $(STAMP)  ## every scenario on Apache Kafka, then on the local broker: one targets line (JSON) per broker
+	$(BIN)/python -m bench --broker apache-kafka $(BENCH_ARGS)
+	$(BIN)/python -m bench --broker local $(BENCH_ARGS)
+
+profile: $(STAMP)  ## py-spy through the latency, webhook and pipeline scenarios: collapsed stacks and top frames in .ipam/profiles
+	$(BIN)/python -m bench --only latency,webhook,pipeline --rates 100,500 --webhook-rates 200 --seconds 20 --profile .ipam/profiles $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
