@@ -10,6 +10,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, make_dataclass
 
+from .domain.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -183,10 +185,6 @@ class Config(_Fields):
     @property
     def quarantine_ms(self) -> int:
         return self.quarantine_seconds * 1000
-
-
-class ConfigError(ValueError):
-    pass
 
 
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

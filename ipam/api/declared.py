@@ -25,6 +25,7 @@ from msgspec import Struct
 
 from .. import telemetry
 from ..domain.commands import SubnetSpec
+from ..domain.errors import ConfigError
 from ..domain.networks import build_network
 from ..domain.pools import RangeError, parse_range
 from . import models
@@ -45,10 +46,6 @@ class Declared(Struct, forbid_unknown_fields=True):
     pools: list[models.PoolRequest] = []
     networks: list[models.NetworkRequest] = []
     delete: Deleted = msgspec.field(default_factory=Deleted)
-
-
-class ConfigError(ValueError):
-    """The file is not a valid declaration; the message names the entry and field."""
 
 
 def parse(text: str) -> Declared:

@@ -2,8 +2,8 @@
 node file (where ipam is, the token and CA to reach it, a kubeconfig to read pods) next to the
 CNI configurations, as Whereabouts does.
 
-The plugin is written as a zipapp of the modules it needs (this package and the two domain
-modules it reads, all standard library) run by the node's ``python3``.  The service account's
+The plugin is written as a zipapp of the modules it needs (this package and the domain
+modules it reads: multus, cniconf and errors, all standard library) run by the node's ``python3``.  The service account's
 token is copied again whenever it rotates (``--watch``)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent  # ipam/
-MODULES = ["__init__.py", "domain/__init__.py", "domain/multus.py", "domain/cniconf.py",
+MODULES = ["__init__.py", "domain/__init__.py", "domain/multus.py", "domain/cniconf.py", "domain/errors.py",
            *(f"cni/{p.name}" for p in sorted((PACKAGE / "cni").glob("*.py")))]
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

@@ -17,13 +17,9 @@ import ipaddress
 import json
 from collections.abc import Mapping
 
+from .errors import ConfigError
+
 PLUGIN_TYPE = "ipam-cni"
-
-
-class ConfigError(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 def ipam_section(conf: Mapping) -> dict:
