@@ -58,7 +58,7 @@ from ..domain.kubevirt import (
 )
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.pools import RoutingError, choose_pool
-from .http import ApiError, Gateway
+from .http import STATUS, ApiError, Gateway
 
 log = structlog.get_logger("ipam.webhook")
 
@@ -303,8 +303,7 @@ class Webhook:
             for ev in events:
                 if ev["type"] == "CommandRejected":
                     what = "MAC" if isinstance(cmd, LeaseMac) else "IP addresses"
-                    raise Denied(f"interface {iface} ({what}): {ev['reason']}",
-                                 409 if ev["code"] in ("held", "exhausted") else 400)
+                    raise Denied(f"interface {iface} ({what}): {ev['reason']}", STATUS.get(ev["code"], 400))
             if isinstance(cmd, LeaseMac):
                 macs[iface] = events[-1]["mac"]
             else:
