@@ -116,6 +116,18 @@ class _Header(msgspec.Struct):
     seq: int
 
 
+def _decode(offset: int, raw: bytes, poison: dict[int, str]) -> tuple[EventRecord | None, object, str]:
+    """(the record or None, its envelope (epoch, seq) or None, why it cannot be read); ``poison``: offsets taken
+    as unreadable (a value Postgres refused)."""
+    try:
+        if offset in poison:
+            raise msgspec.ValidationError(poison[offset])
+        rec = record_decoder.decode(raw)
+        return rec, rec, ""
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return None, _header_of(raw), str(e)
+
+
 def _header_of(raw: bytes) -> _Header | None:
     try:
         return msgspec.json.decode(raw, type=_Header)
@@ -223,9 +235,13 @@ class Projection:
             if self._spaces is None:
                 self._spaces = await load_spaces(conn)
             changes = BatchChanges(SpaceChanges(self._spaces, self._partition_of))
-            for offset, raw in batch:
-                rec = await self._admit(conn, b, offset, raw, poison)
-                if rec is not None:
+            decoded = [(offset, raw, *_decode(offset, raw, poison)) for offset, raw in batch]
+            # the fences of the newest epoch here, read once: none can be added while this batch holds the
+            # partition's row (claim and fence_at update it first), so reading them per record gave the same answer
+            epochs = [head.epoch for _, _, _, head, _ in decoded if head is not None]
+            fences = await self._fences_for(conn, partition, b.generation, max(epochs)) if epochs else None
+            for offset, raw, rec, head, why in decoded:
+                if self._admit(b, fences, offset, raw, rec, head, why):
                     b.fold(offset, rec, changes)
             await changes.write(conn)
             if b.ledger:
@@ -246,21 +262,16 @@ class Projection:
             await outcomes.notify(conn, b.outcomes, b.complete)
         return b.result
 
-    async def _admit(self, conn, b: _Batch, offset: int, raw: bytes, poison: dict[int, str]) -> EventRecord | None:
-        """The record to fold, or None when it is skipped (noted in the ledger)."""
+    @staticmethod
+    def _admit(b: _Batch, fences: Fences | None, offset: int, raw: bytes, rec: EventRecord | None, head, why: str) -> bool:
+        """Whether to fold the record; a skipped one is noted in the ledger."""
         b.result.next_offset, b.last_raw = offset + 1, raw
-        try:
-            if offset in poison:
-                raise msgspec.ValidationError(poison[offset])
-            rec = head = record_decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            rec, head, why = None, _header_of(raw), str(e)
+        if rec is None:
             b.result.poison += 1
             b.result.dead_letters.append((offset, raw, why))
         verdict = "poison"
         if head is not None:  # a poison record whose envelope reads keeps its place in the sequence,
             # so one bad event is skipped instead of looking like a lost one (which fences the writer)
-            fences = await self._fences_for(conn, b.partition, b.generation, head.epoch)
             b.last_epoch, b.last_seq = head.epoch, head.seq
             verdict = b.order.admit(fences, head.epoch, head.seq, offset)
         if rec is None:
@@ -275,8 +286,8 @@ class Projection:
             b.note(offset, "DuplicateEventDropped", rec.event.command_id,
                    f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
         else:
-            return rec
-        return None
+            return True
+        return False
 
     async def _fences_for(self, conn: asyncpg.Connection, partition: int, generation: int, epoch: int) -> Fences:
         cached = self._fences.get(partition)
