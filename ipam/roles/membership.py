@@ -10,9 +10,13 @@ meant for it.  A killed member's leases expire after ``ttl`` and a survivor take
 next beat.
 
 A lease says who should work a partition, not who may write it: taking a partition still claims
-a new epoch, whose fence drops whatever an earlier holder writes later.  So when Postgres cannot
-be reached the member keeps what it holds (nobody else can claim an epoch either) and finds out
-on its next successful beat whether someone took a partition in between.
+a new epoch, whose fence drops whatever an earlier holder writes later.  When Postgres cannot be
+reached the member keeps what it holds while its leases last, and no longer: a member cut off from
+Postgres but not from the broker would otherwise go on deciding commands its successor decides too
+(the fence drops its events, but it answered nothing and burned a hand-over).  Its leases end no
+sooner than ``ttl`` after the last renewal was *sent* (Postgres stamps them later), so the member
+gives its partitions up a little before that, ``margin`` seconds, by its own clock: it has stopped
+before anyone may take them.  Its next successful beat takes them back if they are still free.
 """
 
 from __future__ import annotations
@@ -48,38 +52,62 @@ class Membership:
         self.log = structlog.get_logger("ipam.membership").bind(group=group, member=member)
         self._stopping = asyncio.Event()
         self._failing = False
+        self.margin = min(beat, ttl / 4)  # given up this long before the leases can end
+        self._held_until = 0.0  # loop time before which no one else can take what we hold
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
                 await self.step()
                 if self._failing:
                     self.log.info("beating again")
                 self._failing = False
-            except leases.UNREACHABLE as e:
+            except (*leases.UNREACHABLE, TimeoutError) as e:
                 self._note_failure(e)
+                await self._expire(loop.time())
+            wait = self.beat  # failing with leases held: try again no later than when they must be given up
+            if self._failing and self.held:
+                wait = max(0.0, min(self.beat, self._held_until - loop.time()))
             try:
-                await asyncio.wait_for(self._stopping.wait(), self.beat)
+                await asyncio.wait_for(self._stopping.wait(), wait)
             except TimeoutError:
                 pass
 
     def _note_failure(self, e: BaseException) -> None:
         if not self._failing:
-            self.log.warning("cannot beat; keeping the partitions held", error=repr(e), held=sorted(self.held))
+            left = max(0.0, self._held_until - asyncio.get_running_loop().time())
+            self.log.warning("cannot beat; keeping the partitions held while their leases last", error=repr(e),
+                             held=sorted(self.held), seconds_left=round(left, 2))
         self._failing = True
+
+    async def _expire(self, now: float) -> None:
+        """Postgres out of reach past our leases: stop working them before another member may take them."""
+        if self.held and now >= self._held_until:
+            given_up, self.held = self.held, set()
+            self.log.warning("ownership leases expired while Postgres is out of reach; partitions given up",
+                             partitions=sorted(given_up))
+            await self.lost(given_up)
 
     async def step(self) -> None:
         """One beat: give back what is no longer ours (the role drops it first), renew and take; then tell
         the role what it gained or had taken away."""
-        async with self.db.use(self.ttl) as conn:
-            members = await asyncio.wait_for(leases.beat(conn, self.group, self.member, self.ttl), self.ttl)
+        loop = asyncio.get_running_loop()
+
+        def limit() -> float:  # a statement that hangs (packets dropped) must not outlast the leases it renews
+            return max(0.05, min(self.ttl, self._held_until - loop.time())) if self.held else self.ttl
+
+        async with self.db.use(limit()) as conn:
+            members = await asyncio.wait_for(leases.beat(conn, self.group, self.member, self.ttl), limit())
             mine = wanted(members, self.member, self.partitions)
             surplus = self.held - mine
             if surplus:
                 await self.lost(surplus)  # stop working them before anyone else may take them
                 self.held -= surplus
                 await leases.release(conn, self.group, self.member, sorted(surplus))
-            now = await asyncio.wait_for(leases.hold(conn, self.group, self.member, sorted(mine), self.ttl), self.ttl)
+            sent = loop.time()
+            now = await asyncio.wait_for(leases.hold(conn, self.group, self.member, sorted(mine), self.ttl), limit())
+            self._held_until = sent + self.ttl - self.margin
         taken_away, new = self.held - now, now - self.held
         if taken_away:
             self.log.warning("partitions taken by another member while we could not renew", partitions=sorted(taken_away))

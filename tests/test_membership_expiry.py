@@ -1,0 +1,49 @@
+"""A member that cannot reach Postgres gives its partitions up before its leases can end (issue 25): another
+member may take them only once they expired, and by then this one has stopped working them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from ipam.adapters.postgres.migrations import migrate
+from ipam.roles.membership import Membership
+
+from .backends import PrivatePostgres
+from .harness import eventually
+
+
+async def test_a_member_out_of_reach_of_postgres_stops_before_its_leases_end():
+    pg = PrivatePostgres().start()
+    try:
+        admin = await asyncpg.connect(pg.dsn)
+        await admin.execute("CREATE DATABASE lease_expiry")
+        await admin.close()
+        dsn = pg.dsn.rsplit("/", 1)[0] + "/lease_expiry"
+        await migrate(dsn)
+        loop = asyncio.get_running_loop()
+        given_up: list[tuple[float, set[int]]] = []
+
+        async def gained(partitions: set[int]) -> None:
+            pass
+
+        async def lost(partitions: set[int]) -> None:
+            given_up.append((loop.time(), set(partitions)))
+
+        member = Membership(dsn, "allocator", "cut-off", 4, ttl=1.5, beat=0.25, gained=gained, lost=lost)
+        beating = asyncio.create_task(member.run())
+        await eventually(lambda: asyncio.sleep(0, member.held == {0, 1, 2, 3}), timeout=10)
+        await asyncio.sleep(0.6)  # a few renewals
+        await asyncio.to_thread(pg.stop, "immediate")  # Postgres gone: every beat from now on fails
+        cut_at = loop.time()
+        must_stop_by = member._held_until + member.margin  # = last renewal sent + ttl: the lease's earliest end
+        await eventually(lambda: asyncio.sleep(0, bool(given_up)), timeout=5)
+        when, partitions = given_up[0]
+        assert partitions == {0, 1, 2, 3} and member.held == set()
+        assert when < must_stop_by, (when - cut_at, must_stop_by - cut_at)  # stopped before anyone may take them
+        assert when - cut_at < 1.5  # and not long before: the leases were renewed every 0.25 s
+        member._stopping.set()
+        beating.cancel()
+    finally:
+        pg.destroy()
