@@ -88,11 +88,12 @@ class Node:
     port: int
     controller_port: int
     data: Path
+    host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def alive(self) -> bool:
@@ -102,12 +103,14 @@ class Node:
 class KafkaCluster:
     """``nodes`` KRaft nodes on loopback, each a broker and a controller, in a temporary directory."""
 
-    def __init__(self, nodes: int = 1, heap_mb: int = 384) -> None:
+    def __init__(self, nodes: int = 1, heap_mb: int = 384, host: str = "127.0.0.1") -> None:
+        """``host``: the address the nodes listen on and advertise (a test's own, reachable from its namespaces)."""
+        self.host = host
         self.dir = Path(tempfile.mkdtemp(prefix="ipam-kafka-"))
         self.heap_mb = heap_mb
         self.version = kafka_version()
         self.cluster_id = str(uuid.UUID(int=uuid.uuid4().int))
-        self.nodes = [Node(i + 1, free_port(), free_port(), self.dir / f"node-{i + 1}") for i in range(nodes)]
+        self.nodes = [Node(i + 1, free_port(), free_port(), self.dir / f"node-{i + 1}", host=host) for i in range(nodes)]
         self.replication = min(3, nodes)
         self.min_insync = min(2, nodes)
 
@@ -127,8 +130,8 @@ class KafkaCluster:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         return "\n".join([
             "process.roles=broker,controller", f"node.id={node.node_id}", f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}", "controller.listener.names=CONTROLLER",
+            f"listeners=PLAINTEXT://{self.host}:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{node.port}", "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name=PLAINTEXT", f"log.dirs={node.data / 'logs'}",
             f"offsets.topic.replication.factor={self.replication}",
@@ -158,7 +161,7 @@ class KafkaCluster:
         for node in self.nodes:
             self.start_node(node, wait=False)
         for node in self.nodes:
-            wait_port("127.0.0.1", node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
+            wait_port(self.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
         return self
 
     def start_node(self, node: Node, wait: bool = True) -> None:
@@ -167,7 +170,7 @@ class KafkaCluster:
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL))
         if wait:
-            wait_port("127.0.0.1", node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
+            wait_port(self.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
 
     def kill_node(self, node: Node) -> None:
         """kill -9: no controlled shutdown, leadership moves when the controller sees the session expire."""

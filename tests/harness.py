@@ -97,7 +97,9 @@ class ServiceProcess:
     """`ipam serve` as a child process, so a test can kill -9 it."""
 
     def __init__(self, cfg: Config, roles: tuple[str, ...] = ("all",), log_path: str | None = None,
-                 extra_env: dict[str, str] | None = None, client_ssl: ssl.SSLContext | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, client_ssl: ssl.SSLContext | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: what runs the process (``ip netns exec NAME``: in a network namespace of a test's own)."""
         port = free_port() if cfg.http_addr.endswith(":0") else int(cfg.http_addr.rsplit(":", 1)[1])
         self.cfg = cfg
         self.env = env_of(cfg)
@@ -105,12 +107,12 @@ class ServiceProcess:
         self.env.update(extra_env or {})
         self.client_ssl = client_ssl  # set when the process serves HTTPS: how clients trust it
         self.url = f"{'https' if client_ssl else 'http'}://127.0.0.1:{port}"
-        self.roles = roles
+        self.roles, self.wrapper = roles, wrapper
         self.log_path = log_path or f"/tmp/ipam-test-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ServiceProcess:
-        args = [sys.executable, "-m", "ipam", "serve"]
+        args = [*self.wrapper, sys.executable, "-m", "ipam", "serve"]
         for r in self.roles:
             args += ["--role", r]
         with open(self.log_path, "ab") as out:

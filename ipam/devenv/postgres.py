@@ -61,11 +61,13 @@ class EmbeddedPostgres:
     server stops when the thread that started it ends (``tied=False`` for one restarted from worker threads)."""
 
     def __init__(self, data_dir: str | Path, addr: str = "127.0.0.1:55432", durable: bool = True,
-                 max_connections: int = 300, tied: bool = True) -> None:
+                 max_connections: int = 300, tied: bool = True, trust: tuple[str, ...] = ()) -> None:
+        """``trust``: networks (CIDR) whose clients connect without a password besides loopback (a test's own
+        network namespaces)."""
         self.data = Path(data_dir).absolute()
         self.host, port = addr.rsplit(":", 1)
         self.port = int(port)
-        self.durable, self.max_connections, self.tied = durable, max_connections, tied
+        self.durable, self.max_connections, self.tied, self.trust = durable, max_connections, tied, trust
         self.log_path = self.data.parent / f"{self.data.name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -106,6 +108,8 @@ class EmbeddedPostgres:
             os.chown(self.data, user["user"], user["group"])
         subprocess.run([str(_binaries() / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                         "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, timeout=120, **user)
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in self.trust)
 
     def _leftover_pid(self) -> int | None:
         """The pid of a server an earlier run left on this data directory, if one is still running."""
