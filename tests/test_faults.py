@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from . import apache_kafka
+from . import apache_kafka, netns
 from .backends import PrivatePostgres
 from .faults.driver import Run
 
@@ -60,3 +60,17 @@ async def test_a_leader_kill_on_three_apache_kafka_nodes_is_ridden_over():
     # the target (99.9 %) is make broker-kills'; on a busy CI machine, within a point of it
     assert result["availability"] >= 0.99, result
     assert result["webhook"]["attempts"] > 0 and 0 < result["longest_unanswered_after_kill_s"] < 10, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_cuts_from_postgres_and_the_broker_are_ridden_over():
+    """The network scenario, short: an allocator and a projector in a namespace, cut off again and again (the full
+    one: `make network-faults`)."""
+    reason = netns.unavailable() or apache_kafka.unavailable()
+    if reason:
+        pytest.skip(reason)
+    result = await Run(seed=3001, seconds=30, base_pg=None, scenario="network").run()  # its own Postgres
+    print(result)
+    assert result["violations"] == [] and result["network_faults"] >= 3
+    assert result["no_answer"] == 0  # every request answered or refused within its deadline

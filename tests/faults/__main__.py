@@ -1,4 +1,4 @@
-"""python -m tests.faults [--scenario chaos|kills|broker-kills] [--runs N] [--seconds S] [--seed FIRST]:
+"""python -m tests.faults [--scenario chaos|kills|broker-kills|network] [--runs N] [--seconds S] [--seed FIRST]:
 one JSON line per run, then a total."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from ipam import telemetry
 from ..backends import PrivatePostgres
 from .driver import SCENARIOS, Run
 
-COUNTED = ("kills", "broker_kills", "failpoint_deaths", "rebalances", "duplicates_injected", "poison_records", "attempts",
-           "ok_2xx", "refused_4xx", "errors_5xx", "no_answer")
+COUNTED = ("kills", "broker_kills", "network_faults", "failpoint_deaths", "rebalances", "duplicates_injected",
+           "poison_records", "attempts", "ok_2xx", "refused_4xx", "errors_5xx", "no_answer")
 
 
 async def main(argv: list[str]) -> int:

@@ -34,9 +34,10 @@ from aiokafka import AIOKafkaProducer
 from ipam.adapters import kafka
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
-from ipam.devenv import ThrowawayPostgres, free_port
+from ipam.devenv import EmbeddedPostgres, ThrowawayPostgres, free_port
 from ipam.domain.events import AnyEvent
 
+from .. import netns
 from ..apache_kafka import KafkaCluster
 from ..backends import local_broker
 from ..harness import ServiceProcess, create_database, make_config
@@ -44,6 +45,7 @@ from ..kubevirt import WebhookTls
 from .availability import OwnershipSampler
 from .broker_kills import ride_broker_kills
 from .clients import Client, Counters
+from .network import INSIDE, cut_again_and_again
 
 # What each scenario does, and the share of attempts it must answer 2xx (make faults fails a run below it).
 SCENARIOS = {
@@ -55,6 +57,8 @@ SCENARIOS = {
     # under 8 REST clients and 20 AdmissionReviews/s (broker_kills.py)
     "broker-kills": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999, "brokers": 3,
                      "reviews_per_s": 20},
+    # one allocator and one projector in a network namespace, cut from Postgres or the broker (network.py)
+    "network": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.9, "brokers": 1, "netns": True},
 }
 
 _decode_event = __import__("msgspec").json.Decoder(AnyEvent)
@@ -67,7 +71,9 @@ FAILPOINTS = {
 
 
 class Run:
-    def __init__(self, seed: int, seconds: float, base_pg: ThrowawayPostgres, scenario: str = "chaos") -> None:
+    def __init__(self, seed: int, seconds: float, base_pg: ThrowawayPostgres | None, scenario: str = "chaos") -> None:
+        """``base_pg``: the Postgres server the run's database goes on (None for the network scenario, which
+        starts one on its namespace's host side)."""
         self.seed, self.seconds, self.pg = seed, seconds, base_pg
         self.scenario, self.plan = scenario, SCENARIOS[scenario]
         self.rng = random.Random(seed)
@@ -77,6 +83,8 @@ class Run:
         self.leaving: list[ServiceProcess] = []
         self.log_dir = f"/tmp/ipam-faults-{seed}-{uuid.uuid4().hex[:6]}"
         self.broker, self.cluster, self.tls = None, None, None
+        self.ns: netns.Namespace | None = None
+        self.own_pg: EmbeddedPostgres | None = None
         self.extra_figures: dict = {}
 
     def spawn(self, name: str, role: str) -> ServiceProcess:
@@ -87,7 +95,9 @@ class Run:
         if role == "api" and self.tls is not None:  # the webhook too, for the scenarios that send reviews
             env |= {"IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
                     "IPAM_WEBHOOK_ADDR": self.webhook_addr}
-        proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log", extra_env=env).start()
+        inside = self.ns is not None and name in INSIDE
+        proc = ServiceProcess(self.cfg, (role,), log_path=f"{self.log_dir}/{name}.log", extra_env=env,
+                              wrapper=self.ns.run if inside else ()).start()
         return proc
 
     def restart_the_dead(self) -> None:
@@ -109,9 +119,20 @@ class Run:
                         hits[name] = hits.get(name, 0) + 1
         return dict(sorted(hits.items()))
 
+    def _own_network(self) -> str:
+        """The network scenario's namespace, and a Postgres of the run's own on its host side: the host address
+        the broker is to listen on."""
+        self.ns = netns.Namespace().__enter__()
+        trusted = f"{self.ns.inside.rsplit('.', 1)[0]}.0/24"
+        self.own_pg = EmbeddedPostgres(Path(self.log_dir) / "pg", addr=f"{self.ns.host['postgres']}:{free_port()}",
+                                       durable=False, tied=False, trust=(trusted,)).start()
+        self.pg = self.own_pg
+        return self.ns.host["kafka"]
+
     async def run(self) -> dict:
+        host = await asyncio.to_thread(self._own_network) if self.plan.get("netns") else "127.0.0.1"
         if self.plan.get("brokers"):
-            self.cluster = await asyncio.to_thread(KafkaCluster(self.plan["brokers"]).start)
+            self.cluster = await asyncio.to_thread(KafkaCluster(self.plan["brokers"], host=host).start)
             bootstrap, topics = self.cluster.bootstrap, self.cluster.topic_settings
             self.tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-faults-tls-")))
             self.webhook_addr = f"127.0.0.1:{free_port()}"
@@ -130,6 +151,10 @@ class Run:
                 self.broker.stop()
             if self.cluster is not None:
                 self.cluster.destroy()
+            if self.own_pg is not None:
+                self.own_pg.stop("immediate")
+            if self.ns is not None:
+                self.ns.__exit__()
 
     async def _run(self) -> dict:
         self.procs["api"] = self.spawn("api", "api")
@@ -161,6 +186,8 @@ class Run:
                 if self.scenario == "broker-kills":
                     self.extra_figures = await ride_broker_kills(self, self.rng, self.tls,
                                                                  f"https://{self.webhook_addr}/mutate-virtualmachines")
+                elif self.scenario == "network":
+                    self.extra_figures = await cut_again_and_again(self.ns, self.rng, self.seconds)
                 else:
                     await (self._chaos(producer) if self.scenario == "chaos" else self._kills())
                 stop.set()
@@ -182,7 +209,8 @@ class Run:
             hooks = self.extra_figures["webhook"]
             answered = availability["attempts"] - availability["refused_4xx"] + hooks["attempts"] - hooks["refused_4xx"]
             availability["availability"] = round((availability["ok_2xx"] + hooks["ok_2xx"]) / max(1, answered), 5)
-        return {**self.extra_figures, "seed": self.seed, "scenario": self.scenario, "seconds": self.seconds,
+        return {"network_faults": 0, "broker_kills": 0, **self.extra_figures, "seed": self.seed, "scenario": self.scenario,
+                "seconds": self.seconds,
                 **availability, "target": self.plan["target"],
                 "below_target": availability["availability"] < self.plan["target"],
                 "longest_unworked_s": unworked, "kills": c.kills, "failpoint_deaths": c.failpoint_deaths,
