@@ -44,6 +44,10 @@ from .supervisor import Supervisor
 log = structlog.get_logger("ipam.service")
 ROLES = ("all", "api", "allocator", "projector", "watcher")
 LOCAL_TRIM_RECORDS = 2000  # IPAM_LOG_TRIM_RECORDS on the local broker this process starts (docs/performance.md)
+# No answer from any broker this long: this process leaves its groups until one answers (membership.pause), so
+# the partitions it holds are worked by a member that reaches the broker.  Above a leader failover on a
+# three-node cluster (the others still answer metadata then) and a local broker's restart.
+BROKER_SILENCE = 4.0
 
 
 class Service:
@@ -248,20 +252,25 @@ class Service:
         went away); with manual assignment a consumer placed past the end of a new, shorter log
         can wait there until the new log grows past it, skipping what came before."""
         unreachable = False
+        reached = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(1.0)
             try:
-                missing = await missing_topics(self.cfg)
+                missing = await asyncio.wait_for(missing_topics(self.cfg), BROKER_SILENCE)
                 if missing:
                     log.warning("topics missing on the broker; creating them again", topics=missing)
                     await ensure_topics(self.cfg)
                 if missing or unreachable:
                     for role in roles:
+                        role.membership.resume()
                         role.retake_all()
-                unreachable = False
+                unreachable, reached = False, asyncio.get_running_loop().time()
             except Exception as e:  # the broker is away: the roles wait for it too; look again in a second
                 log.warning("cannot check topics", error=repr(e))
                 unreachable = True
+                if asyncio.get_running_loop().time() - reached >= BROKER_SILENCE:
+                    for role in roles:  # out of the group: a member that reaches the broker works them meanwhile
+                        role.membership.pause()
                 continue
             if self.trimmer is not None:
                 try:

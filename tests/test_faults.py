@@ -74,3 +74,5 @@ async def test_cuts_from_postgres_and_the_broker_are_ridden_over():
     print(result)
     assert result["violations"] == [] and result["network_faults"] >= 3
     assert result["no_answer"] == 0  # every request answered or refused within its deadline
+    # a process cut from the broker leaves its groups after 4 s, so few requests wait past the 10 s deadline
+    assert result["ok_2xx"] >= 0.99 * (result["attempts"] - result["refused_4xx"]), result

@@ -47,3 +47,32 @@ async def test_a_member_out_of_reach_of_postgres_stops_before_its_leases_end():
         beating.cancel()
     finally:
         pg.destroy()
+
+
+async def test_a_paused_member_leaves_the_group_and_the_others_take_its_partitions_at_once():
+    """Paused (its process cannot reach the broker), a member gives its partitions back and stops beating: the
+    other takes them on its next beat, not after the leases expire; resumed, it gets its share again."""
+    pg = PrivatePostgres().start()
+    try:
+        admin = await asyncpg.connect(pg.dsn)
+        await admin.execute("CREATE DATABASE lease_pause")
+        await admin.close()
+        dsn = pg.dsn.rsplit("/", 1)[0] + "/lease_pause"
+        await migrate(dsn)
+
+        async def nothing(partitions: set[int]) -> None:
+            pass
+
+        a, b = (Membership(dsn, "allocator", name, 4, ttl=30.0, beat=0.1, gained=nothing, lost=nothing)
+                for name in ("a", "b"))
+        tasks = [asyncio.create_task(m.run()) for m in (a, b)]
+        await eventually(lambda: asyncio.sleep(0, len(a.held) == len(b.held) == 2), timeout=10)
+        a.pause()
+        await eventually(lambda: asyncio.sleep(0, not a.held and b.held == {0, 1, 2, 3}), timeout=3)  # ttl is 30 s
+        a.resume()
+        await eventually(lambda: asyncio.sleep(0, len(a.held) == len(b.held) == 2), timeout=10)
+        for m, t in zip((a, b), tasks, strict=True):
+            m._stopping.set()
+            t.cancel()
+    finally:
+        pg.destroy()

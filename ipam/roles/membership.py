@@ -54,6 +54,8 @@ class Membership:
         self._failing = False
         self.margin = min(beat, ttl / 4)  # given up this long before the leases can end
         self._held_until = 0.0  # loop time before which no one else can take what we hold
+        self.paused = False  # out of the group while this process cannot reach the broker (``pause``)
+        self._out = False  # paused, and its member row and leases are gone
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,9 +91,35 @@ class Membership:
                              partitions=sorted(given_up))
             await self.lost(given_up)
 
+    def pause(self) -> None:
+        """Leave the group until ``resume``: this process cannot reach the broker, so it cannot work partitions
+        it would keep (Postgres still renews its leases).  The next beat gives everything back and the member
+        stops beating, so the others' round robin leaves it out and they take its partitions at once."""
+        if not self.paused:
+            self.paused = True
+            self.log.warning("the broker is out of reach; leaving the group until it is back", held=sorted(self.held))
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused, self._out = False, False
+            self.log.info("the broker is back; joining the group again")
+
+    async def _stay_out(self) -> None:
+        given_up, self.held = self.held, set()
+        if given_up:
+            await self.lost(given_up)  # stop working them before anyone else may take them
+            self._out = False
+        if not self._out:  # once: the member row and the leases go, so the others take them on their next beat
+            async with self.db.use(self.ttl) as conn:
+                await asyncio.wait_for(leases.leave(conn, self.group, self.member), self.ttl)
+            self._out = True
+
     async def step(self) -> None:
         """One beat: give back what is no longer ours (the role drops it first), renew and take; then tell
-        the role what it gained or had taken away."""
+        the role what it gained or had taken away.  Paused: out of the group, nothing held."""
+        if self.paused:
+            await self._stay_out()
+            return
         loop = asyncio.get_running_loop()
 
         def limit() -> float:  # a statement that hangs (packets dropped) must not outlast the leases it renews
