@@ -21,11 +21,11 @@ import structlog
 from aiohttp import web
 
 from .adapters.bus import CommandBus
-from .adapters.kafka import ensure_topics, missing_topics
 from .adapters.kubernetes import NamespaceLabels
 from .adapters.postgres.codecs import create_pool
 from .adapters.postgres.migrations import check_current, check_partitions, ensure_database, migrate
 from .adapters.postgres.read_model import ReadModel
+from .adapters.topics import ensure_topics, missing_topics
 from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
 from .api.declared import DeclaredSpaces

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from ipam import failpoints
-from ipam.adapters import kafka
+from ipam.adapters import kafka, topics
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
 from ipam.service import Service
@@ -55,7 +55,7 @@ async def test_raising_roles_recover_without_a_log_reset(config, http, kind, mon
 async def test_the_last_record_of_a_multi_record_batch_is_found_whatever_the_end_offset_says(config):
     """The adapter-level cause: ``record_at`` must find the last record of a batch.  On the local broker the
     end offset lands at the batch's first offset (the probe behind the fix); on Kafka it is exact."""
-    await kafka.ensure_topics(config)
+    await topics.ensure_topics(config)
     producer = kafka.producer(config, linger_ms=20)
     await producer.start()
     try:

@@ -12,7 +12,7 @@ import asyncio
 import msgspec
 import pytest
 
-from ipam.adapters import kafka
+from ipam.adapters import kafka, topics
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.rebuild import rebuild
 from ipam.config import Config, ConfigError
@@ -74,7 +74,7 @@ def test_trimming_is_refused_on_apache_kafka():
 
 async def test_nothing_at_sees_the_last_record_of_a_batch_whatever_the_end_offset_says(config):
     """The drain check must not trust end offsets: the local broker reports a batch's first offset as the end."""
-    await kafka.ensure_topics(config)
+    await topics.ensure_topics(config)
     producer = kafka.producer(config, linger_ms=20)
     await producer.start()
     try:

@@ -14,14 +14,20 @@ from .backends import PrivatePostgres
 from .harness import eventually
 
 
+async def migrated(pg) -> str:
+    """A migrated database on a Postgres server of the test's own (the tests stop that server)."""
+    admin = await asyncpg.connect(pg.dsn)
+    await admin.execute("CREATE DATABASE leases")
+    await admin.close()
+    dsn = pg.dsn.rsplit("/", 1)[0] + "/leases"
+    await migrate(dsn)
+    return dsn
+
+
 async def test_a_member_out_of_reach_of_postgres_stops_before_its_leases_end():
     pg = PrivatePostgres().start()
     try:
-        admin = await asyncpg.connect(pg.dsn)
-        await admin.execute("CREATE DATABASE lease_expiry")
-        await admin.close()
-        dsn = pg.dsn.rsplit("/", 1)[0] + "/lease_expiry"
-        await migrate(dsn)
+        dsn = await migrated(pg)
         loop = asyncio.get_running_loop()
         given_up: list[tuple[float, set[int]]] = []
 
@@ -54,11 +60,7 @@ async def test_a_paused_member_leaves_the_group_and_the_others_take_its_partitio
     other takes them on its next beat, not after the leases expire; resumed, it gets its share again."""
     pg = PrivatePostgres().start()
     try:
-        admin = await asyncpg.connect(pg.dsn)
-        await admin.execute("CREATE DATABASE lease_pause")
-        await admin.close()
-        dsn = pg.dsn.rsplit("/", 1)[0] + "/lease_pause"
-        await migrate(dsn)
+        dsn = await migrated(pg)
 
         async def nothing(partitions: set[int]) -> None:
             pass

@@ -12,7 +12,7 @@ import asyncio
 
 import asyncpg
 
-from ipam.adapters import kafka
+from ipam.adapters import kafka, topics
 from ipam.adapters.postgres.codecs import connect
 from ipam.adapters.postgres.migrations import migrate
 from ipam.adapters.postgres.ownership import read_partition
@@ -24,7 +24,7 @@ from .kinds import MAC, create_space, lease
 
 async def test_a_stalled_range_becomes_a_new_generation_and_the_service_moves_past_it(config, http):
     await migrate(config.database_url)
-    await kafka.ensure_topics(config)
+    await topics.ensure_topics(config)
     pool_partition = kafka.partition_for("p", config.partitions)
     tp = (config.events_topic, pool_partition)
     producer = kafka.producer(config)

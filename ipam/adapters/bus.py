@@ -57,9 +57,6 @@ class Backlog:
         self._since: dict[int, float] = {}
         self._next = 0
 
-    def __len__(self) -> int:
-        return len(self._since)
-
     def check(self, now: float, extra: int = 1) -> None:
         """Raise ``Busy`` when ``extra`` more commands should not be taken now."""
         if not extra or not self.shed_after or len(self._since) + extra <= self.min_waiting:

@@ -1,4 +1,5 @@
-"""Kafka: topic set-up, partitioning, client construction, and reading single records.
+"""Kafka: partitioning, client construction, producing in batches, and reading single records (topic
+administration: ``topics.py``).
 
 On Apache Kafka the producer is idempotent with acks=all, so a retried produce is never written twice
 in a partition; the local broker (Tansu) has no idempotent producer, and ``ipam serve`` turns it off
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
@@ -24,8 +23,6 @@ from ..config import Config
 
 log = structlog.get_logger("ipam.kafka")
 
-TOPIC_EXISTS = 36
-
 
 @functools.lru_cache(maxsize=65536)
 def partition_for(key: str, partitions: int) -> int:
@@ -33,10 +30,6 @@ def partition_for(key: str, partitions: int) -> int:
 
     Cached: it runs for every command, keys are pool names, and murmur2 is pure Python."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-class TopicError(RuntimeError):
-    """The topics exist with another partition count, or cannot be created."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -54,104 +47,6 @@ def connection_options(cfg: Config) -> dict:
         options |= {"sasl_mechanism": cfg.kafka_sasl_mechanism, "sasl_plain_username": cfg.kafka_sasl_username,
                     "sasl_plain_password": password}
     return options
-
-
-class _Admin:
-    """An admin client for the length of a ``with`` block."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.client = AIOKafkaAdminClient(**connection_options(cfg))
-
-    async def __aenter__(self) -> AIOKafkaAdminClient:
-        await self.client.start()
-        return self.client
-
-    async def __aexit__(self, *exc) -> None:
-        await self.client.close()
-
-
-async def _replication(cfg: Config, admin: AIOKafkaAdminClient) -> int:
-    """IPAM_KAFKA_REPLICATION, or for -1 the broker's ``default.replication.factor``, read from the broker:
-    aiokafka's NewTopic refuses -1 (it takes it for "replicas assigned by hand"), so we ask instead."""
-    if cfg.kafka_replication > 0:
-        return cfg.kafka_replication
-    try:
-        brokers = (await admin.describe_cluster())["brokers"]
-        resource = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]), {"default.replication.factor": None})
-        for response in await admin.describe_configs([resource]):
-            for _, _, _, _, entries in response.resources:
-                for entry in entries:
-                    if entry[0] == "default.replication.factor":
-                        return max(1, min(int(entry[1]), len(brokers)))
-    except (KafkaError, LookupError, ValueError, TypeError) as e:  # the local broker answers no broker configs
-        log.info("broker default replication unknown: one replica", error=repr(e))
-    return 1
-
-
-def new_topic(cfg: Config, name: str, replication: int) -> NewTopic:
-    """A topic as the deployment sets it: IPAM_PARTITIONS, the replication, IPAM_KAFKA_MIN_INSYNC_REPLICAS
-    (0: the broker's)."""
-    configs = {"min.insync.replicas": str(cfg.kafka_min_insync_replicas)} if cfg.kafka_min_insync_replicas else {}
-    return NewTopic(name, cfg.partitions, replication, topic_configs=configs)
-
-
-async def ensure_topics(cfg: Config) -> None:
-    """Create the commands, events and dead-letter topics with the configured partition count."""
-    wanted = [cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic]
-    async with _Admin(cfg) as admin:
-        replication = await _replication(cfg, admin)
-        resp = await admin.create_topics([new_topic(cfg, t, replication) for t in wanted])
-        for topic, code, message in resp.topic_errors:
-            if code not in (0, TOPIC_EXISTS):
-                raise TopicError(f"cannot create topic {topic}: error {code} {message}")
-        for desc in await _described(admin, wanted):
-            if len(desc["partitions"]) != cfg.partitions:
-                raise TopicError(f"topic {desc['topic']} has {len(desc['partitions'])} partitions but "
-                                 f"IPAM_PARTITIONS={cfg.partitions}")
-
-
-async def _described(admin: AIOKafkaAdminClient, topics: list[str], wait: float = 15.0) -> list[dict]:
-    """The topics' descriptions once every one lists its partitions: on a cluster, a topic another process
-    has just created is described with none (or unknown) until its metadata reaches the broker asked."""
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        described = await admin.describe_topics(topics)
-        settled = all(d["partitions"] and not d.get("error_code") for d in described)
-        if settled or asyncio.get_running_loop().time() >= deadline:
-            return described
-        await asyncio.sleep(0.2)
-
-
-async def recreate_topics(cfg: Config, topics: list[str]) -> None:
-    """Delete the topics and create them again, empty, with the same partition count: the only way to
-    trim the local broker's logs (it refuses DeleteRecords and keeps every record in memory)."""
-    async with _Admin(cfg) as admin:
-        resp = await admin.delete_topics(topics)
-        for topic, code in resp.topic_error_codes:
-            if code != 0:
-                raise TopicError(f"cannot delete topic {topic}: error {code}")
-        replication = await _replication(cfg, admin)
-        resp = await admin.create_topics([new_topic(cfg, t, replication) for t in topics])
-        for topic, code, message in resp.topic_errors:
-            if code not in (0, TOPIC_EXISTS):  # the topic watchdog may have been first
-                raise TopicError(f"cannot create topic {topic} again: error {code} {message}")
-
-
-async def delete_records_before(cfg: Config, topic: str, before: dict[int, int]) -> dict[int, int]:
-    """Apache Kafka's DeleteRecords: drop each partition's records below ``before[partition]``; returns each
-    partition's new log start (low watermark).  The local broker refuses it (it trims by swapping topics)."""
-    try:
-        async with _Admin(cfg) as admin:
-            marks = await admin.delete_records({TopicPartition(topic, p): RecordsToDelete(o) for p, o in before.items()})
-    except KafkaError as e:
-        raise TopicError(f"cannot delete records of {topic}: {e!r}") from e
-    return {tp.partition: low for tp, low in marks.items()}
-
-
-async def missing_topics(cfg: Config) -> list[str]:
-    async with _Admin(cfg) as admin:
-        present = set(await admin.list_topics())
-    return [t for t in (cfg.commands_topic, cfg.events_topic, cfg.dead_letter_topic) if t not in present]
 
 
 def producer(cfg: Config, **overrides) -> AIOKafkaProducer:

@@ -21,7 +21,7 @@ import time
 import structlog
 
 from .. import telemetry
-from ..adapters import kafka
+from ..adapters import kafka, topics
 from ..adapters.bus import CommandBus
 from ..adapters.postgres.ownership import PartitionRow, read_partitions, reset_log
 from ..config import Config
@@ -71,7 +71,7 @@ class LogTrimmer:
             for role in roles:  # their own checks would see the new generations first and take everything again
                 role.trimming = True
             try:
-                await kafka.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
+                await topics.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
                 await self._new_generations(rows)
                 for role in roles:  # before new commands come: nothing new to skip
                     await role.follow_trimmed_log()

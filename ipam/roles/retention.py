@@ -18,7 +18,7 @@ import asyncio
 
 import structlog
 
-from ..adapters import kafka
+from ..adapters import topics
 from ..adapters.postgres.ownership import read_partitions
 from ..config import Config
 
@@ -43,7 +43,7 @@ class CommandRetention:
                   if row.commands_offset > 1 and self.log_starts.get(p) != row.commands_offset - 1}  # idle ones: no call
         if not before:
             return {}
-        self.log_starts.update(await kafka.delete_records_before(self.cfg, self.cfg.commands_topic, before))
+        self.log_starts.update(await topics.delete_records_before(self.cfg, self.cfg.commands_topic, before))
         return {p: self.log_starts[p] for p in before}
 
     async def run(self) -> None:
@@ -52,6 +52,6 @@ class CommandRetention:
                 starts = await self.step()
                 if starts:
                     log.debug("decided commands deleted", log_starts=starts)
-            except (kafka.TopicError, OSError) as e:  # a broker away, a leader moving: the next pass tries again
+            except (topics.TopicError, OSError) as e:  # a broker away, a leader moving: the next pass tries again
                 log.warning("deleting decided commands failed; retrying", error=repr(e))
             await asyncio.sleep(self.every)
