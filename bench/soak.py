@@ -1,7 +1,8 @@
-"""python -m bench.soak [--minutes M]: a mixed load against `ipam serve` (all roles) for M minutes (default 60).
+"""python -m bench.soak [--minutes M] [--broker B]: a mixed load against `ipam serve` (all roles) for M minutes.
 
 Every second, at fixed offered rates: new MAC leases, releases and repeats (the same owner asks
-again: the sticky answer) over REST, and AdmissionReviews of VMs over HTTPS to the webhook.  The
+again: the sticky answer) over REST, AdmissionReviews of VMs over HTTPS to the webhook, and pods
+ADDed and DELed through the real bridge plugin delegating to ipam-cni (as root).  The
 owners cycle through a fixed set, so live leases stay bounded and what grows, if anything, is the
 service's own state.  Every minute one JSON line: RSS and open file descriptors of the service
 and of the broker, p50/p99 per kind of request, errors.  At the end one line ``soak`` compares the
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ import aiohttp
 from bench.load import percentile
 from bench.stack import Stack
 from tests.backends import select_backends
+from tests.cni import bridge_conf, netns, node_file, plugin_dir, pod_args, run_plugin
 from tests.kubevirt import WebhookTls, review, vm_manifest
 
 OWNERS = 3000  # owners cycle through this set: bounded live leases
@@ -41,9 +44,54 @@ def process_figures(pid: int | None) -> dict:
         return {"gone": True}
 
 
+class Pods:
+    """Pods through the bridge plugin and ipam-cni, each in a network namespace of its own.
+
+    A fixed set of slots (namespaces) is reused in turn: a slot's pod is DELed at its next turn and
+    a new pod ADDed at the turn after, so the live pods stay bounded while every call is a real one."""
+
+    def __init__(self, url: str, folder: Path, slots: int = 16) -> None:
+        self.cni_path = plugin_dir(folder / "bin")
+        self.env = node_file(folder, url)
+        # a bridge and range of this run's own: two soaks (one per broker) may run side by side
+        self.conf = bridge_conf("soak-cni", f"ipamsoak{os.getpid() % 10_000}", {"range": f"10.{70 + os.getpid() % 8}.0.0/16"})
+        self.spaces = [netns("ipams") for _ in range(slots)]
+        self.pods: list[str | None] = [None] * slots
+        self.locks = [asyncio.Lock() for _ in range(slots)]
+        self.turn = self.made = 0
+
+    async def one(self, note) -> None:
+        slot, self.turn = self.turn % len(self.spaces), self.turn + 1
+        async with self.locks[slot]:
+            container = self.pods[slot]
+            if container is None:
+                self.made += 1
+                container, verb = f"soak{self.made}-{slot}", "ADD"
+            else:
+                verb = "DEL"
+            started = time.perf_counter()
+            try:
+                outcome = await run_plugin(self.cni_path, "bridge", verb, self.conf, container=container,
+                                           netns_path=self.spaces[slot].path, env=self.env,
+                                           args=pod_args("soak-cni", f"pod-{container}", f"uid-{container}", container))
+                ok = outcome.code == 0
+            except TimeoutError:
+                ok, outcome = False, None
+            note(f"cni-{verb.lower()}", started, ok, None if ok or outcome is None else outcome.code)
+            if ok:
+                self.pods[slot] = container if verb == "ADD" else None
+
+    def close(self) -> None:
+        for space in self.spaces:
+            space.delete()
+        subprocess.run(["ip", "link", "del", self.conf["bridge"]], capture_output=True)
+
+
 class Load:
-    def __init__(self, stack: Stack, tls: WebhookTls, rest_rate: int, review_rate: int) -> None:
+    def __init__(self, stack: Stack, tls: WebhookTls, rest_rate: int, review_rate: int,
+                 pods: Pods | None = None, cni_rate: int = 0) -> None:
         self.stack, self.tls, self.rest_rate, self.review_rate = stack, tls, rest_rate, review_rate
+        self.pods, self.cni_rate = pods, cni_rate if pods is not None else 0
         self.rng = random.Random(7)
         self.held: set[int] = set()
         self.minute: dict[str, list[float]] = {}
@@ -91,13 +139,12 @@ class Load:
         hook = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, ssl=self.tls.client_context()))
         tasks: set[asyncio.Task] = set()
         start = next_report = time.perf_counter()
-        sent = 0
+        sent, total = 0, self.rest_rate + self.review_rate + self.cni_rate
         try:
             while (now := time.perf_counter()) - start < seconds:
-                due = int((now - start) * (self.rest_rate + self.review_rate))
+                due = int((now - start) * total)
                 while sent < due:  # open loop: fixed offered rates, answers never hold up the next request
-                    one = self.review_one(hook) if sent % (self.rest_rate + self.review_rate) < self.review_rate \
-                        else self.rest_one(rest)
+                    one = self._next(sent % total, rest, hook)
                     task = asyncio.create_task(one)
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -112,6 +159,14 @@ class Load:
             await rest.close()
             await hook.close()
 
+    def _next(self, turn: int, rest, hook):
+        """The request for this turn of the second: reviews first, then CNI calls, then REST."""
+        if turn < self.review_rate:
+            return self.review_one(hook)
+        if turn < self.review_rate + self.cni_rate:
+            return self.pods.one(self._note)
+        return self.rest_one(rest)
+
     def take_minute(self) -> dict:
         lat, self.minute = self.minute, {}
         errors, self.errors = self.errors, {}
@@ -123,23 +178,41 @@ class Load:
                 "errors": errors}
 
 
-def verdict(lines: list[dict]) -> dict:
-    """First ten minutes after the warm-up minute against the last tenth of the run (at least one minute)."""
-    body = lines[1:] if len(lines) > 2 else lines
-    first = body[:10] if len(body) >= 20 else body[: max(1, len(body) // 2)]
-    last = body[-max(1, len(body) // 10):]
+# The service's bounded state fills for this long before it is steady: a released address stays quarantined
+# IPAM_QUARANTINE_SECONDS (600) and a review's provisional lease lapses after IPAM_PENDING_SECONDS (300),
+# and each is forgotten after; comparing memory before that would measure the filling, not a leak.
+WARMUP_MINUTES = (600 + 300) // 60 + 1
 
-    def mean(rows, key):
-        values = [r[key] for r in rows if r.get(key) is not None]
+
+def verdict(lines: list[dict], warmup: int = WARMUP_MINUTES) -> dict:
+    """Ten minutes after the warm-up against the last ten (halves of what follows a shorter warm-up when the
+    run is short): memory, open files, and p50/p99 over all requests and of each kind (a CNI call costs
+    two process starts, so the mix alone would make p99 a CNI figure)."""
+    if len(lines) < warmup + 20:
+        warmup = min(1, len(lines) - 1)
+    body = lines[warmup:]
+    span = 10 if len(body) >= 20 else max(1, len(body) // 2)
+    first, last = body[:span], body[-span:]
+
+    def mean(rows, pick):
+        values = [v for r in rows if (v := pick(r)) is not None]
         return sum(values) / len(values) if values else None
 
-    out = {"scenario": "soak", "minutes": len(lines), "errors": sum(sum(r["errors"].values()) for r in lines)}
-    for key in ("service_rss_mib", "service_fds", "p50_ms", "p99_ms"):
-        a, b = mean(first, key), mean(last, key)
-        out[key] = {"first": round(a, 2) if a else a, "last": round(b, 2) if b else b,
-                    "growth": round(b / a, 3) if a and b else None}
-    out["flat"] = all((out[k]["growth"] or 0) <= 1.10 for k in ("service_rss_mib", "p50_ms", "p99_ms")) \
-        and out["service_fds"]["last"] <= out["service_fds"]["first"] + 20
+    def compare(pick) -> dict:
+        a, b = mean(first, pick), mean(last, pick)
+        return {"first": round(a, 2) if a else a, "last": round(b, 2) if b else b,
+                "growth": round(b / a, 3) if a and b else None}
+
+    out = {"scenario": "soak", "minutes": len(lines), "compared": [warmup + 1, warmup + span, len(lines) - span + 1, len(lines)],
+           "errors": sum(sum(r["errors"].values()) for r in lines)}
+    for key in ("service_rss_mib", "service_fds", "broker_rss_mib", "broker_fds", "p50_ms", "p99_ms"):
+        out[key] = compare(lambda r, key=key: r.get(key))
+    kinds = sorted({k for r in lines for k in r.get("by_kind", {})})
+    out["by_kind"] = {k: {q: compare(lambda r, k=k, q=q: r.get("by_kind", {}).get(k, {}).get(q))
+                          for q in ("p50_ms", "p99_ms")} for k in kinds}
+    growths = [out[k]["growth"] for k in ("service_rss_mib", "p50_ms", "p99_ms")] + \
+        [v["growth"] for kind in out["by_kind"].values() for v in kind.values()]
+    out["flat"] = all((g or 0) <= 1.10 for g in growths) and out["service_fds"]["last"] <= out["service_fds"]["first"] + 20
     return out
 
 
@@ -148,14 +221,21 @@ async def main(argv: list[str]) -> int:
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--rest-rate", type=int, default=40, help="REST requests per second (leases, releases, repeats)")
     ap.add_argument("--review-rate", type=int, default=10, help="AdmissionReviews per second")
+    ap.add_argument("--cni-rate", type=int, default=5, help="CNI calls per second (ADD and DEL in turn; as root)")
     ap.add_argument("--every", type=float, default=60, help="seconds between JSON lines")
+    ap.add_argument("--broker", choices=("apache-kafka", "local"), default=None, help="as python -m bench")
+    ap.add_argument("--trace-memory", metavar="DIR", help="run the service under tracemalloc, a snapshot a minute in DIR")
     args = ap.parse_args(argv)
+    if args.broker:
+        os.environ["IPAM_TEST_BROKER"] = args.broker
     backends = select_backends()
     tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-soak-tls-")))
     lines: list[dict] = []
     try:
-        async with Stack(backends, tls, partitions=8) as stack:
-            broker_pid = backends.broker.proc.pid if backends.broker is not None and backends.broker.proc else None
+        wrapper = (sys.executable, "-m", "bench.traced", args.trace_memory, "60", "--") if args.trace_memory else ()
+        async with Stack(backends, tls, partitions=8, wrapper=wrapper) as stack:
+            broker_pid = backends.process_roots().get("broker")
+            pods = Pods(stack.svc.url, Path(tls.folder) / "cni") if args.cni_rate and os.geteuid() == 0 else None
 
             def report(minute: dict) -> None:
                 service, broker = process_figures(stack.svc.proc.pid), process_figures(broker_pid)
@@ -164,7 +244,12 @@ async def main(argv: list[str]) -> int:
                 lines.append(line)
                 print(json.dumps(line), flush=True)
 
-            await Load(stack, tls, args.rest_rate, args.review_rate).run(args.minutes * 60, args.every, report)
+            try:
+                await Load(stack, tls, args.rest_rate, args.review_rate, pods, args.cni_rate).run(
+                    args.minutes * 60, args.every, report)
+            finally:
+                if pods is not None:
+                    pods.close()
     finally:
         backends.close()
     result = verdict(lines)

@@ -54,11 +54,13 @@ class Stack:
 
     TOKEN = "bench-admin-token-0123456789"
 
-    def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False, trim: bool = True) -> None:
+    def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False, trim: bool = True,
+                 wrapper: tuple[str, ...] = ()) -> None:
         """``secure``: REST over HTTPS with a bearer token (what production runs), not plain HTTP on loopback.
         ``trim``: trim the local broker's log as ``ipam serve`` does; not for scenarios that produce commands
         to the topic themselves (the trimmer holds back only the commands of the service's own API)."""
         self.backends, self.tls, self.partitions, self.secure, self.trim = backends, tls, partitions, secure, trim
+        self.wrapper = wrapper  # what runs the service (bench.traced: under tracemalloc)
 
     def session(self, limit: int = 100) -> dict:
         """aiohttp.ClientSession arguments that reach this stack's REST API."""
@@ -82,7 +84,7 @@ class Stack:
             tokens = self.tls.folder / "bench-tokens"
             tokens.write_text(f"{self.TOKEN} admin bench\n")
             env |= {"IPAM_PLAIN_HTTP": "false", "IPAM_TOKEN_FILE": str(tokens)}
-        self.svc = ServiceProcess(self.cfg, log_path="/tmp/ipam-bench-service.log", extra_env=env,
+        self.svc = ServiceProcess(self.cfg, log_path="/tmp/ipam-bench-service.log", extra_env=env, wrapper=self.wrapper,
                                   client_ssl=self.tls.client_context() if self.secure else None).start()
         try:
             await self.svc.wait_ready()
