@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench profile bench-quick faults availability broker-kills network-faults soak fuzz psql schemas clean
+.PHONY: run test bench profile bench-quick faults availability broker-kills network-faults soak overload fuzz psql schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ broker-kills: $(STAMP)  ## three Apache Kafka nodes, the busiest leader kill -9'
 network-faults: $(STAMP)  ## one allocator and one projector in a network namespace, cut from Postgres or the broker every 2-5 s for 3-10 s
 	$(BIN)/python -m tests.faults --scenario network --runs $${FAULT_RUNS:-5} --seconds $${FAULT_SECONDS:-60} --seed $${FAULT_SEED:-1}
 
-soak: $(STAMP)  ## mixed load (leases, releases, repeats, reviews) for SOAK_MINUTES (default 60): JSON per minute, flat or not
-	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-60}
+soak: $(STAMP)  ## mixed load (leases, releases, repeats, reviews, CNI ADD/DEL) for SOAK_MINUTES (60) on SOAK_BROKER (apache-kafka): JSON per minute
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-60} --broker $${SOAK_BROKER:-apache-kafka}
+
+overload: $(STAMP)  ## twice the measured REST capacity for OVERLOAD_SECONDS (60) on each broker: answers within the deadline, memory, recovery
+	$(BIN)/python -m bench.overload --broker apache-kafka --seconds $${OVERLOAD_SECONDS:-60}
+	$(BIN)/python -m bench.overload --broker local --seconds $${OVERLOAD_SECONDS:-60}
 
 fuzz: $(STAMP)  ## the webhooks' fuzz at full length (1,500 malformed reviews each; make test runs 300)
 	IPAM_FUZZ_REVIEWS=$${FUZZ_REVIEWS:-1500} $(BIN)/pytest -q tests/test_webhook_fuzz.py

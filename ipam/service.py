@@ -236,11 +236,15 @@ class Service:
                                                       "/mutate-virtualmachines")
 
     async def _listen(self, name: str, app: web.Application, addr: str, ssl_context) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # a client that hung up stops its request: under overload the work of requests nobody waits for
+        # any more took the capacity of those still waiting (docs/performance.md, "Overload")
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         self._on_stop(f"{name} listener", runner.cleanup)
         host, port = addr.rsplit(":", 1)
-        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context)
+        # a deep accept queue: under overload a connection waits to be refused with 429, not for a SYN resent
+        # seconds later (the default 128 dropped them, and clients waited 1 + 3 + 7 s to connect)
+        site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context, backlog=4096)
         await site.start()
         return site._server.sockets[0].getsockname()[1]
 

@@ -27,6 +27,8 @@ http_seconds = Histogram("ipam_http_request_duration_seconds", "REST request lat
 webhook_reviews = Counter("ipam_webhook_reviews", "AdmissionReviews answered", ["result"], registry=REGISTRY)
 requests_shed = Counter("ipam_requests_shed", "Lease requests refused at once under overload (429, or a review denied "
                         "busy): IPAM_SHED_AFTER_SECONDS", registry=REGISTRY)
+loop_late = Gauge("ipam_event_loop_late_seconds", "How late the REST process's event loop ran a 50 ms timer last "
+                  "(over 0.1 s twice running: new leases are refused with 429)", registry=REGISTRY)
 webhook_seconds = Histogram("ipam_webhook_review_duration_seconds", "AdmissionReview latency", buckets=_LATENCY,
                             registry=REGISTRY)
 auth_failures = Counter("ipam_auth_failures", "REST calls refused: missing or invalid token (401), role too weak (403)",

@@ -74,6 +74,9 @@ class Backlog:
     def leave(self, ticket: int) -> None:
         self._since.pop(ticket, None)
 
+    def __len__(self) -> int:
+        return len(self._since)
+
 
 class CommandBus:
     def __init__(self, cfg: Config, db: asyncpg.Pool) -> None:

@@ -17,12 +17,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .. import telemetry
+from ..adapters.bus import Backlog, Busy
 from ..adapters.kafka import topic_ends
 from ..config import Config
 from ..domain.kinds import KINDS
 from . import models
 from .auth import AUTH, Authenticator
-from .http import CONFIG, ApiError, Gateway, check_request_text, reply
+from .http import CONFIG, ApiError, Gateway, busy_error, check_request_text, reply
 from .leases import IP_REST, MAC_REST, LeaseApi
 from .openapi import Route, add_routes, openapi_document
 from .reservations import ReservationApi
@@ -126,6 +127,74 @@ async def observed(request: web.Request, handler):
     return response
 
 
+class Admission:
+    """Every request answered by its deadline, and new leases refused at once under overload.
+
+    The bus sheds by the commands waiting on it, but a lease request first reads Postgres (the VM's leases,
+    the catalogue) and those reads queue on the pool; and before any of that a request waits, unseen, in
+    the event loop's queue of ready sockets.  At twice the capacity both queues grew without bound, under
+    no deadline, until the clients gave up (docs/performance.md, "Overload").  So a route marked ``sheds``
+    is refused with 429 when the requests in flight here are old (``IPAM_SHED_AFTER_SECONDS`` with
+    ``IPAM_SHED_MIN_WAITING`` of them, the bus's ``Backlog`` counting requests from their first line of
+    code) or when the loop runs ``LATE`` seconds behind (a timer that should fire every ``TICK`` seconds):
+    a lease request waits for the loop at each of its ten or so awaits, so a loop 0.5 s late already made
+    answers 5 s late, while at full capacity but not beyond it runs a few milliseconds late (measured:
+    docs/performance.md).  Every request runs under
+    ``IPAM_REQUEST_TIMEOUT_SECONDS``: 504 when it ends, wherever it waits."""
+
+    TICK = 0.05
+    LATE = 0.1
+
+    def __init__(self, cfg: Config, routes: list[Route]) -> None:
+        self.timeout = cfg.request_timeout_seconds
+        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting)
+        self.late_limit = self.LATE if cfg.shed_after_seconds else 0.0  # IPAM_SHED_AFTER_SECONDS=0: no shedding
+        self.shedding = {(r.method, r.path) for r in routes if r.sheds}
+        self.late = 0.0  # how late the loop ran the last tick (s)
+        self._ticking: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        """``late``: the lesser lateness of the last two ticks, so one pause (a garbage collection) sheds nothing."""
+        loop = asyncio.get_running_loop()
+        before = 0.0
+        while True:
+            due = loop.time() + self.TICK
+            await asyncio.sleep(self.TICK)
+            now_late = loop.time() - due
+            self.late, before = min(now_late, before), now_late
+            telemetry.loop_late.set(now_late)
+
+    def _refusal(self, now: float) -> web.Response | None:
+        if self._ticking is None:
+            self._ticking = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            if self.late_limit and self.late >= self.late_limit:
+                telemetry.requests_shed.inc()
+                raise Busy(len(self.backlog), self.late)
+            self.backlog.check(now)
+        except Busy as e:
+            return busy_error(e).response()
+        return None
+
+    @web.middleware
+    async def handle(self, request: web.Request, handler):
+        now = asyncio.get_running_loop().time()
+        resource = request.match_info.route.resource
+        if resource is not None and (request.method, resource.canonical) in self.shedding:
+            refused = self._refusal(now)
+            if refused is not None:
+                return refused
+        ticket = self.backlog.enter(now)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await handler(request)
+        except TimeoutError:
+            return ApiError(504, "timeout", f"no answer within {self.timeout:g}s; send the same request again with the "
+                                            "same Idempotency-Key or command_id to get the same outcome").response()
+        finally:
+            self.backlog.leave(ticket)
+
+
 @web.middleware
 async def errors(request: web.Request, handler):
     try:
@@ -149,7 +218,7 @@ async def errors(request: web.Request, handler):
 
 
 def make_app(cfg: Config, auth: Authenticator, routes: list[Route]) -> web.Application:
-    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[observed, errors])
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[observed, Admission(cfg, routes).handle, errors])
     app[CONFIG] = cfg
     app[AUTH] = auth
     add_routes(app, routes)

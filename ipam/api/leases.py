@@ -236,8 +236,8 @@ class LeaseApi:
         return [
             Route("POST", rest.path, self.lease, f"Lease a VM interface its {w} addresses (sticky: the same owner gets the "
                   "same ones)", rest.operations["lease"], body=request, ok={201: (answer, "Leased"),
-                  200: (answer, "The owner already held these addresses")}, errors=(400, 404, 409, 413, 422, 504),
-                  idempotent=True),
+                  200: (answer, "The owner already held these addresses")}, errors=(400, 404, 409, 413, 422, 429, 504),
+                  idempotent=True, sheds=True),
             Route("GET", rest.path, self.list, f"List live {w} leases", rest.operations["list"], ok={200: (listing, "Leases")},
                   errors=(400,), query=rest.filters, limit=True),
             Route("DELETE", owner, self.release_vm, f"Release a VM's {w} leases" + (f" in a {s}" if kind is IP else ""),

@@ -20,6 +20,7 @@ from .auth import OPEN_PATHS
 _ERRORS = {400: "Invalid input; `error.field` names the field", 404: "Not found",
            409: "Conflict (held, exhausted, overlap, in use)", 413: "Body too large",
            422: "Request cannot be routed to a space, or a limit was reached",
+           429: "ipam is busy: nothing was done; send it again after Retry-After seconds",
            504: "No answer in time; retry with the same command id"}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -113,6 +114,7 @@ class Route:
     limit: bool = False  # takes ?limit=
     idempotent: bool = False  # takes an Idempotency-Key
     text: bool = False  # answers text/plain (the Prometheus exposition format)
+    sheds: bool = False  # refused at once (429) under overload: new leases, which a client may send again
 
 
 def add_routes(app: web.Application, routes: list[Route]) -> None:

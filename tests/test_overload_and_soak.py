@@ -1,0 +1,42 @@
+"""The overload run and the soak in short form, on the suite's broker: they run, and what they report
+holds (figures are not asserted; `make overload` and `make soak` measure at full length)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stderr[-3000:]
+    return lines
+
+
+def test_overload_answers_every_request_within_its_deadline():
+    (result,) = _run("-m", "bench.overload", "--seconds", "6", "--capacity-seconds", "4", "--normal-seconds", "4",
+                     "--recovery-seconds", "6", "--probe-rate", "20")
+    assert result["service_alive"]
+    assert result["sent"] >= 0.9 * result["offered_per_s"] * 6  # vegeta kept up with the offer
+    assert result["unanswered"] == 0, result  # every request answered, refusals included
+    # the issue's target is none past the deadline; measured at full length by `make overload` (docs/performance.md)
+    assert result["over_deadline"] <= 0.01 * result["sent"], result
+    assert set(result["answers"]) <= {"201", "429", "504"}, result["answers"]
+    assert result["answers"].get("429", 0) > 0  # twice the capacity was refused in part, at once
+    assert result["service_rss_mib"]["peak"] >= result["service_rss_mib"]["start"] > 0
+
+
+def test_soak_reports_every_kind_of_request_and_no_errors():
+    lines = _run("-m", "bench.soak", "--minutes", "0.3", "--every", "6")
+    minutes, verdict = lines[:-1], lines[-1]
+    assert len(minutes) >= 3 and verdict["scenario"] == "soak"
+    kinds = {"lease", "review"} | ({"cni-add", "cni-del"} if os.geteuid() == 0 else set())
+    assert kinds <= set(verdict["by_kind"]), verdict["by_kind"]
+    assert verdict["errors"] == 0, [m["errors"] for m in minutes]
+    assert all(m["service_rss_mib"] and m["service_fds"] for m in minutes)
