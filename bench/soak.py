@@ -110,15 +110,18 @@ class Load:
         started = time.perf_counter()
         try:
             if i in self.held and self.rng.random() < 0.4:
+                # taken out before the DELETE is sent: two releases of one VM in flight made the second a 404,
+                # the load generator's race, counted as the service's error in the first soak of 2026-12-07
+                self.held.discard(i)
                 async with http.delete(f"{self.stack.svc.url}/v1/mac-leases/soak-{i % 16}/vm-{i}") as r:
                     await r.read()
-                    self.held.discard(i)
                     self._note("release", started, r.status == 200, r.status)
                 return
             kind = "repeat" if i in self.held else "lease"
             async with http.post(f"{self.stack.svc.url}/v1/mac-leases", json=body) as r:
                 await r.read()
-                self.held.add(i)
+                if r.status in (200, 201):
+                    self.held.add(i)
                 self._note(kind, started, r.status in (200, 201), r.status)
         except (aiohttp.ClientError, TimeoutError):
             self._note("rest", started, False)
