@@ -25,7 +25,7 @@ from .adapters.kubernetes import NamespaceLabels
 from .adapters.postgres.codecs import create_pool
 from .adapters.postgres.migrations import check_current, check_partitions, ensure_database, migrate
 from .adapters.postgres.read_model import ReadModel
-from .adapters.topics import ensure_topics, missing_topics
+from .adapters.topics import ensure_topics
 from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
 from .api.declared import DeclaredSpaces
@@ -38,16 +38,13 @@ from .roles.allocator import Allocator
 from .roles.log_trim import LogTrimmer
 from .roles.projector import Projector
 from .roles.retention import CommandRetention
+from .roles.watchdog import TopicWatchdog
 from .roles.watcher import Watcher
 from .supervisor import Supervisor
 
 log = structlog.get_logger("ipam.service")
 ROLES = ("all", "api", "allocator", "projector", "watcher")
 LOCAL_TRIM_RECORDS = 2000  # IPAM_LOG_TRIM_RECORDS on the local broker this process starts (docs/performance.md)
-# No answer from any broker this long: this process leaves its groups until one answers (membership.pause), so
-# the partitions it holds are worked by a member that reaches the broker.  Above a leader failover on a
-# three-node cluster (the others still answer metadata then) and a local broker's restart.
-BROKER_SILENCE = 4.0
 
 
 class Service:
@@ -170,7 +167,7 @@ class Service:
             # Postgres would keep partitions nobody works, so its process stops and is restarted
             self.supervisor.spawn(f"{role.name}-membership", role.membership.run)
             self.supervisor.spawn(role.name, role.run, recover=role.recover)
-        self.supervisor.spawn("topic-watchdog", lambda: self._watch_topics(roles))
+        self.supervisor.spawn("topic-watchdog", TopicWatchdog(self.cfg, roles, lambda: self.trimmer).run)
 
         async def stop_roles() -> None:
             await self.supervisor.cancel("topic-watchdog")
@@ -247,42 +244,6 @@ class Service:
         site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context, backlog=4096)
         await site.start()
         return site._server.sockets[0].getsockname()[1]
-
-    async def _watch_topics(self, roles: list) -> None:
-        """A broker that lost its topics (the memory-only one after a restart) gets them back, and
-        after a broker outage or lost topics every partition is taken again, which checks its log.
-
-        A consumer group did that retake by itself (the group is rejoined after its coordinator
-        went away); with manual assignment a consumer placed past the end of a new, shorter log
-        can wait there until the new log grows past it, skipping what came before."""
-        unreachable = False
-        reached = asyncio.get_running_loop().time()
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                missing = await asyncio.wait_for(missing_topics(self.cfg), BROKER_SILENCE)
-                if missing:
-                    log.warning("topics missing on the broker; creating them again", topics=missing)
-                    await ensure_topics(self.cfg)
-                if missing or unreachable:
-                    for role in roles:
-                        role.membership.resume()
-                        role.retake_all()
-                unreachable, reached = False, asyncio.get_running_loop().time()
-            except Exception as e:  # the broker is away: the roles wait for it too; look again in a second
-                log.warning("cannot check topics", error=repr(e))
-                unreachable = True
-                if asyncio.get_running_loop().time() - reached >= BROKER_SILENCE:
-                    for role in roles:  # out of the group: a member that reaches the broker works them meanwhile
-                        role.membership.pause()
-                continue
-            if self.trimmer is not None:
-                try:
-                    await self.trimmer.step()
-                except Exception as e:  # a trim that failed half-way is a log reset: every take checks the log
-                    log.warning("cannot trim the broker's log", error=repr(e))
-                    for role in roles:
-                        role.retake_all("after a failed trim")
 
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
