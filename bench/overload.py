@@ -130,7 +130,7 @@ class Generator:
     async def capacity(self, clients: int, seconds: float) -> float:
         if self.client == "python":
             return await closed_loop(Requests(self.url, "capacity"), self.http, clients, seconds)
-        answers = await self._vegeta("capacity", 0, seconds, int(seconds * 8_000), clients)
+        answers = vegeta.decode(await self._vegeta("capacity", 0, seconds, int(seconds * 8_000), clients))
         return sum(status == 201 for _, _, status in answers) / seconds
 
     async def offer(self, rate: float, seconds: float) -> tuple[float, asyncio.Future]:
@@ -146,7 +146,11 @@ class Generator:
     async def _vegeta(self, tag: str, rate: int, seconds: float, count: int, workers: int = 0):
         file = self.folder / f"{tag}.targets"
         file.write_bytes(vegeta.targets(f"{self.url}/v1/mac-leases", lease_bodies(tag, count)))
-        return await vegeta.attack(file, rate, seconds, 3 * DEADLINE_S, workers, self.errors if tag == "over" else None)
+        return await vegeta.attack(file, rate, seconds, 3 * DEADLINE_S, workers)
+
+    def answers(self, heavy) -> list[tuple[float, float, int | None]]:
+        """The overload's answers, once every client is done."""
+        return heavy if self.client == "python" else vegeta.decode(heavy, self.errors)
 
 
 async def _then(future, value):
@@ -177,13 +181,15 @@ async def overload(stack: Stack, seconds: float, probe_rate: int, capacity_s: fl
         heavy, _ = await asyncio.gather(heavy_answered, probe_answered)
         stop.set()
         await sampler
+    heavy = load.answers(heavy)
     statuses: dict[str, int] = {}
     for _, _, status in heavy:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     after = windows(probe.answers, stopped, recovery_s)
     return {"scenario": "overload", "client": client, "seconds": seconds, "capacity_per_s": round(capacity),
             "offered_per_s": round(rate), "sent": len(heavy), "achieved_offered_per_s": round(len(heavy) / seconds),
-            "answers": statuses, "unanswered": statuses.get("None", 0), "client_errors": load.errors,
+            "served_per_s": round(statuses.get("201", 0) / seconds), "answers": statuses,
+            "unanswered": statuses.get("None", 0), "client_errors": load.errors,
             "over_deadline": sum(took > DEADLINE_S + GRACE_S for _, took, _ in heavy),
             "slowest_answer_s": round(max(took for _, took, _ in heavy), 2),
             "normal_p50_ms": round(base_p50, 1), "normal_p99_ms": round(base_p99, 1),

@@ -47,22 +47,27 @@ def targets(url: str, bodies: Iterable[dict]) -> bytes:
                     for b in bodies)
 
 
-async def attack(targets_file: Path, rate: int, seconds: float, timeout_s: float, workers: int = 0,
-                 errors: dict[str, int] | None = None) -> list[tuple[float, float, int | None]]:
+async def attack(targets_file: Path, rate: int, seconds: float, timeout_s: float, workers: int = 0) -> bytes:
     """Send the targets at ``rate`` a second for ``seconds`` (``rate`` 0: ``workers`` clients as fast as each
-    is answered).  One (sent at, seconds to answer, HTTP status or None when no answer came) per request;
-    ``sent at`` on ``time.perf_counter``'s clock, like the probes'.  ``errors``: counts of the client's errors
-    (a timeout, a reset connection), the text cut at its first colon-separated detail."""
+    is answered); vegeta's results, to ``decode`` once the run's other clients are done (decoding holds the
+    event loop for a while, which would stall the probes sent beside it)."""
     args = [binary(), "attack", "-format=json", "-lazy", f"-targets={targets_file}", f"-rate={rate}/1s",
             f"-duration={seconds}s", f"-timeout={timeout_s}s", "-keepalive=true"]
     if rate == 0:
         args += [f"-workers={workers}", f"-max-workers={workers}"]
     attack_proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                        stderr=asyncio.subprocess.PIPE)
-    wall_to_mono = time.perf_counter() - time.time()
     results, err = await attack_proc.communicate()
     if attack_proc.returncode != 0:
         raise RuntimeError(f"vegeta attack failed: {err.decode()[-2000:]}")
+    return results
+
+
+def decode(results: bytes, errors: dict[str, int] | None = None) -> list[tuple[float, float, int | None]]:
+    """One (sent at, seconds to answer, HTTP status or None when no answer came) per request, ``sent at`` on
+    ``time.perf_counter``'s clock like the probes'.  ``errors``: counts of the client's errors (a timeout, a
+    reset connection), by their last detail."""
+    wall_to_mono = time.perf_counter() - time.time()
     encoded = subprocess.run([binary(), "encode", "--to", "csv"], input=results, capture_output=True, check=True).stdout
     out = []
     for row in csv.reader(io.StringIO(encoded.decode())):
@@ -72,4 +77,3 @@ async def attack(targets_file: Path, rate: int, seconds: float, timeout_s: float
             reason = row[5].rsplit(": ", 1)[-1][:80]
             errors[reason] = errors.get(reason, 0) + 1
     return out
-
