@@ -37,6 +37,11 @@ GRACE_S = 0.5  # the answer's own way back once the deadline fires
 RECOVERY_TARGET_S = 10.0
 
 
+def lease_body(tag: str, i: int) -> dict:
+    """The i-th new MAC lease of a phase: an owner of its own."""
+    return {"namespace": f"over-{i % 16}", "vm": f"{tag}-{i}", "vm_uid": f"{tag}-u{i}", "interface": "eth0"}
+
+
 class Requests:
     """New MAC leases, each timed from its send: (sent at, seconds to answer, HTTP status or None)."""
 
@@ -47,7 +52,7 @@ class Requests:
     async def one(self, http: aiohttp.ClientSession) -> int | None:
         self.made += 1
         i = self.made
-        body = {"namespace": f"over-{i % 16}", "vm": f"{self.tag}-{i}", "vm_uid": f"{self.tag}-u{i}", "interface": "eth0"}
+        body = lease_body(self.tag, i)
         sent = time.perf_counter()
         status = None
         try:
@@ -114,9 +119,8 @@ async def sample_memory(pid: int, into: list[float], stop: asyncio.Event) -> Non
 
 
 def lease_bodies(tag: str, count: int) -> list[dict]:
-    """New MAC leases, one owner each (the same bodies ``Requests`` sends)."""
-    return [{"namespace": f"over-{i % 16}", "vm": f"{tag}-{i}", "vm_uid": f"{tag}-u{i}", "interface": "eth0"}
-            for i in range(1, count + 1)]
+    """New MAC leases, one owner each, for vegeta's targets."""
+    return [lease_body(tag, i) for i in range(1, count + 1)]
 
 
 class Generator:
