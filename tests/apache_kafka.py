@@ -140,10 +140,18 @@ class KafkaCluster:
             f"default.replication.factor={self.replication}", "auto.create.topics.enable=false",
             "group.initial.rebalance.delay.ms=0", "offsets.topic.num.partitions=8",
             "unclean.leader.election.enable=false", "log.flush.interval.messages=9223372036854775807",
-            # a broker killed is fenced (its leaderships moved, it leaves every ISR) once its heartbeats stop for
-            # this long: 9 s by default, which alone would hold writes past ipam's 10 s deadline (operations.md)
-            "broker.session.timeout.ms=3000", "broker.heartbeat.interval.ms=500",
+            *self._fencing(),
             "", ])
+
+    def _fencing(self) -> list[str]:
+        """A broker killed is fenced (its leaderships moved, it leaves every ISR) once its heartbeats stop for
+        ``broker.session.timeout.ms``: 9 s by default, which alone would hold writes past ipam's 10 s deadline
+        (operations.md), so a cluster's is 3 s.  A single node has no one to move leaderships to: fencing it
+        only makes a CPU-starved machine (200 CNI plugins starting at once on 2 cores) lose its only broker for
+        a while, so it keeps the default."""
+        if len(self.nodes) == 1:
+            return []
+        return ["broker.session.timeout.ms=3000", "broker.heartbeat.interval.ms=500"]
 
     def _java(self, node: Node, main: str, *args: str) -> list[str]:
         (node.data / "log4j2.properties").write_text(LOG4J2.format(log=node.data / "server.log"))

@@ -21,7 +21,7 @@ from ipam.devenv import free_port
 from ipam.service import Service
 
 from .cni import Netns, bridge_conf, netns, node_file, ping_binary, plugin_dir, pod_args, run_plugin
-from .harness import create_database, drop_database, make_config
+from .harness import ServiceProcess, create_database, drop_database, make_config
 from .kubevirt import WebhookTls
 
 
@@ -32,13 +32,17 @@ def cni_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def ipam(backends, tmp_path_factory):
+    """ipam in a process of its own, as on a cluster: in the test's event loop it would share the loop with
+    the plugins' 200 subprocesses (each a fork of pytest), which stall it past its ownership leases."""
     dsn = await create_database(backends.postgres_dsn)
+    folder = tmp_path_factory.mktemp("node")
+    svc = ServiceProcess(make_config(backends.kafka_bootstrap, dsn), log_path=str(folder / "ipam.log")).start()
     try:
-        async with Service(make_config(backends.kafka_bootstrap, dsn)) as svc:
-            await svc.wait_ready()
-            svc.env = node_file(tmp_path_factory.mktemp("node"), svc.url)
-            yield svc
+        await svc.wait_ready()
+        svc.env = node_file(folder, svc.url)
+        yield svc
     finally:
+        svc.terminate()
         await drop_database(backends.postgres_dsn, dsn)
 
 

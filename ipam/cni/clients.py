@@ -61,22 +61,29 @@ def _request(url: str, method: str, path: str, headers: dict, body: object, cont
     return Answer(response.status, decoded if isinstance(decoded, dict) else {})
 
 
+RETRIED = frozenset({429, 502, 503, 504})  # nothing done, or not known to be done: the same call may be sent again
+
+
 class Ipam:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context = ssl.create_default_context(cafile=settings.ca_file or None) if settings.url.startswith("https") \
             else None
 
-    def call(self, method: str, path: str, body: object = None) -> Answer:
-        """One call; a 429 (ipam shedding load, nothing done) is sent again after a short pause while the
-        plugin's timeout allows, then becomes CNI code 11 (the runtime retries the sandbox later)."""
+    def call(self, method: str, path: str, body: object = None, *, again: frozenset[int] = RETRIED) -> Answer:
+        """One call, sent again after a short pause while the plugin's timeout allows when ipam did nothing
+        (429: shedding load) or could not answer in time (502/503/504: a hand-over, a broker election).  Every
+        call the plugin makes may be repeated: a lease is sticky (the repeat gets what the first one got, or
+        made), a release of what is gone is a no-op.  Out of time, it becomes CNI code 11 (the runtime retries
+        the sandbox later).  ``again``: the statuses sent again (none, for a probe that must answer at once)."""
         headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
         give_up = time.monotonic() + self.settings.timeout
         while True:
-            answer = _request(self.settings.url, method, path, headers, body, self.context, self.settings.timeout,
+            left = give_up - time.monotonic()
+            answer = _request(self.settings.url, method, path, headers, body, self.context, max(1.0, left),
                               "ipam", self.settings.server_name)
             pause = random.uniform(0.25, 0.75)  # spread so that refused nodes do not come back together
-            if answer.status != 429 or time.monotonic() + pause >= give_up:
+            if answer.status not in again or time.monotonic() + pause >= give_up:
                 break
             time.sleep(pause)
         if answer.status == 429:

@@ -189,7 +189,7 @@ class Plugin:
 
     def status(self) -> dict | None:
         try:
-            ready = self.ipam.call("GET", "/readyz").status == 200
+            ready = self.ipam.call("GET", "/readyz", again=frozenset()).status == 200
         except CniError as e:
             raise CniError(NOT_AVAILABLE, e.msg) from None
         if not ready:
