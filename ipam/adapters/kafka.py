@@ -150,7 +150,10 @@ class PartitionReader:
         self._consumer.seek(self._tp(partition), offset)
 
     def record_lag(self, role: str, partition: int, position: int) -> None:
-        telemetry.lag(role, self._consumer, self._tp(partition), position)
+        """A batch fetched before its partition was lost is still worked (and dropped) by its role: aiokafka
+        asserts on the high watermark of a partition no longer assigned, which failed the whole role."""
+        if partition in self.partitions:
+            telemetry.lag(role, self._consumer, self._tp(partition), position)
 
     def _tp(self, partition: int) -> TopicPartition:
         return TopicPartition(self.topic, partition)

@@ -83,6 +83,8 @@ class Projector(PartitionRole):
             await self.take(partition)
             return
         failpoints.hit("projector.after_commit")
+        if self.positions.get(partition) != expected:  # lost (or taken again) while applying: Postgres says where
+            return
         self.positions[partition] = result.next_offset
         telemetry.projector_batch.labels(str(partition)).observe(len(batch))
         self.member.record_lag("projector", partition, result.next_offset)
