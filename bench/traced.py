@@ -36,16 +36,17 @@ def _write_snapshots(folder: Path, every: float) -> None:
         time.sleep(every)
 
 
-def compare(folder: Path, top: int = 25) -> list[str]:
-    """What grew between the second snapshot (after warm-up) and the last: objects by type, blocks by traceback."""
+def compare(folder: Path, top: int = 25, start: int = 1) -> list[str]:
+    """What grew between snapshot ``start`` (after warm-up: the soak's is 16 minutes) and the last: objects
+    by type, blocks by traceback."""
     counts = [json.loads(f.read_text()) for f in sorted(folder.glob("*.types.json"))]
-    a, b = counts[min(1, len(counts) - 1)], counts[-1]
+    a, b = counts[min(start, len(counts) - 1)], counts[-1]
     grown = sorted(((b.get(k, 0) - a.get(k, 0), k) for k in b), reverse=True)[:top]
     lines = [f"objects by type, {len(counts)} counts: " + ", ".join(f"{k} {a.get(k, 0)}->{b[k]}" for _, k in grown)]
     files = sorted(folder.glob("*.snapshot"))
     if not files:
         return lines
-    first, last = (tracemalloc.Snapshot.load(str(f)) for f in (files[min(1, len(files) - 1)], files[-1]))
+    first, last = (tracemalloc.Snapshot.load(str(f)) for f in (files[min(start, len(files) - 1)], files[-1]))
     lines += [f"{len(files)} snapshots; traced {sum(s.size for s in first.statistics('filename')) / 2**20:.1f} MiB -> "
              f"{sum(s.size for s in last.statistics('filename')) / 2**20:.1f} MiB"]
     for stat in last.compare_to(first, "traceback")[:top]:
@@ -55,8 +56,8 @@ def compare(folder: Path, top: int = 25) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--compare"]:
-        print("\n".join(compare(Path(argv[1]))))
+    if argv[:1] == ["--compare"]:  # --compare DIR [FROM]: from snapshot FROM (default 1) to the last
+        print("\n".join(compare(Path(argv[1]), start=int(argv[2]) if len(argv) > 2 else 1)))
         return
     folder, every, rest = Path(argv[0]), float(argv[1]), argv[argv.index("--") + 1:]
     folder.mkdir(parents=True, exist_ok=True)
