@@ -75,7 +75,7 @@ class Ipam:
         (429: shedding load) or could not answer in time (502/503/504: a hand-over, a broker election).  Every
         call the plugin makes may be repeated: a lease is sticky (the repeat gets what the first one got, or
         made), a release of what is gone is a no-op.  Out of time, it becomes CNI code 11 (the runtime retries
-        the sandbox later).  ``again``: the statuses sent again (none, for a probe that must answer at once)."""
+        the sandbox later).  ``again``: the statuses sent again (fewer for a probe or a DEL, which must not wait)."""
         headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
         give_up = time.monotonic() + self.settings.timeout
         while True:

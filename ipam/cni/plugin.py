@@ -169,7 +169,7 @@ class Plugin:
         path = (f"/v1/ip-leases/{quote(self.network)}/{quote(holder.namespace)}/{quote(holder.name)}/"
                 f"{quote(holder.interface)}?" + urllib.parse.urlencode({"vm_uid": holder.uid, "workload": POD}))
         try:
-            self.ipam.call("DELETE", path)
+            self.ipam.call("DELETE", path, again=frozenset({429}))  # not ready: the watcher's release comes later
         except CniError as e:  # the watcher releases what a deleted pod held once ipam is back: DEL must not block
             print(f"ipam-cni: DEL could not reach ipam ({e.msg}); the watcher releases the lease later", file=sys.stderr)
         return None
