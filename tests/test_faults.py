@@ -51,7 +51,7 @@ async def test_a_leader_kill_on_three_apache_kafka_nodes_is_ridden_over():
         pytest.skip(f"three Apache Kafka nodes cannot start here: {why}")
     pg = PrivatePostgres().start()
     try:
-        result = await Run(seed=3001, seconds=30, base_pg=pg, scenario="broker-kills").run()
+        result = await Run(seed=3001, seconds=20, base_pg=pg, scenario="broker-kills").run()
     finally:
         pg.destroy()
     print(result)

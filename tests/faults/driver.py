@@ -231,8 +231,9 @@ class Run:
         """One allocator or projector (of two each) kill -9'd every 8-12 s and started again at once."""
         start = time.monotonic()
         while True:
-            await asyncio.sleep(self.rng.uniform(8, 12))
-            if time.monotonic() - start >= self.seconds:
+            gap, left = self.rng.uniform(8, 12), self.seconds - (time.monotonic() - start)
+            await asyncio.sleep(min(gap, max(0.0, left)))  # the run ends at its length, not a gap after the last kill
+            if gap >= left:
                 return
             name = self.rng.choice([n for n in self.procs if n != "api"])
             self.procs[name].kill()
