@@ -1,6 +1,6 @@
 """python -m bench.broker_probe: what a produce and a fetch cost the local broker as a partition grows.
 
-Why ipam trims the local broker's log (roles/log_trim.py): on Tansu a fetch that returns records
+Why ipam trims the local broker's log (devenv/log_trim.py): on Tansu a fetch that returns records
 costs broker CPU in proportion to the records (batches) the partition holds.  The probe measures, on
 one partition of a fresh broker, the round trip of a produce then a fetch of that record and the
 broker's CPU per round trip, fresh, after ``--records`` more single-record batches, and after the

@@ -33,9 +33,9 @@ from .api.http import Gateway
 from .api.space_ops import SpaceOps
 from .api.webhook import Webhook, make_webhook_app
 from .config import Config, ConfigError
-from .devenv import EmbeddedPostgres, LocalBroker
+from .devenv import EmbeddedPostgres, LocalBroker, started_here
+from .devenv.log_trim import LogTrimmer
 from .roles.allocator import Allocator
-from .roles.log_trim import LogTrimmer
 from .roles.projector import Projector
 from .roles.retention import CommandRetention
 from .roles.watchdog import TopicWatchdog
@@ -181,7 +181,7 @@ class Service:
 
     def _start_log_upkeep(self) -> None:
         """Keep the commands log short: on Apache Kafka, DeleteRecords below what was projected (any process with
-        the projector role); on the local broker, trim by swapping topics (log_trim.py)."""
+        the projector role); on the local broker, trim by swapping topics (devenv/log_trim.py)."""
         if not self.cfg.local_broker:
             if self.projector is not None:
                 self.retention = CommandRetention(self.cfg, self.read.db)
@@ -192,12 +192,17 @@ class Service:
 
     def _start_trimming(self) -> None:
         """On a broker only this process uses (the local one it started, or one IPAM_LOG_TRIM_RECORDS names as
-        such), trim the logs once projected; it needs the bus, the allocator and the projector in one process."""
+        such and ipam started on this machine), trim the logs once projected; it needs the bus, the allocator and
+        the projector in one process.  Any other broker is refused: swapping topics there could lose writes."""
         records = self.cfg.log_trim_records
         if records is None:
             records = LOCAL_TRIM_RECORDS if self.broker is not None else 0
         if records <= 0:
             return
+        if self.broker is None and not started_here(self.cfg.kafka_bootstrap):
+            raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records}: {self.cfg.kafka_bootstrap} is not a local broker ipam "
+                              "started on this machine; trimming deletes and creates its topics, which only such a "
+                              "broker allows (Apache Kafka keeps its log short by DeleteRecords instead)")
         if self.bus is None or self.allocator is None or self.projector is None:
             if self.cfg.log_trim_records is not None:
                 raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records} needs the api, allocator and projector roles in one "

@@ -1,7 +1,7 @@
 """The local broker's log is trimmed under load, and nothing is lost or handed out twice.
 
 The trimmer holds new commands back, waits until everything produced was decided and projected,
-swaps both topics for empty ones and starts a new log generation (ipam/roles/log_trim.py).  These
+swaps both topics for empty ones and starts a new log generation (ipam/devenv/log_trim.py).  These
 tests run it with a low threshold on the real local broker and Postgres while requests keep coming.
 """
 
@@ -70,6 +70,28 @@ def test_trimming_is_refused_on_apache_kafka():
         Config.from_env(env={"IPAM_KAFKA_BOOTSTRAP": "kafka:9092", "IPAM_LOG_TRIM_RECORDS": "100"})
     assert Config.from_env(env={"IPAM_KAFKA_BOOTSTRAP": "k:9092", "IPAM_KAFKA_BROKER": "local",
                                 "IPAM_LOG_TRIM_RECORDS": "100"}).log_trim_records == 100
+
+
+async def test_trimming_is_refused_on_a_broker_ipam_did_not_start(backends, database):
+    """Declaring a broker local (IPAM_KAFKA_BROKER=local) is not enough: the service swaps topics only on a local
+    broker that ipam started on this machine.  Here the suite's own broker, which ipam's launcher did not start
+    at that address, is refused before any role runs."""
+    from ipam.devenv import started_here
+
+    if started_here(backends.kafka_bootstrap):
+        pytest.skip("the suite's broker is a local broker ipam started: nothing here is refused")
+    cfg = make_config(backends.kafka_bootstrap, database, log_trim_records=100, kafka_broker="local")
+    with pytest.raises(ConfigError, match=f"IPAM_LOG_TRIM_RECORDS=100: {backends.kafka_bootstrap} is not a local broker ipam"):
+        async with Service(cfg):
+            pass
+
+
+def test_a_local_broker_ipam_started_is_known_as_one(local_broker):
+    from ipam.devenv import started_here
+
+    assert started_here(local_broker.bootstrap)
+    host, port = local_broker.bootstrap.rsplit(":", 1)
+    assert not started_here(f"{host}:{int(port) + 1}")  # nothing of ours there
 
 
 async def test_nothing_at_sees_the_last_record_of_a_batch_whatever_the_end_offset_says(config):

@@ -21,6 +21,18 @@ def _is_broker(pid: int, url: str) -> bool:
     return bool(args) and "tansu" in os.path.basename(args[0]) and "broker" in args and url in args
 
 
+def started_here(bootstrap: str) -> bool:
+    """Whether ``bootstrap`` is served by a local broker that ipam started on this machine (``LocalBroker``: its
+    pid file and the process's command line agree): the only broker whose topics ipam may swap (log_trim.py)."""
+    pid_path = LocalBroker(bootstrap).pid_path
+    try:
+        with open(pid_path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    return _is_broker(pid, f"tcp://{bootstrap}")
+
+
 class BrokerAddressInUse(RuntimeError):
     """The local broker's address is taken by something that is not a broker an earlier ipam left."""
 

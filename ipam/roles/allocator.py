@@ -53,7 +53,7 @@ class Allocator(PartitionRole):
         self._pools_refreshed = 0
         self._epochs_checked = 0.0
         self._stalls: dict[int, tuple[int, int]] = {}  # partition -> (generation, position) of the last stall
-        self.working = False  # deciding a batch: commands read, events maybe not produced yet (log trimming)
+        self.working = False  # deciding a batch: commands read, events maybe not produced yet (``busy``)
 
     # --- taking a partition -------------------------------------------------------------------
 
@@ -103,7 +103,13 @@ class Allocator(PartitionRole):
                       leases=sum(len(b.by_key) for books in state.books.values() for b in books.values()),
                       events_offset=position)
 
-    async def follow_trimmed_log(self) -> None:
+    def read_to(self) -> dict[int, int]:
+        return {partition: owned.position for partition, owned in self.owned.items()}
+
+    def busy(self) -> str | None:
+        return "the allocator deciding a batch" if self.working else super().busy()
+
+    async def resume_in_new_log(self) -> None:
         """Keep each partition's state (everything was decided and projected before the trim): claim a new epoch
         whose writes begin at offset 0 of the new generation, as a take would, without reloading the state."""
         for partition in sorted(self.assigned):
@@ -137,7 +143,7 @@ class Allocator(PartitionRole):
         newer epoch: our records are being dropped, so while the group still gives us the
         partition we take it again from Postgres; if it does not, we stop deciding it."""
         now = time.monotonic()
-        if now - self._epochs_checked < 1.0 or not self.owned or self.trimming:
+        if now - self._epochs_checked < 1.0 or not self.owned or self.quiet:
             return
         self._epochs_checked = now
         async with self.db.acquire() as conn:

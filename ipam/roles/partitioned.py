@@ -11,10 +11,12 @@ partition before it was taken are skipped and fetched again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -43,7 +45,7 @@ class PartitionRole(ABC):
         self._stopping = asyncio.Event()
         self._takes: dict[int, asyncio.Task] = {}
         self.taken: dict[int, object] = {}  # partitions taken and ready to work -> what the role keeps of each
-        self.trimming = False  # the log trimmer is moving every partition to a new generation: checks wait for it
+        self.quiet = False  # the log is being swapped (``quiesced``): the role's own log checks wait for it
 
     def held(self) -> set[int]:
         return set(self.taken)
@@ -99,10 +101,32 @@ class PartitionRole(ABC):
         for p in sorted(self.assigned):
             self.take_until_done(p)
 
-    async def follow_trimmed_log(self) -> None:
-        """The topics were swapped for empty ones with nothing lost (roles/log_trim.py): go on from offset 0 in
-        the new generation.  A subclass that can keep what it holds overrides this; taking again is always right."""
-        self.retake_all("in the trimmed log")
+    # --- quiescing: what a planned swap of the log needs (ipam/devenv/log_trim.py) -----------------------
+
+    def read_to(self) -> dict[int, int]:
+        """Partition -> offset of the next record this role reads, for every partition it works: below it, every
+        record was decided (commands) or projected (events)."""
+        return {}
+
+    def busy(self) -> str | None:
+        """What a drain must wait for before the log may be swapped, or None: idle, every partition taken."""
+        taking = sorted(self.assigned - self.held())
+        return f"partitions being taken: {taking}" if taking else None
+
+    @contextlib.asynccontextmanager
+    async def quiesced(self) -> AsyncIterator[None]:
+        """While the log is swapped under the role: its own checks of the log (epochs, generations) wait, since
+        they would see the new generations first and take everything again."""
+        self.quiet = True
+        try:
+            yield
+        finally:
+            self.quiet = False
+
+    async def resume_in_new_log(self) -> None:
+        """The topics were swapped for empty ones with nothing lost: go on from offset 0 in the new generation.
+        A subclass that can keep what it holds overrides this; taking again is always right."""
+        self.retake_all("in the swapped log")
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -42,8 +42,11 @@ class Projector(PartitionRole):
         self.positions[partition] = row.events_offset
         self.log.info("projecting partition", partition=partition, offset=row.events_offset, generation=row.generation)
 
-    async def follow_trimmed_log(self) -> None:
-        """Everything was projected before the trim: go on from offset 0 of each partition's new generation."""
+    def read_to(self) -> dict[int, int]:
+        return dict(self.positions)
+
+    async def resume_in_new_log(self) -> None:
+        """Everything was projected before the swap: go on from offset 0 of each partition's new generation."""
         async with self.db.acquire() as conn:
             current = await generations(conn, sorted(self.assigned))
         for partition in sorted(self.assigned):
@@ -118,7 +121,7 @@ class Projector(PartitionRole):
     async def _follow_generations(self) -> None:
         """Notice a new log generation someone else started (an allocator that stepped over an
         unserved range): no record tells us, because the broker serves nothing where we wait."""
-        if time.monotonic() - self._generations_checked < 2.0 or not self.positions or self.trimming:
+        if time.monotonic() - self._generations_checked < 2.0 or not self.positions or self.quiet:
             return
         self._generations_checked = time.monotonic()
         async with self.db.acquire() as conn:

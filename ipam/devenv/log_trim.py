@@ -9,13 +9,19 @@ waits until every command produced was decided and every event produced was proj
 creates both topics, and starts a new log generation of every partition at offset 0: the same
 path a broker restart takes (continuity.py), but planned, with nothing in flight to lose.
 
-Only for a broker nobody else reads, worked by this process alone: the service turns it on for the
-local broker it started, with the API, allocator and projector in one process (config.py says so).
+Only for a broker nobody else reads, worked by this process alone: the service turns it on for a local
+broker ipam started on this machine (``local_broker_started_here``), with the API, allocator and projector in one
+process, and refuses it anywhere else (on Apache Kafka topic deletion is asynchronous: a topic created again
+during it could take writes that vanish).  It lives beside the local broker, not among the roles: it reaches
+them only through the quiesce interface of ``PartitionRole`` (``read_to``, ``busy``, ``quiesced``,
+``resume_in_new_log``) and the bus through ``held``; an import-linter contract keeps roles, API and adapters
+from importing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
@@ -25,8 +31,7 @@ from ..adapters import kafka, topics
 from ..adapters.bus import CommandBus
 from ..adapters.postgres.ownership import PartitionRow, read_partitions, reset_log
 from ..config import Config
-from .allocator import Allocator
-from .projector import Projector
+from ..roles.partitioned import PartitionRole
 
 log = structlog.get_logger("ipam.log_trim")
 
@@ -36,8 +41,11 @@ FIRST_BACKOFF, LONGEST_BACKOFF = 5.0, 60.0  # after drains that did not finish: 
 
 
 class LogTrimmer:
-    def __init__(self, cfg: Config, db, bus: CommandBus, allocator: Allocator, projector: Projector, records: int) -> None:
-        self.cfg, self.db, self.bus, self.allocator, self.projector = cfg, db, bus, allocator, projector
+    """``decider`` works the commands topic (the allocator), ``projector`` the events topic."""
+
+    def __init__(self, cfg: Config, db, bus: CommandBus, decider: PartitionRole, projector: PartitionRole,
+                 records: int) -> None:
+        self.cfg, self.db, self.bus, self.decider, self.projector = cfg, db, bus, decider, projector
         self.records = records
         self.trims = 0
         self._not_before = 0.0
@@ -51,10 +59,10 @@ class LogTrimmer:
             return await self._step()
 
     async def _step(self) -> bool:
-        if time.monotonic() < self._not_before or not (self.allocator.ready and self.projector.ready):
+        if time.monotonic() < self._not_before or not (self.decider.ready and self.projector.ready):
             return False
         # how far the roles read is how many records a partition holds (end offsets under-report on this broker)
-        read = [owned.position for owned in self.allocator.owned.values()] + list(self.projector.positions.values())
+        read = [*self.decider.read_to().values(), *self.projector.read_to().values()]
         if max(read, default=0) < self.records:
             return False
         started = time.perf_counter()
@@ -67,17 +75,13 @@ class LogTrimmer:
                 self._backoff = min(LONGEST_BACKOFF, self._backoff * 2)
                 return False
             self._backoff = FIRST_BACKOFF
-            roles = (self.allocator, self.projector)
-            for role in roles:  # their own checks would see the new generations first and take everything again
-                role.trimming = True
-            try:
+            async with contextlib.AsyncExitStack() as quiet:
+                for role in (self.decider, self.projector):
+                    await quiet.enter_async_context(role.quiesced())
                 await topics.recreate_topics(self.cfg, [self.cfg.commands_topic, self.cfg.events_topic])
                 await self._new_generations(rows)
-                for role in roles:  # before new commands come: nothing new to skip
-                    await role.follow_trimmed_log()
-            finally:
-                for role in roles:
-                    role.trimming = False
+                for role in (self.decider, self.projector):  # before new commands come: nothing new to skip
+                    await role.resume_in_new_log()
         self.trims += 1
         telemetry.log_trims.inc()
         log.info("local broker log trimmed", records=max(read), trims=self.trims,
@@ -86,16 +90,17 @@ class LogTrimmer:
 
     async def _drained(self, deadline: float) -> dict[int, PartitionRow] | None:
         """The partition rows once every command in the log was decided and every event projected, or None
-        at the deadline.  The allocator's positions say what it decided, Postgres what was projected, and a
+        at the deadline.  The decider's positions say what it decided, Postgres what was projected, and a
         fetch at those positions that comes back empty proves nothing is left (commands are held at the bus,
-        so neither log grows once the allocator is idle with nothing to read)."""
+        so neither log grows once the decider is idle with nothing to read)."""
         partitions = list(range(self.cfg.partitions))
         while time.monotonic() < deadline:
-            decided = {p: owned.position for p, owned in self.allocator.owned.items()}
-            if self.allocator.working:
-                self.blocked_by = "the allocator deciding a batch"
+            decided = self.decider.read_to()
+            busy = self.decider.busy()
+            if busy is not None:
+                self.blocked_by = busy
             elif len(decided) < len(partitions):
-                self.blocked_by = f"partitions being taken: {sorted(set(partitions) - set(decided))}"
+                self.blocked_by = f"partitions not worked here: {sorted(set(partitions) - set(decided))}"
             else:
                 async with self.db.acquire() as conn:
                     rows = await read_partitions(conn, partitions)
