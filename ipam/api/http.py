@@ -8,6 +8,7 @@ goes through the bus, and the answer comes once the projector has committed it."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -148,6 +149,12 @@ def fanout_id(key: str, space: str) -> str:
 
 
 class Gateway:
+    """The one way a request's commands reach the log and their answers come back: REST, reservations, spaces and
+    the webhook all submit through it (the CNI plugin reaches it through REST).  The bus beneath is the adapter
+    (produce, wait for the committed outcome); the gateway adds what every HTTP surface needs on top: stored
+    outcomes for retried ids, the check that a reused id asks the same kind of thing, overload refusals, and
+    the HTTP errors for all of them."""
+
     def __init__(self, bus: CommandBus, timeout_seconds: float) -> None:
         self.bus, self.timeout_seconds = bus, timeout_seconds
 
@@ -157,11 +164,27 @@ class Gateway:
         if not command.command_id.startswith("api-"):
             known = await self.bus.outcome(command.command_id)
             if known is not None:
-                if not answers(command, known):
-                    raise ApiError(422, "key_reused", f"command id {command.command_id!r} was already used for another kind "
-                                                      "of request; use a new Idempotency-Key or command_id", "Idempotency-Key")
-                return known
+                return self._stored(command, known)
         return await self.decide(command, shed)
+
+    async def submit_all(self, commands: list) -> list[list[dict]]:
+        """Each command's answer, in order, as ``submit`` gives it: the stored outcomes read in one query, the
+        new commands admitted together (429 before any is sent under overload), then decided concurrently."""
+        known = await self.bus.outcomes([c.command_id for c in commands])
+        self.admit(sum(c.command_id not in known for c in commands))
+
+        async def one(command) -> list[dict]:
+            stored = known.get(command.command_id)
+            return self._stored(command, stored) if stored is not None else await self.decide(command)
+
+        return list(await asyncio.gather(*(one(c) for c in commands)))
+
+    @staticmethod
+    def _stored(command, known: list[dict]) -> list[dict]:
+        if not answers(command, known):
+            raise ApiError(422, "key_reused", f"command id {command.command_id!r} was already used for another kind "
+                                              "of request; use a new Idempotency-Key or command_id", "Idempotency-Key")
+        return known
 
     async def decide(self, command, shed: bool = False) -> list[dict]:
         """Send the command and wait for its committed answer (504 ``timeout`` when none comes in time)."""
@@ -179,10 +202,6 @@ class Gateway:
             self.bus.admit(commands)
         except Busy as e:
             raise busy_error(e) from None
-
-    async def decided(self, command_ids: list[str]) -> dict[str, list]:
-        """Outcomes already committed for these ids (the API server retrying a review)."""
-        return await self.bus.outcomes(command_ids)
 
     async def decided_fanout(self, key: str) -> list[list]:
         """Outcomes of the commands one earlier request fanned out to (``fanout_id``)."""

@@ -288,15 +288,14 @@ class Webhook:
 
     async def _decide(self, plan: Plan) -> tuple[dict[str, str], dict[str, list[str]]]:
         """Each command's answer: the stored one when the API server retries a review (same uid, same ids)."""
-        known = await self.gateway.decided([cmd.command_id for _, cmd in plan.commands])
         try:
-            self.gateway.admit(sum(cmd.command_id not in known for _, cmd in plan.commands))
-        except ApiError as e:  # overload: denied now, before any lease is made, rather than at the deadline
-            raise Denied(f"{e.message} (the API server's client retries)", 429) from None
-        try:
-            outcomes = await asyncio.gather(*(self._one(cmd, known.get(cmd.command_id)) for _, cmd in plan.commands))
+            outcomes = await self.gateway.submit_all([cmd for _, cmd in plan.commands])
         except ApiError as e:
-            raise TimeoutError from e  # no answer in time: the deadline's denial says retry
+            if e.status == 429:  # overload: denied now, before any lease is made, rather than at the deadline
+                raise Denied(f"{e.message} (the API server's client retries)", 429) from None
+            if e.status == 504:
+                raise TimeoutError from e  # no answer in time: the deadline's denial says retry
+            raise Denied(e.message, e.status) from None
         macs: dict[str, str] = {}
         ips: dict[str, list[str]] = {}
         for (iface, cmd), events in zip(plan.commands, outcomes, strict=True):
@@ -309,9 +308,6 @@ class Webhook:
             else:
                 ips[iface] = [ev["address"] for ev in events if ev["type"] in LEASED]
         return macs, ips
-
-    async def _one(self, cmd, known: list[dict] | None) -> list[dict]:
-        return known if known is not None else await self.gateway.decide(cmd)
 
     def _patch(self, plan: Plan, macs: dict[str, str], ips: dict[str, list[str]]) -> tuple[list[dict], list[str]]:
         """MACs on the interfaces that lacked one (old MACs come back on a re-apply), then the addresses."""
