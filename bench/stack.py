@@ -55,12 +55,13 @@ class Stack:
     TOKEN = "bench-admin-token-0123456789"
 
     def __init__(self, backends, tls: WebhookTls, partitions: int, secure: bool = False, trim: bool = True,
-                 wrapper: tuple[str, ...] = ()) -> None:
+                 wrapper: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> None:
         """``secure``: REST over HTTPS with a bearer token (what production runs), not plain HTTP on loopback.
         ``trim``: trim the local broker's log as ``ipam serve`` does; not for scenarios that produce commands
         to the topic themselves (the trimmer holds back only the commands of the service's own API)."""
         self.backends, self.tls, self.partitions, self.secure, self.trim = backends, tls, partitions, secure, trim
         self.wrapper = wrapper  # what runs the service (bench.traced: under tracemalloc)
+        self.extra_env = extra_env or {}  # more settings of the service (the soak: its Kubernetes API)
 
     def session(self, limit: int = 100) -> dict:
         """aiohttp.ClientSession arguments that reach this stack's REST API."""
@@ -77,7 +78,7 @@ class Stack:
         port = free_port()
         self.webhook_url = f"https://127.0.0.1:{port}/mutate-virtualmachines"
         env = {"IPAM_TLS_CERT_FILE": str(self.tls.cert_file), "IPAM_TLS_KEY_FILE": str(self.tls.key_file),
-               "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}"}
+               "IPAM_WEBHOOK_ADDR": f"127.0.0.1:{port}", **self.extra_env}
         if self.trim and self.backends.broker is not None:  # as `ipam serve` trims the local broker it starts
             env["IPAM_LOG_TRIM_RECORDS"] = str(LOCAL_TRIM_RECORDS)
         if self.secure:
