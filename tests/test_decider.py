@@ -44,7 +44,7 @@ from ipam.domain.events import (
     PoolRetired,
 )
 from ipam.domain.ip import NetworkError, family_of
-from ipam.domain.kinds import IP, MAC, Owner, binds
+from ipam.domain.kinds import IP, MAC, Owner, binds, supersedes
 from ipam.domain.mac import is_multicast, parse_mac, unicast_at
 from ipam.domain.networks import build_network
 from ipam.domain.pools import parse_range
@@ -121,6 +121,8 @@ class LeaseMachine(RuleBasedStateMachine):
         elif isinstance(ev, ev_types.released):
             if ev.reason == "pending-expired":
                 assert self.pending[key] <= cmd.at, "pending lease released before it lapsed"
+            if ev.reason == "superseded":  # the same VM admitted again takes what its earlier admission left pending
+                assert key in self.pending and supersedes(ev.owner, cmd.owner), "superseded a lease that was not pending"
             self.pending.pop(key, None)
             assert self.held.pop(key) == (space, ev.owner)
             assert ev.quarantined_until == cmd.at + QUARANTINE
@@ -129,7 +131,8 @@ class LeaseMachine(RuleBasedStateMachine):
             assert self.held[key] == (space, ev.owner)
         elif isinstance(ev, ev_types.offered):
             holder = self.held.get(key)
-            assert holder is None or binds(holder[1], ev.owner), "offered an address someone holds"
+            assert holder is None or binds(holder[1], ev.owner) or (key in self.pending and supersedes(holder[1], ev.owner)), \
+                "offered an address someone holds"
         elif isinstance(ev, ev_types.conflict):
             assert self.held[key] == (space, ev.holder) and ev.holder != ev.owner
         elif isinstance(ev, CommandRejected) and ev.code == "exhausted":

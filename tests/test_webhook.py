@@ -89,6 +89,25 @@ async def test_create_gives_every_interface_a_mac_and_a_retry_the_same_answer(kv
     assert macs_of(apply(vm, again)) == macs
 
 
+async def test_a_create_sent_again_gets_the_macs_its_unpersisted_first_attempt_was_given(kv, https):
+    """A CREATE the API server never persisted (another webhook denied it, a quota) and sent again, by a user or
+    a GitOps controller, is a new review (a new uid): it takes over the leases the first left pending instead of
+    holding a second set of MACs until the first lapse (``supersedes``)."""
+    vm = vm_manifest("retried-1")
+    first = macs_of(apply(vm, await admit(https, kv, review(vm))))
+    second_review = review(vm)
+    second = macs_of(apply(vm, await admit(https, kv, second_review)))
+    assert second == first
+    rows = await leases(kv, namespace="prod", vm="retried-1")
+    assert len(rows) == 3 and {r["vm_uid"] for r in rows} == {f"admission:{second_review['request']['uid']}"}
+    conn = await asyncpg.connect(kv.cfg.database_url)
+    try:
+        released = await conn.fetch("SELECT detail FROM ipam.history WHERE what = 'released' AND vm = 'retried-1'")
+    finally:
+        await conn.close()
+    assert [r["detail"] for r in released] == ["superseded"] * 3
+
+
 async def test_dry_run_shows_the_macs_and_leaves_no_lease(kv, https):
     vm = vm_manifest("dry-1")
     response = await admit(https, kv, review(vm, dry_run=True))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .kinds import Owner, binds, reserves
+from .kinds import Owner, binds, reserves, supersedes
 
 
 class Region:
@@ -81,11 +81,13 @@ class Book:
         return {slot_of(k): k for k in self._keys(owner.vm) if by_key.get(k) == owner}
 
     def reserved_for(self, owner: Owner) -> dict[int, int]:
-        """slot -> the key a provisional holder of this name and interface holds for ``owner`` (``binds``), or
-        a reservation made for it (``reserves``)."""
+        """slot -> the key a provisional holder of this name and interface holds for ``owner`` (``binds``), a
+        reservation made for it (``reserves``), or an earlier admission of it that is still pending
+        (``supersedes``)."""
         by_key, slot_of, pending = self.by_key, self.space.slot_of, self.pending
         return {slot_of(k): k for k in self._keys(owner.vm)
-                if k in pending and (binds(by_key[k], owner) or reserves(by_key[k], owner))}
+                if k in pending and (binds(by_key[k], owner) or reserves(by_key[k], owner)
+                                     or supersedes(by_key[k], owner))}
 
     def leases_of(self, namespace: str, vm: str) -> list[tuple[int, Owner]]:
         """Every lease of one VM (all its incarnations), by key."""

@@ -106,6 +106,22 @@ def is_provisional(uid: str) -> bool:
     return uid.startswith(PROVISIONAL_UID_PREFIX)
 
 
+def supersedes(holder: Owner, owner: Owner) -> bool:
+    """Whether ``owner``, a VM (or pod) admitted again under a new provisional uid, takes over what an earlier
+    admission of the same name left pending (``holder``).  A create the API server never persisted (a quota,
+    another webhook's denial) and then sent again, by a user or a GitOps controller retrying, gets the
+    addresses the first attempt was answered with, rather than a second set held until the first lapses.  If
+    the first did persist, the retry fails (AlreadyExists) and the VM still confirms the lease (``binds``
+    matches it by name).  Reservations are not superseded: they lapse only when asked to."""
+    return (
+        is_provisional(holder.vm_uid) and is_provisional(owner.vm_uid) and holder.vm_uid != owner.vm_uid
+        and not holder.vm_uid.startswith(RESERVATION_UID_PREFIX)
+        and not owner.vm_uid.startswith(RESERVATION_UID_PREFIX)
+        and (holder.namespace, holder.vm, holder.interface, holder.workload, holder.cluster)
+        == (owner.namespace, owner.vm, owner.interface, owner.workload, owner.cluster)
+    )
+
+
 class ObservedInterface(Struct, frozen=True):
     """One interface of a VM as the watcher saw it: the MAC in its spec."""
 

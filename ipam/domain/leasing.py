@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .book import Book, Space
 from .events import LEASE_EVENTS, CommandRejected, Event
-from .kinds import Owner, binds, moves, reserves
+from .kinds import Owner, binds, moves, reserves, supersedes
 
 NAMED_MAX = 5  # leases named in a refusal before "and N more"
 
@@ -124,9 +124,12 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
 
 def _handover(book: Book, cmd, key: int, holder: Owner, static: bool) -> str | None:
     """Why an address another owner holds goes to this one (the reason its release records), or None: a
-    reservation made for it, or its source VM's when it is received by a decentralized live migration."""
+    reservation made for it, an earlier admission of it still pending, or its source VM's when it is received
+    by a decentralized live migration."""
     if key in book.pending and reserves(holder, cmd.owner):
         return "reservation-taken"
+    if key in book.pending and supersedes(holder, cmd.owner):
+        return "superseded"  # the same VM admitted again: the earlier, never-persisted admission's lease
     if static and cmd.receives and moves(holder, cmd.owner):
         return "moved"
     return None
