@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipam.cni.protocol import CniError, cni_args, result, result_addresses
-from ipam.domain import multus
-from ipam.domain.cniconf import ConfigError, nad_config, network_name, whereabouts_subnets
+from ipam.domain.cluster import multus
+from ipam.domain.cluster.cniconf import ConfigError, nad_config, network_name, whereabouts_subnets
 from ipam.domain.ip import build_subnet
 
 from .kubevirt import hashed_interface

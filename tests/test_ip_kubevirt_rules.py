@@ -3,9 +3,9 @@ which interfaces are on which NetworkAttachmentDefinition, the address annotatio
 
 import pytest
 
+from ipam.domain.cluster.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces, nad_network
+from ipam.domain.cluster.networkdata import Addressed, NetworkDataConflict, merge
 from ipam.domain.commands import SubnetSpec
-from ipam.domain.kubevirt import SpecError, annotated_addresses, annotation_patch, multus_interfaces, nad_network
-from ipam.domain.networkdata import Addressed, NetworkDataConflict, merge
 
 
 def nad(**annotations):

@@ -4,7 +4,14 @@ import copy
 
 import pytest
 
-from ipam.domain.kubevirt import IPAM_LABEL, KUBEMACPOOL_LABEL, SpecError, interfaces_needing_macs, mac_patch, namespace_allows
+from ipam.domain.cluster.kubevirt import (
+    IPAM_LABEL,
+    KUBEMACPOOL_LABEL,
+    SpecError,
+    interfaces_needing_macs,
+    mac_patch,
+    namespace_allows,
+)
 
 VM = {
     "apiVersion": "kubevirt.io/v1",

@@ -11,8 +11,8 @@ import jsonpatch
 import pytest
 import yaml
 
-from ipam.domain.cloudinit import cloud_init_patch, written_addresses
-from ipam.domain.networkdata import Addressed
+from ipam.domain.cluster.cloudinit import cloud_init_patch, written_addresses
+from ipam.domain.cluster.networkdata import Addressed
 
 from .guest import RENDERERS, net_convert
 from .kubevirt import vm_manifest

@@ -33,13 +33,10 @@ from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
 from ..clock import now_ms
 from ..config import Config
-from ..domain import multus
-from ..domain import review as shapes
-from ..domain.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch, written_addresses
-from ..domain.commands import LeaseIp, LeaseMac
-from ..domain.ip import format_address, parse_address
-from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
-from ..domain.kubevirt import (
+from ..domain.cluster import multus
+from ..domain.cluster import review as shapes
+from ..domain.cluster.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch, written_addresses
+from ..domain.cluster.kubevirt import (
     INTERFACES_FIELD,
     KUBEMACPOOL_LABEL,
     KUBEMACPOOL_POD_LABEL,
@@ -56,6 +53,9 @@ from ..domain.kubevirt import (
     spec_macs,
     vm_interfaces,
 )
+from ..domain.commands import LeaseIp, LeaseMac
+from ..domain.ip import format_address, parse_address
+from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.pools import RoutingError, choose_pool
 from .http import STATUS, ApiError, Gateway

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import click
 
+from ..domain.cluster.kubevirt import SpecError, subnet_specs
 from ..domain.commands import SubnetSpec
 from ..domain.ip import AddressError, NetworkError, format_address, parse_address
 from ..domain.kinds import IP, MAC, Kind
-from ..domain.kubevirt import SpecError, subnet_specs
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
 from ..domain.networks import build_network
 from ..domain.pools import RangeError, parse_range

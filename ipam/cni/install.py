@@ -22,7 +22,8 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent  # ipam/
-MODULES = ["__init__.py", "domain/__init__.py", "domain/multus.py", "domain/cniconf.py", "domain/errors.py",
+MODULES = ["__init__.py", "domain/__init__.py", "domain/cluster/__init__.py", "domain/cluster/multus.py",
+           "domain/cluster/cniconf.py", "domain/errors.py",
            *(f"cni/{p.name}" for p in sorted((PACKAGE / "cni").glob("*.py")))]
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

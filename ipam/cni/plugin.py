@@ -20,7 +20,7 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 
-from ..domain import cniconf, multus
+from ..domain.cluster import cniconf, multus
 from . import config
 from .clients import Ipam, Kube
 from .protocol import (

@@ -17,7 +17,7 @@ import structlog
 
 from ..adapters import kubernetes as kube
 from ..clock import now_ms
-from ..domain import multus
+from ..domain.cluster import multus
 from ..domain.commands import LeaseIp, ReleaseIps
 from ..domain.kinds import CLAIM_WORKLOAD, IP, Owner
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from ..clock import now_ms
 from ..domain.catalog import Catalog
+from ..domain.cluster.kubevirt import SpecError, multus_interfaces
 from ..domain.commands import ObserveGuestIps
 from ..domain.ip import AddressError, format_address, parse_address
-from ..domain.kubevirt import SpecError, multus_interfaces
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 
 

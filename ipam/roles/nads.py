@@ -13,10 +13,10 @@ import msgspec
 import structlog
 
 from ..clock import now_ms
+from ..domain.cluster.kubevirt import NadNetwork, SpecError, nad_network
 from ..domain.commands import DefineNetwork, DeleteNetwork
 from ..domain.events import NetworkDefined
 from ..domain.ip import canonical
-from ..domain.kubevirt import NadNetwork, SpecError, nad_network
 
 log = structlog.get_logger("ipam.watcher")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import structlog
 
 from ..clock import now_ms
-from ..domain import multus
+from ..domain.cluster import multus
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.kinds import KINDS, MAC, POD_WORKLOAD, ObservedInterface
 from ..domain.mac import MacFormatError, format_mac, parse_mac

@@ -32,9 +32,9 @@ from ..adapters.postgres.ownership import leadership
 from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
+from ..domain.cluster.kubevirt import SpecError, annotated_addresses, multus_interfaces, spec_macs, vm_interfaces
 from ..domain.commands import LEASE_COMMANDS
 from ..domain.kinds import IP, KINDS, MAC, Kind, ObservedAddresses, ObservedInterface
-from ..domain.kubevirt import SpecError, annotated_addresses, multus_interfaces, spec_macs, vm_interfaces
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.pools import RoutingError, choose_pool
 from . import whereabouts

@@ -16,8 +16,8 @@ import msgspec
 import structlog
 
 from ..clock import now_ms
-from ..domain import multus
 from ..domain.catalog import Catalog
+from ..domain.cluster import multus
 from ..domain.commands import LeaseIp
 from ..domain.kinds import IP, POD_WORKLOAD, VM_WORKLOAD, Owner
 

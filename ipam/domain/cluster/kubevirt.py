@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..commands import SubnetSpec
 from . import cniconf
-from .commands import SubnetSpec
 
 INTERFACES_PATH = "/spec/template/spec/domain/devices/interfaces"
 INTERFACES_FIELD = "spec.template.spec.domain.devices.interfaces"

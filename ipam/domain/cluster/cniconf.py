@@ -17,7 +17,7 @@ import ipaddress
 import json
 from collections.abc import Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PLUGIN_TYPE = "ipam-cni"
 
