@@ -14,7 +14,7 @@ import msgspec
 
 from .domain.commands import COMMAND_TYPES
 from .domain.events import EVENT_TYPES
-from .domain.records import EventRecord
+from .domain.topic_records import EventRecord
 
 
 def _tag(kind: type) -> str:

@@ -30,7 +30,7 @@ from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
 from .api.declared import DeclaredSpaces
 from .api.http import Gateway
-from .api.space_ops import SpaceOps
+from .api.space_changes import SpaceChanges
 from .api.webhook import Webhook, make_webhook_app
 from .config import Config, ConfigError
 from .devenv import EmbeddedPostgres, LocalBroker, started_here
@@ -129,7 +129,7 @@ class Service:
         self._start_log_upkeep()
         gateway = Gateway(self.bus, cfg.request_timeout_seconds) if self.bus else None
         if "api" in self.roles and cfg.config_file:
-            self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceOps(gateway, self.read), self.read)
+            self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceChanges(gateway, self.read), self.read)
             self.supervisor.spawn("declared-config", self.declared.run, recover=self.declared.recover)
             self._on_stop("declared configuration", lambda: self.supervisor.cancel("declared-config"))
         await self._serve_rest(gateway)

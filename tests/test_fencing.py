@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipam.domain.records import Fences
+from ipam.domain.topic_records import Fences
 
 fence_maps = st.dictionaries(st.integers(1, 8), st.one_of(st.none(), st.integers(0, 50)), max_size=6)
 

@@ -16,7 +16,7 @@ from ipam.adapters.postgres.migrations import migrate
 from ipam.adapters.postgres.projection import Projection
 from ipam.domain.events import MacLeased, PoolCreated
 from ipam.domain.kinds import Owner
-from ipam.domain.records import EventRecord
+from ipam.domain.topic_records import EventRecord
 
 from .harness import eventually
 

@@ -20,7 +20,7 @@ from ipam.domain.commands import LEASE_COMMANDS, CreatePool, DefineNetwork, Subn
 from ipam.domain.decider import STATE_EVENTS, State, decide, evolve
 from ipam.domain.events import encoder
 from ipam.domain.kinds import IP, MAC, Owner
-from ipam.domain.records import EventRecord
+from ipam.domain.topic_records import EventRecord
 
 SPACES = {MAC: ("p0", "p1"), IP: ("n0", "n1")}
 SETUP = [CreatePool(command_id="setup-p0", at=1, name="p0", range="02:00:00:00:00:00-02:00:00:00:00:07", default=True),

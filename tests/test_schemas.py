@@ -17,7 +17,7 @@ import pytest
 from ipam.domain.commands import COMMAND_TYPES, LeaseMac
 from ipam.domain.events import EVENT_TYPES, MacLeased, encoder
 from ipam.domain.kinds import Owner
-from ipam.domain.records import EventRecord, record_decoder
+from ipam.domain.topic_records import EventRecord, record_decoder
 from ipam.schemas import generate, render
 
 ROOT = Path(__file__).resolve().parents[1]

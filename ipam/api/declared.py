@@ -3,7 +3,7 @@
 The file has two lists, ``pools:`` and ``networks:``, whose entries are the bodies of ``POST /v1/pools``
 and ``POST /v1/networks``, and an optional ``delete:`` with the names of pools and networks to remove.
 It is reconciled on start and then every ``IPAM_CONFIG_POLL_SECONDS``: what is missing is created, what
-differs is changed, with the same commands and refusals as REST (``SpaceOps``); nothing is deleted unless
+differs is changed, with the same commands and refusals as REST (``SpaceChanges``); nothing is deleted unless
 ``delete:`` names it.  A refusal (a shrink that would orphan leases, an overlap) is logged naming the
 entry, kept for ``GET /v1/status`` and counted in ``ipam_config_refusals``; the rest of the file is still
 applied, and the refused entry is tried again at the next poll.  Every replica reconciles: command ids
@@ -30,7 +30,7 @@ from ..domain.networks import build_network
 from ..domain.pools import RangeError, parse_range
 from . import models
 from .http import ApiError
-from .space_ops import SpaceOps
+from .space_changes import SpaceChanges
 
 log = structlog.get_logger("ipam.declared")
 
@@ -60,7 +60,7 @@ def parse(text: str) -> Declared:
 
 
 class DeclaredSpaces:
-    def __init__(self, path: str, poll_seconds: float, ops: SpaceOps, read) -> None:
+    def __init__(self, path: str, poll_seconds: float, ops: SpaceChanges, read) -> None:
         self.path, self.poll_seconds, self.ops, self.read = path, poll_seconds, ops, read
         self.status = models.ConfigStatus(file=path)
 

@@ -7,12 +7,12 @@ from aiohttp import web
 from . import models
 from .http import ApiError, Gateway, command_id, decode_body, reply
 from .openapi import Route
-from .space_ops import SpaceOps
+from .space_changes import SpaceChanges
 
 
 class SpacesApi:
     def __init__(self, gateway: Gateway, read) -> None:
-        self.ops, self.read = SpaceOps(gateway, read), read
+        self.ops, self.read = SpaceChanges(gateway, read), read
 
     # --- pools --------------------------------------------------------------------------------
 

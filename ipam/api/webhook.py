@@ -33,8 +33,8 @@ from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
 from ..clock import now_ms
 from ..config import Config
+from ..domain.cluster import admission_review as shapes
 from ..domain.cluster import multus
-from ..domain.cluster import review as shapes
 from ..domain.cluster.cloudinit import Addressed, NetworkDataConflict, cloud_init_patch, written_addresses
 from ..domain.cluster.kubevirt import (
     INTERFACES_FIELD,

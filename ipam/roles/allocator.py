@@ -28,7 +28,7 @@ from ..domain.decider import POOL_CHANGES, State, decide, evolve, pool_of, strea
 from ..domain.events import CommandRejected
 from ..domain.kinds import MAC
 from ..domain.pools import REGISTRY_KEY
-from ..domain.records import EventRecord, record_decoder
+from ..domain.topic_records import EventRecord, record_decoder
 from .continuity import command_id_of, ensure_continuity, skip_unserved
 from .partitioned import PartitionRole
 

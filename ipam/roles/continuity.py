@@ -17,7 +17,7 @@ from ..adapters.postgres.ownership import PartitionRow, read_partition, reset_lo
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
 from ..domain.kinds import CommandId
-from ..domain.records import record_decoder
+from ..domain.topic_records import record_decoder
 
 log = structlog.get_logger("ipam.continuity")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from ...domain.records import Fences
+from ...domain.topic_records import Fences
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ...domain.events import (
 from ...domain.ip import address_of
 from ...domain.kinds import IP, KINDS, MAC, Kind
 from ...domain.pools import parse_range
-from ...domain.records import EventRecord, Fences, record_decoder
+from ...domain.topic_records import EventRecord, Fences, record_decoder
 from . import outcomes
 from .ownership import load_fences
 from .spaces import SpaceChanges, load_spaces

@@ -22,7 +22,7 @@ from . import models
 from .http import ApiError, Gateway, raise_rejection
 
 
-class SpaceOps:
+class SpaceChanges:
     def __init__(self, gateway: Gateway, read) -> None:
         self.gateway, self.read = gateway, read
 
