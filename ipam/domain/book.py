@@ -13,24 +13,59 @@ namespaces are told apart through ``by_key``.  A dict per VM used to take most o
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
 
-from .kinds import Owner, binds, reserves, supersedes
+from .kinds import Kind, Owner, binds, reserves, supersedes
 
 
-class Region:
+class Region(Protocol):
     """A run of ``span`` offsets next-fit walks, ``size`` of which can be handed out (a MAC range, a subnet):
     ``key_at(offset)``, ``offset_of(key)``, ``skip(offset)`` (past an excluded run, or None), ``slot`` (the slot
     its addresses fill), ``ident`` (what names it across redefinitions).  Implemented by ``pools.MacRange`` and
-    ``ip.Subnet``; this class only documents the shape."""
+    ``ip.Subnet``; the type checker holds both to this shape."""
+
+    @property
+    def span(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def slot(self) -> int: ...
+    @property
+    def ident(self) -> str: ...
+    def key_at(self, offset: int) -> int: ...
+    def offset_of(self, key: int) -> int: ...
+    def skip(self, offset: int) -> int | None: ...
 
 
-class Space:
+class Space(Protocol):
     """What the lease core needs of a pool or a network (``pools.Pool``, ``networks.Network``): ``name``,
     ``kind``, ``regions``, ``slots``, ``starts`` (next-fit's first offset per region), ``allocates`` (False: only
     addresses asked for by name), ``slot_of(key)``, ``slot_name(slot)``, ``region_of(key)``, ``problem(key)``
     ((code, reason) when the key cannot be held there), ``detail(key)`` (the extra fields of a lease event),
     ``format(key)``, ``parse(text)`` (people's spelling; ValueError naming the problem) and ``parse_own(text)``
-    (ipam's canonical text, fast).  This class only documents the shape."""
+    (ipam's canonical text, fast).  The type checker holds both to this shape."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> Kind: ...
+    @property
+    def regions(self) -> Sequence[Region]: ...
+    @property
+    def slots(self) -> tuple[int, ...]: ...
+    @property
+    def starts(self) -> Sequence[int]: ...
+    @property
+    def allocates(self) -> bool: ...
+    def slot_of(self, key: int) -> int: ...
+    def slot_name(self, slot: int) -> str: ...
+    def region_of(self, key: int) -> int | None: ...
+    def problem(self, key: int) -> tuple[str, str] | None: ...
+    def detail(self, key: int) -> dict[str, object]: ...
+    def format(self, key: int) -> str: ...
+    def parse(self, text: str) -> int: ...
+    def parse_own(self, text: str) -> int: ...
 
 
 class Book:
@@ -48,7 +83,7 @@ class Book:
 
     def _keys(self, vm: str) -> tuple[int, ...]:
         keys = self.vms.get(vm)
-        return () if keys is None else (keys,) if type(keys) is int else keys
+        return () if keys is None else (keys,) if isinstance(keys, int) else keys
 
     def hold(self, key: int, owner: Owner) -> None:
         self.by_key[key] = owner
@@ -56,7 +91,7 @@ class Book:
         if keys is None:
             self.vms[owner.vm] = key
         else:
-            self.vms[owner.vm] = ((keys,) if type(keys) is int else keys) + (key,)
+            self.vms[owner.vm] = ((keys,) if isinstance(keys, int) else keys) + (key,)
         region = self.space.region_of(key)
         if region is not None:
             self.counts[region] += 1

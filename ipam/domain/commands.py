@@ -8,7 +8,8 @@ docs/events.md#schema-evolution; ``tests/test_schemas.py`` enforces them.
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple, Union
+from types import GenericAlias
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Union
 
 import msgspec
 from msgspec import Meta, Struct
@@ -32,7 +33,7 @@ class LeaseCommands(NamedTuple):
 def _lease_commands(kind: Kind) -> LeaseCommands:
     space = (kind.space, Name)
     a, w, s = kind.address, kind.word, kind.space
-    shapes = {
+    shapes: dict[str, tuple[list[Any], str]] = {  # role -> (fields, docstring)
         "lease": ([space, ("owner", Owner), kind.requested, ("pending_until", Millis, 0), ("dry_run", bool, False),
                    ("receives", bool, False)],
                   f"Lease an interface its {w} addresses in a {s}: {kind.holds}.  For each, "
@@ -47,7 +48,7 @@ def _lease_commands(kind: Kind) -> LeaseCommands:
                           "that replaced a deleted one of the same name keeps what it holds."),
         "release_address": ([space, (a, str)], f"Release whatever lease holds this {w} address."),
         "observe": ([space, ("namespace", Name), ("vm", Name), ("vm_uid", Name),
-                     ("interfaces", tuple[kind.observed, ...], ()), ("deleted", bool, False),
+                     ("interfaces", GenericAlias(tuple, (kind.observed, ...)), ()), ("deleted", bool, False),
                      ("workload", Name, VM_WORKLOAD), ("cluster", Name, DEFAULT_CLUSTER)],
                     f"What the watcher saw of one VM (or pod: ``workload``) for one {s}: the {w} addresses of each "
                     "interface.  Confirms "
@@ -161,7 +162,10 @@ COMMAND_TYPES: tuple[type, ...] = (
     CreatePool, ChangePool, DeletePool, SetPoolRange, RetirePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
     DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
 )
-AnyCommand = Union[COMMAND_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
+if TYPE_CHECKING:  # the lease commands are made from the kinds at run time: statically, any Command
+    AnyCommand = Command
+else:
+    AnyCommand = Union[COMMAND_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
 command_decoder = msgspec.json.Decoder(AnyCommand)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import Any, cast
 
 from . import leasing, networks, pool_changes, pools
 from .book import Book, Space
@@ -62,7 +63,7 @@ class State:
     @property
     def pools(self) -> dict[str, pools.Pool]:
         """The pool registry."""
-        return self.spaces[MAC]
+        return cast("dict[str, pools.Pool]", self.spaces[MAC])  # the MAC spaces are pools
 
     def book(self, kind: Kind, name: str) -> Book:
         book = self.books[kind].get(name)
@@ -127,7 +128,7 @@ def _lease_command(kind: Kind, decide_one: Callable, state: State, cmd) -> list[
 
 
 PRECHECKS = {LeaseMac: lambda state, pool, cmd: pools.outside_every_range(state.pools, pool, cmd)}
-DECIDERS: dict[type, Callable[[State, object], list[Event]]] = {
+DECIDERS: dict[type, Callable[[State, Any], list[Event]]] = {  # each takes the type it is keyed by
     CreatePool: lambda state, cmd: pools.create(state.pools, cmd),
     ChangePool: pool_changes.change,
     DeletePool: pool_changes.delete,
@@ -163,7 +164,7 @@ def _pool_created(state: State, ev: PoolCreated) -> None:
     state.pools[ev.name] = pools.pool_from_event(ev)
 
 
-EVOLVERS: dict[type, Callable[[State, Event], None]] = {
+EVOLVERS: dict[type, Callable[[State, Any], None]] = {  # each takes the type it is keyed by
     PoolCreated: _pool_created,
     PoolChanged: pool_changes.changed,
     PoolDeleted: pool_changes.deleted,

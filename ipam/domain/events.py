@@ -8,7 +8,7 @@ milliseconds since the Unix epoch.  Evolution rules in docs/events.md#schema-evo
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 import msgspec
 from msgspec import Struct
@@ -35,7 +35,7 @@ def _lease_events(kind: Kind) -> LeaseEvents:
     head = [(kind.space, Name), (kind.address, kind.address_type)]
     given = head + list(kind.detail) + [("owner", Owner)]
     p, w = kind.prefix, kind.word
-    shapes = {
+    shapes: dict[str, tuple[str, list[Any], str]] = {  # role -> (tag, fields, docstring)
         "leased": (f"{p}Leased", given + [("static", bool, False), ("pending_until", Millis, 0), ("adopted", bool, False)],
                    f"A {w} address was leased to ``owner``.  ``pending_until`` non-zero: provisional until a VM is seen "
                    "holding it.  ``adopted``: found in a VM by the watcher, not requested."),
@@ -140,6 +140,9 @@ EVENT_TYPES: tuple[type, ...] = (
     NetworkDefined, NetworkDeleted, IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict,
     IpDrift, PoolChanged, PoolDeleted, PoolRangeSet, PoolRetired,
 )
-AnyEvent = Union[EVENT_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
+if TYPE_CHECKING:  # the lease events are made from the kinds at run time: statically, any Event
+    AnyEvent = Event
+else:
+    AnyEvent = Union[EVENT_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
 event_decoder = msgspec.json.Decoder(AnyEvent)
 encoder = msgspec.json.Encoder()

@@ -112,7 +112,7 @@ def lease(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
             continue
         if current is not None:  # the interface moves to the address it asked for (or now carries)
             out.append(d.released(current, owner, "replaced"))
-        if handover is not None:
+        if handover is not None and holder is not None:  # (a handover always has a holder)
             out.append(d.released(want, holder, handover))
             static = True  # handed over, not chosen: next-fit stays where it is
         if binding:
@@ -197,7 +197,7 @@ def observe(space: Space, book: Book, cmd, quarantine_ms: int) -> list[Event]:
     """Bring the book in line with one VM as the cluster has it (see the observe command of each kind)."""
     d = _Decision(space, cmd, quarantine_ms)
     observed, events = _observed(space, d)
-    where = {}
+    where: dict[int, str] = {}  # key -> the interface that carries it now
     for me, keys in observed:
         for k in keys:
             where.setdefault(k, me.interface)

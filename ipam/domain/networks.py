@@ -91,10 +91,11 @@ def build_network(name: str, subnets: Sequence, dns: Sequence[str] = (), attachm
             raise NetworkError(f"dns[{i}]", str(e)) from None
     if len(attachments) > ATTACHMENTS_MAX:
         raise NetworkError("attachments", f"at most {ATTACHMENTS_MAX} attachments")
-    for i, a in enumerate(attachments):
-        ns, slash, nad = a.partition("/") if isinstance(a, str) else ("", "", "")
+    for i, attachment in enumerate(attachments):
+        ns, slash, nad = attachment.partition("/") if isinstance(attachment, str) else ("", "", "")
         if not slash or not ns or not nad or "/" in nad or name_problem(ns) or name_problem(nad):
-            raise NetworkError(f"attachments[{i}]", f"{str(a)[:80]!r} is not 'namespace/name' of a NetworkAttachmentDefinition")
+            raise NetworkError(f"attachments[{i}]",
+                               f"{str(attachment)[:80]!r} is not 'namespace/name' of a NetworkAttachmentDefinition")
     if len(set(attachments)) != len(attachments):
         raise NetworkError("attachments", "lists an attachment twice")
     return Network(name=name, subnets=built, dns=tuple(canonical(d) for d in dns), attachments=tuple(attachments),

@@ -81,7 +81,7 @@ def external_holdings(state, claim: MacRange) -> str:
     for name, pool in state.pools.items():
         book = state.books[MAC].get(name) if pool.external else None
         covered = [] if book is None else [key for key in book.by_key if key in claim]
-        if covered:
+        if book is not None and covered:
             return named(book, covered)
     return ""
 

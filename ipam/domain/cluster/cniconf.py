@@ -50,11 +50,11 @@ def _subnet(spec: Mapping, field: str, gateway: str | None) -> dict:
         excluded = [str(ipaddress.ip_network(x, strict=False)) for x in spec.get("exclude") or []]
     except (ValueError, TypeError) as e:
         raise ConfigError(field, str(e)) from None
-    if first not in net or last not in net or first > last:
+    if first not in net or last not in net or int(first) > int(last):
         raise ConfigError(field, f"range_start..range_end ({first}..{last}) is not inside {net}")
-    if first > net[0]:
+    if int(first) > int(net[0]):
         excluded.append(f"{net[0]}-{first - 1}")
-    if last < net[-1]:
+    if int(last) < int(net[-1]):
         excluded.append(f"{last + 1}-{net[-1]}")
     in_net = gateway is not None and ipaddress.ip_address(gateway) in net
     return {"cidr": str(net), "exclude": excluded} | ({"gateway": gateway} if in_net else {})

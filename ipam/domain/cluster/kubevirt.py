@@ -232,7 +232,7 @@ def nad_network(nad: Mapping) -> NadNetwork | None:
     for key, value in texts.items():
         if value is not None and not isinstance(value, str):
             raise SpecError(_field(key), "expected a string")
-    subnets = subnet_specs(_items(texts[SUBNETS]), _items(texts[GATEWAYS] or ""), _items(texts[EXCLUDE] or ""),
+    subnets = subnet_specs(_items(texts[SUBNETS] or ""), _items(texts[GATEWAYS] or ""), _items(texts[EXCLUDE] or ""),
                            (_field(SUBNETS), _field(GATEWAYS), _field(EXCLUDE)))
     network = (texts[NETWORK] or "").strip() or f"{namespace}.{name}"
     return NadNetwork(attachment=f"{namespace}/{name}", network=network, subnets=subnets, dns=tuple(_items(texts[DNS] or "")),

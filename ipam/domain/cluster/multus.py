@@ -81,16 +81,16 @@ def parse_selections(text: object, namespace: str) -> list[Selection]:
     else:
         elements = _short_form(text, namespace)
     found = []
-    for i, e in enumerate(elements):
+    for i, element in enumerate(elements):
         where = f"{FIELD}[{i}]"
-        if not isinstance(e, Mapping) or not isinstance(e.get("name"), str) or not e["name"]:
+        if not isinstance(element, Mapping) or not isinstance(element.get("name"), str) or not element["name"]:
             raise SelectionError(where, "expected an object with a name")
         for key in ("namespace", "interface", "mac", CLAIM_KEY):
-            if e.get(key) is not None and not isinstance(e[key], str):
+            if element.get(key) is not None and not isinstance(element[key], str):
                 raise SelectionError(f"{where}.{key}", "expected a string")
-        found.append(Selection(index=i, namespace=e.get("namespace") or namespace, name=e["name"],
-                               interface=e.get("interface") or f"net{i + 1}", mac=e.get("mac") or None,
-                               claim=e.get(CLAIM_KEY) or None, element=dict(e)))
+        found.append(Selection(index=i, namespace=element.get("namespace") or namespace, name=element["name"],
+                               interface=element.get("interface") or f"net{i + 1}", mac=element.get("mac") or None,
+                               claim=element.get(CLAIM_KEY) or None, element=dict(element)))
     return found
 
 

@@ -21,6 +21,7 @@ import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import yaml
 
@@ -68,7 +69,7 @@ def _names(entry: Addressed | tuple[str, str | None, int]) -> tuple[str, str | N
     return name, (mac or "").lower() or None, f"eth{index}" if index >= 0 else None
 
 
-def _pick(candidates: list[tuple[str, Mapping]], name: str, mac: str | None, eth: str | None, mac_of, name_of):
+def _pick(candidates: list[tuple[Any, Mapping]], name: str, mac: str | None, eth: str | None, mac_of, name_of):
     """The key of the entry for an interface: by MAC, by its name, by eth<N>; or None."""
     for wanted, get in ((mac, mac_of), (name, name_of), (eth, name_of)):
         if wanted is None:
@@ -138,7 +139,7 @@ def _v1_statics(item: Mapping) -> list[Mapping]:
 
 
 def v1_subnets(entry: Addressed) -> list[dict]:
-    subnets = []
+    subnets: list[dict] = []
     for text in entry.addresses:
         v6 = ":" in text
         subnet: dict = {"type": "static6" if v6 else "static", "address": text}
@@ -261,7 +262,7 @@ def _merge(existing: object, entries: Sequence[Addressed], dhcp_macs: Mapping[st
                                           for name, mac in dhcp_macs.items()]}
         return _merge_v1(fresh, entries)
     form = form_of(existing, config_drive)
-    data = dict(existing)
+    data = dict(cast(Mapping, existing))  # form_of refused anything but a mapping
     return _merge_openstack(data, entries, {}) if form == OPENSTACK else \
         _merge_v1(data, entries) if form == V1 else _merge_v2(data, entries)
 
@@ -272,15 +273,16 @@ def written(existing: object, interface: str, mac: str | None, index: int, confi
     if existing is None:
         return []
     form, who = form_of(existing, config_drive), (interface, mac, index)
+    data = cast(Mapping, existing)  # form_of refused anything but a mapping
     if form == V2:
-        key = _v2_entry(existing, who)
-        found = [] if key is None else (existing["ethernets"][key].get("addresses") or [])
+        key = _v2_entry(data, who)
+        found = [] if key is None else (data["ethernets"][key].get("addresses") or [])
     elif form == V1:
-        i = _v1_item(existing, who)
-        found = [] if i is None else [s.get("address") for s in _v1_statics(existing["config"][i])]
+        i = _v1_item(data, who)
+        found = [] if i is None else [s.get("address") for s in _v1_statics(data["config"][i])]
     else:
-        link = _link(existing, who)
-        found = [] if link is None else [n.get("ip_address") for n in _link_networks(existing, link)]
+        link = _link(data, who)
+        found = [] if link is None else [n.get("ip_address") for n in _link_networks(data, link)]
     return [_plain(a) for a in found if a]
 
 
