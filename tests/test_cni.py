@@ -72,6 +72,15 @@ async def leases(svc, **query) -> list[dict]:
         return (await r.json())["leases"]
 
 
+async def network_reads(svc) -> float:
+    """How many times the plugin (or anyone) read a network's definition from this ipam, as /metrics counts."""
+    async with aiohttp.ClientSession() as http, http.get(f"{svc.url}/metrics") as r:
+        text = await r.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ipam_http_requests_total{") and 'route="/v1/networks/{name}"' in line
+               and 'method="GET"' in line)
+
+
 async def add(cni_path, svc, ns: Netns, conf: dict, pod: str, container: str | None = None, plugin: str = "bridge",
               ifname: str = "net1", uid: str | None = None):
     container = container or unique("c")
@@ -87,8 +96,11 @@ async def test_bridge_add_configures_the_leased_address_and_del_frees_it(cni_pat
     a, b = namespaces(), namespaces()
     first, container = await add(cni_path, ipam, a, conf, "pod-a")
     assert first.code == 0, first
+    reads = await network_reads(ipam)
     second, _ = await add(cni_path, ipam, b, conf, "pod-b")
     assert second.code == 0, second
+    # the lease answer carries the gateway: an ADD of a known network reads no network definition
+    assert await network_reads(ipam) == reads
     (leased_a,) = await leases(ipam, network=network, vm="pod-a", workload="Pod")
     assert a.addresses("net1") == {f"{leased_a['address']}/24"} == first.ips
     assert ipaddress.ip_address(leased_a["address"]) >= ipaddress.ip_address("10.91.0.10")

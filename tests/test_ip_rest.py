@@ -74,6 +74,10 @@ async def test_dual_stack_gets_one_of_each_and_static_requests_name_the_holder(s
     got = {ipaddress.ip_address(lease["address"]).version: lease for lease in body["leases"]}
     assert set(got) == {4, 6}
     assert got[4]["prefix_length"] == 24 and got[6]["prefix_length"] == 64
+    assert got[4]["gateway"] == "192.168.50.1" and got[6]["gateway"] == "fd00:50::1"  # from the lease event
+    status, again = await call(http, "POST", f"{base}/v1/ip-leases", {"network": "dual", **owner(1)})
+    assert status == 200 and {x["address"]: x["gateway"] for x in again["leases"]} == \
+        {x["address"]: x["gateway"] for x in body["leases"]}  # asked again: the same, gateways included
     assert ipaddress.ip_address(got[6]["address"]) not in ipaddress.ip_network("fd00:50::/120")
     status, body = await call(http, "POST", f"{base}/v1/ip-leases",
                               {"network": "dual", **owner(2), "addresses": [got[4]["address"]]})

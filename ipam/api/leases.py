@@ -115,7 +115,11 @@ class LeaseApi:
                                 vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
                                 since=_iso(ev["at"]), state="pending" if pending else "confirmed",
                                 pending_until=_iso(pending) if pending else None, workload=o.get("workload", VM_WORKLOAD),
-                                cluster=o.get("cluster", DEFAULT_CLUSTER))
+                                cluster=o.get("cluster", DEFAULT_CLUSTER), **self._extra(ev))
+
+    def _extra(self, ev: dict) -> dict:
+        """The kind's fields an answer takes from the lease event (an IP's gateway)."""
+        return {name: ev.get(name, default) for name, _, default in self.rest.kind.extra}
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
@@ -136,7 +140,8 @@ class LeaseApi:
         existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
         leases = []
         if existing:  # answered as stored: the lease's own time and whether it was static
-            leases = [self.from_row(r) for r in await self.read.leases(
+            extras = {e[kind.address]: self._extra(e) for e in events if e["type"] in kinds}
+            leases = [self.from_row(r, extras.get(str(r[kind.address]), {})) for r in await self.read.leases(
                 kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid,
                 cluster=owner.cluster)
                 if r["interface"] == owner.interface]
@@ -174,12 +179,13 @@ class LeaseApi:
                                       vm_uid=vm_uid, cluster=q.get("cluster"), limit=limit)
         return reply(self.listing(leases=[self.from_row(r) for r in rows]))
 
-    def from_row(self, r) -> object:
+    def from_row(self, r, extra: dict | None = None) -> object:
+        """A stored lease; ``extra``: the kind's fields its event carried (rows do not keep them)."""
         return self.lease_model(
             **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
             interface=r["interface"], static=r["static"], since=r["since"].isoformat(), state=r["state"],
             pending_until=None if r["pending_until"] is None else r["pending_until"].isoformat(), workload=r["workload"],
-            cluster=r["cluster"])
+            cluster=r["cluster"], **(extra or {}))
 
     async def release_vm(self, request: web.Request) -> web.Response:
         m, kind = request.match_info, self.rest.kind

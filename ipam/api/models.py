@@ -139,26 +139,30 @@ _LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str),
            ("workload", str, "VirtualMachine"), ("cluster", str, "default")]
 Cluster = Annotated[str, Meta(min_length=1, max_length=63, description="The Kubernetes cluster of the holder; default: the "
                                                                        "API replica's IPAM_CLUSTER.")]
-_KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease)
+_GATEWAY = ("gateway", Annotated[str | None, Meta(description="The gateway of the address's subnet when its network has "
+                                                               "one: set in the answer to a lease request (from its event), "
+                                                               "null in lists (the network's definition has it).")], None)
+_KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease,
+    # fields at the end of a lease)
     "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),
                  ("mac", Annotated[str | None, Meta(description="Ask for this MAC (static request).")], None)],
-            [("mac", str), ("pool", str)], True),
+            [("mac", str), ("pool", str)], True, []),
     "ip": ([("network", NetworkName)],
            [("addresses", Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]],
                                     Meta(max_length=2, description="Ask for these addresses (static; at most one per family)."
                                          )], [])],
-           [("network", str), ("address", str), ("prefix_length", int)], False),
+           [("network", str), ("address", str), ("prefix_length", int)], False, [_GATEWAY]),
 }
 
 
 def _models(kind: str) -> tuple[type, type, type, type, type]:
     """The REST bodies of one kind's leases: request, lease, answer, list, released, reservation request."""
-    before, after, head, single = _KIND_MODELS[kind]
+    before, after, head, single, tail = _KIND_MODELS[kind]
     prefix = "" if kind == "mac" else "Ip"
     request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("workload", Workload, "VirtualMachine"),
                                                   ("cluster", Cluster | None, None), ("command_id", RetryKey | None, None)],
                         forbid_unknown_fields=True, module=__name__)
-    lease = defstruct(f"{prefix}Lease", [*head, *_LEASED], module=__name__)
+    lease = defstruct(f"{prefix}Lease", [*head, *_LEASED, *tail], module=__name__)
     reservation = defstruct(f"{prefix}ReservationRequest", [
         *before, ("namespace", Namespace), ("vm", Name),
         ("interface", Annotated[Interface, Meta(description="The interface it is for; absent: the first of the VM's "

@@ -133,8 +133,9 @@ class Plugin:
         if answer.status not in (200, 201):
             raise _refusal(answer, self.network)
         leases = answer.body["leases"]
-        gateways = self._gateways()
-        ips = [(f"{x['address']}/{x['prefix_length']}", gateways.get(ipaddress.ip_interface(
+        # the answer carries each address's gateway; an ipam older than the plugin (an upgrade under way) does not
+        gateways = {} if all("gateway" in x for x in leases) else self._gateways()
+        ips = [(f"{x['address']}/{x['prefix_length']}", x.get("gateway") or gateways.get(ipaddress.ip_interface(
             f"{x['address']}/{x['prefix_length']}").network)) for x in leases]
         return result(self.version, ips, self.section.get("routes") or [], self.section.get("dns") or {})
 
@@ -159,6 +160,7 @@ class Plugin:
                                            f"{answer.error.get('message')}")
 
     def _gateways(self) -> dict:
+        """The network's gateways by subnet, asked for only when the lease answer does not carry them."""
         answer = self.ipam.call("GET", f"/v1/networks/{urllib.parse.quote(self.network, safe='')}")
         subnets = answer.body.get("subnets") or [] if answer.status == 200 else []
         return {ipaddress.ip_network(s["cidr"]): s.get("gateway") for s in subnets}

@@ -36,11 +36,14 @@ def _lease_events(kind: Kind) -> LeaseEvents:
     given = head + list(kind.detail) + [("owner", Owner)]
     p, w = kind.prefix, kind.word
     shapes: dict[str, tuple[str, list[Any], str]] = {  # role -> (tag, fields, docstring)
-        "leased": (f"{p}Leased", given + [("static", bool, False), ("pending_until", Millis, 0), ("adopted", bool, False)],
+        "leased": (f"{p}Leased", given + [("static", bool, False), ("pending_until", Millis, 0), ("adopted", bool, False),
+                                          *kind.extra],
                    f"A {w} address was leased to ``owner``.  ``pending_until`` non-zero: provisional until a VM is seen "
                    "holding it.  ``adopted``: found in a VM by the watcher, not requested."),
-        "returned": (f"{p}LeaseReturned", given, "The owner already held this address: sticky answer, state unchanged."),
-        "offered": (f"{p}LeaseOffered", given, "Answer to a dry run: the address the owner would get.  Nothing changed."),
+        "returned": (f"{p}LeaseReturned", given + list(kind.extra),
+                     "The owner already held this address: sticky answer, state unchanged."),
+        "offered": (f"{p}LeaseOffered", given + list(kind.extra),
+                    "Answer to a dry run: the address the owner would get.  Nothing changed."),
         "confirmed": (f"{p}LeaseConfirmed", head + [("owner", Owner), ("previous", Owner)],
                       "A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."),
         "released": (f"{p}Released", head + [("owner", Owner), ("quarantined_until", Millis, 0), ("reason", str, "requested")]

@@ -107,6 +107,7 @@ class Subnet:
     first: int = field(repr=False, compare=False, default=0)  # network and broadcast values: membership is hot
     last: int = field(repr=False, compare=False, default=0)
     cidr_text: str = field(repr=False, compare=False, default="")
+    gateway_text: str | None = field(repr=False, compare=False, default=None)  # in lease events (``Network.extra``)
 
     family = slot = property(lambda self: self.cidr.version)  # an interface holds one address per family of a network
     ident = property(lambda self: self.cidr_text)
@@ -235,6 +236,7 @@ def build_subnet(network: str, index: int, cidr: str, gateway: str | None, exclu
         raise NetworkError(f"{where}.exclude", f"nothing of {net} is left to hand out")
     return Subnet(cidr=net, gateway=gw, excluded=excluded, lo=lo, hi=hi, size=size,
                   start=start_of(network, str(net), hi - lo + 1), _starts=tuple(a for a, _ in excluded),
-                  first=first, last=last, cidr_text=str(net))
+                  first=first, last=last, cidr_text=str(net),
+                  gateway_text=None if gw is None else format_address(gw))
 
 

@@ -149,6 +149,8 @@ class Kind:
     address_type: object
     prefix: str  # of event tags: MacLeased, IpLeased
     detail: tuple[tuple[str, type], ...]  # fields of the events that hand out an address, after the address
+    extra: tuple[tuple[str, object, object], ...]  # (name, type, default) added later to the leased, returned and
+    # offered events, at their end: what answers report besides the address (an older consumer ignores them)
     requested: tuple[str, object, object]  # the lease command's field asking for addresses: name, type, default
     observed: type  # one observed interface
     holds: str  # what one interface holds in one space, for people
@@ -159,14 +161,15 @@ class Kind:
 
 
 MAC = Kind(
-    name="mac", word="MAC", space="pool", address="mac", address_type=CanonicalMac, prefix="Mac", detail=(),
+    name="mac", word="MAC", space="pool", address="mac", address_type=CanonicalMac, prefix="Mac", detail=(), extra=(),
     requested=("mac", str | None, None), observed=ObservedInterface, holds="one MAC per pool",
     tags={"lease": "LeaseMac", "release_owner": "ReleaseOwner", "release_address": "ReleaseMac", "observe": "ObserveVm",
           "expire": "ExpirePending"},
 )
 IP = Kind(
     name="ip", word="IP", space="network", address="address", address_type=str, prefix="Ip",
-    detail=(("prefix_length", int),), requested=("addresses", tuple[str, ...], ()), observed=ObservedAddresses,
+    detail=(("prefix_length", int),), extra=(("gateway", str | None, None),), requested=("addresses", tuple[str, ...], ()),
+    observed=ObservedAddresses,
     holds="one address per family of the network (two for dual-stack)",
     tags={"lease": "LeaseIp", "release_owner": "ReleaseIps", "release_address": "ReleaseIp", "observe": "ObserveVmIps",
           "expire": "ExpirePendingIp"},

@@ -63,6 +63,12 @@ class Network:
         i = self.subnet_of(key)
         return {} if i is None else {"prefix_length": self.subnets[i].cidr.prefixlen}
 
+    def extra(self, key: int) -> dict:
+        """The gateway of the address's subnet, when it has one: the CNI plugin and REST clients configure it
+        from the lease answer, with no second request for the network."""
+        i = self.subnet_of(key)
+        return {} if i is None or self.subnets[i].gateway_text is None else {"gateway": self.subnets[i].gateway_text}
+
     format = staticmethod(format_address)
     parse = staticmethod(parse_address)
     parse_own = staticmethod(address_of)

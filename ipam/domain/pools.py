@@ -118,7 +118,7 @@ class Pool:
     starts = property(lambda self: () if self.range is None else (self.start,))
     slot_of = staticmethod(lambda key: 0)
     slot_name = staticmethod(lambda slot: "")
-    detail = staticmethod(lambda key: dict[str, object]())
+    detail = extra = staticmethod(lambda key: dict[str, object]())
 
     def region_of(self, key: int) -> int | None:
         return None if self.range is None else 0
