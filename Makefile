@@ -43,7 +43,7 @@ broker-kills: $(STAMP)  ## three Apache Kafka nodes, the busiest leader kill -9'
 network-faults: $(STAMP)  ## one allocator and one projector in a network namespace, cut from Postgres or the broker every 2-5 s for 3-10 s
 	$(BIN)/python -m tests.faults --scenario network --runs $${FAULT_RUNS:-5} --seconds $${FAULT_SECONDS:-60} --seed $${FAULT_SEED:-1}
 
-soak: $(STAMP)  ## mixed load (leases, releases, repeats, reviews, CNI ADD/DEL) for SOAK_MINUTES (60) on SOAK_BROKER (apache-kafka): JSON per minute
+soak: $(STAMP)  ## mixed load (leases, releases, repeats, reviews, CNI ADD/DEL) for SOAK_MINUTES (60) on SOAK_BROKER (apache-kafka), a test Kubernetes API feeding the watcher: JSON per minute
 	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-60} --broker $${SOAK_BROKER:-apache-kafka}
 
 overload: $(STAMP)  ## twice the measured REST capacity for OVERLOAD_SECONDS (60) on each broker: answers within the deadline, memory, recovery
