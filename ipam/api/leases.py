@@ -229,8 +229,8 @@ class LeaseApi:
             raise_rejection(events)
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
         rows = {(r[kind.space], str(r[kind.address])): r for r in stored}
-        leases = [self.from_row(rows[key]) if (key := (e[kind.space], e[kind.address])) in rows else self.lease_of(e)
-                  for e in released]
+        leases = [self.from_row(rows[key], self._extra(e)) if (key := (e[kind.space], e[kind.address])) in rows
+                  else self.lease_of(e) for e in released]
         return reply(self.released(released=leases,
                                    quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
 

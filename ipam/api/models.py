@@ -140,8 +140,9 @@ _LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str),
 Cluster = Annotated[str, Meta(min_length=1, max_length=63, description="The Kubernetes cluster of the holder; default: the "
                                                                        "API replica's IPAM_CLUSTER.")]
 _GATEWAY = ("gateway", Annotated[str | None, Meta(description="The gateway of the address's subnet when its network has "
-                                                               "one: set in the answer to a lease request (from its event), "
-                                                               "null in lists (the network's definition has it).")], None)
+                                                               "one: set in the answers to a lease request and a release "
+                                                               "(from their events), null in lists (the network's "
+                                                               "definition has it).")], None)
 _KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease,
     # fields at the end of a lease)
     "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),

@@ -47,7 +47,7 @@ def _lease_events(kind: Kind) -> LeaseEvents:
         "confirmed": (f"{p}LeaseConfirmed", head + [("owner", Owner), ("previous", Owner)],
                       "A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."),
         "released": (f"{p}Released", head + [("owner", Owner), ("quarantined_until", Millis, 0), ("reason", str, "requested")]
-                     + [(name, kind_, 0) for name, kind_ in kind.detail],
+                     + [(name, kind_, 0) for name, kind_ in kind.detail] + list(kind.extra),
                      "The lease ended; the address is kept from reuse until ``quarantined_until``."),
         "conflict": (f"{p}Conflict", head + [("owner", Owner), ("holder", Owner)],
                      "A VM carries an address another owner holds.  Recorded, nothing changed."),

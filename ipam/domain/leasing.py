@@ -42,7 +42,7 @@ class _Decision:
     def event(self, role: str, key: int, owner: Owner, **fields) -> Event:
         if role in ("leased", "returned", "offered", "released"):
             fields.update(self.space.detail(key))
-            if role != "released" and self.space.kind.extra:
+            if self.space.kind.extra:
                 fields.update(self.space.extra(key))
         return getattr(self.events, role)(**self.base, **{self.space.kind.address: self.space.format(key)}, owner=owner,
                                           **fields)
