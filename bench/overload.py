@@ -202,11 +202,26 @@ async def overload(stack: Stack, seconds: float, probe_rate: int, capacity_s: fl
             "served_per_s": round(statuses.get("201", 0) / seconds), "answers": statuses,
             "unanswered": statuses.get("None", 0), "client_errors": load.errors,
             "over_deadline": sum(took > DEADLINE_S + GRACE_S for _, took, _ in heavy),
+            "over_deadline_by": late_answers(heavy, stopped - seconds),
             "slowest_answer_s": round(max(took for _, took, _ in heavy), 2),
             "normal_p50_ms": round(base_p50, 1), "normal_p99_ms": round(base_p99, 1),
             "recovered_after_s": recovered_after(after, base_p50, base_p99), "after": after,
             "service_rss_mib": {"start": start_rss, "peak": max(rss, default=None), "end": rss[-1] if rss else None},
             "service_alive": stack.svc.proc.poll() is None}
+
+
+def late_answers(heavy, started: float) -> dict:
+    """The answers past the deadline by status and by the second of the overload they were sent in: a late
+    429 or 201 sent early is the service's queue, one sent in a burst of late seconds the kernel's (a
+    connection waiting to be accepted is not yet the service's, and its deadline has not started)."""
+    by_status: dict[str, int] = {}
+    by_second: dict[str, int] = {}
+    for sent, took, status in heavy:
+        if took > DEADLINE_S + GRACE_S:
+            by_status[str(status)] = by_status.get(str(status), 0) + 1
+            second = str(max(0, int(sent - started)))
+            by_second[second] = by_second.get(second, 0) + 1
+    return {"status": by_status, "second_sent": by_second}
 
 
 def verdict(result: dict, memory_bound_mib: float) -> bool:

@@ -48,6 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IPAM_REQUEST_TIMEOUT_SECONDS", float, "10"),
     Setting("IPAM_SHED_AFTER_SECONDS", float, "2"),
     Setting("IPAM_SHED_MIN_WAITING", int, "256"),
+    Setting("IPAM_SHED_MAX_WAITING", int, "512"),
     Setting("IPAM_MAX_BODY_BYTES", int, "1048576"),
     Setting("IPAM_OUTCOME_RETENTION_HOURS", float, "168"),
     Setting("IPAM_DEDUPE_WINDOW", int, "10000"),
@@ -134,6 +135,9 @@ class Config(_Fields):
         if cfg.shed_after_seconds < 0 or cfg.shed_min_waiting < 1:
             raise ConfigError(f"IPAM_SHED_AFTER_SECONDS={cfg.shed_after_seconds:g}, IPAM_SHED_MIN_WAITING="
                               f"{cfg.shed_min_waiting}: expected seconds (0: never shed) and a count of at least 1")
+        if cfg.shed_max_waiting < 0:
+            raise ConfigError(f"IPAM_SHED_MAX_WAITING={cfg.shed_max_waiting}: expected a count (0: no cap; one "
+                              "below IPAM_SHED_MIN_WAITING counts as that)")
         if cfg.kafka_fetch_max_wait_ms < 0:
             raise ConfigError(f"IPAM_KAFKA_FETCH_MAX_WAIT_MS={cfg.kafka_fetch_max_wait_ms}: expected milliseconds, or 0 "
                               "for the broker's best (500 on Apache Kafka, 5 on the local broker)")

@@ -43,3 +43,26 @@ def test_zero_never_sheds():
     for _ in range(100):
         backlog.enter(0.0)
     backlog.check(1e6)
+
+
+def test_past_the_cap_even_young_requests_are_shed_and_below_it_they_are_taken():
+    backlog = Backlog(shed_after=2.0, min_waiting=4, max_waiting=8)
+    tickets = [backlog.enter(0.0) for _ in range(7)]
+    backlog.check(0.1)  # 7 + 1 = the cap: taken, though only 0.1 s old
+    backlog.enter(0.1)
+    with pytest.raises(Busy) as refused:
+        backlog.check(0.1)  # the onset of an overload: refused before the oldest waited shed_after
+    assert refused.value.waiting == 8
+    backlog.leave(tickets[0])
+    backlog.check(0.1)
+
+
+def test_a_cap_below_the_floor_counts_as_the_floor_and_zero_is_no_cap():
+    floor = Backlog(shed_after=2.0, min_waiting=4, max_waiting=2)
+    for _ in range(3):
+        floor.enter(0.0)
+    floor.check(0.1)  # 4 waiting would be within min_waiting: never shed below it
+    uncapped = Backlog(shed_after=2.0, min_waiting=4, max_waiting=0)
+    for _ in range(1000):
+        uncapped.enter(0.0)
+    uncapped.check(1.9)

@@ -49,11 +49,14 @@ class Backlog:
     API server's client meets timeouts instead of a fast "try again".  So once the oldest waiting command has
     waited ``shed_after`` seconds and at least ``min_waiting`` wait, a new request is refused at once; those
     admitted finish in about ``shed_after``.  Few requests held long (a partition handing over, a broker
-    restarting) are not overload and are never shed: the count keeps them apart.  A dict keeps insertion
-    order, so the oldest is its first key."""
+    restarting) are not overload and are never shed: the count keeps them apart.  And once ``max_waiting``
+    wait, however young: at the onset of an overload the oldest reaches ``shed_after`` only when twice the
+    capacity has admitted ``2 × shed_after`` seconds of work, which the event loop then owes before it reads
+    the next request, so the refusals themselves came late (measured: docs/performance.md, "Overload").  A
+    dict keeps insertion order, so the oldest is its first key."""
 
-    def __init__(self, shed_after: float, min_waiting: int) -> None:
-        self.shed_after, self.min_waiting = shed_after, min_waiting
+    def __init__(self, shed_after: float, min_waiting: int, max_waiting: int = 0) -> None:
+        self.shed_after, self.min_waiting, self.max_waiting = shed_after, min_waiting, max_waiting
         self._since: dict[int, float] = {}
         self._next = 0
 
@@ -62,7 +65,7 @@ class Backlog:
         if not extra or not self.shed_after or len(self._since) + extra <= self.min_waiting:
             return
         oldest = now - next(iter(self._since.values()))
-        if oldest >= self.shed_after:
+        if oldest >= self.shed_after or 0 < self.max_waiting < len(self._since) + extra:
             telemetry.requests_shed.inc()
             raise Busy(len(self._since), oldest)
 
@@ -91,7 +94,7 @@ class CommandBus:
         self._open.set()
         self._producing = 0
         self._produced = asyncio.Condition()
-        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting)
+        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting, cfg.shed_max_waiting)
 
     async def start(self) -> None:
         await self._producer.start()

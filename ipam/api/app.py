@@ -135,8 +135,8 @@ class Admission:
     the event loop's queue of ready sockets.  At twice the capacity both queues grew without bound, under
     no deadline, until the clients gave up (docs/performance.md, "Overload").  So a route marked ``sheds``
     is refused with 429 when the requests in flight here are old (``IPAM_SHED_AFTER_SECONDS`` with
-    ``IPAM_SHED_MIN_WAITING`` of them, the bus's ``Backlog`` counting requests from their first line of
-    code) or when the loop runs ``LATE`` seconds behind (a timer that should fire every ``TICK`` seconds):
+    ``IPAM_SHED_MIN_WAITING`` of them, or more than ``IPAM_SHED_MAX_WAITING`` however young: the bus's
+    ``Backlog`` counting requests from their first line of code) or when the loop runs ``LATE`` seconds behind (a timer that should fire every ``TICK`` seconds):
     a lease request waits for the loop at each of its ten or so awaits, so a loop 0.5 s late already made
     answers 5 s late, while at full capacity but not beyond it runs a few milliseconds late (measured:
     docs/performance.md).  Every request runs under
@@ -147,7 +147,7 @@ class Admission:
 
     def __init__(self, cfg: Config, routes: list[Route]) -> None:
         self.timeout = cfg.request_timeout_seconds
-        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting)
+        self.backlog = Backlog(cfg.shed_after_seconds, cfg.shed_min_waiting, cfg.shed_max_waiting)
         self.late_limit = self.LATE if cfg.shed_after_seconds else 0.0  # IPAM_SHED_AFTER_SECONDS=0: no shedding
         self.shedding = {(r.method, r.path) for r in routes if r.sheds}
         self.late = 0.0  # how late the loop ran the last tick (s)
