@@ -92,19 +92,39 @@ async def _described(admin: AIOKafkaAdminClient, topics: list[str], wait: float 
         await asyncio.sleep(0.2)
 
 
+RECREATE_ATTEMPTS = 20  # each a delete and a create a few milliseconds apart: a client asking every 5 ms broke about 1 in 6
+
+
 async def recreate_topics(cfg: Config, topics: list[str]) -> None:
     """Delete the topics and create them again, empty, with the same partition count: the only way to
-    trim the local broker's logs (it refuses DeleteRecords and keeps every record in memory)."""
+    trim the local broker's logs (it refuses DeleteRecords and keeps every record in memory).
+
+    The local broker creates a topic it does not have when any client asks for its metadata, with 4
+    partitions of its own choosing; a client that asked between the delete and the create left a commands
+    topic of 4 partitions that the create then met as "exists".  Half the partitions were gone: every
+    command keyed to them failed, every drain after it too, and a soak collapsed from its fifth minute
+    (docs/performance.md).  So each topic is described after the create, and one with another partition
+    count is deleted and created again (nothing can be in it: commands are held while the log is trimmed)."""
     async with _Admin(cfg) as admin:
-        resp = await admin.delete_topics(topics)
-        for topic, code in resp.topic_error_codes:
-            if code != 0:
-                raise TopicError(f"cannot delete topic {topic}: error {code}")
         replication = await _replication(cfg, admin)
-        resp = await admin.create_topics([new_topic(cfg, t, replication) for t in topics])
-        for topic, code, message in resp.topic_errors:
-            if code not in (0, TOPIC_EXISTS):  # the topic watchdog may have been first
-                raise TopicError(f"cannot create topic {topic} again: error {code} {message}")
+        wrong = list(topics)
+        for attempt in range(RECREATE_ATTEMPTS):
+            resp = await admin.delete_topics(wrong)
+            for topic, code in resp.topic_error_codes:
+                if code != 0:
+                    raise TopicError(f"cannot delete topic {topic}: error {code}")
+            resp = await admin.create_topics([new_topic(cfg, t, replication) for t in wrong])
+            for topic, code, message in resp.topic_errors:
+                if code not in (0, TOPIC_EXISTS):  # exists: made by the watchdog, or by a client's metadata request
+                    raise TopicError(f"cannot create topic {topic} again: error {code} {message}")
+            counts = {d["topic"]: len(d["partitions"]) for d in await _described(admin, wrong)}
+            wrong = [t for t in wrong if counts.get(t) != cfg.partitions]
+            if not wrong:
+                return
+            log.warning("a topic came back with other partitions than IPAM_PARTITIONS; making it again",
+                        topics={t: counts.get(t) for t in wrong}, partitions=cfg.partitions, attempt=attempt + 1)
+    raise TopicError(f"topics {wrong} keep coming back without IPAM_PARTITIONS={cfg.partitions} partitions "
+                     f"after {RECREATE_ATTEMPTS} attempts (created by clients' metadata requests in between)")
 
 
 async def delete_records_before(cfg: Config, topic: str, before: dict[int, int]) -> dict[int, int]:

@@ -136,10 +136,10 @@ class Admission:
     no deadline, until the clients gave up (docs/performance.md, "Overload").  So a route marked ``sheds``
     is refused with 429 when the requests in flight here are old (``IPAM_SHED_AFTER_SECONDS`` with
     ``IPAM_SHED_MIN_WAITING`` of them, or more than ``IPAM_SHED_MAX_WAITING`` however young: the bus's
-    ``Backlog`` counting requests from their first line of code) or when the loop runs ``LATE`` seconds behind (a timer that should fire every ``TICK`` seconds):
-    a lease request waits for the loop at each of its ten or so awaits, so a loop 0.5 s late already made
-    answers 5 s late, while at full capacity but not beyond it runs a few milliseconds late (measured:
-    docs/performance.md).  Every request runs under
+    ``Backlog`` counting requests from their first line of code) or when the loop runs ``LATE`` seconds
+    behind (a timer that should fire every ``TICK`` seconds): a lease request waits for the loop at each of
+    its ten or so awaits, so a loop 0.5 s late already made answers 5 s late, while at full capacity but not
+    beyond it runs a few milliseconds late (measured: docs/performance.md).  Every request runs under
     ``IPAM_REQUEST_TIMEOUT_SECONDS``: 504 when it ends, wherever it waits."""
 
     TICK = 0.05

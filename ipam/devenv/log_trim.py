@@ -35,7 +35,11 @@ from ..roles.partitioned import PartitionRole
 
 log = structlog.get_logger("ipam.log_trim")
 
-DRAIN_SECONDS = 0.5  # longest hold on new commands while waiting for the pipeline to drain (~40 ms when idle)
+DRAIN_SECONDS = 0.5  # first hold on new commands while waiting for the pipeline to drain (~40 ms when idle)
+LONGEST_DRAIN_SECONDS = 4.0  # the hold doubles after each drain that did not finish, up to this (below the
+# webhook's 8 s deadline): under a soak's load a fresh consumer's fetch took longer than 0.5 s on a loaded
+# machine, every drain failed from minute 5, the log grew and the local broker's fetches slowed until
+# every lease timed out (docs/performance.md, "The soak on the local broker")
 FIRST_BACKOFF, LONGEST_BACKOFF = 5.0, 60.0  # after drains that did not finish: doubling, so a slow pipeline
 # is held back seldom (a soak that kept failing 2 s drains every 7 s collapsed under its own holds)
 
@@ -50,6 +54,7 @@ class LogTrimmer:
         self.trims = 0
         self._not_before = 0.0
         self._backoff = FIRST_BACKOFF
+        self.drain_seconds = DRAIN_SECONDS  # how long the next drain may hold new commands
         self.blocked_by = ""  # what the last drain that did not finish was waiting for
         self._one_at_a_time = asyncio.Lock()
 
@@ -67,12 +72,13 @@ class LogTrimmer:
             return False
         started = time.perf_counter()
         async with self.bus.held():
-            rows = await self._drained(time.monotonic() + DRAIN_SECONDS)
+            rows = await self._drained(time.monotonic() + self.drain_seconds)
             if rows is None:
                 self._not_before = time.monotonic() + self._backoff
                 log.warning("local broker log not trimmed: the pipeline did not drain in time; trying again later",
-                            drain_seconds=DRAIN_SECONDS, waiting_for=self.blocked_by, retry_in_s=self._backoff)
+                            drain_seconds=self.drain_seconds, waiting_for=self.blocked_by, retry_in_s=self._backoff)
                 self._backoff = min(LONGEST_BACKOFF, self._backoff * 2)
+                self.drain_seconds = min(LONGEST_DRAIN_SECONDS, self.drain_seconds * 2)
                 return False
             self._backoff = FIRST_BACKOFF
             async with contextlib.AsyncExitStack() as quiet:
@@ -106,7 +112,7 @@ class LogTrimmer:
                     rows = await read_partitions(conn, partitions)
                 positions = {(self.cfg.commands_topic, p): decided[p] for p in partitions} | \
                             {(self.cfg.events_topic, p): rows[p].events_offset for p in partitions if p in rows}
-                empty = await kafka.nothing_at(self.cfg, positions, timeout=DRAIN_SECONDS)
+                empty = await kafka.nothing_at(self.cfg, positions, timeout=max(0.05, deadline - time.monotonic()))
                 if len(rows) == len(partitions) and empty:
                     return rows
                 self.blocked_by = {None: "fetches the broker did not answer in time",
