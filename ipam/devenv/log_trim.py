@@ -37,9 +37,9 @@ log = structlog.get_logger("ipam.log_trim")
 
 DRAIN_SECONDS = 0.5  # first hold on new commands while waiting for the pipeline to drain (~40 ms when idle)
 LONGEST_DRAIN_SECONDS = 4.0  # the hold doubles after each drain that did not finish, up to this (below the
-# webhook's 8 s deadline): under a soak's load a fresh consumer's fetch took longer than 0.5 s on a loaded
-# machine, every drain failed from minute 5, the log grew and the local broker's fetches slowed until
-# every lease timed out (docs/performance.md, "The soak on the local broker")
+# webhook's 8 s deadline), so a machine slower than the first hold still trims.  Not what failed the soak's
+# drains (a commands topic left with 4 partitions: topics.recreate_topics); after that fix one drain in 14
+# minutes missed its 0.5 s (docs/performance.md, "The soak on the local broker")
 FIRST_BACKOFF, LONGEST_BACKOFF = 5.0, 60.0  # after drains that did not finish: doubling, so a slow pipeline
 # is held back seldom (a soak that kept failing 2 s drains every 7 s collapsed under its own holds)
 
