@@ -34,6 +34,8 @@ rootLogger.level = WARN
 rootLogger.appenderRef.file.ref = file
 logger.started.name = kafka.server.KafkaRaftServer
 logger.started.level = INFO
+logger.quorum.name = org.apache.kafka.raft.QuorumState
+logger.quorum.level = INFO
 """
 
 
@@ -103,9 +105,12 @@ class Node:
 class KafkaCluster:
     """``nodes`` KRaft nodes on loopback, each a broker and a controller, in a temporary directory."""
 
-    def __init__(self, nodes: int = 1, heap_mb: int = 384, host: str = "127.0.0.1") -> None:
-        """``host``: the address the nodes listen on and advertise (a test's own, reachable from its namespaces)."""
+    def __init__(self, nodes: int = 1, heap_mb: int = 384, host: str = "127.0.0.1",
+                 settings: tuple[str, ...] = ()) -> None:
+        """``host``: the address the nodes listen on and advertise (a test's own, reachable from its namespaces);
+        ``settings``: ``key=value`` broker properties over the ones below (the last one of a key counts)."""
         self.host = host
+        self.settings = settings
         self.dir = Path(tempfile.mkdtemp(prefix="ipam-kafka-"))
         self.heap_mb = heap_mb
         self.version = kafka_version()
@@ -140,7 +145,7 @@ class KafkaCluster:
             f"default.replication.factor={self.replication}", "auto.create.topics.enable=false",
             "group.initial.rebalance.delay.ms=0", "offsets.topic.num.partitions=8",
             "unclean.leader.election.enable=false", "log.flush.interval.messages=9223372036854775807",
-            *self._fencing(),
+            *self._fencing(), *self.settings,
             "", ])
 
     def _fencing(self) -> list[str]:
@@ -179,6 +184,17 @@ class KafkaCluster:
                                          start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL))
         if wait:
             wait_port(self.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
+
+    def quorum_leader(self) -> int | None:
+        """The node that last became the KRaft quorum's leader (the active controller), from the nodes' logs."""
+        latest: tuple[str, int] | None = None
+        for node in self.nodes:
+            log = node.data / "server.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            became = [line for line in lines if "transition to Leader(" in line]
+            if became and (latest is None or became[-1][:25] > latest[0]):
+                latest = (became[-1][:25], node.node_id)
+        return None if latest is None else latest[1]
 
     def kill_node(self, node: Node) -> None:
         """kill -9: no controlled shutdown, leadership moves when the controller sees the session expire."""
