@@ -18,7 +18,7 @@ run: $(STAMP)  ## migrate and serve everything on 127.0.0.1:8080, plain HTTP on 
 test: $(STAMP)  ## the whole suite on real services (local broker and Postgres, or Docker, or IPAM_TEST_*)
 	$(BIN)/ruff check ipam tests bench examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy ipam/domain
+	$(BIN)/mypy ipam
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## every scenario on Apache Kafka, then on the local broker: one targets line (JSON) per broker

@@ -1,100 +1,83 @@
 """Settings, read from the environment in one place.
 
-``SETTINGS`` names each setting, its type and its default; what each one means is documented in
-docs/settings.md, which the tests check against this table.
+``Config`` declares each setting, its type and its default; ``SETTINGS``, derived from it, names the
+environment variables; what each one means is documented in docs/settings.md, which the tests check
+against that table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
-from dataclasses import dataclass, make_dataclass
+import typing
+from dataclasses import dataclass
 
 from .domain.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Setting:
-    env: str
-    type: type
-    default: str | None  # "" for optional text settings; None: unset unless given
+class Config:
+    """Every setting, as the service reads it (``Config.from_env``): one typed field per setting, named as its
+    environment variable without ``IPAM_`` and in lower case, with its default.  ``SETTINGS`` is derived from
+    these fields, so the table and the type cannot drift, and a type checker sees every ``cfg.x``."""
 
-    @property
-    def field(self) -> str:
-        return self.env.removeprefix("IPAM_").lower()
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("IPAM_DATABASE_URL", str, None),
-    Setting("IPAM_EMBEDDED_POSTGRES_ADDR", str, "127.0.0.1:55432"),
-    Setting("IPAM_EMBEDDED_POSTGRES_DIR", str, ".ipam/postgres"),
-    Setting("IPAM_MIGRATE", bool, "true"),
-    Setting("IPAM_KAFKA_BOOTSTRAP", str, None),
-    Setting("IPAM_LOCAL_BROKER_ADDR", str, "127.0.0.1:9092"),
-    Setting("IPAM_LOG_TRIM_RECORDS", int, None),
-    Setting("IPAM_KAFKA_BROKER", str, "apache-kafka"),
-    Setting("IPAM_KAFKA_REPLICATION", int, "-1"),
-    Setting("IPAM_KAFKA_MIN_INSYNC_REPLICAS", int, "0"),
-    Setting("IPAM_COMMANDS_TOPIC", str, "ipam.commands"),
-    Setting("IPAM_EVENTS_TOPIC", str, "ipam.events"),
-    Setting("IPAM_DEAD_LETTER_TOPIC", str, "ipam.dead-letter"),
-    Setting("IPAM_PARTITIONS", int, "8"),
-    Setting("IPAM_GROUP_PREFIX", str, "ipam"),
-    Setting("IPAM_OWNERSHIP_TTL_SECONDS", float, "1.5"),
-    Setting("IPAM_OWNERSHIP_BEAT_SECONDS", float, "0.25"),
-    Setting("IPAM_HTTP_ADDR", str, "127.0.0.1:8080"),
-    Setting("IPAM_PLAIN_HTTP", bool, "false"),
-    Setting("IPAM_QUARANTINE_SECONDS", int, "600"),
-    Setting("IPAM_REQUEST_TIMEOUT_SECONDS", float, "10"),
-    Setting("IPAM_SHED_AFTER_SECONDS", float, "2"),
-    Setting("IPAM_SHED_MIN_WAITING", int, "256"),
-    Setting("IPAM_SHED_MAX_WAITING", int, "512"),
-    Setting("IPAM_MAX_BODY_BYTES", int, "1048576"),
-    Setting("IPAM_OUTCOME_RETENTION_HOURS", float, "168"),
-    Setting("IPAM_DEDUPE_WINDOW", int, "10000"),
-    Setting("IPAM_LOG_LEVEL", str, "info"),
-    Setting("IPAM_LOG_FORMAT", str, "json"),
-    Setting("IPAM_KAFKA_LINGER_MS", int, "1"),
-    Setting("IPAM_KAFKA_SECURITY_PROTOCOL", str, "PLAINTEXT"),
-    Setting("IPAM_KAFKA_SASL_MECHANISM", str, ""),
-    Setting("IPAM_KAFKA_SASL_USERNAME", str, ""),
-    Setting("IPAM_KAFKA_SASL_PASSWORD_FILE", str, ""),
-    Setting("IPAM_KAFKA_CA_FILE", str, ""),
-    Setting("IPAM_KAFKA_CERT_FILE", str, ""),
-    Setting("IPAM_KAFKA_KEY_FILE", str, ""),
-    Setting("IPAM_KAFKA_FETCH_MAX_WAIT_MS", int, "0"),
-    Setting("IPAM_WEBHOOK_ADDR", str, "127.0.0.1:8443"),
-    Setting("IPAM_TLS_CERT_FILE", str, ""),
-    Setting("IPAM_TLS_KEY_FILE", str, ""),
-    Setting("IPAM_WEBHOOK_CLIENT_CA_FILE", str, ""),
-    Setting("IPAM_TOKEN_FILE", str, ""),
-    Setting("IPAM_TOKEN_REVIEW", bool, "false"),
-    Setting("IPAM_ADMIN_SUBJECTS", str, ""),
-    Setting("IPAM_READER_SUBJECTS", str, ""),
-    Setting("IPAM_NODE_SUBJECTS", str, ""),
-    Setting("IPAM_WEBHOOK_DEADLINE_SECONDS", float, "8"),
-    Setting("IPAM_PENDING_SECONDS", int, "300"),
-    Setting("IPAM_NAMESPACE_OPT_IN", bool, "false"),
-    Setting("IPAM_MAX_INTERFACES", int, "64"),
-    Setting("IPAM_KUBE_API", str, ""),
-    Setting("IPAM_RESYNC_SECONDS", float, "600"),
-    Setting("IPAM_CLUSTER", str, "default"),
-    Setting("IPAM_CONFIG_FILE", str, ""),
-    Setting("IPAM_CONFIG_POLL_SECONDS", float, "5"),
-)
-
-
-# What IPAM_KAFKA_BROKER may name, and what each one can do (docs/settings.md)
-BROKERS = ("apache-kafka", "local")
-
-
-# Config's fields are the settings' (``Setting.field``), typed as the table says: one list, not two.
-_Fields = make_dataclass("_Fields", [(x.field, x.type | None if x.default is None else x.type) for x in SETTINGS], frozen=True)
-
-
-@dataclass(frozen=True)
-class Config(_Fields):
-    """Every setting, as the service reads it (``Config.from_env``)."""
+    database_url: str | None = None
+    embedded_postgres_addr: str = "127.0.0.1:55432"
+    embedded_postgres_dir: str = ".ipam/postgres"
+    migrate: bool = True
+    kafka_bootstrap: str | None = None
+    local_broker_addr: str = "127.0.0.1:9092"
+    log_trim_records: int | None = None
+    kafka_broker: str = "apache-kafka"
+    kafka_replication: int = -1
+    kafka_min_insync_replicas: int = 0
+    commands_topic: str = "ipam.commands"
+    events_topic: str = "ipam.events"
+    dead_letter_topic: str = "ipam.dead-letter"
+    partitions: int = 8
+    group_prefix: str = "ipam"
+    ownership_ttl_seconds: float = 1.5
+    ownership_beat_seconds: float = 0.25
+    http_addr: str = "127.0.0.1:8080"
+    plain_http: bool = False
+    quarantine_seconds: int = 600
+    request_timeout_seconds: float = 10.0
+    shed_after_seconds: float = 2.0
+    shed_min_waiting: int = 256
+    shed_max_waiting: int = 512
+    max_body_bytes: int = 1048576
+    outcome_retention_hours: float = 168.0
+    dedupe_window: int = 10000
+    log_level: str = "info"
+    log_format: str = "json"
+    kafka_linger_ms: int = 1
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password_file: str = ""
+    kafka_ca_file: str = ""
+    kafka_cert_file: str = ""
+    kafka_key_file: str = ""
+    kafka_fetch_max_wait_ms: int = 0
+    webhook_addr: str = "127.0.0.1:8443"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    webhook_client_ca_file: str = ""
+    token_file: str = ""
+    token_review: bool = False
+    admin_subjects: str = ""
+    reader_subjects: str = ""
+    node_subjects: str = ""
+    webhook_deadline_seconds: float = 8.0
+    pending_seconds: int = 300
+    namespace_opt_in: bool = False
+    max_interfaces: int = 64
+    kube_api: str = ""
+    resync_seconds: float = 600.0
+    cluster: str = "default"
+    config_file: str = ""
+    config_poll_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -191,6 +174,43 @@ class Config(_Fields):
         return self.quarantine_seconds * 1000
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, the type it is read as, and its default as written in
+    docs/settings.md."""
+
+    env: str
+    type: type
+    default: str | None  # "" for optional text settings; None: unset unless given
+
+    @property
+    def field(self) -> str:
+        return self.env.removeprefix("IPAM_").lower()
+
+
+def _written(default: object) -> str | None:
+    """A field's default as the environment (and docs/settings.md) write it."""
+    if default is None or isinstance(default, str):
+        return default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _settings() -> tuple[Setting, ...]:
+    hints = typing.get_type_hints(Config)
+    table = []
+    for f in dataclasses.fields(Config):
+        kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+        table.append(Setting("IPAM_" + f.name.upper(), kinds[0], _written(f.default)))
+    return tuple(table)
+
+
+SETTINGS: tuple[Setting, ...] = _settings()
+
+
+# What IPAM_KAFKA_BROKER may name, and what each one can do (docs/settings.md)
+BROKERS = ("apache-kafka", "local")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
