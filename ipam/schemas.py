@@ -17,8 +17,8 @@ from .domain.events import EVENT_TYPES
 from .domain.topic_records import EventRecord
 
 
-def _tag(kind: type) -> str:
-    return kind.__struct_config__.tag
+def _tag(kind: type[msgspec.Struct]) -> str:
+    return str(kind.__struct_config__.tag)  # every event and command has a string tag
 
 
 def generate() -> dict[str, dict]:

@@ -66,7 +66,7 @@ async def decode_body(request: web.Request, kind: type):
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"request body is over {request.app[CONFIG].max_body_bytes} bytes", "body") from None
     try:
-        body = msgspec.json.decode(raw, type=kind)
+        body: msgspec.Struct = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as e:
         m = _FIELD.search(str(e))
         field = (m.group(1) or m.group(2)) if m else None

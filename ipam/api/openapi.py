@@ -55,7 +55,7 @@ def _operation(route: Route) -> dict:
         else:
             responses[str(status)] = _json(model, description) if model is not None else {"description": description}
     responses |= {str(c): _json(models.Error, _ERRORS[c]) for c in route.errors}
-    op = {"summary": route.summary, "operationId": route.operation, "responses": responses}
+    op: dict[str, object] = {"summary": route.summary, "operationId": route.operation, "responses": responses}
     if route.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.body)}}}
     if params := _parameters(route):

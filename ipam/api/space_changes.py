@@ -44,7 +44,7 @@ class SpaceChanges:
                 raise ApiError(400, "invalid", str(e), "range") from None
             if update.range is not None and not current.external:
                 await self._no_static_macs_in(parse_range(update.range))
-            if steps.span is not None:
+            if steps.span is not None and update.range is not None:  # a span is planned for a new range only
                 await self._move(name, current, update.range, steps.span, base)
             shrink, grow = steps.shrink, steps.grow
             if shrink is not None:

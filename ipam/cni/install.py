@@ -76,7 +76,7 @@ def write_node_files(conf_dir: str, host_conf_dir: str, url: str, ipam_ca: str =
                   "contexts": [{"name": "ipam-cni", "context": {"cluster": "local", "user": "ipam-cni"}}]}
     _replace(private / "ipam-cni.kubeconfig", json.dumps(kubeconfig, indent=2).encode(), 0o600)
     parts = urllib.parse.urlsplit(url)  # the node cannot resolve cluster DNS names: write the address
-    address = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)[0][4][0]
+    address = str(socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)[0][4][0])
     netloc = f"[{address}]" if ":" in address else address
     node = {"url": parts._replace(netloc=f"{netloc}:{parts.port or 443}").geturl(), "tls_server_name": parts.hostname,
             "token_file": str(seen / "token"), "ca_file": str(seen / "ipam-ca.crt"),

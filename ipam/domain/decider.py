@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, cast
 
+import msgspec
+
 from . import leasing, networks, pool_changes, pools
 from .book import Book, Space
 from .commands import (
@@ -164,7 +166,7 @@ def _pool_created(state: State, ev: PoolCreated) -> None:
     state.pools[ev.name] = pools.pool_from_event(ev)
 
 
-EVOLVERS: dict[type, Callable[[State, Any], None]] = {  # each takes the type it is keyed by
+EVOLVERS: dict[type[msgspec.Struct], Callable[[State, Any], None]] = {  # each takes the type it is keyed by
     PoolCreated: _pool_created,
     PoolChanged: pool_changes.changed,
     PoolDeleted: pool_changes.deleted,

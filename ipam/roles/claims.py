@@ -50,7 +50,7 @@ class Claims:
         self.cluster = cluster
         self.read, self.bus = read, bus
         self.network_of_config = network_of_config  # (namespace, CNI configuration name) -> ipam network or None
-        self.api = None  # the watcher's Kubernetes client, set when it leads
+        self.api: object | None = None  # the watcher's Kubernetes client, set when it leads
         self.owner_pods: dict[tuple[str, str], str] = {}  # (namespace, claim) -> the pod naming it
 
     async def listed(self, items: list[dict]) -> None:

@@ -65,7 +65,7 @@ class Membership:
                 if self._failing:
                     self.log.info("beating again")
                 self._failing = False
-            except (*leases.UNREACHABLE, TimeoutError) as e:
+            except leases.UNREACHABLE as e:  # TimeoutError among them
                 self._note_failure(e)
                 await self._expire(loop.time())
             wait = self.beat  # failing with leases held: try again no later than when they must be given up

@@ -39,7 +39,7 @@ class PartitionRole(ABC):
         self.owner_id = f"{socket.gethostname()}/{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.assigned: set[int] = set()
         self.member = kafka.PartitionReader(cfg, topic, **consumer_options)
-        self.membership = Membership(cfg.database_url, group, self.owner_id, cfg.partitions, ttl=cfg.ownership_ttl_seconds,
+        self.membership = Membership(cfg.database_dsn, group, self.owner_id, cfg.partitions, ttl=cfg.ownership_ttl_seconds,
                                      beat=cfg.ownership_beat_seconds, gained=self._gained, lost=self._lost)
         self.producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()

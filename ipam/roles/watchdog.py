@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -26,8 +27,15 @@ log = structlog.get_logger("ipam.watchdog")
 BROKER_SILENCE = 4.0
 
 
+
+class Trimmer(Protocol):
+    """What the watchdog asks of the local broker's log trimmer (devenv/log_trim.py): one step at a time."""
+
+    async def step(self) -> object: ...
+
+
 class TopicWatchdog:
-    def __init__(self, cfg: Config, roles: list, trimmer: Callable[[], object | None] = lambda: None) -> None:
+    def __init__(self, cfg: Config, roles: list, trimmer: Callable[[], Trimmer | None] = lambda: None) -> None:
         """``roles``: the partition roles of this process; ``trimmer``: the local broker's log trimmer, if any
         (asked each time: it is made after the roles start)."""
         self.cfg, self.roles, self.trimmer = cfg, roles, trimmer

@@ -70,7 +70,7 @@ class Watcher:
         return all(i is not None and i.synced.is_set() for i in (self.vms, self.pod_informer))
 
     async def run(self) -> None:
-        async with leadership(self.cfg.database_url, LEADER_LOCK, self.cfg.cluster):
+        async with leadership(self.cfg.database_dsn, LEADER_LOCK, self.cfg.cluster):
             self.is_leader = True
             log.info("watcher is the leader")
             try:

@@ -33,7 +33,7 @@ async def notify(conn, outcomes: dict[str, list], complete: set[str]) -> None:
     chunk: list = []
     size = 2
     for cid in complete:
-        item = [cid, outcomes[cid]]
+        item: list = [cid, outcomes[cid]]
         encoded = msgspec.json.encode(item)
         if len(encoded) > _NOTIFY_LIMIT:
             item, encoded = [cid, None], msgspec.json.encode([cid, None])
