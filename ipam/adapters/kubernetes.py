@@ -18,6 +18,8 @@ import structlog
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+ApiClient = client.ApiClient  # for the layers above, which name the type but never import the library
+
 log = structlog.get_logger("ipam.kubernetes")
 
 VM = ("kubevirt.io", "v1", "virtualmachines")
@@ -81,7 +83,8 @@ async def patch_claim_status(api: client.ApiClient, namespace: str, name: str, s
     """Merge-patch an IPAMClaim's status subresource (a claim deleted meanwhile is no error)."""
     try:
         await client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-            *CLAIMS[:2], namespace, CLAIMS[2], name, {"status": status}, _content_type="application/merge-patch+json")
+            *CLAIMS[:2], namespace, CLAIMS[2], name, {"status": status},
+            _content_type="application/merge-patch+json")  # type: ignore[call-arg]  # a keyword its **kwargs take
     except ApiException as e:
         if e.status != 404:
             raise
@@ -196,8 +199,9 @@ class Informer:
             for t in (watching, asked):
                 t.cancel()
             await asyncio.gather(watching, asked, return_exceptions=True)
-        if watching.done() and not watching.cancelled() and watching.exception() is not None:
-            raise watching.exception()
+        failed = watching.exception() if watching.done() and not watching.cancelled() else None
+        if failed is not None:
+            raise failed
 
     async def _watch_once(self) -> None:
         """One watch request from the last version seen; returns when the server ends it or the connection drops."""

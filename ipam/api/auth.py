@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from .. import telemetry
-from ..adapters.kubernetes import ReviewedToken, api_client, review_token
+from ..adapters.kubernetes import ApiClient, ReviewedToken, api_client, review_token
 from ..config import Config, subjects
 from .http import ApiError
 
@@ -104,7 +104,7 @@ class TokenReviewer:
         self.admins = subjects(cfg.admin_subjects, "IPAM_ADMIN_SUBJECTS")
         self.readers = subjects(cfg.reader_subjects, "IPAM_READER_SUBJECTS")
         self.nodes = subjects(cfg.node_subjects, "IPAM_NODE_SUBJECTS")
-        self._api = None
+        self._api: ApiClient | None = None
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def lookup(self, token: str) -> Caller | None:
@@ -213,7 +213,7 @@ class TlsFiles:
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         if client_ca_file:
             self.context.verify_mode = ssl.CERT_REQUIRED
-        self._stamp = None
+        self._stamp: tuple | None = None
         self.reloads = 0
         self.reload()
 

@@ -108,10 +108,10 @@ class DeclaredSpaces:
         # Ids shared by replicas that see the same file and state in the same poll; a new one each poll, so a
         # refusal is decided again once its cause (the leases it named, say) is gone.
         tag = f"{self.read.catalog_version}.{int(time.time() // max(self.poll_seconds, 1.0))}"
-        for i, body in enumerate(declared.pools):
-            yield f"pools[{i}] ({body.name})", self._pool(catalog.pools.get(body.name), body, tag)
-        for i, body in enumerate(declared.networks):
-            yield f"networks[{i}] ({body.name})", self._network(catalog.networks.get(body.name), body, tag)
+        for i, pool in enumerate(declared.pools):
+            yield f"pools[{i}] ({pool.name})", self._pool(catalog.pools.get(pool.name), pool, tag)
+        for i, network in enumerate(declared.networks):
+            yield f"networks[{i}] ({network.name})", self._network(catalog.networks.get(network.name), network, tag)
         for name in declared.delete.pools:
             if name in catalog.pools:
                 yield f"delete.pools ({name})", self.ops.delete_pool(name, _cid(tag, "delete-pool", name))

@@ -38,13 +38,14 @@ def _request(url: str, method: str, path: str, headers: dict, body: object, cont
     """One request on a fresh connection.  ``server_name``: the name the server's certificate carries when
     ``url`` names it by address (a node cannot resolve cluster DNS names; the installer wrote the IP)."""
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
                                       timeout=CONNECT_TIMEOUT)
     data = None if body is None else json.dumps(body).encode()
     try:
         conn.connect()
         if parts.scheme == "https":
-            conn.sock = context.wrap_socket(conn.sock, server_hostname=server_name or parts.hostname)
+            trusted = context or ssl.create_default_context()  # the node's CAs when no CA file was installed
+            conn.sock = trusted.wrap_socket(conn.sock, server_hostname=server_name or parts.hostname)
         conn.sock.settimeout(timeout)
         conn.request(method, parts.path.rstrip("/") + path, body=data,
                      headers=headers | ({"Content-Type": "application/json"} if data else {}))

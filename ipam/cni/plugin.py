@@ -77,7 +77,9 @@ def _launcher_holder(kube: Kube, pod: dict, selections: list, ifname: str) -> Ho
     vmi_name = multus.launcher_vmi(pod)
     vmi = kube.vmi(namespace, vmi_name) if vmi_name else None
     vm = multus.owner_of(vmi, "VirtualMachine") if vmi else None
-    interface = multus.launcher_interface(vmi, selections, ifname) if vm else None
+    if not vmi or vm is None:
+        return None
+    interface = multus.launcher_interface(vmi, selections, ifname)
     return None if interface is None else Holder(namespace, vm[0], vm[1], interface, VM)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader
+from ..adapters.kafka import UNSERVED, CatchUpStalled, LogReader, Unserved
 from ..adapters.postgres.ownership import PartitionRow, read_partition, reset_log
 from ..adapters.postgres.projection import record_hash
 from ..config import Config
@@ -61,7 +61,7 @@ async def _events_intact(reader: LogReader, cfg: Config, row: PartitionRow) -> b
     raw = await reader.record_at(topic, partition, row.events_offset - 1)
     if raw is None:
         return await _deleted_by_retention(reader, cfg, topic, partition, row.events_offset - 1)
-    if raw is UNSERVED:
+    if isinstance(raw, Unserved):
         log.warning("the broker lists the last record ipam consumed but does not serve it; assuming the log is intact",
                     topic=topic, partition=partition, offset=row.events_offset - 1)
         return True
@@ -81,7 +81,7 @@ async def _commands_intact(reader: LogReader, cfg: Config, row: PartitionRow) ->
         return True
     offset = row.commands_offset - 1
     raw = await reader.record_at(cfg.commands_topic, row.partition, offset)
-    if raw is UNSERVED:
+    if isinstance(raw, Unserved):
         return True  # no proof of a reset (see _events_intact)
     if raw is None:
         return await _deleted_by_retention(reader, cfg, cfg.commands_topic, row.partition, offset)

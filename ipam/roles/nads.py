@@ -90,7 +90,12 @@ class NadNetworks:
                             network=network, attachments=members)
             return
         source = self.nads[prefer if prefer in definers else definers[0]] if definers else None
-        subnets, dns = (source.subnets, source.dns) if source else (current.subnets, current.dns)
+        if source is not None:
+            subnets, dns = source.subnets, source.dns
+        elif current is not None:
+            subnets, dns = current.subnets, current.dns
+        else:  # nothing defines it and it is not stored: returned above
+            return
         if current is not None and (current.subnets, current.dns, current.attachments) == (
                 subnets, tuple(canonical(d) for d in dns), tuple(members)):
             return
