@@ -169,7 +169,7 @@ class LeaseApi:
             raise ApiError(422, "limit", f"{body.namespace}/{body.vm} already holds leases for {others} interfaces; "
                                          f"at most {self.cfg.max_interfaces} per VM (IPAM_MAX_INTERFACES)", "interface")
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_leases(self, request: web.Request) -> web.Response:
         q, kind = request.query, self.rest.kind
         limit = limit_of(request)
         address = self.rest.canonical(q[kind.address], kind.address) if kind.address in q else None
@@ -244,8 +244,8 @@ class LeaseApi:
                   "same ones)", rest.operations["lease"], body=request, ok={201: (answer, "Leased"),
                   200: (answer, "The owner already held these addresses")}, errors=(400, 404, 409, 413, 422, 429, 504),
                   idempotent=True, sheds=True),
-            Route("GET", rest.path, self.list, f"List live {w} leases", rest.operations["list"], ok={200: (listing, "Leases")},
-                  errors=(400,), query=rest.filters, limit=True),
+            Route("GET", rest.path, self.list_leases, f"List live {w} leases", rest.operations["list"],
+                  ok={200: (listing, "Leases")}, errors=(400,), query=rest.filters, limit=True),
             Route("DELETE", owner, self.release_vm, f"Release a VM's {w} leases" + (f" in a {s}" if kind is IP else ""),
                   rest.operations["vm"], ok=release, errors=(400, 404, 504), idempotent=True,
                   query=("vm_uid", "workload", "cluster")),

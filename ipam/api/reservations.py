@@ -55,7 +55,7 @@ class ReservationApi:
         held = {"lease": leases[-1]} if "lease" in self.leases.answer.__struct_fields__ else {"leases": leases}
         return self.leases.answer(**held, existing=existing, command_id=cid)
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_reservations(self, request: web.Request) -> web.Response:
         q = request.query
         rows = await self.read.leases(self.rest.kind, namespace=q.get("namespace"), vm=q.get("vm"), state="reserved",
                                       cluster=q.get("cluster"))
@@ -85,7 +85,7 @@ class ReservationApi:
                   "for, else the next free); the VM gets them when admitted", f"reserve{w.title()}", body=request,
                   ok={201: (answer, "Reserved"), 200: (answer, "Already reserved for that VM interface")},
                   errors=(400, 404, 409, 413, 422, 504), idempotent=True),
-            Route("GET", self.path, self.list, f"List {w} reservations", f"list{w.title()}Reservations",
+            Route("GET", self.path, self.list_reservations, f"List {w} reservations", f"list{w.title()}Reservations",
                   ok={200: (listing, "Reservations")}, query=("namespace", "vm", "cluster")),
             Route("DELETE", self.path + "/{namespace}/{vm}", self.release, f"Release a VM's {w} reservations",
                   f"release{w.title()}Reservations", ok={200: (released, "Released")}, errors=(400, 404, 504),

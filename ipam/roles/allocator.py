@@ -44,7 +44,7 @@ class Owned:
     seq: int = 0
 
 
-class Allocator(PartitionRole):
+class Allocator(PartitionRole[Owned]):
     name = "allocator"
 
     def __init__(self, cfg: Config, db) -> None:

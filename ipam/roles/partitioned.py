@@ -17,6 +17,7 @@ import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -27,7 +28,10 @@ from .membership import Membership
 FIRST_RETRY, LONGEST_RETRY = 0.5, 5.0  # seconds between attempts to take a partition
 
 
-class PartitionRole(ABC):
+Kept = TypeVar("Kept")  # what a role keeps of each partition it has taken
+
+
+class PartitionRole(ABC, Generic[Kept]):
     """A member of one group; subclasses say how to take, hold, drop and work a partition."""
 
     name = "partitioned"
@@ -44,7 +48,7 @@ class PartitionRole(ABC):
         self.producer = kafka.producer(cfg)
         self._stopping = asyncio.Event()
         self._takes: dict[int, asyncio.Task] = {}
-        self.taken: dict[int, object] = {}  # partitions taken and ready to work -> what the role keeps of each
+        self.taken: dict[int, Kept] = {}  # partitions taken and ready to work -> what the role keeps of each
         self.quiet = False  # the log is being swapped (``quiesced``): the role's own log checks wait for it
 
     def held(self) -> set[int]:

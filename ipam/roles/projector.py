@@ -18,7 +18,7 @@ from .continuity import ensure_continuity
 from .partitioned import PartitionRole
 
 
-class Projector(PartitionRole):
+class Projector(PartitionRole[int]):  # the next offset to project
     name = "projector"
     max_records = 20000
 
