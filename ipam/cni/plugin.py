@@ -76,11 +76,8 @@ def _launcher_holder(kube: Kube, pod: dict, selections: list, ifname: str) -> Ho
     namespace = pod["metadata"]["namespace"]
     vmi_name = multus.launcher_vmi(pod)
     vmi = kube.vmi(namespace, vmi_name) if vmi_name else None
-    vm = multus.owner_of(vmi, "VirtualMachine") if vmi else None
-    if not vmi or vm is None:
-        return None
-    interface = multus.launcher_interface(vmi, selections, ifname)
-    return None if interface is None else Holder(namespace, vm[0], vm[1], interface, VM)
+    held = multus.launcher_holder(vmi, selections, ifname)
+    return None if held is None else Holder(namespace, *held, VM)
 
 
 def identify(args: dict[str, str], ifname: str, kube: Kube | None, requested: tuple[str, ...] = ()) -> Holder:

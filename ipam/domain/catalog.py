@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 from .book import Space
 from .kinds import IP, MAC, Kind
+from .networks import Network
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,8 @@ class Catalog:
         return self.spaces[MAC]
 
     @property
-    def networks(self) -> dict:
-        return self.spaces[IP]
+    def networks(self) -> dict[str, Network]:
+        return cast("dict[str, Network]", self.spaces[IP])  # the IP kind's spaces are networks
 
     @cached_property
     def by_attachment(self) -> dict[str, list]:

@@ -48,7 +48,7 @@ class PodLeases:
         for pod in items:
             meta = pod.get("metadata") or {}
             alive[(meta.get("namespace"), meta.get("name"))] = meta.get("uid")
-            await self.event("ADDED", pod, mac_pools.get(meta.get("uid"), set()))
+            await self.event("ADDED", pod, mac_pools.get(meta.get("uid", ""), set()))
         released = 0
         for kind, rows in holdings.items():
             for h in rows:
@@ -98,10 +98,10 @@ class PodLeases:
             by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
         if held is None:
             held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster)
-        for pool in sorted(set(by_pool) | held):
+        for pool_name in sorted(set(by_pool) | held):
             await self.bus.send(LEASE_COMMANDS[MAC].observe(
-                command_id=f"watch-pod-mac:{uid}:{version}:{pool}", at=now_ms(), pool=pool, namespace=namespace, vm=name,
-                vm_uid=uid, interfaces=tuple(by_pool.get(pool, ())), workload=POD_WORKLOAD, cluster=self.cluster))
+                command_id=f"watch-pod-mac:{uid}:{version}:{pool_name}", at=now_ms(), pool=pool_name, namespace=namespace,
+                vm=name, vm_uid=uid, interfaces=tuple(by_pool.get(pool_name, ())), workload=POD_WORKLOAD, cluster=self.cluster))
 
     async def _release(self, kind, space: str, namespace: str, name: str, uid: str, why: str) -> None:
         await self.bus.send(LEASE_COMMANDS[kind].release_owner(

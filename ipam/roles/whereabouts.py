@@ -20,11 +20,12 @@ from ..domain.catalog import Catalog
 from ..domain.cluster import multus
 from ..domain.commands import LeaseIp
 from ..domain.kinds import IP, POD_WORKLOAD, VM_WORKLOAD, Owner
+from ..domain.networks import Network
 
 log = structlog.get_logger("ipam.watcher")
 
 
-def _network_of(catalog: Catalog, cidr) -> object | None:
+def _network_of(catalog: Catalog, cidr) -> Network | None:
     return next((n for n in catalog.networks.values() if any(s.cidr == cidr for s in n.subnets)), None)
 
 
@@ -39,10 +40,10 @@ def _holder(pod: dict, ifname: str | None, network, vmis: dict) -> Owner | None:
         return None
     if multus.is_launcher(pod):
         vmi = vmis.get((meta["namespace"], multus.launcher_vmi(pod)))
-        vm = multus.owner_of(vmi, "VirtualMachine") if vmi else None
-        interface = multus.launcher_interface(vmi, selections, ifname) if vm else None
-        if interface is not None:
-            return Owner(namespace=meta["namespace"], vm=vm[0], vm_uid=vm[1], interface=interface, workload=VM_WORKLOAD)
+        held = multus.launcher_holder(vmi, selections, ifname)
+        if held is not None:
+            vm, vm_uid, interface = held
+            return Owner(namespace=meta["namespace"], vm=vm, vm_uid=vm_uid, interface=interface, workload=VM_WORKLOAD)
     return Owner(namespace=meta["namespace"], vm=meta["name"], vm_uid=meta["uid"], interface=ifname, workload=POD_WORKLOAD)
 
 
@@ -61,7 +62,8 @@ def adoptions(ippools: list[dict], pods: list[dict], vmis: list[dict], catalog: 
             if network is None:
                 skipped["no_network"] += 1
                 continue
-            pod = by_ref.get(tuple(str(alloc.get("podref", "")).split("/", 1)))
+            namespace, _, name = str(alloc.get("podref", "")).partition("/")
+            pod = by_ref.get((namespace, name))
             if pod is None:
                 skipped["pod_gone"] += 1
                 continue

@@ -166,6 +166,18 @@ def launcher_interface(vmi: Mapping, selections: list[Selection], ifname: str) -
     return same[0] if len(same) == 1 else None
 
 
+def launcher_holder(vmi: Mapping | None, selections: list[Selection], ifname: str) -> tuple[str, str, str] | None:
+    """(VM name, VM uid, VM interface) that pod interface ``ifname`` of a virt-launcher pod carries: the
+    VM it runs holds that address, not the pod (it must stay across migrations).  None when the VMI is not
+    known, has no VM or the interface carries none of its secondary networks: then the pod holds it.
+    One answer for the CNI plugin and the Whereabouts import."""
+    vm = owner_of(vmi, "VirtualMachine") if vmi else None
+    if not vmi or vm is None:
+        return None
+    interface = launcher_interface(vmi, selections, ifname)
+    return None if interface is None else (vm[0], vm[1], interface)
+
+
 # --- IPAMClaims (k8s.cni.cncf.io/v1alpha1, kubevirt/ipam-extensions) -----------------------------
 
 
