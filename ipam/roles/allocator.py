@@ -246,7 +246,9 @@ class Allocator(PartitionRole[Owned]):
         if pool is not None and pool not in owned.state.pools:
             await self._refresh_pools(command.at)
         name = getattr(command, "name", None) or pool
-        if isinstance(command, POOL_CHANGES) or (pool is not None and getattr(owned.state.pools.get(pool), "retired", False)):
+        retired = pool is not None and getattr(owned.state.pools.get(pool), "retired", False)
+        merge = isinstance(command, POOL_CHANGES) or retired
+        if merge and name is not None:  # a pool change names its pool
             await self._merge_pool(partition, owned, name)
         try:
             return decide(owned.state, command)  # pure: on an exception the state is as it was
@@ -307,8 +309,8 @@ def command_context(raw: bytes, partition: int, offset: int, rejected: CommandRe
     owner = getattr(command, "owner", None)
     if owner is not None:
         context["owner"] = f"{owner.namespace}/{owner.vm}/{owner.interface}"
-    elif getattr(command, "namespace", None) and getattr(command, "vm", None):
-        context["owner"] = f"{command.namespace}/{command.vm}"
+    elif (namespace := getattr(command, "namespace", None)) and (vm := getattr(command, "vm", None)):
+        context["owner"] = f"{namespace}/{vm}"
     for scope in ("pool", "network"):
         if getattr(command, scope, None):
             context[scope] = getattr(command, scope)

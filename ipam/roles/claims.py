@@ -30,13 +30,14 @@ def claim_status(claim: dict, events: list[dict], pod: str | None) -> dict:
     """The status ipam writes for the outcome of the claim's lease command."""
     leased = [e for e in events if e["type"] in ("IpLeased", "IpLeaseReturned", "IpLeaseConfirmed")]
     rejected = next((e for e in events if e["type"] == "CommandRejected"), None)
+    condition: dict[str, object]  # a Kubernetes condition, as the API server takes it
     if rejected is None:
         condition = {"type": CONDITION, "status": "True", "reason": "SuccessfulAllocation",
                      "message": "addresses leased by ipam"}
     else:
         condition = {"type": CONDITION, "status": "False", "reason": REASONS.get(rejected["code"], "AllocationFailed"),
                      "message": rejected["reason"][:1000]}
-    previous = next((c for c in (claim.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION), {})
+    previous: dict = next((c for c in (claim.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION), {})
     same = all(previous.get(k) == condition[k] for k in ("status", "reason", "message"))
     condition["lastTransitionTime"] = previous.get("lastTransitionTime") if same and previous.get(
         "lastTransitionTime") else dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -50,7 +51,7 @@ class Claims:
         self.cluster = cluster
         self.read, self.bus = read, bus
         self.network_of_config = network_of_config  # (namespace, CNI configuration name) -> ipam network or None
-        self.api: object | None = None  # the watcher's Kubernetes client, set when it leads
+        self.api: kube.ApiClient | None = None  # the watcher's Kubernetes client, set when it leads
         self.owner_pods: dict[tuple[str, str], str] = {}  # (namespace, claim) -> the pod naming it
 
     async def listed(self, items: list[dict]) -> None:
@@ -89,7 +90,7 @@ class Claims:
         try:
             for s in multus.pod_selections(pod):
                 if s.claim:
-                    self.owner_pods[(meta.get("namespace"), s.claim)] = meta.get("name")
+                    self.owner_pods[(meta.get("namespace") or "", s.claim)] = meta.get("name") or ""
         except multus.SelectionError:
             pass
 

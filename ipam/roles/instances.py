@@ -101,13 +101,13 @@ class Instances:
         """One ObserveGuestIps per managed interface whose reported addresses changed."""
         meta = vmi.get("metadata") or {}
         owners = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict) and r.get("kind") == "VirtualMachine"]
-        vm_uid = owners[0].get("uid") if owners else meta.get("uid")
+        vm_uid = str((owners[0].get("uid") if owners else meta.get("uid")) or "")
         per_iface: dict[tuple[str, str], set[str]] = {}
         for _uid, _ns, _name, iface, network, address in rows:
             if network is not None:
                 per_iface.setdefault((iface, network), set()).add(address)
         for (iface, network), addresses in sorted(per_iface.items()):
-            key, seen = (meta.get("uid"), iface), frozenset(addresses)
+            key, seen = (meta.get("uid") or "", iface), frozenset(addresses)
             if self._reported.get(key) == seen:
                 continue
             self._reported[key] = seen
