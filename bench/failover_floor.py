@@ -75,6 +75,8 @@ async def measure(cluster: KafkaCluster, kill: str, down: float) -> dict:
         writes.reset()
         reads.reset()
         leader = cluster.quorum_leader()
+        if leader is None:
+            raise SystemExit("no node's log says it became the quorum leader (org.apache.kafka.raft.QuorumState at INFO)")
         victim = next(n for n in cluster.nodes if (n.node_id == leader) == (kill == "controller"))
         cluster.kill_node(victim)
         await asyncio.sleep(down)

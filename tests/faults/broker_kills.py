@@ -6,7 +6,7 @@ clients retry on the new leader.  Every 20-30 s the broker that leads the most i
 and events topics) is killed and started again 5-10 s later (its log kept, as a node an orchestrator
 restarts in place).  Started again at once, the new JVM (7-20 s of a core to listen again here) competed
 for this 2-core machine with the very failover being measured: a slice (fresh clone, 2026-12-07) left partitions
-unanswered past the webhook's 8 s (10.3 s, against 6.9 s with the node still down).
+unanswered past the webhook's 8 s (10.3 s; 6.9 s in one run with the node kept down 15 s).
 
 Besides the REST clients the driver runs, 20 AdmissionReviews a second go to the webhook (3 MACs each),
 and ``PartitionProbe`` leases on every partition's pool every 0.5 s: the longest time any partition went
