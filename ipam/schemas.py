@@ -86,11 +86,11 @@ def _messages() -> tuple[dict, dict, dict]:
             "bindings": {"kafka": {"key": key, "bindingVersion": _KAFKA_BINDING}},
         }
         command_refs[tag] = {"$ref": f"#/components/messages/{tag}"}
-    for kind in EVENT_TYPES:
-        tag = _tag(kind)
+    for event_type in EVENT_TYPES:
+        tag = _tag(event_type)
         name = f"{tag}Record"
         messages[name] = {
-            "name": name, "title": tag, "summary": _summary(kind), "contentType": "application/json",
+            "name": name, "title": tag, "summary": _summary(event_type), "contentType": "application/json",
             "payload": {"allOf": [{"$ref": "../schemas/event-record.json"},
                                   {"type": "object", "properties": {"event": {"$ref": f"../schemas/events/{tag}.json"}}}]},
             "bindings": {"kafka": {"key": {**key, "description": "The key of the command the event was decided from "

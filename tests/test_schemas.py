@@ -14,9 +14,9 @@ import jsonschema
 import msgspec
 import pytest
 
-from ipam.domain.commands import COMMAND_TYPES, LeaseMac
-from ipam.domain.events import EVENT_TYPES, MacLeased, encoder
-from ipam.domain.kinds import Owner
+from ipam.domain.commands import COMMAND_TYPES, LEASE_COMMANDS, LeaseMac
+from ipam.domain.events import EVENT_TYPES, LEASE_EVENTS, MacLeased, encoder
+from ipam.domain.kinds import KINDS, Kind, Owner
 from ipam.domain.topic_records import EventRecord, record_decoder
 from ipam.schemas import generate, render
 
@@ -165,3 +165,53 @@ def test_a_consumer_on_an_older_schema_reads_a_record_that_gained_fields():
     rec["event"]["owner"]["zone"] = "east"
     read = record_decoder.decode(msgspec.json.encode(rec))
     assert read.event.owner == owner and read.event.mac == "02:00:00:00:00:01"
+
+
+def _expected_lease_commands(kind: Kind) -> dict[str, list[str]]:
+    """Each lease command's fields, as its ``Kind`` says (the shapes the commands were once made from)."""
+    s, a = kind.space, kind.address
+    return {
+        "lease": [s, "owner", kind.requested[0], "pending_until", "dry_run", "receives"],
+        "release_owner": [s, "namespace", "vm", "interface", "vm_uid", "workload", "cluster"],
+        "release_address": [s, a],
+        "observe": [s, "namespace", "vm", "vm_uid", "interfaces", "deleted", "workload", "cluster"],
+        "expire": [s, a, "vm_uid"],
+    }
+
+
+def _expected_lease_events(kind: Kind) -> dict[str, list[str]]:
+    head = [kind.space, kind.address]
+    given = head + [name for name, _ in kind.detail] + ["owner"]
+    extra = [name for name, _, _ in kind.extra]
+    return {
+        "leased": given + ["static", "pending_until", "adopted", *extra],
+        "returned": given + extra,
+        "offered": given + extra,
+        "confirmed": head + ["owner", "previous"],
+        "released": head + ["owner", "quarantined_until", "reason"] + [name for name, _ in kind.detail] + extra,
+        "conflict": head + ["owner", "holder"],
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+def test_the_static_lease_structs_say_what_their_kind_says(kind):
+    """The lease commands and events are declared statically, a MAC's and an IP's side by side; the ``Kind`` table
+    is what the code written once for both kinds reads (field names, tags, what a request asks for, what an
+    interface is observed as, the extra fields answers report).  Both must agree, field by field and in order."""
+    commands, events = LEASE_COMMANDS[kind], LEASE_EVENTS[kind]
+    for role, fields in _expected_lease_commands(kind).items():
+        struct = getattr(commands, role)
+        assert struct.__struct_config__.tag == kind.tags[role]
+        assert list(struct.__struct_fields__) == [*fields, "command_id", "at"], role
+    requested = msgspec.structs.fields(commands.lease)[2]
+    assert (requested.name, requested.type, requested.default) == kind.requested
+    observed = msgspec.structs.fields(commands.observe)[4].type
+    assert observed == tuple[kind.observed, ...]
+    for role, fields in _expected_lease_events(kind).items():
+        struct = getattr(events, role)
+        assert struct.__struct_config__.tag.startswith(kind.prefix)
+        assert list(struct.__struct_fields__) == [*fields, "command_id", "at"], role
+        by_name = {f.name: f for f in msgspec.structs.fields(struct)}
+        for name, _, default in kind.extra:  # added later: a default, so older producers' records still decode
+            if name in by_name:
+                assert by_name[name].default == default, (role, name)

@@ -57,6 +57,7 @@ from ..domain.commands import LeaseIp, LeaseMac
 from ..domain.ip import format_address, parse_address
 from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_mac
+from ..domain.networks import Network
 from ..domain.pools import RoutingError, choose_pool
 from .http import STATUS, ApiError, Gateway
 
@@ -97,8 +98,8 @@ class Plan:
     uid: str
     vm: Mapping  # the object under review (a VM or a pod)
     needs: list[InterfaceNeed]  # interfaces that get a MAC
-    addressed: list[tuple[MultusInterface, object]]  # (interface, network) for interfaces on ipam networks
-    commands: list[tuple[str, object]] = field(default_factory=list)  # (interface, lease command)
+    addressed: list[tuple[MultusInterface, Network]]  # (interface, network) for interfaces on ipam networks
+    commands: list[tuple[str, LeaseMac | LeaseIp]] = field(default_factory=list)  # (interface, lease command)
     selections: list = field(default_factory=list)  # a pod's network-selection elements
 
 
@@ -273,7 +274,7 @@ class Webhook:
             plan.commands.append((m.name, LeaseIp(
                 command_id=f"admission:{plan.uid}:ip:{m.name}{suffix}", network=network.name,
                 owner=Owner(namespace=namespace, vm=name, vm_uid=vm_uid, interface=m.name, cluster=self.cfg.cluster),
-                addresses=tuple(wanted_ips.get(m.name) or written.get(m.name, ())), **common)))
+                addresses=tuple(wanted_ips.get(m.name) or written.get(m.name) or ()), **common)))
 
     @staticmethod
     def _written(plan: Plan, old_macs: dict[str, str]) -> dict[str, list[str]]:

@@ -28,7 +28,7 @@ class Catalog:
         return cast("dict[str, Network]", self.spaces[IP])  # the IP kind's spaces are networks
 
     @cached_property
-    def by_attachment(self) -> dict[str, list]:
+    def by_attachment(self) -> dict[str, list[Network]]:
         """NetworkAttachmentDefinition ("namespace/name") -> the networks serving it (one, normally)."""
         served: dict[str, list] = {}
         for network in self.networks.values():

@@ -1,20 +1,31 @@
 """Commands: what the API, the webhook and the watcher ask the allocators to decide.
 
 msgspec tagged unions with stable tags, a public API (the commands topic, ``schemas/commands``).
-The five lease commands exist once per kind of address and are made from its ``Kind``: the same
-fields, named for that kind (``pool``/``mac``, ``network``/``address``).  Evolution rules in
+The five lease commands exist once per kind of address, declared side by side: the same fields,
+named for that kind (``pool``/``mac``, ``network``/``address``).  Evolution rules in
 docs/events.md#schema-evolution; ``tests/test_schemas.py`` enforces them.
 """
 
 from __future__ import annotations
 
-from types import GenericAlias
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Union
+from typing import Annotated, NamedTuple, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
-from .kinds import DEFAULT_CLUSTER, IP, MAC, VM_WORKLOAD, CommandId, Kind, Millis, Name, Owner
+from .kinds import (
+    DEFAULT_CLUSTER,
+    IP,
+    MAC,
+    VM_WORKLOAD,
+    CanonicalMac,
+    CommandId,
+    Millis,
+    Name,
+    ObservedAddresses,
+    ObservedInterface,
+    Owner,
+)
 
 
 class Command(Struct, tag_field="type", kw_only=True, frozen=True):
@@ -23,51 +34,141 @@ class Command(Struct, tag_field="type", kw_only=True, frozen=True):
 
 
 class LeaseCommands(NamedTuple):
-    lease: type
-    release_owner: type
-    release_address: type
-    observe: type
-    expire: type
+    """One kind's lease commands, by role: what code written once for both kinds builds."""
+
+    lease: type[LeaseMac] | type[LeaseIp]
+    release_owner: type[ReleaseOwner] | type[ReleaseIps]
+    release_address: type[ReleaseMac] | type[ReleaseIp]
+    observe: type[ObserveVm] | type[ObserveVmIps]
+    expire: type[ExpirePending] | type[ExpirePendingIp]
 
 
-def _lease_commands(kind: Kind) -> LeaseCommands:
-    space = (kind.space, Name)
-    a, w, s = kind.address, kind.word, kind.space
-    shapes: dict[str, tuple[list[Any], str]] = {  # role -> (fields, docstring)
-        "lease": ([space, ("owner", Owner), kind.requested, ("pending_until", Millis, 0), ("dry_run", bool, False),
-                   ("receives", bool, False)],
-                  f"Lease an interface its {w} addresses in a {s}: {kind.holds}.  For each, "
-                  f"the one asked for in ``{kind.requested[0]}`` (static), else the one it holds (sticky), else the next "
-                  "free; one refusal rejects the command.  ``pending_until``: provisional (made at admission, before "
-                  "the VM exists), released then unless a VM is seen holding it.  ``dry_run``: decide and answer with "
-                  f"``{kind.prefix}LeaseOffered``, change nothing."),
-        "release_owner": ([space, ("namespace", Name), ("vm", Name), ("interface", str | None, None),
-                           ("vm_uid", str | None, None), ("workload", str | None, None), ("cluster", str | None, None)],
-                          f"Release a VM's {w} leases in a {s}, or one interface's (of a pod or claim too: "
-                          "``workload``); ``vm_uid`` narrows it to one incarnation, as a CNI DEL must: the pod "
-                          "that replaced a deleted one of the same name keeps what it holds."),
-        "release_address": ([space, (a, str)], f"Release whatever lease holds this {w} address."),
-        "observe": ([space, ("namespace", Name), ("vm", Name), ("vm_uid", Name),
-                     ("interfaces", GenericAlias(tuple, (kind.observed, ...)), ()), ("deleted", bool, False),
-                     ("workload", Name, VM_WORKLOAD), ("cluster", Name, DEFAULT_CLUSTER)],
-                    f"What the watcher saw of one VM (or pod: ``workload``) for one {s}: the {w} addresses of each "
-                    "interface.  Confirms "
-                    "pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds "
-                    "as conflicts, releases interfaces the VM no longer has (everything when ``deleted``).  An "
-                    "interface listed without addresses keeps what it holds.  Idempotent: the id derives from uid "
-                    "and resourceVersion."),
-        "expire": ([space, (a, kind.address_type), ("vm_uid", Name)],
-                   "Release a pending lease whose VM never appeared (nothing when it was confirmed meanwhile)."),
-    }
-    return LeaseCommands(**{
-        role: msgspec.defstruct(kind.tags[role], fields, bases=(Command,), tag=kind.tags[role], frozen=True,
-                                module=__name__, namespace={"__doc__": doc})
-        for role, (fields, doc) in shapes.items()})
+# The five lease commands of each kind, side by side: the same fields, named for the kind (``pool``/``mac``,
+# ``network``/``addresses``).  Declared statically, so they are types to a checker; tests/test_schemas.py checks that
+# each says what its ``Kind`` says (its space, address, requested and observed fields).
 
 
-LEASE_COMMANDS = {MAC: _lease_commands(MAC), IP: _lease_commands(IP)}
-LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending = LEASE_COMMANDS[MAC]
-LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp = LEASE_COMMANDS[IP]
+class LeaseMac(Command, tag="LeaseMac", frozen=True):
+    """Lease an interface its MAC addresses in a pool: one MAC per pool.  For each, the one asked for in ``mac``
+    (static), else the one it holds (sticky), else the next free; one refusal rejects the command.
+    ``pending_until``: provisional (made at admission, before the VM exists), released then unless a VM is seen
+    holding it.  ``dry_run``: decide and answer with ``MacLeaseOffered``, change nothing."""
+
+    pool: Name
+    owner: Owner
+    mac: str | None = None
+    pending_until: Millis = 0
+    dry_run: bool = False
+    receives: bool = False
+
+
+class ReleaseOwner(Command, tag="ReleaseOwner", frozen=True):
+    """Release a VM's MAC leases in a pool, or one interface's (of a pod or claim too: ``workload``); ``vm_uid``
+    narrows it to one incarnation, as a CNI DEL must: the pod that replaced a deleted one of the same name keeps
+    what it holds."""
+
+    pool: Name
+    namespace: Name
+    vm: Name
+    interface: str | None = None
+    vm_uid: str | None = None
+    workload: str | None = None
+    cluster: str | None = None
+
+
+class ReleaseMac(Command, tag="ReleaseMac", frozen=True):
+    """Release whatever lease holds this MAC address."""
+
+    pool: Name
+    mac: str
+
+
+class ObserveVm(Command, tag="ObserveVm", frozen=True):
+    """What the watcher saw of one VM (or pod: ``workload``) for one pool: the MAC addresses of each interface.
+    Confirms pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds
+    as conflicts, releases interfaces the VM no longer has (everything when ``deleted``).  An interface listed
+    without addresses keeps what it holds.  Idempotent: the id derives from uid and resourceVersion."""
+
+    pool: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interfaces: tuple[ObservedInterface, ...] = ()
+    deleted: bool = False
+    workload: Name = VM_WORKLOAD
+    cluster: Name = DEFAULT_CLUSTER
+
+
+class ExpirePending(Command, tag="ExpirePending", frozen=True):
+    """Release a pending lease whose VM never appeared (nothing when it was confirmed meanwhile)."""
+
+    pool: Name
+    mac: CanonicalMac
+    vm_uid: Name
+
+
+class LeaseIp(Command, tag="LeaseIp", frozen=True):
+    """Lease an interface its IP addresses in a network: one address per family of the network (two for dual-stack).
+    For each, the one asked for in ``addresses`` (static), else the one it holds (sticky), else the next free;
+    one refusal rejects the command.  ``pending_until``: provisional (made at admission, before the VM exists),
+    released then unless a VM is seen holding it.  ``dry_run``: decide and answer with ``IpLeaseOffered``,
+    change nothing."""
+
+    network: Name
+    owner: Owner
+    addresses: tuple[str, ...] = ()
+    pending_until: Millis = 0
+    dry_run: bool = False
+    receives: bool = False
+
+
+class ReleaseIps(Command, tag="ReleaseIps", frozen=True):
+    """Release a VM's IP leases in a network, or one interface's (of a pod or claim too: ``workload``); ``vm_uid``
+    narrows it to one incarnation, as a CNI DEL must: the pod that replaced a deleted one of the same name keeps
+    what it holds."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    interface: str | None = None
+    vm_uid: str | None = None
+    workload: str | None = None
+    cluster: str | None = None
+
+
+class ReleaseIp(Command, tag="ReleaseIp", frozen=True):
+    """Release whatever lease holds this IP address."""
+
+    network: Name
+    address: str
+
+
+class ObserveVmIps(Command, tag="ObserveVmIps", frozen=True):
+    """What the watcher saw of one VM (or pod: ``workload``) for one network: the IP addresses of each interface.
+    Confirms pending leases the VM holds, adopts addresses nobody holds, reports addresses another owner holds
+    as conflicts, releases interfaces the VM no longer has (everything when ``deleted``).  An interface listed
+    without addresses keeps what it holds.  Idempotent: the id derives from uid and resourceVersion."""
+
+    network: Name
+    namespace: Name
+    vm: Name
+    vm_uid: Name
+    interfaces: tuple[ObservedAddresses, ...] = ()
+    deleted: bool = False
+    workload: Name = VM_WORKLOAD
+    cluster: Name = DEFAULT_CLUSTER
+
+
+class ExpirePendingIp(Command, tag="ExpirePendingIp", frozen=True):
+    """Release a pending lease whose VM never appeared (nothing when it was confirmed meanwhile)."""
+
+    network: Name
+    address: str
+    vm_uid: Name
+
+
+LEASE_COMMANDS = {MAC: LeaseCommands(LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending),
+                  IP: LeaseCommands(LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp)}
 
 
 class CreatePool(Command, tag="CreatePool", frozen=True):
@@ -158,14 +259,12 @@ class ObserveGuestIps(Command, tag="ObserveGuestIps", frozen=True):
     cluster: Name = DEFAULT_CLUSTER
 
 
-COMMAND_TYPES: tuple[type, ...] = (
-    CreatePool, ChangePool, DeletePool, SetPoolRange, RetirePool, LeaseMac, ReleaseOwner, ReleaseMac, ObserveVm, ExpirePending,
-    DefineNetwork, DeleteNetwork, LeaseIp, ReleaseIps, ReleaseIp, ObserveVmIps, ExpirePendingIp, ObserveGuestIps,
+AnyCommand = (  # in the order the schemas list them
+    CreatePool | ChangePool | DeletePool | SetPoolRange | RetirePool | LeaseMac | ReleaseOwner | ReleaseMac | ObserveVm
+    | ExpirePending | DefineNetwork | DeleteNetwork | LeaseIp | ReleaseIps | ReleaseIp | ObserveVmIps | ExpirePendingIp
+    | ObserveGuestIps
 )
-if TYPE_CHECKING:  # the lease commands are made from the kinds at run time: statically, any Command
-    AnyCommand = Command
-else:
-    AnyCommand = Union[COMMAND_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
+COMMAND_TYPES: tuple[type[Command], ...] = get_args(AnyCommand)
 command_decoder = msgspec.json.Decoder(AnyCommand)
 
 

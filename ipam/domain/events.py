@@ -1,20 +1,20 @@
 """Events: what the allocators decided, as written to the events topic and projected into Postgres.
 
 msgspec tagged unions with stable tags, a public API (``schemas/events``).  The six lease
-events exist once per kind of address and are made from its ``Kind``.  Addresses travel as
+events exist once per kind of address, declared side by side.  Addresses travel as
 canonical text (MACs lower-case colon form, IPs as ``ipaddress`` prints them); times as integer
 milliseconds since the Unix epoch.  Evolution rules in docs/events.md#schema-evolution.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import NamedTuple, get_args
 
 import msgspec
 from msgspec import Struct
 
 from .commands import SubnetSpec
-from .kinds import IP, MAC, CommandId, Kind, Millis, Name, Owner
+from .kinds import IP, MAC, CanonicalMac, CommandId, Millis, Name, Owner
 
 
 class Event(Struct, tag_field="type", kw_only=True, frozen=True):
@@ -23,44 +23,143 @@ class Event(Struct, tag_field="type", kw_only=True, frozen=True):
 
 
 class LeaseEvents(NamedTuple):
-    leased: type
-    returned: type
-    offered: type
-    confirmed: type
-    released: type
-    conflict: type
+    """One kind's lease events, by role: what code written once for both kinds matches and builds."""
+
+    leased: type[MacLeased] | type[IpLeased]
+    returned: type[MacLeaseReturned] | type[IpLeaseReturned]
+    offered: type[MacLeaseOffered] | type[IpLeaseOffered]
+    confirmed: type[MacLeaseConfirmed] | type[IpLeaseConfirmed]
+    released: type[MacReleased] | type[IpReleased]
+    conflict: type[MacConflict] | type[IpConflict]
 
 
-def _lease_events(kind: Kind) -> LeaseEvents:
-    head = [(kind.space, Name), (kind.address, kind.address_type)]
-    given = head + list(kind.detail) + [("owner", Owner)]
-    p, w = kind.prefix, kind.word
-    shapes: dict[str, tuple[str, list[Any], str]] = {  # role -> (tag, fields, docstring)
-        "leased": (f"{p}Leased", given + [("static", bool, False), ("pending_until", Millis, 0), ("adopted", bool, False),
-                                          *kind.extra],
-                   f"A {w} address was leased to ``owner``.  ``pending_until`` non-zero: provisional until a VM is seen "
-                   "holding it.  ``adopted``: found in a VM by the watcher, not requested."),
-        "returned": (f"{p}LeaseReturned", given + list(kind.extra),
-                     "The owner already held this address: sticky answer, state unchanged."),
-        "offered": (f"{p}LeaseOffered", given + list(kind.extra),
-                    "Answer to a dry run: the address the owner would get.  Nothing changed."),
-        "confirmed": (f"{p}LeaseConfirmed", head + [("owner", Owner), ("previous", Owner)],
-                      "A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."),
-        "released": (f"{p}Released", head + [("owner", Owner), ("quarantined_until", Millis, 0), ("reason", str, "requested")]
-                     + [(name, kind_, 0) for name, kind_ in kind.detail] + list(kind.extra),
-                     "The lease ended; the address is kept from reuse until ``quarantined_until``."),
-        "conflict": (f"{p}Conflict", head + [("owner", Owner), ("holder", Owner)],
-                     "A VM carries an address another owner holds.  Recorded, nothing changed."),
-    }
-    return LeaseEvents(**{
-        role: msgspec.defstruct(tag, fields, bases=(Event,), tag=tag, frozen=True, module=__name__,
-                                namespace={"__doc__": doc})
-        for role, (tag, fields, doc) in shapes.items()})
+# The six lease events of each kind, side by side: the same fields, named for the kind; an IP's also carry its
+# prefix length (``Kind.detail``) and its subnet's gateway (``Kind.extra``, added later: at the end, with a default).
+# Declared statically, so they are types to a checker; tests/test_schemas.py checks each against its ``Kind``.
 
 
-LEASE_EVENTS = {MAC: _lease_events(MAC), IP: _lease_events(IP)}
-MacLeased, MacLeaseReturned, MacLeaseOffered, MacLeaseConfirmed, MacReleased, MacConflict = LEASE_EVENTS[MAC]
-IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict = LEASE_EVENTS[IP]
+class MacLeased(Event, tag="MacLeased", frozen=True):
+    """A MAC address was leased to ``owner``.  ``pending_until`` non-zero: provisional until a VM is seen holding it.
+    ``adopted``: found in a VM by the watcher, not requested."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    static: bool = False
+    pending_until: Millis = 0
+    adopted: bool = False
+
+
+class MacLeaseReturned(Event, tag="MacLeaseReturned", frozen=True):
+    """The owner already held this address: sticky answer, state unchanged."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+
+
+class MacLeaseOffered(Event, tag="MacLeaseOffered", frozen=True):
+    """Answer to a dry run: the address the owner would get.  Nothing changed."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+
+
+class MacLeaseConfirmed(Event, tag="MacLeaseConfirmed", frozen=True):
+    """A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    previous: Owner
+
+
+class MacReleased(Event, tag="MacReleased", frozen=True):
+    """The lease ended; the address is kept from reuse until ``quarantined_until``."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    quarantined_until: Millis = 0
+    reason: str = 'requested'
+
+
+class MacConflict(Event, tag="MacConflict", frozen=True):
+    """A VM carries an address another owner holds.  Recorded, nothing changed."""
+
+    pool: Name
+    mac: CanonicalMac
+    owner: Owner
+    holder: Owner
+
+
+class IpLeased(Event, tag="IpLeased", frozen=True):
+    """A IP address was leased to ``owner``.  ``pending_until`` non-zero: provisional until a VM is seen holding it.
+    ``adopted``: found in a VM by the watcher, not requested."""
+
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+    static: bool = False
+    pending_until: Millis = 0
+    adopted: bool = False
+    gateway: str | None = None
+
+
+class IpLeaseReturned(Event, tag="IpLeaseReturned", frozen=True):
+    """The owner already held this address: sticky answer, state unchanged."""
+
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+    gateway: str | None = None
+
+
+class IpLeaseOffered(Event, tag="IpLeaseOffered", frozen=True):
+    """Answer to a dry run: the address the owner would get.  Nothing changed."""
+
+    network: Name
+    address: str
+    prefix_length: int
+    owner: Owner
+    gateway: str | None = None
+
+
+class IpLeaseConfirmed(Event, tag="IpLeaseConfirmed", frozen=True):
+    """A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."""
+
+    network: Name
+    address: str
+    owner: Owner
+    previous: Owner
+
+
+class IpReleased(Event, tag="IpReleased", frozen=True):
+    """The lease ended; the address is kept from reuse until ``quarantined_until``."""
+
+    network: Name
+    address: str
+    owner: Owner
+    quarantined_until: Millis = 0
+    reason: str = 'requested'
+    prefix_length: int = 0
+    gateway: str | None = None
+
+
+class IpConflict(Event, tag="IpConflict", frozen=True):
+    """A VM carries an address another owner holds.  Recorded, nothing changed."""
+
+    network: Name
+    address: str
+    owner: Owner
+    holder: Owner
+
+
+LEASE_EVENTS = {MAC: LeaseEvents(MacLeased, MacLeaseReturned, MacLeaseOffered, MacLeaseConfirmed, MacReleased, MacConflict),
+                IP: LeaseEvents(IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict)}
 
 
 class PoolCreated(Event, tag="PoolCreated", frozen=True):
@@ -138,14 +237,11 @@ class IpDrift(Event, tag="IpDrift", frozen=True):
     holder: Owner | None = None
 
 
-EVENT_TYPES: tuple[type, ...] = (
-    PoolCreated, MacLeased, MacLeaseReturned, MacReleased, CommandRejected, MacLeaseOffered, MacLeaseConfirmed, MacConflict,
-    NetworkDefined, NetworkDeleted, IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed, IpReleased, IpConflict,
-    IpDrift, PoolChanged, PoolDeleted, PoolRangeSet, PoolRetired,
+AnyEvent = (  # in the order the schemas list them
+    PoolCreated | MacLeased | MacLeaseReturned | MacReleased | CommandRejected | MacLeaseOffered | MacLeaseConfirmed
+    | MacConflict | NetworkDefined | NetworkDeleted | IpLeased | IpLeaseReturned | IpLeaseOffered | IpLeaseConfirmed | IpReleased
+    | IpConflict | IpDrift | PoolChanged | PoolDeleted | PoolRangeSet | PoolRetired
 )
-if TYPE_CHECKING:  # the lease events are made from the kinds at run time: statically, any Event
-    AnyEvent = Event
-else:
-    AnyEvent = Union[EVENT_TYPES]  # noqa: UP007 (a union of a tuple of types has no | spelling)
+EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)
 event_decoder = msgspec.json.Decoder(AnyEvent)
 encoder = msgspec.json.Encoder()

@@ -50,7 +50,7 @@ def address_rows(vmi: dict, catalog: Catalog) -> list[tuple]:
         multus = multus_interfaces({"spec": {"template": {"spec": vmi.get("spec") or {}}}}, meta.get("namespace") or "")
     except SpecError:
         multus = []
-    networks = {m.name: (catalog.by_attachment.get(m.attachment) or [None])[0] for m in multus}
+    networks = {m.name: served[0] for m in multus if (served := catalog.by_attachment.get(m.attachment))}
     rows = []
     for iface in status.get("interfaces") or []:
         if not isinstance(iface, dict) or not isinstance(iface.get("name"), str):

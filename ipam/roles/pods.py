@@ -17,7 +17,7 @@ import structlog
 
 from ..clock import now_ms
 from ..domain.cluster import multus
-from ..domain.commands import LEASE_COMMANDS
+from ..domain.commands import LEASE_COMMANDS, ObserveVm
 from ..domain.kinds import KINDS, MAC, POD_WORKLOAD, ObservedInterface
 from ..domain.mac import MacFormatError, format_mac, parse_mac
 from ..domain.pools import RoutingError, choose_pool
@@ -99,7 +99,7 @@ class PodLeases:
         if held is None:
             held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster)
         for pool_name in sorted(set(by_pool) | held):
-            await self.bus.send(LEASE_COMMANDS[MAC].observe(
+            await self.bus.send(ObserveVm(
                 command_id=f"watch-pod-mac:{uid}:{version}:{pool_name}", at=now_ms(), pool=pool_name, namespace=namespace,
                 vm=name, vm_uid=uid, interfaces=tuple(by_pool.get(pool_name, ())), workload=POD_WORKLOAD, cluster=self.cluster))
 
