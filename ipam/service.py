@@ -30,11 +30,12 @@ from .api.app import api_routes, make_app, ops_routes
 from .api.auth import Authenticator, TlsFiles
 from .api.declared import DeclaredSpaces
 from .api.http import Gateway
+from .api.openapi import Route
 from .api.space_changes import SpaceChanges
 from .api.webhook import Webhook, make_webhook_app
-from .config import Config, ConfigError
-from .devenv import EmbeddedPostgres, LocalBroker, started_here
-from .devenv.log_trim import LogTrimmer
+from .config import Config
+from .devenv import EmbeddedPostgres, LocalBroker
+from .devenv.log_trim import LogTrimmer, trimmer_for
 from .roles.allocator import Allocator
 from .roles.projector import Projector
 from .roles.retention import CommandRetention
@@ -44,7 +45,6 @@ from .supervisor import Supervisor
 
 log = structlog.get_logger("ipam.service")
 ROLES = ("all", "api", "allocator", "projector", "watcher")
-LOCAL_TRIM_RECORDS = 2000  # IPAM_LOG_TRIM_RECORDS on the local broker this process starts (docs/performance.md)
 
 
 class Service:
@@ -107,42 +107,53 @@ class Service:
             # no idempotent producer there, and one broker: one replica
             cfg = self.cfg = dataclasses.replace(cfg, kafka_bootstrap=self.broker.bootstrap, kafka_broker="local",
                                                  kafka_replication=1, kafka_min_insync_replicas=0)
-        if cfg.database_url is None:
-            cfg = self.cfg = dataclasses.replace(cfg, database_url=await self._start_embedded_postgres())
+        dsn = cfg.database_url
+        if dsn is None:
+            dsn = await self._start_embedded_postgres()
+            cfg = self.cfg = dataclasses.replace(cfg, database_url=dsn)
         if cfg.migrate:
-            applied = await migrate(cfg.database_url)
+            applied = await migrate(dsn)
             if applied:
                 log.info("migrations applied", versions=applied)
         else:
-            await check_current(cfg.database_url)
-        db = await create_pool(cfg.database_url, min_size=2, max_size=12)
+            await check_current(dsn)
+        db = await create_pool(dsn, min_size=2, max_size=12)
         self._on_stop("database", db.close)
-        self.read = ReadModel(db)
+        read = self.read = ReadModel(db)
         async with db.acquire() as conn:
             await check_partitions(conn, cfg.partitions)
         await ensure_topics(cfg)
-        await self._start_partition_roles()
+        await self._start_partition_roles(db)
         if self.roles & {"api", "watcher"}:
-            self.bus = CommandBus(cfg, db)
-            await self.bus.start()
-            self._on_stop("command bus", self.bus.stop)
-        self._start_log_upkeep()
-        gateway = Gateway(self.bus, cfg.request_timeout_seconds) if self.bus else None
-        if "api" in self.roles and cfg.config_file:
-            self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceChanges(gateway, self.read), self.read)
-            self.supervisor.spawn("declared-config", self.declared.run, recover=self.declared.recover)
-            self._on_stop("declared configuration", lambda: self.supervisor.cancel("declared-config"))
-        await self._serve_rest(gateway)
-        if "api" in self.roles and cfg.tls_cert_file and cfg.tls_key_file:
-            await self._serve_webhook(gateway)
+            bus = self.bus = CommandBus(cfg, db)
+            await bus.start()
+            self._on_stop("command bus", bus.stop)
+        self._start_log_upkeep(db)
+        if "api" in self.roles:
+            await self._serve_api(read)
+        else:
+            await self._serve_rest(ops_routes(self.readiness))
         if "watcher" in self.roles:
             if not cfg.kube_api:
                 raise ValueError("the watcher role needs IPAM_KUBE_API")
-            self.watcher = Watcher(cfg, self.read, self.bus)
+            self.watcher = Watcher(cfg, read, self.bus)
             self.supervisor.spawn("watcher", self.watcher.run, recover=self.watcher.recover)
             self._on_stop("watcher", lambda: self.supervisor.cancel("watcher"))
         log.info("ipam started", roles=sorted(self.roles), partitions=cfg.partitions, bootstrap=cfg.kafka_bootstrap)
         return self
+
+    async def _serve_api(self, read: ReadModel) -> None:
+        """REST (and the declared configuration it applies), and the webhook when TLS files are configured."""
+        cfg = self.cfg
+        assert self.bus is not None, "the api role starts the bus"
+        gateway = Gateway(self.bus, cfg.request_timeout_seconds)
+        if cfg.config_file:
+            self.declared = DeclaredSpaces(cfg.config_file, cfg.config_poll_seconds, SpaceChanges(gateway, read), read)
+            self.supervisor.spawn("declared-config", self.declared.run, recover=self.declared.recover)
+            self._on_stop("declared configuration", lambda: self.supervisor.cancel("declared-config"))
+        await self._serve_rest(api_routes(cfg, gateway, read, self.bus, self.readiness, self.declared))
+        if cfg.tls_cert_file and cfg.tls_key_file:
+            await self._serve_webhook(gateway, read)
 
     async def _start_embedded_postgres(self) -> str:
         """IPAM_DATABASE_URL unset: a Postgres of our own on IPAM_EMBEDDED_POSTGRES_DIR, stopped with us."""
@@ -153,11 +164,11 @@ class Service:
                  log=str(self.postgres.log_path))
         return self.cfg.embedded_database_url
 
-    async def _start_partition_roles(self) -> None:
+    async def _start_partition_roles(self, db) -> None:
         if "projector" in self.roles:
-            self.projector = Projector(self.cfg, self.read.db)
+            self.projector = Projector(self.cfg, db)
         if "allocator" in self.roles:
-            self.allocator = Allocator(self.cfg, self.read.db)
+            self.allocator = Allocator(self.cfg, db)
         roles = [r for r in (self.projector, self.allocator) if r is not None]
         if not roles:
             return
@@ -179,43 +190,20 @@ class Service:
 
         self._on_stop("partition roles", stop_roles)
 
-    def _start_log_upkeep(self) -> None:
+    def _start_log_upkeep(self, db) -> None:
         """Keep the commands log short: on Apache Kafka, DeleteRecords below what was projected (any process with
-        the projector role); on the local broker, trim by swapping topics (devenv/log_trim.py)."""
+        the projector role); on the local broker, trim by swapping topics (devenv/log_trim.py, which decides)."""
         if not self.cfg.local_broker:
             if self.projector is not None:
-                self.retention = CommandRetention(self.cfg, self.read.db)
+                self.retention = CommandRetention(self.cfg, db)
                 self.supervisor.spawn("command-retention", self.retention.run)
                 self._on_stop("command retention", lambda: self.supervisor.cancel("command-retention"))
             return
-        self._start_trimming()
+        self.trimmer = trimmer_for(self.cfg, db, self.bus, self.allocator, self.projector,
+                                   broker_started=self.broker is not None)
 
-    def _start_trimming(self) -> None:
-        """On a broker only this process uses (the local one it started, or one IPAM_LOG_TRIM_RECORDS names as
-        such and ipam started on this machine), trim the logs once projected; it needs the bus, the allocator and
-        the projector in one process.  Any other broker is refused: swapping topics there could lose writes."""
-        records = self.cfg.log_trim_records
-        if records is None:
-            records = LOCAL_TRIM_RECORDS if self.broker is not None else 0
-        if records <= 0:
-            return
-        if self.broker is None and not started_here(self.cfg.kafka_bootstrap):
-            raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records}: {self.cfg.kafka_bootstrap} is not a local broker ipam "
-                              "started on this machine; trimming deletes and creates its topics, which only such a "
-                              "broker allows (Apache Kafka keeps its log short by DeleteRecords instead)")
-        if self.bus is None or self.allocator is None or self.projector is None:
-            if self.cfg.log_trim_records is not None:
-                raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records} needs the api, allocator and projector roles in one "
-                                  "process (ipam serve, or --role all)")
-            log.info("the local broker's log is not trimmed: this process does not run every role")
-            return
-        self.trimmer = LogTrimmer(self.cfg, self.read.db, self.bus, self.allocator, self.projector, records)
-        log.info("trimming the broker's log once projected", records=records)
-
-    async def _serve_rest(self, gateway: Gateway | None) -> None:
+    async def _serve_rest(self, routes: list[Route]) -> None:
         cfg = self.cfg
-        routes = api_routes(cfg, gateway, self.read, self.bus, self.readiness, self.declared) if "api" in self.roles else \
-            ops_routes(self.readiness)
         if not cfg.plain_http:
             self.http_tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file)
             self.supervisor.spawn("rest-tls-reload", self.http_tls.watch)
@@ -225,10 +213,10 @@ class Service:
         log.info("serving REST" if "api" in self.roles else "serving health and metrics", url=self.url,
                  tokens="required" if self.auth.enabled else "not required (plain HTTP on loopback)")
 
-    async def _serve_webhook(self, gateway: Gateway) -> None:
+    async def _serve_webhook(self, gateway: Gateway, read: ReadModel) -> None:
         cfg = self.cfg
         tls = self.webhook_tls = TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.webhook_client_ca_file)
-        hook = Webhook(cfg, gateway, self.read, self.namespaces)
+        hook = Webhook(cfg, gateway, read, self.namespaces)
         self.supervisor.spawn("webhook-tls-reload", tls.watch)
         if cfg.kube_api:
             self.supervisor.spawn("namespaces", lambda: self.namespaces.follow(cfg.kube_api, cfg.resync_seconds))
@@ -248,12 +236,12 @@ class Service:
         # seconds later (the default 128 dropped them, and clients waited 1 + 3 + 7 s to connect)
         site = web.TCPSite(runner, host, int(port), ssl_context=ssl_context, backlog=4096)
         await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        return runner.addresses[0][1]  # the port bound (addr may ask for 0: any free one)
 
     async def wait_ready(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
         while not all(self.readiness().values()):
-            if self.supervisor.failed.is_set():
+            if self.supervisor.failure is not None:
                 raise self.supervisor.failure
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"not ready after {timeout}s: {self.readiness()}")

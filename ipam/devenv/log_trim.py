@@ -9,8 +9,8 @@ waits until every command produced was decided and every event produced was proj
 creates both topics, and starts a new log generation of every partition at offset 0: the same
 path a broker restart takes (continuity.py), but planned, with nothing in flight to lose.
 
-Only for a broker nobody else reads, worked by this process alone: the service turns it on for a local
-broker ipam started on this machine (``local_broker_started_here``), with the API, allocator and projector in one
+Only for a broker nobody else reads, worked by this process alone: ``trimmer_for`` turns it on for a local
+broker ipam started on this machine, with the API, allocator and projector in one
 process, and refuses it anywhere else (on Apache Kafka topic deletion is asynchronous: a topic created again
 during it could take writes that vanish).  It lives beside the local broker, not among the roles: it reaches
 them only through the quiesce interface of ``PartitionRole`` (``read_to``, ``busy``, ``quiesced``,
@@ -30,10 +30,13 @@ from .. import telemetry
 from ..adapters import kafka, topics
 from ..adapters.bus import CommandBus
 from ..adapters.postgres.ownership import PartitionRow, read_partitions, reset_log
-from ..config import Config
+from ..config import Config, ConfigError
 from ..roles.partitioned import PartitionRole
+from .broker import started_here
 
 log = structlog.get_logger("ipam.log_trim")
+
+LOCAL_TRIM_RECORDS = 2000  # IPAM_LOG_TRIM_RECORDS on the local broker the service starts (docs/performance.md)
 
 DRAIN_SECONDS = 0.5  # first hold on new commands while waiting for the pipeline to drain (~40 ms when idle)
 LONGEST_DRAIN_SECONDS = 4.0  # the hold doubles after each drain that did not finish, up to this (below the
@@ -126,3 +129,29 @@ class LogTrimmer:
             for partition, row in rows.items():
                 while await reset_log(conn, partition, row, events_start=0, commands_start=0, reason=reason) is None:
                     row = (await read_partitions(conn, [partition]))[partition]  # moved (a prune, a beat): look again
+
+
+def trimmer_for(cfg: Config, db, bus: CommandBus | None, decider: PartitionRole | None, projector: PartitionRole | None, *,
+                broker_started: bool) -> LogTrimmer | None:
+    """The trimmer a service should run, or None; ``broker_started``: the service started the local broker itself.
+
+    Only on a broker only this process uses (the local one it started, or one IPAM_LOG_TRIM_RECORDS names as such
+    and ipam started on this machine), and only with the bus, the allocator and the projector in one process.
+    Any other broker is refused (ConfigError): swapping topics there could lose writes."""
+    records = cfg.log_trim_records
+    if records is None:
+        records = LOCAL_TRIM_RECORDS if broker_started else 0
+    if records <= 0:
+        return None
+    if not broker_started and not (cfg.kafka_bootstrap and started_here(cfg.kafka_bootstrap)):
+        raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records}: {cfg.kafka_bootstrap} is not a local broker ipam "
+                          "started on this machine; trimming deletes and creates its topics, which only such a "
+                          "broker allows (Apache Kafka keeps its log short by DeleteRecords instead)")
+    if bus is None or decider is None or projector is None:
+        if cfg.log_trim_records is not None:
+            raise ConfigError(f"IPAM_LOG_TRIM_RECORDS={records} needs the api, allocator and projector roles in one "
+                              "process (ipam serve, or --role all)")
+        log.info("the local broker's log is not trimmed: this process does not run every role")
+        return None
+    log.info("trimming the broker's log once projected", records=records)
+    return LogTrimmer(cfg, db, bus, decider, projector, records)
