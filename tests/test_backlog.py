@@ -66,3 +66,32 @@ def test_a_cap_below_the_floor_counts_as_the_floor_and_zero_is_no_cap():
     for _ in range(1000):
         uncapped.enter(0.0)
     uncapped.check(1.9)
+
+
+def test_time_held_back_on_purpose_is_not_counted_as_waiting():
+    """The log trimmer's hold (``CommandBus.held``) keeps commands waiting by design; the shedder must not take
+    that for overload and refuse what the hold promised to keep."""
+    backlog = Backlog(shed_after=2.0, min_waiting=4)
+    early = [backlog.enter(0.0) for _ in range(5)]  # waited 1 s before the hold
+    backlog.pause(1.0)
+    for t in range(4):  # came while held
+        backlog.enter(1.0 + t)
+    backlog.check(4.9)  # 3.9 s of hold: the oldest has waited 1 s that counts
+    backlog.resume(5.0)
+    backlog.check(5.9)  # 1 s before the hold + 0.9 s after it
+    with pytest.raises(Busy) as refused:
+        backlog.check(6.0)  # 2 s outside the hold: overload again
+    assert refused.value.waiting == 9
+    for ticket in early:
+        backlog.leave(ticket)
+    backlog.check(6.9)  # those that came during the hold count from its end
+    with pytest.raises(Busy):
+        backlog.check(7.0)
+
+
+def test_resuming_without_a_pause_changes_nothing():
+    backlog = Backlog(shed_after=2.0, min_waiting=1)
+    backlog.enter(0.0)
+    backlog.resume(10.0)
+    with pytest.raises(Busy):
+        backlog.check(2.0)

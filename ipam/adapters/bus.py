@@ -53,18 +53,24 @@ class Backlog:
     wait, however young: at the onset of an overload the oldest reaches ``shed_after`` only when twice the
     capacity has admitted ``2 × shed_after`` seconds of work, which the event loop then owes before it reads
     the next request, so the refusals themselves came late (measured: docs/performance.md, "Overload").  A
-    dict keeps insertion order, so the oldest is its first key."""
+    dict keeps insertion order, so the oldest is its first key.
+
+    Time a command waits while new commands are held back on purpose (``pause``: the local log trimmer's drain,
+    up to 4 s) is not overload and does not count toward ``shed_after``: a 4 s hold at the soak's 60 commands a
+    second leaves some 240 waiting, the oldest past 2 s, next to the 256 at which the shedder would refuse the
+    requests the hold promises to keep (the likely cause of 8 × 429 in an hour's soak, docs/performance.md)."""
 
     def __init__(self, shed_after: float, min_waiting: int, max_waiting: int = 0) -> None:
         self.shed_after, self.min_waiting, self.max_waiting = shed_after, min_waiting, max_waiting
         self._since: dict[int, float] = {}
         self._next = 0
+        self._paused_at: float | None = None
 
     def check(self, now: float, extra: int = 1) -> None:
         """Raise ``Busy`` when ``extra`` more commands should not be taken now."""
         if not extra or not self.shed_after or len(self._since) + extra <= self.min_waiting:
             return
-        oldest = now - next(iter(self._since.values()))
+        oldest = (now if self._paused_at is None else self._paused_at) - next(iter(self._since.values()))
         if oldest >= self.shed_after or 0 < self.max_waiting < len(self._since) + extra:
             telemetry.requests_shed.inc()
             raise Busy(len(self._since), oldest)
@@ -76,6 +82,19 @@ class Backlog:
 
     def leave(self, ticket: int) -> None:
         self._since.pop(ticket, None)
+
+    def pause(self, now: float) -> None:
+        """New commands are held back from ``now``: waiting from here on is not counted."""
+        self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        """The hold is over: every command waiting is taken to have waited as long as it did outside it
+        (those that came during the hold, from ``now``), so the order, oldest first, stays."""
+        if self._paused_at is None:
+            return
+        gap, self._paused_at = now - self._paused_at, None
+        for ticket, since in self._since.items():
+            self._since[ticket] = min(since + gap, now)
 
     def __len__(self) -> int:
         return len(self._since)
@@ -158,12 +177,15 @@ class CommandBus:
     async def held(self) -> AsyncIterator[None]:
         """Hold new commands back; the block starts once every produce in flight has finished (its command is
         in the log).  Commands wait at the gate (within their deadline), none is refused."""
+        loop = asyncio.get_running_loop()
         self._open.clear()
+        self.backlog.pause(loop.time())
         try:
             async with self._produced:
                 await self._produced.wait_for(lambda: self._producing == 0)
             yield
         finally:
+            self.backlog.resume(loop.time())
             self._open.set()
 
     async def _produce_once(self, raw: bytes, key: str, partition: int) -> int:
