@@ -95,7 +95,7 @@ class StatusApi:
         ]
 
 
-def api_routes(cfg: Config, gateway: Gateway | None, read, bus, readiness: Callable[[], dict[str, bool]],
+def api_routes(cfg: Config, gateway: Gateway, read, bus, readiness: Callable[[], dict[str, bool]],
                declared=None) -> list[Route]:
     """Every REST route of the API role (the OpenAPI document among them, made from the others)."""
     spaces = SpacesApi(gateway, read)
@@ -329,5 +329,5 @@ def without_password(dsn: str) -> str:
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}" if parts.username else host))

@@ -12,8 +12,10 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from msgspec import Struct
 
 from ..clock import now_ms
 from ..config import Config
@@ -65,7 +67,7 @@ def workload_of(request: web.Request) -> str | None:
     return workload
 
 
-def _route_mac(body, catalog: Catalog) -> str:
+def _route_mac(body: models.LeaseRequest | models.ReservationRequest, catalog: Catalog) -> str:
     mac = None if body.mac is None else parse_unicast(canonical_mac(body.mac, "mac"))
     try:
         return choose_pool(catalog.pools, body.namespace, body.pool, mac).name
@@ -78,12 +80,12 @@ class LeaseRest:
     kind: Kind
     path: str  # of leases
     by_address: str  # of the lease holding an address
-    models: tuple  # request, lease, answer, list, released (``models._models``)
+    models: models.LeaseModels  # the kind's REST bodies
     head: tuple[str, ...]  # the fields of a lease before its owner
     filters: tuple[str, ...]  # query parameters of a listing, in the order of ReadModel.leases
     canonical: Callable[[str, str], str]  # an address written by people, in ipam's spelling (400 naming the field)
-    space_of: Callable[[object, Catalog], str]  # which space a lease request goes to
-    requested: Callable[[object], dict]  # what a lease request asks for by name, as the lease command's field
+    space_of: Callable[[Any, Catalog], str]  # which space a lease request (the kind's body) goes to
+    requested: Callable[[Any], dict[str, Any]]  # what a lease request asks for by name, as the lease command's field
     operations: dict  # operationIds, kept stable for generated clients
 
 
@@ -107,9 +109,11 @@ IP_REST = LeaseRest(
 class LeaseApi:
     def __init__(self, rest: LeaseRest, cfg: Config, gateway: Gateway, read) -> None:
         self.rest, self.cfg, self.gateway, self.read = rest, cfg, gateway, read
-        self.request, self.lease_model, self.answer, self.listing, self.released, _ = rest.models
+        bodies = rest.models
+        self.request, self.lease_model, self.answer, self.listing, self.released = (
+            bodies.request, bodies.lease, bodies.answer, bodies.listing, bodies.released)
 
-    def lease_of(self, ev: dict) -> object:
+    def lease_of(self, ev: dict) -> Struct:
         o, pending = ev["owner"], ev.get("pending_until")
         return self.lease_model(**{h: ev.get(h, 0) for h in self.rest.head}, namespace=o["namespace"], vm=o["vm"],
                                 vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
@@ -132,8 +136,8 @@ class LeaseApi:
         space = self._held_space(body, owner, vm_leases) or rest.space_of(body, await self.read.catalog(version))
         self._check_interfaces(body, vm_leases)
         cid = command_id(request, body.command_id)
-        events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), **{kind.space: space},
-                                                                      owner=owner, **requested))
+        events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), owner=owner,
+                                                                      **{kind.space: space, **requested}))
         raise_rejection(events)
         kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
         check_same_owner(events, owner, kinds)
@@ -179,7 +183,7 @@ class LeaseApi:
                                       vm_uid=vm_uid, cluster=q.get("cluster"), limit=limit)
         return reply(self.listing(leases=[self.from_row(r) for r in rows]))
 
-    def from_row(self, r, extra: dict | None = None) -> object:
+    def from_row(self, r, extra: dict | None = None) -> Struct:
         """A stored lease; ``extra``: the kind's fields its event carried (rows do not keep them)."""
         return self.lease_model(
             **{h: r[h] for h in self.rest.head}, namespace=r["namespace"], vm=r["vm"], vm_uid=r["vm_uid"],
@@ -235,7 +239,8 @@ class LeaseApi:
                                    quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
 
     def routes(self) -> list[Route]:
-        rest, kind, (request, _, answer, listing, released, _) = self.rest, self.rest.kind, self.rest.models
+        rest, kind, bodies = self.rest, self.rest.kind, self.rest.models
+        request, answer, listing, released = bodies.request, bodies.answer, bodies.listing, bodies.released
         owner = rest.path + ("/{network}" if kind is IP else "") + "/{namespace}/{vm}"
         w, s = kind.word, kind.space
         release = {200: (released, f"Released; the {w} addresses are quarantined")}

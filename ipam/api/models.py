@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from msgspec import Meta, Struct, defstruct
+from msgspec import Meta, Struct
 
 Name = Annotated[str, Meta(min_length=1, max_length=253)]
 
@@ -126,62 +127,148 @@ class NetworkDeleted(Struct):
 
 
 # --- leases, of every kind ------------------------------------------------------------------
+# Declared statically, a MAC's and an IP's side by side, their shared parts in kw-only bases: msgspec puts a base's
+# kw-only fields after the class's own, so a lease still reads address first, holder after (as the event does).
 
 Namespace = Annotated[str, Meta(min_length=1, max_length=63)]
 Uid = Annotated[str, Meta(min_length=1, max_length=128)]
 Interface = Annotated[str, Meta(min_length=1, max_length=63)]
 RetryKey = Annotated[str, Meta(min_length=1, max_length=128, description="Retry key; also the Idempotency-Key header.")]
-_OWNER = [("namespace", Namespace), ("vm", Name), ("vm_uid", Uid), ("interface", Interface)]
 Workload = Annotated[Literal["VirtualMachine", "Pod", "IPAMClaim"], Meta(
     description="What holds the lease; vm and vm_uid name that object (a pod: its name and uid, interface its CNI_IFNAME).")]
-_LEASED = [("namespace", str), ("vm", str), ("vm_uid", str), ("interface", str), ("static", bool, False),
-           ("since", str | None, None), ("state", str, "confirmed"), ("pending_until", str | None, None),
-           ("workload", str, "VirtualMachine"), ("cluster", str, "default")]
 Cluster = Annotated[str, Meta(min_length=1, max_length=63, description="The Kubernetes cluster of the holder; default: the "
                                                                        "API replica's IPAM_CLUSTER.")]
-_GATEWAY = ("gateway", Annotated[str | None, Meta(description="The gateway of the address's subnet when its network has "
-                                                               "one: set in the answers to a lease request and a release "
-                                                               "(from their events), null in lists (the network's "
-                                                               "definition has it).")], None)
-_KIND_MODELS = {  # kind -> (request before the owner, request after it, lease before its owner, the answer holds one lease,
-    # fields at the end of a lease)
-    "mac": ([], [("pool", Annotated[str, Meta(min_length=1, max_length=63)] | None, None),
-                 ("mac", Annotated[str | None, Meta(description="Ask for this MAC (static request).")], None)],
-            [("mac", str), ("pool", str)], True, []),
-    "ip": ([("network", NetworkName)],
-           [("addresses", Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]],
-                                    Meta(max_length=2, description="Ask for these addresses (static; at most one per family)."
-                                         )], [])],
-           [("network", str), ("address", str), ("prefix_length", int)], False, [_GATEWAY]),
-}
+PoolName = Annotated[str, Meta(min_length=1, max_length=63)]
+AskedMac = Annotated[str | None, Meta(description="Ask for this MAC (static request).")]
+AskedAddresses = Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]],
+                           Meta(max_length=2, description="Ask for these addresses (static; at most one per family).")]
+Gateway = Annotated[str | None, Meta(description="The gateway of the address's subnet when its network has one: set in the "
+                                                 "answers to a lease request and a release (from their events), null in lists "
+                                                 "(the network's definition has it).")]
 
 
-def _models(kind: str) -> tuple[type, type, type, type, type]:
-    """The REST bodies of one kind's leases: request, lease, answer, list, released, reservation request."""
-    before, after, head, single, tail = _KIND_MODELS[kind]
-    prefix = "" if kind == "mac" else "Ip"
-    request = defstruct(f"{prefix}LeaseRequest", [*before, *_OWNER, *after, ("workload", Workload, "VirtualMachine"),
-                                                  ("cluster", Cluster | None, None), ("command_id", RetryKey | None, None)],
-                        forbid_unknown_fields=True, module=__name__)
-    lease = defstruct(f"{prefix}Lease", [*head, *_LEASED, *tail], module=__name__)
-    reservation = defstruct(f"{prefix}ReservationRequest", [
-        *before, ("namespace", Namespace), ("vm", Name),
-        ("interface", Annotated[Interface, Meta(description="The interface it is for; absent: the first of the VM's "
-                                                            "interfaces that asks")] | None, None),
-        *after, ("expires_in_seconds", Annotated[int, Meta(ge=1, le=10 * 365 * 86400)] | None, None),
-        ("workload", Workload, "VirtualMachine"), ("cluster", Cluster | None, None), ("command_id", RetryKey | None, None)],
-        forbid_unknown_fields=True, module=__name__)
-    answer = defstruct(f"{prefix}LeaseAnswer", [("lease", lease) if single else ("leases", list[lease]), ("existing", bool),
-                                                ("command_id", str)], module=__name__)
-    listing = defstruct(f"{prefix}LeaseList", [("leases", list[lease])], module=__name__)
-    released = defstruct(f"{prefix}Released", [("released", list[lease]), ("quarantined_until", list[str])],
-                         module=__name__)
-    return request, lease, answer, listing, released, reservation
+class _Asking(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What every lease request and reservation says beside its holder: the kind of holder, its cluster, a retry key."""
+
+    workload: Workload = "VirtualMachine"
+    cluster: Cluster | None = None
+    command_id: RetryKey | None = None
 
 
-MAC_MODELS, IP_MODELS = _models("mac"), _models("ip")
-LeaseRequest, Lease, LeaseAnswer, LeaseList, Released, ReservationRequest = MAC_MODELS
-IpLeaseRequest, IpLease, IpLeaseAnswer, IpLeaseList, IpReleased, IpReservationRequest = IP_MODELS
+class _HolderAsking(_Asking, kw_only=True):
+    """A lease request: the interface that will hold the lease, named in full."""
+
+    namespace: Namespace
+    vm: Name
+    vm_uid: Uid
+    interface: Interface
+
+
+class _Reserving(_Asking, kw_only=True):
+    """A reservation: held for a VM that does not exist yet, so no uid, the interface optional."""
+
+    namespace: Namespace
+    vm: Name
+    interface: Annotated[Interface, Meta(description="The interface it is for; absent: the first of the VM's interfaces "
+                                                     "that asks")] | None = None
+    expires_in_seconds: Annotated[int, Meta(ge=1, le=10 * 365 * 86400)] | None = None
+
+
+class _Leased(Struct, kw_only=True):
+    """Who holds a lease and how: what every kind's lease says after its address."""
+
+    namespace: str
+    vm: str
+    vm_uid: str
+    interface: str
+    static: bool = False
+    since: str | None = None
+    state: str = "confirmed"
+    pending_until: str | None = None
+    workload: str = "VirtualMachine"
+    cluster: str = "default"
+
+
+class _IpLeased(_Leased, kw_only=True):
+    gateway: Gateway = None
+
+
+class LeaseRequest(_HolderAsking):
+    pool: PoolName | None = None
+    mac: AskedMac = None
+
+
+class ReservationRequest(_Reserving):
+    pool: PoolName | None = None
+    mac: AskedMac = None
+
+
+class Lease(_Leased):
+    mac: str
+    pool: str
+
+
+class LeaseAnswer(Struct):
+    lease: Lease
+    existing: bool
+    command_id: str
+
+
+class LeaseList(Struct):
+    leases: list[Lease]
+
+
+class Released(Struct):
+    released: list[Lease]
+    quarantined_until: list[str]
+
+
+class IpLeaseRequest(_HolderAsking):
+    network: NetworkName
+    addresses: AskedAddresses = []
+
+
+class IpReservationRequest(_Reserving):
+    network: NetworkName
+    addresses: AskedAddresses = []
+
+
+class IpLease(_IpLeased):
+    network: str
+    address: str
+    prefix_length: int
+
+
+class IpLeaseAnswer(Struct):
+    leases: list[IpLease]
+    existing: bool
+    command_id: str
+
+
+class IpLeaseList(Struct):
+    leases: list[IpLease]
+
+
+class IpReleased(Struct):
+    released: list[IpLease]
+    quarantined_until: list[str]
+
+
+@dataclass(frozen=True)
+class LeaseModels:
+    """One kind's REST bodies, for the handlers and the OpenAPI document written once for both kinds (which of a
+    kind's structs a field holds is the kind's data, so they are typed as structs)."""
+
+    request: type[Struct]
+    lease: type[Struct]
+    answer: type[Struct]
+    listing: type[Struct]
+    released: type[Struct]
+    reservation: type[Struct]
+
+
+MAC_MODELS = LeaseModels(LeaseRequest, Lease, LeaseAnswer, LeaseList, Released, ReservationRequest)
+IP_MODELS = LeaseModels(IpLeaseRequest, IpLease, IpLeaseAnswer, IpLeaseList, IpReleased, IpReservationRequest)
 
 
 class PartitionStatus(Struct):

@@ -26,7 +26,7 @@ class ReservationApi:
     def __init__(self, leases: LeaseApi) -> None:
         self.leases, self.rest, self.read, self.gateway = leases, leases.rest, leases.read, leases.gateway
         self.path = self.rest.path.replace("-leases", "-reservations")
-        self.request = self.rest.models[5]
+        self.request = self.rest.models.reservation
 
     async def reserve(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
@@ -45,7 +45,7 @@ class ReservationApi:
         until = NEVER if body.expires_in_seconds is None else now_ms() + body.expires_in_seconds * 1000
         self.gateway.admit(1)
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(
-            command_id=cid, at=now_ms(), **{kind.space: space}, owner=owner, pending_until=until, **requested))
+            command_id=cid, at=now_ms(), owner=owner, pending_until=until, **{kind.space: space, **requested}))
         raise_rejection(events)
         check_same_owner(events, owner, {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned"})
         rows = await self.read.leases(kind, namespace=body.namespace, vm=body.vm, space=space, vm_uid=owner.vm_uid)
@@ -79,7 +79,8 @@ class ReservationApi:
         return self.leases.released_answer([ev for events in results for ev in events], what, rows)
 
     def routes(self) -> list[Route]:
-        w, (_, _, answer, listing, released, request) = self.rest.kind.word, self.rest.models
+        w, bodies = self.rest.kind.word, self.rest.models
+        answer, listing, released, request = bodies.answer, bodies.listing, bodies.released, bodies.reservation
         return [
             Route("POST", self.path, self.reserve, f"Reserve {w} addresses for a VM that does not exist yet (the one asked "
                   "for, else the next free); the VM gets them when admitted", f"reserve{w.title()}", body=request,

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -61,7 +62,7 @@ class Client:
         console.print(table)
 
 
-def fail(field: str, reason: str) -> None:
+def fail(field: str, reason: str) -> NoReturn:
     raise click.UsageError(f"{field}: {reason}")
 
 

@@ -23,7 +23,8 @@ from ..domain.pools import RangeError, parse_range
 from .base import Client, fail, main, quoted
 
 
-def _canonical(parse: Callable[[str], int], format_: Callable[[int], str], error: type) -> Callable[[str | None, str], str]:
+def _canonical(parse: Callable[[str], int], format_: Callable[[int], str],
+               error: type[Exception]) -> Callable[[str | None, str], str | None]:
     def check(value: str | None, option: str) -> str | None:
         if value is None:
             return None
@@ -47,19 +48,21 @@ class LeaseCli:
     body: Callable[[dict], dict]  # those options -> the request body's fields
 
 
+_canonical_mac = _canonical(parse_unicast, format_mac, MacFormatError)
+_canonical_ip = _canonical(parse_address, format_address, AddressError)
 MAC_CLI = LeaseCli(
     kind=MAC, path="/v1/mac-leases", by_address="/v1/macs", space_in_path=False, head=["mac", "pool"], option="--mac",
-    canonical=_canonical(parse_unicast, format_mac, MacFormatError),
+    canonical=_canonical_mac,
     lease_options=[click.option("--pool", default=None, help="Pool (default: the namespace's pool, else the default pool)."),
                    click.option("--mac", default=None, help="Ask for this MAC.")],
-    body=lambda o: {"pool": o["pool"], "mac": MAC_CLI.canonical(o["mac"], "--mac")})
+    body=lambda o: {"pool": o["pool"], "mac": _canonical_mac(o["mac"], "--mac")})
 IP_CLI = LeaseCli(
     kind=IP, path="/v1/ip-leases", by_address="/v1/ips", space_in_path=True, head=["address", "prefix_length", "network"],
     option="--address",
-    canonical=_canonical(parse_address, format_address, AddressError),
+    canonical=_canonical_ip,
     lease_options=[click.option("--network", required=True),
                    click.option("--address", "addresses", multiple=True, help="Ask for this address (one per family).")],
-    body=lambda o: {"network": o["network"], "addresses": [IP_CLI.canonical(a, "--address") for a in o["addresses"]]})
+    body=lambda o: {"network": o["network"], "addresses": [_canonical_ip(a, "--address") for a in o["addresses"]]})
 
 
 def _with(options: list):

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -99,9 +100,9 @@ class _Order:
         """zombie (a fenced writer's record), duplicate (already applied) or apply; SequenceGap if one was lost."""
         if not fences.admits(epoch, offset):
             return "zombie"
-        if epoch == self.epoch and seq <= self.seq:
-            return "duplicate"
-        if self.epoch is not None:
+        if self.epoch is not None and self.seq is not None:  # not the partition's first record
+            if epoch == self.epoch and seq <= self.seq:
+                return "duplicate"
             want = self.seq + 1 if epoch == self.epoch else 1
             if seq != want:
                 raise SequenceGap(offset, f"epoch {epoch} seq {seq} after epoch {self.epoch} seq {self.seq}")
@@ -116,7 +117,7 @@ class _Header(msgspec.Struct):
     seq: int
 
 
-def _decode(offset: int, raw: bytes, poison: dict[int, str]) -> tuple[EventRecord | None, object, str]:
+def _decode(offset: int, raw: bytes, poison: dict[int, str]) -> tuple[EventRecord | None, EventRecord | _Header | None, str]:
     """(the record or None, its envelope (epoch, seq) or None, why it cannot be read); ``poison``: offsets taken
     as unreadable (a value Postgres refused)."""
     try:
@@ -212,11 +213,9 @@ class Projection:
                 return await self.apply(conn, partition, expected, batch, {batch[0][0]: f"refused by Postgres: {e}"})
             log.warning("Postgres refused a value in a batch; applying it record by record", partition=partition,
                         records=len(batch), error=str(e))
-            total = None
-            for record in batch:
-                result = await self.apply(conn, partition, expected, [record], poison)
-                expected = result.next_offset
-                total = result if total is None else total.merge(result)
+            total = await self.apply(conn, partition, expected, batch[:1], poison)
+            for record in batch[1:]:
+                total = total.merge(await self.apply(conn, partition, total.next_offset, [record], poison))
             return total
         except BaseException:
             self._spaces = None  # it may hold definitions of a batch that was not committed
@@ -241,8 +240,8 @@ class Projection:
             epochs = [head.epoch for _, _, _, head, _ in decoded if head is not None]
             fences = await self._fences_for(conn, partition, b.generation, max(epochs)) if epochs else None
             for offset, raw, rec, head, why in decoded:
-                if self._admit(b, fences, offset, raw, rec, head, why):
-                    b.fold(offset, rec, changes)
+                if (admitted := self._admit(b, fences, offset, raw, rec, head, why)) is not None:
+                    b.fold(offset, admitted, changes)
             await changes.write(conn)
             if b.ledger:
                 await conn.copy_records_to_table("ledger", schema_name="ipam_store", columns=_LEDGER_COLUMNS, records=b.ledger)
@@ -263,8 +262,9 @@ class Projection:
         return b.result
 
     @staticmethod
-    def _admit(b: _Batch, fences: Fences | None, offset: int, raw: bytes, rec: EventRecord | None, head, why: str) -> bool:
-        """Whether to fold the record; a skipped one is noted in the ledger."""
+    def _admit(b: _Batch, fences: Fences | None, offset: int, raw: bytes, rec: EventRecord | None,
+               head: EventRecord | _Header | None, why: str) -> EventRecord | None:
+        """The record to fold, or None: a skipped one is noted in the ledger."""
         b.result.next_offset, b.last_raw = offset + 1, raw
         if rec is None:
             b.result.poison += 1
@@ -273,6 +273,7 @@ class Projection:
         if head is not None:  # a poison record whose envelope reads keeps its place in the sequence,
             # so one bad event is skipped instead of looking like a lost one (which fences the writer)
             b.last_epoch, b.last_seq = head.epoch, head.seq
+            assert fences is not None, "read for the batch whenever a record in it has an envelope"
             verdict = b.order.admit(fences, head.epoch, head.seq, offset)
         if rec is None:
             b.note(offset, "PoisonEvent", f"poison:{b.partition}:{offset}", why, raw, head.epoch if head else 0,
@@ -286,8 +287,8 @@ class Projection:
             b.note(offset, "DuplicateEventDropped", rec.event.command_id,
                    f"epoch {rec.epoch} seq {rec.seq} was already applied", raw, rec.epoch, rec.seq)
         else:
-            return True
-        return False
+            return rec
+        return None
 
     async def _fences_for(self, conn: asyncpg.Connection, partition: int, generation: int, epoch: int) -> Fences:
         cached = self._fences.get(partition)
@@ -337,12 +338,23 @@ def _pool_range_set(changes: BatchChanges, ev: PoolRangeSet) -> None:
     changes.leases[MAC].space_narrowed(ev.pool, lambda key: int(key[0].replace(":", ""), 16) in rng)
 
 
-FOLDS: dict[type, Callable[[BatchChanges, object], None]] = {
+def _pool_retired(changes: BatchChanges, ev: PoolRetired) -> None:
+    changes.spaces.pool_retired(ev)
+    changes.leases[MAC].space_deleted(ev.pool)
+
+
+def _pool_deleted(changes: BatchChanges, ev: PoolDeleted) -> None:
+    changes.spaces.pool_deleted(ev)
+    changes.leases[MAC].space_deleted(ev.name)
+
+
+# event type -> how it changes the rows; each fold takes the event of its own type (Any: the table is keyed by type)
+FOLDS: dict[type, Callable[[BatchChanges, Any], None]] = {
     PoolCreated: lambda changes, ev: changes.spaces.pool_created(ev),
     PoolChanged: lambda changes, ev: changes.spaces.pool_changed(ev),
     PoolRangeSet: _pool_range_set,
-    PoolRetired: lambda changes, ev: (changes.spaces.pool_retired(ev), changes.leases[MAC].space_deleted(ev.pool)),
-    PoolDeleted: lambda changes, ev: (changes.spaces.pool_deleted(ev), changes.leases[MAC].space_deleted(ev.name)),
+    PoolRetired: _pool_retired,
+    PoolDeleted: _pool_deleted,
     NetworkDefined: lambda changes, ev: changes.spaces.network_defined(ev),
     NetworkDeleted: _network_deleted,
 }

@@ -112,7 +112,7 @@ class SpaceChanges:
         rng = parse_range(ev.range)
         self.advances = [a for a in self.advances if a[0] is not MAC or a[1] != ev.pool]  # cursors of the old range
         pool = self.spaces[MAC].get(ev.pool)
-        if pool is not None:
+        if isinstance(pool, Pool):
             self.spaces[MAC][ev.pool] = dataclasses.replace(pool, range=rng, start=ev.start)
         self.pool_writes.append((
             "UPDATE ipam_store.pools SET first_mac = $2::macaddr, last_mac = $3::macaddr, range_lo = $4, range_hi = $5, "
@@ -151,13 +151,15 @@ class SpaceChanges:
         """The cursor of each region a lease was handed out from, the last one winning."""
         if any(name not in self.spaces[kind] for kind, name, _ in self.advances):  # defined by another projector
             for kind, stored in (await load_spaces(conn)).items():
-                for name, space in stored.items():
-                    self.spaces[kind].setdefault(name, space)
+                for name, definition in stored.items():
+                    self.spaces[kind].setdefault(name, definition)
         cursors: dict[Kind, dict[tuple, int]] = {MAC: {}, IP: {}}
         for kind, name, address in self.advances:
             space = self.spaces[kind].get(name)
-            key = None if space is None else space.parse_own(address)
-            i = None if space is None else space.region_of(key)
+            if space is None:  # deleted later in the batch
+                continue
+            key = space.parse_own(address)
+            i = space.region_of(key)
             if i is not None:
                 region = space.regions[i]
                 cursors[kind][TABLES[kind].cursor_of(name, region)] = (region.offset_of(key) + 1) % region.span
@@ -184,14 +186,17 @@ class SpaceChanges:
                 await conn.execute("DELETE FROM ipam_store.networks WHERE name = $1", name)
 
     def _pool_row(self, ev: PoolCreated) -> tuple:
-        rng = self.spaces[MAC][ev.name].range
+        pool = self.spaces[MAC][ev.name]
+        assert isinstance(pool, Pool), "pools are the MAC spaces"
+        rng = pool.range
         common = (list(ev.namespaces), ev.default, rng is None, ev.start, self.partition_of(ev.name), ts(ev.at), ev.command_id)
         if rng is None:
             return (ev.name, None, None, None, None, None, 0, *common)
         return (ev.name, format_mac(rng.first), format_mac(rng.last), rng.first, rng.last, rng.lo, rng.size, *common)
 
     async def _define(self, conn, ev: NetworkDefined) -> None:
-        network = self.spaces[IP].get(ev.name) or network_from(ev)
+        known = self.spaces[IP].get(ev.name)
+        network = known if isinstance(known, Network) else network_from(ev)
         old = {} if ev.created else {str(r["cidr"]): r["cursor"] for r in await conn.fetch(
             "SELECT cidr, cursor FROM ipam_store.network_subnets WHERE network = $1", ev.name)}
         if ev.created:

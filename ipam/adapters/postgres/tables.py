@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ...domain.ip import V6, address_of, family_of
 from ...domain.kinds import IP, MAC, Kind, Owner
@@ -55,15 +56,16 @@ class LeaseTable:
     address_type: str  # the view's address column type
     listed_order: str  # how one owner's addresses are listed (the view aliased ``l``): IPs in their subnets' order
 
-    key_of: Callable[[object], tuple]  # lease event -> row key (addresses as the connection's codecs take them)
-    extra_of: Callable[[object, tuple], tuple]  # lease event, row key -> the extra columns
-    quarantine_extra_of: Callable[[object], tuple]
+    # the lease events and regions below are the kind's own (a MacLeased, an IpLeased; a pool, a subnet): Any here
+    key_of: Callable[[Any], tuple]  # lease event -> row key (addresses as the connection's codecs take them)
+    extra_of: Callable[[Any, tuple], tuple]  # lease event, row key -> the extra columns
+    quarantine_extra_of: Callable[[Any], tuple]
     decode_key: Callable[[bytes], int]  # ``key_send`` -> domain key
     row_key: Callable[[str, int], tuple]  # space name, domain key -> row key
     cursors: str  # the table holding each region's next-fit cursor
     cursor_key: tuple[tuple[str, str], ...]  # its columns naming a region
     cursor_type: str
-    cursor_of: Callable[[str, object], tuple]  # space name, region -> cursor key
+    cursor_of: Callable[[str, Any], tuple]  # space name, region -> cursor key
     cursor_filter: str  # which rows of ``cursors`` are regions (the external pool has none)
 
     @property
