@@ -37,6 +37,7 @@ from ipam.domain.events import (
     LEASE_EVENTS,
     CommandRejected,
     IpDrift,
+    IpLeaseConfirmed,
     NetworkDeleted,
     PoolCreated,
     PoolDeleted,
@@ -44,7 +45,7 @@ from ipam.domain.events import (
     PoolRetired,
 )
 from ipam.domain.ip import NetworkError, family_of
-from ipam.domain.kinds import IP, MAC, Owner, binds, supersedes
+from ipam.domain.kinds import IP, MAC, PROVISIONAL_UID_PREFIX, Owner, binds, supersedes
 from ipam.domain.mac import is_multicast, parse_mac, unicast_at
 from ipam.domain.networks import build_network
 from ipam.domain.pools import parse_range
@@ -542,3 +543,18 @@ def test_network_defined_twice_with_create_only_is_refused_unless_identical():
     (other,) = decide(state, DefineNetwork(command_id="d3", at=1, name="n", subnets=(SubnetSpec(cidr="10.9.0.0/24"),),
                                            create_only=True))
     assert other.code == "exists"
+
+
+def test_a_lease_that_confirms_an_admission_reports_the_prefix_length_and_gateway():
+    """The CNI ADD of a virt-launcher pod asks with the VM's uid for the address its admission leased under a
+    provisional one: the answer is the confirmation, and it must carry what the plugin configures (it reported
+    prefix length 0 and no gateway, so the pod got the address as /0)."""
+    state = _state(DefineNetwork(command_id="d", at=1, name="n", subnets=(SubnetSpec(cidr="10.0.0.0/24",
+                                                                                    gateway="10.0.0.1"),)))
+    admitted = Owner(namespace="ns", vm="vm", vm_uid=PROVISIONAL_UID_PREFIX + "review", interface="net1")
+    (leased,) = decide(state, LeaseIp(command_id="a", at=2, network="n", owner=admitted, pending_until=10**13))
+    evolve(state, leased)
+    real = Owner(namespace="ns", vm="vm", vm_uid="vm-uid", interface="net1")
+    (confirmed,) = decide(state, LeaseIp(command_id="b", at=3, network="n", owner=real))
+    assert isinstance(confirmed, IpLeaseConfirmed) and confirmed.address == leased.address
+    assert (confirmed.prefix_length, confirmed.gateway) == (24, "10.0.0.1") == (leased.prefix_length, leased.gateway)

@@ -187,7 +187,7 @@ def _expected_lease_events(kind: Kind) -> dict[str, list[str]]:
         "leased": given + ["static", "pending_until", "adopted", *extra],
         "returned": given + extra,
         "offered": given + extra,
-        "confirmed": head + ["owner", "previous"],
+        "confirmed": head + ["owner", "previous"] + [name for name, _ in kind.detail] + extra,  # detail added later
         "released": head + ["owner", "quarantined_until", "reason"] + [name for name, _ in kind.detail] + extra,
         "conflict": head + ["owner", "holder"],
     }

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from .. import telemetry
 from ..config import Config
 from ..domain.decider import stream_key
+from ..domain.events import AnyEvent
 from . import kafka
 from .postgres import outcomes
 
@@ -156,20 +157,20 @@ class CommandBus:
         return self._listener is not None and not self._listener.is_closed()
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        for command_id, events in msgspec.json.decode(payload):
+        for command_id, events in outcomes.decode_notice(payload):
             for fut in self._waiters.pop(command_id, ()):
                 if not fut.done():
                     fut.set_result(events)
 
-    async def outcome(self, command_id: str) -> list | None:
+    async def outcome(self, command_id: str) -> list[AnyEvent] | None:
         """The committed outcome of an earlier command, or None when there is none (yet)."""
         return (await self.outcomes([command_id])).get(command_id)
 
-    async def outcomes(self, command_ids: list[str]) -> dict[str, list]:
+    async def outcomes(self, command_ids: list[str]) -> dict[str, list[AnyEvent]]:
         """Committed outcomes of several commands in one round trip (absent ids are left out)."""
         return await outcomes.read(self.db, command_ids)
 
-    async def outcomes_for_key(self, key: str) -> list[list]:
+    async def outcomes_for_key(self, key: str) -> list[list[AnyEvent]]:
         """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
         return await outcomes.read_prefixed(self.db, key)
 
@@ -217,7 +218,7 @@ class CommandBus:
         """Raise ``Busy`` when ``commands`` more should be refused now (a review checks its leases at once)."""
         self.backlog.check(asyncio.get_running_loop().time(), commands)
 
-    async def submit(self, command, shed: bool = False) -> list[dict]:
+    async def submit(self, command, shed: bool = False) -> list[AnyEvent]:
         """Produce the command and wait for its committed outcome, riding over faults until the deadline;
         with ``shed`` (new leases from clients), ``Busy`` at once under overload.  Releases, admin changes and
         the roles' own commands are never shed: they free addresses or have no client to retry.

@@ -19,6 +19,7 @@ from aiohttp import web
 from ..adapters.bus import Busy, CommandBus, OutcomeTimeout
 from ..config import Config
 from ..domain.commands import nul_field
+from ..domain.events import AnyEvent, CommandRejected
 from . import models
 
 _json = msgspec.json.Encoder()
@@ -101,10 +102,10 @@ def limit_of(request: web.Request) -> int:
     return int(limit)
 
 
-def raise_rejection(events: list[dict]) -> None:
+def raise_rejection(events: list[AnyEvent]) -> None:
     for ev in events:
-        if ev["type"] == "CommandRejected":
-            raise ApiError(STATUS.get(ev["code"], 400), ev["code"], ev["reason"], ev.get("field"))
+        if isinstance(ev, CommandRejected):
+            raise ApiError(STATUS.get(ev.code, 400), ev.code, ev.reason, ev.field)
 
 
 # The address space a command (or event) is about: a retry must be the same kind of request, and
@@ -125,11 +126,11 @@ def _family(name: str) -> str | None:
     return None  # unknown: no opinion
 
 
-def answers(command, events: list[dict]) -> bool:
+def answers(command, events: list[AnyEvent]) -> bool:
     """Whether a stored outcome can be the outcome of this command (same family of request)."""
     mine = _family(type(command).__name__)
     for ev in events:
-        theirs = _family(ev.get("command", "") if ev["type"] == "CommandRejected" else ev["type"])
+        theirs = _family(ev.command if isinstance(ev, CommandRejected) else type(ev).__name__)
         if theirs is not None and theirs != mine:
             return False
     return True
@@ -158,7 +159,7 @@ class Gateway:
     def __init__(self, bus: CommandBus, timeout_seconds: float) -> None:
         self.bus, self.timeout_seconds = bus, timeout_seconds
 
-    async def submit(self, command, shed: bool = False) -> list[dict]:
+    async def submit(self, command, shed: bool = False) -> list[AnyEvent]:
         """Answer from the stored outcome when a client's command id was decided before; else decide it
         (``shed``: refused with 429 under overload, for new leases)."""
         if not command.command_id.startswith("api-"):
@@ -167,26 +168,26 @@ class Gateway:
                 return self._stored(command, known)
         return await self.decide(command, shed)
 
-    async def submit_all(self, commands: list) -> list[list[dict]]:
+    async def submit_all(self, commands: list) -> list[list[AnyEvent]]:
         """Each command's answer, in order, as ``submit`` gives it: the stored outcomes read in one query, the
         new commands admitted together (429 before any is sent under overload), then decided concurrently."""
         known = await self.bus.outcomes([c.command_id for c in commands])
         self.admit(sum(c.command_id not in known for c in commands))
 
-        async def one(command) -> list[dict]:
+        async def one(command) -> list[AnyEvent]:
             stored = known.get(command.command_id)
             return self._stored(command, stored) if stored is not None else await self.decide(command)
 
         return list(await asyncio.gather(*(one(c) for c in commands)))
 
     @staticmethod
-    def _stored(command, known: list[dict]) -> list[dict]:
+    def _stored(command, known: list[AnyEvent]) -> list[AnyEvent]:
         if not answers(command, known):
             raise ApiError(422, "key_reused", f"command id {command.command_id!r} was already used for another kind "
                                               "of request; use a new Idempotency-Key or command_id", "Idempotency-Key")
         return known
 
-    async def decide(self, command, shed: bool = False) -> list[dict]:
+    async def decide(self, command, shed: bool = False) -> list[AnyEvent]:
         """Send the command and wait for its committed answer (504 ``timeout`` when none comes in time)."""
         try:
             return await self.bus.submit(command, shed)
@@ -203,6 +204,6 @@ class Gateway:
         except Busy as e:
             raise busy_error(e) from None
 
-    async def decided_fanout(self, key: str) -> list[list]:
+    async def decided_fanout(self, key: str) -> list[list[AnyEvent]]:
         """Outcomes of the commands one earlier request fanned out to (``fanout_id``)."""
         return await self.bus.outcomes_for_key(fanout_id(key, "")[:-1])

@@ -21,8 +21,9 @@ from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.commands import LEASE_COMMANDS
+from ..domain.events import LEASE_EVENTS, AnyEvent
 from ..domain.ip import AddressError, format_address, parse_address
-from ..domain.kinds import DEFAULT_CLUSTER, IP, MAC, VM_WORKLOAD, Kind, Owner
+from ..domain.kinds import IP, MAC, Kind, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_unicast
 from ..domain.pools import RoutingError, choose_pool
 from . import models
@@ -48,13 +49,12 @@ def canonical_ip(text: str, field: str) -> str:
         raise ApiError(400, "invalid", str(e), field) from None
 
 
-def check_same_owner(events: list[dict], owner: Owner, kinds: set[str]) -> None:
+def check_same_owner(events: list[AnyEvent], owner: Owner, kinds: tuple[type, ...]) -> None:
     """A stored outcome answered for this request's key must be this owner's: a key reused for another owner's
     lease is refused (422) instead of answering with someone else's lease."""
     for ev in events:
-        o = ev.get("owner") if ev["type"] in kinds else None
-        if o and (o["namespace"], o["vm"], o["vm_uid"], o["interface"]) != (owner.namespace, owner.vm, owner.vm_uid,
-                                                                              owner.interface):
+        o: Owner | None = getattr(ev, "owner", None) if isinstance(ev, kinds) else None
+        if o and (o.namespace, o.vm, o.vm_uid, o.interface) != (owner.namespace, owner.vm, owner.vm_uid, owner.interface):
             raise ApiError(422, "key_reused", "this Idempotency-Key (or command_id) was used for another owner's lease; "
                                               "use a new one", "Idempotency-Key")
 
@@ -113,17 +113,19 @@ class LeaseApi:
         self.request, self.lease_model, self.answer, self.listing, self.released = (
             bodies.request, bodies.lease, bodies.answer, bodies.listing, bodies.released)
 
-    def lease_of(self, ev: dict) -> Struct:
-        o, pending = ev["owner"], ev.get("pending_until")
-        return self.lease_model(**{h: ev.get(h, 0) for h in self.rest.head}, namespace=o["namespace"], vm=o["vm"],
-                                vm_uid=o["vm_uid"], interface=o["interface"], static=ev.get("static", False),
-                                since=_iso(ev["at"]), state="pending" if pending else "confirmed",
-                                pending_until=_iso(pending) if pending else None, workload=o.get("workload", VM_WORKLOAD),
-                                cluster=o.get("cluster", DEFAULT_CLUSTER), **self._extra(ev))
+    def lease_of(self, ev: AnyEvent) -> Struct:
+        """A lease as its event tells it (the lease events of a kind, which name their owner; fields an event of
+        that role does not carry, such as a confirmation's prefix length, are 0 as an older answer gave them)."""
+        o, pending = ev.owner, getattr(ev, "pending_until", 0)  # type: ignore[union-attr]  # a lease event
+        return self.lease_model(**{h: getattr(ev, h, 0) for h in self.rest.head}, namespace=o.namespace, vm=o.vm,
+                                vm_uid=o.vm_uid, interface=o.interface, static=getattr(ev, "static", False),
+                                since=_iso(ev.at), state="pending" if pending else "confirmed",
+                                pending_until=_iso(pending) if pending else None, workload=o.workload, cluster=o.cluster,
+                                **self._extra(ev))
 
-    def _extra(self, ev: dict) -> dict:
+    def _extra(self, ev: AnyEvent) -> dict:
         """The kind's fields an answer takes from the lease event (an IP's gateway)."""
-        return {name: ev.get(name, default) for name, _, default in self.rest.kind.extra}
+        return {name: getattr(ev, name, default) for name, _, default in self.rest.kind.extra}
 
     async def lease(self, request: web.Request) -> web.Response:
         body = await decode_body(request, self.request)
@@ -139,18 +141,19 @@ class LeaseApi:
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(command_id=cid, at=now_ms(), owner=owner,
                                                                       **{kind.space: space, **requested}))
         raise_rejection(events)
-        kinds = {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned", f"{kind.prefix}LeaseConfirmed"}
+        roles = LEASE_EVENTS[kind]
+        kinds = (roles.leased, roles.returned, roles.confirmed)
         check_same_owner(events, owner, kinds)
-        existing = all(e["type"] == f"{kind.prefix}LeaseReturned" for e in events if e["type"] in kinds)
+        existing = all(isinstance(e, roles.returned) for e in events if isinstance(e, kinds))
         leases = []
         if existing:  # answered as stored: the lease's own time and whether it was static
-            extras = {e[kind.address]: self._extra(e) for e in events if e["type"] in kinds}
+            extras = {getattr(e, kind.address): self._extra(e) for e in events if isinstance(e, kinds)}
             leases = [self.from_row(r, extras.get(str(r[kind.address]), {})) for r in await self.read.leases(
                 kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid,
                 cluster=owner.cluster)
                 if r["interface"] == owner.interface]
         if not leases:  # new, or none stored: a release decided right after this answer took it away
-            leases = [self.lease_of(e) for e in events if e["type"] in kinds]
+            leases = [self.lease_of(e) for e in events if isinstance(e, kinds)]
         if not leases:
             raise ApiError(409, "conflict", "the lease was released by a concurrent request before it could be read; "
                            "ask again")
@@ -224,19 +227,18 @@ class LeaseApi:
             command_id=command_id(request, None), at=now_ms(), **{kind.space: space, kind.address: address}))
         return self.released_answer(events, address, stored)
 
-    def released_answer(self, events: list[dict], what: str, stored=()) -> web.Response:
+    def released_answer(self, events: list[AnyEvent], what: str, stored=()) -> web.Response:
         """The released leases as they were stored (read just before: their own time, static or not), else as
         the events tell them (a retried release, whose leases are gone)."""
         kind = self.rest.kind
-        released = [e for e in events if e["type"] == f"{kind.prefix}Released"]
+        released = [e for e in events if isinstance(e, LEASE_EVENTS[kind].released)]
         if not released:
             raise_rejection(events)
             raise ApiError(404, "not_found", f"{what} holds no {kind.word} lease")
         rows = {(r[kind.space], str(r[kind.address])): r for r in stored}
-        leases = [self.from_row(rows[key], self._extra(e)) if (key := (e[kind.space], e[kind.address])) in rows
+        leases = [self.from_row(rows[key], self._extra(e)) if (key := (getattr(e, kind.space), getattr(e, kind.address))) in rows
                   else self.lease_of(e) for e in released]
-        return reply(self.released(released=leases,
-                                   quarantined_until=[_iso(e["quarantined_until"]) for e in released]))
+        return reply(self.released(released=leases, quarantined_until=[_iso(e.quarantined_until) for e in released]))
 
     def routes(self) -> list[Route]:
         rest, kind, bodies = self.rest, self.rest.kind, self.rest.models

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..clock import now_ms
 from ..domain.commands import LEASE_COMMANDS
+from ..domain.events import LEASE_EVENTS
 from ..domain.kinds import ANY_INTERFACE, NEVER, RESERVATION_UID_PREFIX, Owner
 from .http import ApiError, command_id, decode_body, fanout_id, raise_rejection, reply
 from .leases import LeaseApi, check_same_owner
@@ -47,7 +48,7 @@ class ReservationApi:
         events = await self.gateway.submit(LEASE_COMMANDS[kind].lease(
             command_id=cid, at=now_ms(), owner=owner, pending_until=until, **{kind.space: space, **requested}))
         raise_rejection(events)
-        check_same_owner(events, owner, {f"{kind.prefix}Leased", f"{kind.prefix}LeaseReturned"})
+        check_same_owner(events, owner, (LEASE_EVENTS[kind].leased, LEASE_EVENTS[kind].returned))
         rows = await self.read.leases(kind, namespace=body.namespace, vm=body.vm, space=space, vm_uid=owner.vm_uid)
         return reply(self._answer([api.from_row(r) for r in rows], False, cid), 201)
 

@@ -16,6 +16,7 @@ from ..domain.commands import (
     SetPoolRange,
     SubnetSpec,
 )
+from ..domain.events import NetworkDefined, PoolCreated
 from ..domain.mac import format_mac
 from ..domain.pools import RangeError, parse_range
 from . import models
@@ -26,12 +27,13 @@ class SpaceChanges:
     def __init__(self, gateway: Gateway, read) -> None:
         self.gateway, self.read = gateway, read
 
-    async def create_pool(self, cid: str, body: models.PoolRequest) -> list[dict]:
+    async def create_pool(self, cid: str, body: models.PoolRequest) -> PoolCreated:
+        """The pool's creation (a retried key answers with the pool it created, whatever the body says now)."""
         events = await self.gateway.submit(CreatePool(
             command_id=cid, at=now_ms(), name=body.name, range=body.range, namespaces=tuple(body.namespaces),
             default=body.default, external=body.external))
         raise_rejection(events)
-        return events
+        return next(e for e in reversed(events) if isinstance(e, PoolCreated))
 
     async def change_pool(self, name: str, update: models.PoolUpdate, base: str) -> None:
         """Grow, shrink, rebind or (un)default a pool, in the steps ``pool_changes.plan`` gives, one change of a
@@ -99,13 +101,13 @@ class SpaceChanges:
             raise ApiError(404, "unknown_pool", f"pool {name!r} does not exist", "name")
         return current
 
-    async def define_network(self, cid: str, name: str, body, create_only: bool, source: str = "api") -> list[dict]:
+    async def define_network(self, cid: str, name: str, body, create_only: bool, source: str = "api") -> NetworkDefined:
         events = await self.gateway.submit(DefineNetwork(
             command_id=cid, at=now_ms(), name=name,
             subnets=tuple(SubnetSpec(cidr=s.cidr, gateway=s.gateway, exclude=tuple(s.exclude)) for s in body.subnets),
             dns=tuple(body.dns), attachments=tuple(body.attachments), create_only=create_only, source=source))
         raise_rejection(events)
-        return events
+        return next(e for e in reversed(events) if isinstance(e, NetworkDefined))
 
     async def delete_network(self, cid: str, name: str) -> None:
         await self._step(DeleteNetwork(command_id=cid, at=now_ms(), name=name))

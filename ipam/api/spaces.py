@@ -18,8 +18,8 @@ class SpacesApi:
 
     async def create_pool(self, request: web.Request) -> web.Response:
         body = await decode_body(request, models.PoolRequest)
-        events = await self.ops.create_pool(command_id(request, body.command_id), body)
-        (pool,) = await self.pools(events[-1]["name"])  # a retried key answers with the pool it created
+        created = await self.ops.create_pool(command_id(request, body.command_id), body)
+        (pool,) = await self.pools(created.name)  # a retried key answers with the pool it created
         return reply(pool, 201)
 
     async def change_pool(self, request: web.Request) -> web.Response:
@@ -70,10 +70,10 @@ class SpacesApi:
         return await self._define(request, name, merged, create_only=False)
 
     async def _define(self, request: web.Request, name: str, body, create_only: bool) -> web.Response:
-        events = await self.ops.define_network(command_id(request, body.command_id), name, body, create_only,
-                                               getattr(body, "source", "api"))
-        (network,) = await self.networks(events[-1]["name"])
-        return reply(network, 201 if create_only and events[-1].get("created") else 200)
+        defined = await self.ops.define_network(command_id(request, body.command_id), name, body, create_only,
+                                                getattr(body, "source", "api"))
+        (network,) = await self.networks(defined.name)
+        return reply(network, 201 if create_only and defined.created else 200)
 
     async def list_networks(self, request: web.Request) -> web.Response:
         return reply(models.NetworkList(networks=await self.networks()))

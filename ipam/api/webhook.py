@@ -54,6 +54,17 @@ from ..domain.cluster.kubevirt import (
     vm_interfaces,
 )
 from ..domain.commands import LeaseIp, LeaseMac
+from ..domain.events import (
+    CommandRejected,
+    IpLeaseConfirmed,
+    IpLeased,
+    IpLeaseOffered,
+    IpLeaseReturned,
+    MacLeaseConfirmed,
+    MacLeased,
+    MacLeaseOffered,
+    MacLeaseReturned,
+)
 from ..domain.ip import format_address, parse_address
 from ..domain.kinds import POD_WORKLOAD, PROVISIONAL_UID_PREFIX, Owner
 from ..domain.mac import MacFormatError, format_mac, parse_mac
@@ -64,7 +75,9 @@ from .http import STATUS, ApiError, Gateway
 log = structlog.get_logger("ipam.webhook")
 
 REVIEW_VERSION = "admission.k8s.io/v1"
-LEASED = ("IpLeased", "IpLeaseReturned", "IpLeaseOffered", "IpLeaseConfirmed")  # events that carry an address it holds
+# the events that carry an address the interface holds (or, for a dry run, would)
+MAC_HELD = (MacLeased, MacLeaseReturned, MacLeaseOffered, MacLeaseConfirmed)
+IP_HELD = (IpLeased, IpLeaseReturned, IpLeaseOffered, IpLeaseConfirmed)
 VM_KIND = {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"}
 POD_KIND = {"group": "", "version": "v1", "kind": "Pod"}
 _UID = re.compile(rb'"uid"\s*:\s*"([^"]{1,128})"')
@@ -301,13 +314,13 @@ class Webhook:
         ips: dict[str, list[str]] = {}
         for (iface, cmd), events in zip(plan.commands, outcomes, strict=True):
             for ev in events:
-                if ev["type"] == "CommandRejected":
+                if isinstance(ev, CommandRejected):
                     what = "MAC" if isinstance(cmd, LeaseMac) else "IP addresses"
-                    raise Denied(f"interface {iface} ({what}): {ev['reason']}", STATUS.get(ev["code"], 400))
+                    raise Denied(f"interface {iface} ({what}): {ev.reason}", STATUS.get(ev.code, 400))
             if isinstance(cmd, LeaseMac):
-                macs[iface] = events[-1]["mac"]
+                macs[iface] = next(ev.mac for ev in reversed(events) if isinstance(ev, MAC_HELD))
             else:
-                ips[iface] = [ev["address"] for ev in events if ev["type"] in LEASED]
+                ips[iface] = [ev.address for ev in events if isinstance(ev, IP_HELD)]
         return macs, ips
 
     def _patch(self, plan: Plan, macs: dict[str, str], ips: dict[str, list[str]]) -> tuple[list[dict], list[str]]:

@@ -129,12 +129,16 @@ class IpLeaseOffered(Event, tag="IpLeaseOffered", frozen=True):
 
 
 class IpLeaseConfirmed(Event, tag="IpLeaseConfirmed", frozen=True):
-    """A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending."""
+    """A pending lease was seen on a real VM: it is now that VM's (``owner``), no longer pending.  The prefix
+    length and gateway (added later, hence at the end) are what the answer to a lease that confirmed one reports:
+    without them a virt-launcher pod's CNI ADD that bound its VM's admission lease configured the address /0."""
 
     network: Name
     address: str
     owner: Owner
     previous: Owner
+    prefix_length: int = 0
+    gateway: str | None = None
 
 
 class IpReleased(Event, tag="IpReleased", frozen=True):

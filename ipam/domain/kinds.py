@@ -148,9 +148,11 @@ class Kind:
     address: str  # the field naming one address: "mac" or "address"
     address_type: object
     prefix: str  # of event tags: MacLeased, IpLeased
-    detail: tuple[tuple[str, type], ...]  # fields of the events that hand out an address, after the address
+    detail: tuple[tuple[str, type], ...]  # fields of the events that hand out an address, after the address (and at
+    # the end of a confirmation, which gained them later)
     extra: tuple[tuple[str, object, object], ...]  # (name, type, default) added later to the leased, returned,
-    # offered and released events, at their end: what answers report besides the address (older consumers ignore them)
+    # offered, confirmed and released events, at their end: what answers report besides the address (older consumers
+    # ignore them)
     requested: tuple[str, object, object]  # the lease command's field asking for addresses: name, type, default
     observed: type  # one observed interface
     holds: str  # what one interface holds in one space, for people

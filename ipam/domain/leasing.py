@@ -40,7 +40,7 @@ class _Decision:
         self.base = {"command_id": cmd.command_id, "at": cmd.at, space.kind.space: space.name}
 
     def event(self, role: str, key: int, owner: Owner, **fields) -> Event:
-        if role in ("leased", "returned", "offered", "released"):
+        if role in ("leased", "returned", "offered", "released", "confirmed"):
             fields.update(self.space.detail(key))
             if self.space.kind.extra:
                 fields.update(self.space.extra(key))

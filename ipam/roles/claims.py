@@ -19,6 +19,7 @@ from ..adapters import kubernetes as kube
 from ..clock import now_ms
 from ..domain.cluster import multus
 from ..domain.commands import LeaseIp, ReleaseIps
+from ..domain.events import AnyEvent, CommandRejected, IpLeaseConfirmed, IpLeased, IpLeaseReturned
 from ..domain.kinds import CLAIM_WORKLOAD, IP, Owner
 
 log = structlog.get_logger("ipam.watcher")
@@ -26,23 +27,23 @@ CONDITION = "IPsAllocated"
 REASONS = {"exhausted": "SubnetExhausted", "held": "IPAddressConflict"}
 
 
-def claim_status(claim: dict, events: list[dict], pod: str | None) -> dict:
+def claim_status(claim: dict, events: list[AnyEvent], pod: str | None) -> dict:
     """The status ipam writes for the outcome of the claim's lease command."""
-    leased = [e for e in events if e["type"] in ("IpLeased", "IpLeaseReturned", "IpLeaseConfirmed")]
-    rejected = next((e for e in events if e["type"] == "CommandRejected"), None)
+    leased = [e for e in events if isinstance(e, (IpLeased, IpLeaseReturned, IpLeaseConfirmed))]
+    rejected = next((e for e in events if isinstance(e, CommandRejected)), None)
     condition: dict[str, object]  # a Kubernetes condition, as the API server takes it
     if rejected is None:
         condition = {"type": CONDITION, "status": "True", "reason": "SuccessfulAllocation",
                      "message": "addresses leased by ipam"}
     else:
-        condition = {"type": CONDITION, "status": "False", "reason": REASONS.get(rejected["code"], "AllocationFailed"),
-                     "message": rejected["reason"][:1000]}
+        condition = {"type": CONDITION, "status": "False", "reason": REASONS.get(rejected.code, "AllocationFailed"),
+                     "message": rejected.reason[:1000]}
     previous: dict = next((c for c in (claim.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION), {})
     same = all(previous.get(k) == condition[k] for k in ("status", "reason", "message"))
     condition["lastTransitionTime"] = previous.get("lastTransitionTime") if same and previous.get(
         "lastTransitionTime") else dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     condition["observedGeneration"] = (claim.get("metadata") or {}).get("generation", 1)
-    ips = [f"{e['address']}/{e['prefix_length']}" for e in leased]
+    ips = [f"{e.address}/{e.prefix_length}" for e in leased]
     return {"ips": ips, "ownerPod": pod or (claim.get("status") or {}).get("ownerPod") or "", "conditions": [condition]}
 
 

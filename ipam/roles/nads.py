@@ -15,7 +15,7 @@ import structlog
 from ..clock import now_ms
 from ..domain.cluster.kubevirt import NadNetwork, SpecError, nad_network
 from ..domain.commands import DefineNetwork, DeleteNetwork
-from ..domain.events import NetworkDefined
+from ..domain.events import CommandRejected, NetworkDefined
 from ..domain.ip import canonical
 
 log = structlog.get_logger("ipam.watcher")
@@ -108,14 +108,14 @@ class NadNetworks:
                             at=now_ms(), name=network, subnets=subnets, dns=dns, attachments=tuple(members),
                             source=f"nad:{source.attachment}")
         for ev in await self.bus.submit(cmd):
-            if ev["type"] == "CommandRejected":
+            if isinstance(ev, CommandRejected):
                 log.warning("network from a NetworkAttachmentDefinition refused", network=network,
-                            attachment=source.attachment, reason=ev["reason"])
+                            attachment=source.attachment, reason=ev.reason)
 
     async def _delete(self, network: str, current: NetworkDefined) -> None:
         events = await self.bus.submit(DeleteNetwork(command_id=f"nad-gone:{network}:{now_ms() // 60000}", at=now_ms(),
                                                      name=network, source=current.source))
         for ev in events:
-            if ev["type"] == "CommandRejected":
+            if isinstance(ev, CommandRejected):
                 log.info("network of a deleted NetworkAttachmentDefinition kept while it holds leases", network=network,
-                         reason=ev["reason"])
+                         reason=ev.reason)

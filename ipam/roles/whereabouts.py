@@ -19,6 +19,7 @@ from ..clock import now_ms
 from ..domain.catalog import Catalog
 from ..domain.cluster import multus
 from ..domain.commands import LeaseIp
+from ..domain.events import CommandRejected
 from ..domain.kinds import IP, POD_WORKLOAD, VM_WORKLOAD, Owner
 from ..domain.networks import Network
 
@@ -91,10 +92,10 @@ async def adopt(read, bus, ippools: list[dict], pods: list[dict], vmis: list[dic
             continue
         events = await bus.submit(LeaseIp(command_id=f"whereabouts:{network}:{address}:{owner.vm_uid}",
                                           at=now_ms(), network=network, owner=owner, addresses=(address,)))
-        rejected = [e for e in events if e["type"] == "CommandRejected"]
+        rejected = [e for e in events if isinstance(e, CommandRejected)]
         if rejected:
             log.warning("Whereabouts allocation not adopted", network=network, address=address, owner=owner.describe(),
-                        reason=rejected[0]["reason"])
+                        reason=rejected[0].reason)
         else:
             adopted += 1
     log.info("Whereabouts IPPools adopted", pools=len(ippools), adopted=adopted, **skipped)

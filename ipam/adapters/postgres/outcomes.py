@@ -8,7 +8,11 @@ told by NOTIFY, delivered when the batch commits.
 from __future__ import annotations
 
 import msgspec
+import structlog
 
+from ...domain.events import AnyEvent, event_decoder
+
+log = structlog.get_logger("ipam.outcomes")
 NOTIFY_CHANNEL = "ipam_outcomes"
 PRUNE_BATCH = 10000
 _NOTIFY_LIMIT = 7000  # Postgres caps a NOTIFY payload at 8000 bytes
@@ -46,7 +50,29 @@ async def notify(conn, outcomes: dict[str, list], complete: set[str]) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, msgspec.json.encode(chunk).decode())
 
 
-async def read(db, command_ids: list[str]) -> dict[str, list]:
+_RAW_EVENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW_NOTICE = msgspec.json.Decoder(list[tuple[str, list[msgspec.Raw] | None]])
+
+
+def decode(raws: list[msgspec.Raw] | bytes | str) -> list[AnyEvent]:
+    """An outcome as the event union.  An event of a type this version does not know (written by a newer allocator
+    during an upgrade: the union only grows) is left out of the answer and logged, not an error: the rest of the
+    outcome still answers the request, as it did when outcomes were read as plain JSON."""
+    events = []
+    for raw in raws if isinstance(raws, list) else _RAW_EVENTS.decode(raws):
+        try:
+            events.append(event_decoder.decode(raw))
+        except msgspec.ValidationError as e:
+            log.warning("an outcome holds an event this version does not know; left out", error=str(e))
+    return events
+
+
+def decode_notice(payload: str) -> list[tuple[str, list[AnyEvent] | None]]:
+    """A NOTIFY payload: (command id, its events, or None when too big to send: read them)."""
+    return [(cid, None if raws is None else decode(raws)) for cid, raws in _RAW_NOTICE.decode(payload)]
+
+
+async def read(db, command_ids: list[str]) -> dict[str, list[AnyEvent]]:
     """Committed outcomes of several commands in one round trip (absent ids are left out; an id holding U+0000,
     which Postgres text cannot hold, was never stored)."""
     command_ids = [c for c in command_ids if "\x00" not in c]
@@ -54,16 +80,16 @@ async def read(db, command_ids: list[str]) -> dict[str, list]:
         return {}
     rows = await db.fetch("SELECT command_id, events::text FROM ipam_store.command_outcomes "
                           "WHERE complete AND command_id = ANY($1::text[])", command_ids)
-    return {r["command_id"]: msgspec.json.decode(r["events"]) for r in rows}
+    return {r["command_id"]: decode(r["events"]) for r in rows}
 
 
-async def read_prefixed(db, key: str) -> list[list]:
+async def read_prefixed(db, key: str) -> list[list[AnyEvent]]:
     """Outcomes of the commands one request fanned out to (ids ``key/<space>``)."""
     if "\x00" in key:
         return []
     rows = await db.fetch("SELECT events::text FROM ipam_store.command_outcomes WHERE complete AND left(command_id, $2) = $1",
                           key + "/", len(key) + 1)
-    return [msgspec.json.decode(r["events"]) for r in rows]
+    return [decode(r["events"]) for r in rows]
 
 
 async def prune(conn, retention_hours: float) -> int:
