@@ -93,3 +93,18 @@ async def test_a_reservation_lapses_when_asked_to_and_can_be_released(kv):
         assert r.status == 200 and [x["vm"] for x in (await r.json())["released"]] == ["keep"]
     async with http.delete(f"{base}/v1/mac-reservations/prod/keep") as r:
         assert r.status == 404
+
+
+async def test_a_lease_that_takes_a_reservation_answers_the_whole_address(kv):
+    """A lease for the reserved VM binds the reservation; the answer is its confirmation, which must say what a
+    client configures (it said prefix length 0: a CNI ADD configured the address as /0)."""
+    http, base = kv.http, kv.url
+    status, reserved = await post(http, f"{base}/v1/ip-reservations", {"network": "blue", "namespace": "prod", "vm": "web"})
+    assert status == 201, reserved
+    address = reserved["leases"][0]["address"]
+    status, leased = await post(http, f"{base}/v1/ip-leases", {"network": "blue", "namespace": "prod", "vm": "web",
+                                                               "vm_uid": "web-uid", "interface": "net1"})
+    assert status == 201 and not leased["existing"], leased
+    (lease,) = leased["leases"]
+    assert (lease["address"], lease["prefix_length"], lease["vm_uid"], lease["state"]) == (address, 24, "web-uid",
+                                                                                          "confirmed"), lease
