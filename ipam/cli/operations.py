@@ -135,7 +135,7 @@ def events() -> None:
 @click.pass_obj
 def events_tail(client: Client, last: int, follow: bool, partitions: tuple[int, ...]) -> None:
     """Print events from the topic (IPAM_KAFKA_BOOTSTRAP, or the local broker's address), one per line or --json."""
-    from ..adapters.tail import TailError, run
+    from .tail import EventsTopicError, run
 
     try:
         cfg = Config.from_env()
@@ -148,7 +148,7 @@ def events_tail(client: Client, last: int, follow: bool, partitions: tuple[int, 
         fail("--partition", f"{wrong[0]} is not a partition (IPAM_PARTITIONS={cfg.partitions})")
     try:
         run(cfg, last, follow, client.as_json, list(partitions) or None, click.echo)
-    except TailError as e:
+    except EventsTopicError as e:
         click.echo(f"error: cannot read {cfg.events_topic} from {cfg.kafka_bootstrap}: {e}", err=True)
         sys.exit(1)
 
