@@ -9,6 +9,7 @@ that is not its lease also becomes an ``ObserveGuestIps`` command (an ``IpDrift`
 
 from __future__ import annotations
 
+from ..adapters.postgres import observations
 from ..clock import now_ms
 from ..domain.catalog import Catalog
 from ..domain.cluster.kubevirt import SpecError, multus_interfaces
@@ -76,7 +77,8 @@ class Instances:
     async def listed(self, items: list[dict]) -> None:
         catalog = await self.read.catalog()
         guests = [(vmi, address_rows(vmi, catalog)) for vmi in items]
-        await self.read.replace_instances([r for vmi in items for r in interface_rows(vmi)], [r for _, g in guests for r in g])
+        await observations.replace_instances(self.read.db, [r for vmi in items for r in interface_rows(vmi)],
+                                             [r for _, g in guests for r in g])
         self._reported.clear()
         for vmi, rows in guests:
             await self._report(vmi, rows)
@@ -87,7 +89,7 @@ class Instances:
             return
         deleted = kind == "DELETED"
         rows = [] if deleted else address_rows(vmi, await self.read.catalog())
-        await self.read.replace_instances([] if deleted else interface_rows(vmi), rows, uid=uid)
+        await observations.replace_instances(self.read.db, [] if deleted else interface_rows(vmi), rows, uid=uid)
         if deleted:
             self.forget(uid)
         else:

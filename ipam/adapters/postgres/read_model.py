@@ -1,4 +1,4 @@
-"""What the API, the webhook and the watcher read from Postgres, and the few observations the watcher writes.
+"""What the API, the webhook and the watcher read from Postgres (what the watcher writes of the cluster: observations.py).
 
 Every query outside the pipeline's own transactions is here, so the roles and the API hold no
 SQL: they call a ``ReadModel`` over the connection pool.  Lease queries are written once for
@@ -171,24 +171,6 @@ class ReadModel:
 
     async def lease_counts(self, kind: Kind) -> list[asyncpg.Record]:
         return await self.db.fetch(f"SELECT {kind.space}, state, count(*) FROM {TABLES[kind].view} GROUP BY 1, 2")
-
-    # --- what the cluster runs (the watcher's observations) -----------------------------------
-
-    async def replace_instances(self, interfaces: list[tuple], addresses: list[tuple], uid: str | None = None) -> None:
-        """What running VMIs report: every VMI (``uid`` None, after a list) or one, replaced."""
-        async with self.db.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM ipam_store.vmi_interfaces WHERE $1::text IS NULL OR vmi_uid = $1", uid)
-            await conn.execute("DELETE FROM ipam_store.vmi_addresses WHERE $1::text IS NULL OR vmi_uid = $1", uid)
-            if interfaces:
-                await conn.executemany(
-                    "INSERT INTO ipam_store.vmi_interfaces (vmi_uid, namespace, name, interface, mac, phase) "
-                    "VALUES ($1, $2, $3, $4, $5::macaddr, $6) ON CONFLICT (vmi_uid, interface) DO UPDATE "
-                    "SET mac = EXCLUDED.mac, phase = EXCLUDED.phase, seen_at = now()", interfaces)
-            if addresses:
-                await conn.executemany(
-                    "INSERT INTO ipam_store.vmi_addresses (vmi_uid, namespace, name, interface, network, address) "
-                    "VALUES ($1, $2, $3, $4, $5, $6::inet) ON CONFLICT (vmi_uid, interface, address) DO UPDATE "
-                    "SET network = EXCLUDED.network, seen_at = now()", addresses)
 
     # --- status and metrics ---------------------------------------------------------------------
 
