@@ -6,7 +6,7 @@
 Start-up is a list of steps, each after the ones it needs (a local broker when none is
 configured, migrations, the database pool, topics, the roles, the listeners), and each step
 that leaves something running registers how to stop it.  Shutdown (SIGTERM/SIGINT) runs those
-in reverse: stop taking work, finish the batch in flight, leave the consumer groups, close
+in reverse: stop taking work, finish the batch in flight, give the partition leases back, close
 connections, exit 0.  Background work runs as named, supervised tasks (``supervisor``).
 """
 

@@ -86,5 +86,5 @@ def configure_logs(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
-    # aiokafka is chatty about normal rebalances and coordinator moves
+    # aiokafka is chatty about normal leader moves and reconnects
     logging.getLogger("aiokafka").setLevel(max(lvl, logging.WARNING))

@@ -139,8 +139,8 @@ class Allocator(PartitionRole[Owned]):
 
     async def tick(self) -> None:
         """Once a second: has a partition's epoch moved on without us?  A projector that fenced us
-        after losing one of our records, or an allocator whose take raced a rebalance, claimed a
-        newer epoch: our records are being dropped, so while the group still gives us the
+        after losing one of our records, or an allocator whose take raced a hand-over of the partition's
+        lease, claimed a newer epoch: our records are being dropped, so while our lease still gives us the
         partition we take it again from Postgres; if it does not, we stop deciding it."""
         now = time.monotonic()
         if now - self._epochs_checked < 1.0 or not self.owned or self.quiet:
