@@ -136,6 +136,7 @@ class Service:
         if "watcher" in self.roles:
             if not cfg.kube_api:
                 raise ValueError("the watcher role needs IPAM_KUBE_API")
+            assert self.bus is not None, "the watcher role starts the bus"
             self.watcher = Watcher(cfg, read, self.bus)
             self.supervisor.spawn("watcher", self.watcher.run, recover=self.watcher.recover)
             self._on_stop("watcher", lambda: self.supervisor.cancel("watcher"))

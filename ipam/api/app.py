@@ -17,8 +17,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from .. import telemetry
-from ..adapters.bus import Backlog, Busy
+from ..adapters.bus import Backlog, Busy, CommandBus
 from ..adapters.kafka import topic_ends
+from ..adapters.postgres.read_model import ReadModel
 from ..config import Config
 from ..domain.kinds import KINDS
 from . import models
@@ -35,7 +36,7 @@ log = structlog.get_logger("ipam.api")
 class StatusApi:
     """What an operator asks: how far the pipeline is, whether this process is ready, its metrics."""
 
-    def __init__(self, cfg: Config, read, bus, readiness: Callable[[], dict[str, bool]], spaces: SpacesApi,
+    def __init__(self, cfg: Config, read: ReadModel, bus: CommandBus, readiness: Callable[[], dict[str, bool]], spaces: SpacesApi,
                  declared=None) -> None:
         self.cfg, self.read, self.bus, self.readiness, self.spaces = cfg, read, bus, readiness, spaces
         self.declared = declared  # the declared configuration's reconciler, when IPAM_CONFIG_FILE is set
@@ -95,7 +96,7 @@ class StatusApi:
         ]
 
 
-def api_routes(cfg: Config, gateway: Gateway, read, bus, readiness: Callable[[], dict[str, bool]],
+def api_routes(cfg: Config, gateway: Gateway, read: ReadModel, bus: CommandBus, readiness: Callable[[], dict[str, bool]],
                declared=None) -> list[Route]:
     """Every REST route of the API role (the OpenAPI document among them, made from the others)."""
     spaces = SpacesApi(gateway, read)

@@ -24,6 +24,7 @@ import yaml
 from msgspec import Struct
 
 from .. import telemetry
+from ..adapters.postgres.read_model import ReadModel
 from ..domain.commands import SubnetSpec
 from ..domain.errors import ConfigError
 from ..domain.networks import build_network
@@ -60,7 +61,7 @@ def parse(text: str) -> Declared:
 
 
 class DeclaredSpaces:
-    def __init__(self, path: str, poll_seconds: float, ops: SpaceChanges, read) -> None:
+    def __init__(self, path: str, poll_seconds: float, ops: SpaceChanges, read: ReadModel) -> None:
         self.path, self.poll_seconds, self.ops, self.read = path, poll_seconds, ops, read
         self.status = models.ConfigStatus(file=path)
 

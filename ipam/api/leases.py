@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from msgspec import Struct
 
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
@@ -107,7 +108,7 @@ IP_REST = LeaseRest(
 
 
 class LeaseApi:
-    def __init__(self, rest: LeaseRest, cfg: Config, gateway: Gateway, read) -> None:
+    def __init__(self, rest: LeaseRest, cfg: Config, gateway: Gateway, read: ReadModel) -> None:
         self.rest, self.cfg, self.gateway, self.read = rest, cfg, gateway, read
         bodies = rest.models
         self.request, self.lease_model, self.answer, self.listing, self.released = (

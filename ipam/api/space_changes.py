@@ -4,6 +4,7 @@ change, with the same refusals, as one made over HTTP."""
 
 from __future__ import annotations
 
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain import pool_changes
 from ..domain.commands import (
@@ -24,7 +25,7 @@ from .http import ApiError, Gateway, raise_rejection
 
 
 class SpaceChanges:
-    def __init__(self, gateway: Gateway, read) -> None:
+    def __init__(self, gateway: Gateway, read: ReadModel) -> None:
         self.gateway, self.read = gateway, read
 
     async def create_pool(self, cid: str, body: models.PoolRequest) -> PoolCreated:

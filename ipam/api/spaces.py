@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..adapters.postgres.read_model import ReadModel
 from . import models
 from .http import ApiError, Gateway, command_id, decode_body, reply
 from .openapi import Route
@@ -11,7 +12,7 @@ from .space_changes import SpaceChanges
 
 
 class SpacesApi:
-    def __init__(self, gateway: Gateway, read) -> None:
+    def __init__(self, gateway: Gateway, read: ReadModel) -> None:
         self.ops, self.read = SpaceChanges(gateway, read), read
 
     # --- pools --------------------------------------------------------------------------------

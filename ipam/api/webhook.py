@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import telemetry
 from ..adapters.kubernetes import NamespaceLabels
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..config import Config
 from ..domain.cluster import admission_review as shapes
@@ -124,7 +125,7 @@ def _spec(call, *args):
 
 
 class Webhook:
-    def __init__(self, cfg: Config, gateway: Gateway, read, namespaces: NamespaceLabels) -> None:
+    def __init__(self, cfg: Config, gateway: Gateway, read: ReadModel, namespaces: NamespaceLabels) -> None:
         self.cfg, self.gateway, self.read, self.namespaces = cfg, gateway, read, namespaces
 
     async def mutate(self, request: web.Request) -> web.Response:

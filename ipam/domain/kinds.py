@@ -14,7 +14,7 @@ and events, the extra fields their events carry.  Arithmetic (MAC ranges, subnet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
@@ -160,6 +160,10 @@ class Kind:
 
     def __repr__(self) -> str:
         return f"Kind({self.name})"
+
+    def in_space(self, name: str) -> dict[str, Any]:
+        """The keyword naming a space in this kind's commands and events (``pool=`` or ``network=``)."""
+        return {self.space: name}
 
 
 MAC = Kind(

@@ -16,6 +16,8 @@ import datetime as dt
 import structlog
 
 from ..adapters import kubernetes as kube
+from ..adapters.bus import CommandBus
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain.cluster import multus
 from ..domain.commands import LeaseIp, ReleaseIps
@@ -48,7 +50,7 @@ def claim_status(claim: dict, events: list[AnyEvent], pod: str | None) -> dict:
 
 
 class Claims:
-    def __init__(self, read, bus, network_of_config, cluster: str) -> None:
+    def __init__(self, read: ReadModel, bus: CommandBus, network_of_config, cluster: str) -> None:
         self.cluster = cluster
         self.read, self.bus = read, bus
         self.network_of_config = network_of_config  # (namespace, CNI configuration name) -> ipam network or None

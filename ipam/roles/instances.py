@@ -9,7 +9,9 @@ that is not its lease also becomes an ``ObserveGuestIps`` command (an ``IpDrift`
 
 from __future__ import annotations
 
+from ..adapters.bus import CommandBus
 from ..adapters.postgres import observations
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain.catalog import Catalog
 from ..domain.cluster.kubevirt import SpecError, multus_interfaces
@@ -69,7 +71,7 @@ def address_rows(vmi: dict, catalog: Catalog) -> list[tuple]:
 
 
 class Instances:
-    def __init__(self, read, bus, cluster: str) -> None:
+    def __init__(self, read: ReadModel, bus: CommandBus, cluster: str) -> None:
         self.cluster = cluster
         self.read, self.bus = read, bus
         self._reported: dict[tuple[str, str], frozenset] = {}  # (vmi uid, interface) -> addresses last sent

@@ -12,6 +12,8 @@ import hashlib
 import msgspec
 import structlog
 
+from ..adapters.bus import CommandBus
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain.cluster.kubevirt import NadNetwork, SpecError, nad_network
 from ..domain.commands import DefineNetwork, DeleteNetwork
@@ -26,7 +28,7 @@ def _digest(*parts) -> str:
 
 
 class NadNetworks:
-    def __init__(self, read, bus, changed) -> None:
+    def __init__(self, read: ReadModel, bus: CommandBus, changed) -> None:
         self.read, self.bus = read, bus
         self.changed = changed  # awaited after networks may have changed
         self.nads: dict[str, NadNetwork] = {}  # attachment -> what it defines

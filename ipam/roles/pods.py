@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import structlog
 
+from ..adapters.bus import CommandBus
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain.cluster import multus
 from ..domain.commands import LEASE_COMMANDS, ObserveVm
@@ -32,7 +34,7 @@ def pod_macs(pod: dict) -> dict[str, str]:
 
 
 class PodLeases:
-    def __init__(self, read, bus, cluster: str) -> None:
+    def __init__(self, read: ReadModel, bus: CommandBus, cluster: str) -> None:
         self.read, self.bus, self.cluster = read, bus, cluster
         self._seen: dict[str, frozenset] = {}  # pod uid -> the MACs last observed
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..adapters import kubernetes as kube
+from ..adapters.bus import CommandBus
 from ..adapters.postgres.ownership import leadership
+from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..config import Config
 from ..domain.catalog import Catalog
@@ -50,7 +52,7 @@ NAD_SYNC_WAIT = 10.0  # seconds the first VM list waits for the NetworkAttachmen
 
 
 class Watcher:
-    def __init__(self, cfg: Config, read, bus) -> None:
+    def __init__(self, cfg: Config, read: ReadModel, bus: CommandBus) -> None:
         self.cfg, self.read, self.bus = cfg, read, bus
         self.is_leader = False
         self.unmanaged = 0  # addresses seen in VMs that no space holds
@@ -164,7 +166,7 @@ class Watcher:
         for kind, rows in gone.items():
             for h in rows:
                 await self.bus.send(LEASE_COMMANDS[kind].observe(
-                    command_id=f"watch-{kind.name}:{h.vm_uid}:gone:{h.space}", at=now_ms(), **{kind.space: h.space},
+                    command_id=f"watch-{kind.name}:{h.vm_uid}:gone:{h.space}", at=now_ms(), **kind.in_space(h.space),
                     namespace=h.namespace, vm=h.vm, vm_uid=h.vm_uid, deleted=True, cluster=self.cfg.cluster))
         log.info("virtual machines listed", vms=len(items), **{f"released_missing_{k.name}": len(g) for k, g in gone.items()})
 
