@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from ipam.adapters.bus import Backlog, Busy
+from ipam.adapters.bus import Backlog, Busy, CommandBus
+
+from .harness import make_config
 
 
 def test_few_requests_held_long_are_never_shed():
@@ -95,3 +99,19 @@ def test_resuming_without_a_pause_changes_nothing():
     backlog.resume(10.0)
     with pytest.raises(Busy):
         backlog.check(2.0)
+
+
+async def test_the_bus_does_not_count_its_own_hold_as_overload():
+    """``CommandBus.held`` (the local log trimmer's drain) pauses the backlog's clock: a request that waited
+    through the hold is not shed for it afterwards, and one that then waits too long outside it still is."""
+    cfg = make_config("127.0.0.1:9", "postgresql://127.0.0.1:9/unused", shed_after_seconds=0.2, shed_min_waiting=1)
+    bus = CommandBus(cfg, db=None)  # not started: no broker or database is reached by the backlog
+    loop = asyncio.get_running_loop()
+    bus.backlog.enter(loop.time())
+    async with bus.held():
+        await asyncio.sleep(0.3)
+        bus.admit()  # held for longer than shed_after: not overload
+    bus.admit()  # and not after the hold either
+    await asyncio.sleep(0.25)
+    with pytest.raises(Busy):
+        bus.admit()  # 0.25 s outside the hold: it is
