@@ -11,8 +11,10 @@ from functools import cached_property
 from typing import cast
 
 from .book import Space
-from .kinds import IP, MAC, Kind
+from .kinds import IP, MAC, Kind, ObservedInterface
+from .mac import MacFormatError, format_mac, parse_mac
 from .networks import Network
+from .pools import RoutingError, choose_pool
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,23 @@ class Catalog:
             for attachment in network.attachments:
                 served.setdefault(attachment, []).append(network)
         return served
+
+    def route_macs(self, namespace: str, macs: dict[str, str]) -> tuple[dict[str, list[ObservedInterface]],
+                                                                        list[tuple[str, str, str]]]:
+        """Where the MACs seen on a workload's interfaces (interface -> MAC) belong: pool -> the interfaces
+        observed in it, and (interface, MAC, why) for those ipam cannot place (not a MAC, or in no pool the
+        namespace may use).  The watcher (VMs) and the pods' observer route what they see alike."""
+        by_pool: dict[str, list[ObservedInterface]] = {}
+        unplaced: list[tuple[str, str, str]] = []
+        for iface, text in sorted(macs.items()):
+            try:
+                mac = parse_mac(text)
+                pool = choose_pool(self.pools, namespace, None, mac)
+            except (MacFormatError, RoutingError) as e:
+                unplaced.append((iface, text, str(e)))
+                continue
+            by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
+        return by_pool, unplaced
 
     def routing(self) -> tuple:
         """What routing depends on: a change means VMs seen before may now be placed differently."""

@@ -20,9 +20,7 @@ from ..adapters.postgres.read_model import ReadModel
 from ..clock import now_ms
 from ..domain.cluster import multus
 from ..domain.commands import LEASE_COMMANDS, ObserveVm
-from ..domain.kinds import KINDS, MAC, POD_WORKLOAD, ObservedInterface
-from ..domain.mac import MacFormatError, format_mac, parse_mac
-from ..domain.pools import RoutingError, choose_pool
+from ..domain.kinds import KINDS, MAC, POD_WORKLOAD
 
 log = structlog.get_logger("ipam.watcher")
 CONTAINER_UID = "container:"
@@ -87,17 +85,10 @@ class PodLeases:
     async def _observe_macs(self, namespace: str, name: str, uid: str, macs: dict[str, str], version,
                             held: set[str] | None) -> None:
         """One observe command per pool the pod's MACs are in (or it holds MACs in)."""
-        catalog = await self.read.catalog()
-        by_pool: dict[str, list[ObservedInterface]] = {}
-        for iface, text in sorted(macs.items()):
-            try:
-                mac = parse_mac(text)
-                pool = choose_pool(catalog.pools, namespace, None, mac)
-            except (MacFormatError, RoutingError) as e:
-                log.warning("MAC in a pod's network annotation that ipam does not manage", namespace=namespace, pod=name,
-                            interface=iface, mac=text, reason=str(e))
-                continue
-            by_pool.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
+        by_pool, unplaced = (await self.read.catalog()).route_macs(namespace, macs)
+        for iface, text, why in unplaced:
+            log.warning("MAC in a pod's network annotation that ipam does not manage", namespace=namespace, pod=name,
+                        interface=iface, mac=text, reason=why)
         if held is None:
             held = await self.read.spaces_held(MAC, namespace, name, vm_uid=uid, workload=POD_WORKLOAD, cluster=self.cluster)
         for pool_name in sorted(set(by_pool) | held):

@@ -36,9 +36,7 @@ from ..config import Config
 from ..domain.catalog import Catalog
 from ..domain.cluster.kubevirt import SpecError, annotated_addresses, multus_interfaces, spec_macs, vm_interfaces
 from ..domain.commands import LEASE_COMMANDS
-from ..domain.kinds import IP, KINDS, MAC, Kind, ObservedAddresses, ObservedInterface
-from ..domain.mac import MacFormatError, format_mac, parse_mac
-from ..domain.pools import RoutingError, choose_pool
+from ..domain.kinds import IP, KINDS, MAC, Kind, ObservedAddresses
 from . import whereabouts
 from .claims import Claims
 from .instances import Instances
@@ -249,17 +247,8 @@ def mac_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
         vm_interfaces(vm)
     except SpecError as e:
         return Routed(unreadable=e)
-    routed = Routed()
-    for iface, text in sorted(spec_macs(vm).items()):
-        try:
-            mac = parse_mac(text)
-            pool = choose_pool(catalog.pools, namespace, None, mac)
-        except (MacFormatError, RoutingError) as e:
-            routed.unplaced.append((iface, text, str(e)))
-            continue
-        routed.by_space.setdefault(pool.name, []).append(ObservedInterface(name=iface, mac=format_mac(mac)))
-    routed.stale = bool(routed.unplaced)
-    return routed
+    by_pool, unplaced = catalog.route_macs(namespace, spec_macs(vm))
+    return Routed(by_space=dict(by_pool), unplaced=unplaced, stale=bool(unplaced))
 
 
 def ip_routes(vm: dict, namespace: str, catalog: Catalog) -> Routed:
