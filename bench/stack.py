@@ -8,7 +8,7 @@ import subprocess
 import aiohttp
 
 from ipam.devenv import free_port
-from ipam.service import LOCAL_TRIM_RECORDS
+from ipam.devenv.log_trim import LOCAL_TRIM_RECORDS
 from tests.harness import ServiceProcess, create_database, drop_database, make_config
 from tests.kubevirt import WebhookTls
 
