@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench profile bench-quick faults availability broker-kills network-faults soak overload fuzz psql schemas clean
+.PHONY: run test bench profile bench-quick faults availability broker-kills broker-partition network-faults soak overload fuzz psql schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ availability: $(STAMP)  ## kill -9 of one allocator or projector every 8-12 s un
 
 broker-kills: $(STAMP)  ## three Apache Kafka nodes, the busiest leader kill -9'd every 20-30 s under 8 REST clients and 20 reviews/s
 	$(BIN)/python -m tests.faults --scenario broker-kills --runs $${FAULT_RUNS:-1} --seconds $${FAULT_SECONDS:-300} --seed $${FAULT_SEED:-1}
+
+broker-partition: $(STAMP)  ## three Apache Kafka nodes in namespaces of their own, the busiest leader cut from the other two (not from ipam) for 10-20 s every 20-30 s
+	$(BIN)/python -m tests.faults --scenario broker-partition --runs $${FAULT_RUNS:-1} --seconds $${FAULT_SECONDS:-300} --seed $${FAULT_SEED:-1}
 
 network-faults: $(STAMP)  ## one allocator and one projector in a network namespace, cut from Postgres or the broker every 2-5 s for 3-10 s
 	$(BIN)/python -m tests.faults --scenario network --runs $${FAULT_RUNS:-5} --seconds $${FAULT_SECONDS:-60} --seed $${FAULT_SEED:-1}

@@ -92,6 +92,7 @@ class Node:
     data: Path
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
+    wrap: tuple[str, ...] = ()  # what the JVM is run through (``ip netns exec <ns>``: a node in a namespace)
 
     @property
     def bootstrap(self) -> str:
@@ -106,16 +107,20 @@ class KafkaCluster:
     """``nodes`` KRaft nodes on loopback, each a broker and a controller, in a temporary directory."""
 
     def __init__(self, nodes: int = 1, heap_mb: int = 384, host: str = "127.0.0.1",
-                 settings: tuple[str, ...] = ()) -> None:
+                 settings: tuple[str, ...] = (), places: list[tuple[str, tuple[str, ...]]] | None = None) -> None:
         """``host``: the address the nodes listen on and advertise (a test's own, reachable from its namespaces);
-        ``settings``: ``key=value`` broker properties over the ones below (the last one of a key counts)."""
+        ``settings``: ``key=value`` broker properties over the ones below (the last one of a key counts);
+        ``places``: per node, its own address and the command prefix that runs it there (a network namespace
+        of its own, ``tests/netns.Segment``), so the network between nodes can be cut apart from clients'."""
         self.host = host
         self.settings = settings
         self.dir = Path(tempfile.mkdtemp(prefix="ipam-kafka-"))
         self.heap_mb = heap_mb
         self.version = kafka_version()
         self.cluster_id = str(uuid.UUID(int=uuid.uuid4().int))
-        self.nodes = [Node(i + 1, free_port(), free_port(), self.dir / f"node-{i + 1}", host=host) for i in range(nodes)]
+        places = places or [(host, ())] * nodes
+        self.nodes = [Node(i + 1, free_port(), free_port(), self.dir / f"node-{i + 1}", host=places[i][0], wrap=places[i][1])
+                      for i in range(nodes)]
         self.replication = min(3, nodes)
         self.min_insync = min(2, nodes)
 
@@ -132,11 +137,13 @@ class KafkaCluster:
         return f"Apache Kafka {self.version} (KRaft, {len(self.nodes)} node{'s' if len(self.nodes) > 1 else ''})"
 
     def _properties(self, node: Node) -> str:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        own = [n.host != self.host for n in self.nodes]  # nodes on addresses of their own talk to each other there
+        voters = ",".join(f"{n.node_id}@{n.host if any(own) else '127.0.0.1'}:{n.controller_port}" for n in self.nodes)
+        controller = node.host if any(own) else "127.0.0.1"
         return "\n".join([
             "process.roles=broker,controller", f"node.id={node.node_id}", f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://{self.host}:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{node.port}", "controller.listener.names=CONTROLLER",
+            f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{controller}:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{node.host}:{node.port}", "controller.listener.names=CONTROLLER",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name=PLAINTEXT", f"log.dirs={node.data / 'logs'}",
             f"offsets.topic.replication.factor={self.replication}",
@@ -160,9 +167,9 @@ class KafkaCluster:
 
     def _java(self, node: Node, main: str, *args: str) -> list[str]:
         (node.data / "log4j2.properties").write_text(LOG4J2.format(log=node.data / "server.log"))
-        return [java(), f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={node.data / 'log4j2.properties'}",
-                "-cp", classpath(), main, *args]
+        return [*node.wrap, java(), f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={node.data / 'log4j2.properties'}", "-cp", classpath(), main, *args]
 
     def start(self) -> KafkaCluster:
         for node in self.nodes:
@@ -174,7 +181,7 @@ class KafkaCluster:
         for node in self.nodes:
             self.start_node(node, wait=False)
         for node in self.nodes:
-            wait_port(self.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
+            wait_port(node.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
         return self
 
     def start_node(self, node: Node, wait: bool = True) -> None:
@@ -183,7 +190,7 @@ class KafkaCluster:
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=die_with_parent(signal.SIGKILL))
         if wait:
-            wait_port(self.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
+            wait_port(node.host, node.port, 120, node.proc, what=f"Apache Kafka node {node.node_id}")
 
     def quorum_leader(self) -> int | None:
         """The node that last became the KRaft quorum's leader (the active controller), from the nodes' logs."""

@@ -97,3 +97,74 @@ class Namespace:
             else:
                 _ip("route", "del", "blackhole", f"{address}/32", ns=ns)
         self.cuts.clear()
+
+
+@dataclass
+class Segment:
+    """``count`` namespaces on one bridge of the test's own, one address each; the host keeps one on the bridge
+    (``gateway``), so it reaches every namespace while the namespaces can be cut from each other alone.
+
+    ``isolate(i)``: blackhole routes in namespace *i* to every other member and in every other member to *i*:
+    *i* still talks to the host (clients) and the others to the host and each other, as when one broker of a
+    cluster loses the network to its peers but not to its clients."""
+
+    count: int
+    name: str = field(default_factory=lambda: f"ipb{random.randrange(16**5):05x}")
+    gateway: str = ""
+    addresses: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    cut: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        net = random.randrange(1, 250)
+        self.gateway = f"10.232.{net}.254"
+        self.addresses = [f"10.232.{net}.{i + 1}" for i in range(self.count)]
+        self.namespaces = [f"{self.name}-{i + 1}" for i in range(self.count)]
+
+    def _veth(self, i: int) -> tuple[str, str]:
+        return f"{self.name}h{i + 1}", f"{self.name}n{i + 1}"
+
+    def __enter__(self) -> Segment:
+        try:
+            _ip("link", "add", "name", self.name, "type", "bridge")
+            _ip("addr", "add", f"{self.gateway}/24", "dev", self.name)
+            _ip("link", "set", self.name, "up")
+            for i, (ns, address) in enumerate(zip(self.namespaces, self.addresses, strict=True)):
+                host_end, ns_end = self._veth(i)
+                _ip("netns", "add", ns)
+                _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+                _ip("link", "set", host_end, "master", self.name)
+                _ip("link", "set", host_end, "up")
+                _ip("link", "set", ns_end, "netns", ns)
+                _ip("addr", "add", f"{address}/24", "dev", ns_end, ns=ns)
+                _ip("link", "set", ns_end, "up", ns=ns)
+                _ip("link", "set", "lo", "up", ns=ns)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for i, ns in enumerate(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", self._veth(i)[0]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.name], capture_output=True)
+
+    def run(self, i: int) -> tuple[str, ...]:
+        """The wrapper that runs a command in member *i*'s namespace."""
+        return ("ip", "netns", "exec", self.namespaces[i])
+
+    def isolate(self, i: int) -> None:
+        """Cut member *i* from every other member, both ways (the host still reaches all)."""
+        for j in range(self.count):
+            if j != i:
+                _ip("route", "add", "blackhole", f"{self.addresses[j]}/32", ns=self.namespaces[i])
+                _ip("route", "add", "blackhole", f"{self.addresses[i]}/32", ns=self.namespaces[j])
+        self.cut.add(i)
+
+    def rejoin(self, i: int) -> None:
+        for j in range(self.count):
+            if j != i:
+                _ip("route", "del", "blackhole", f"{self.addresses[j]}/32", ns=self.namespaces[i])
+                _ip("route", "del", "blackhole", f"{self.addresses[i]}/32", ns=self.namespaces[j])
+        self.cut.discard(i)

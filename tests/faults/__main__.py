@@ -1,4 +1,4 @@
-"""python -m tests.faults [--scenario chaos|kills|broker-kills|network] [--runs N] [--seconds S] [--seed FIRST]:
+"""python -m tests.faults [--scenario chaos|kills|broker-kills|broker-partition|network] [--runs N] [--seconds S] [--seed FIRST]:
 one JSON line per run, then a total."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The ``broker-kills`` scenario: a three-node Apache Kafka cluster whose busiest leader is kill -9'd.
+"""The ``broker-kills`` scenario: a three-node Apache Kafka cluster whose busiest leader is kill -9'd; and
+``broker-partition``: the same cluster, each node in a network namespace of its own, its busiest leader cut from
+the other two (not from ipam) for 10-20 s at a time.
 
 Topics have replication 3 and ``min.insync.replicas=2``, the producers ``acks=all`` and idempotence, so
 losing one broker loses no confirmed write: the controller moves leadership to an in-sync follower, and
@@ -80,6 +82,44 @@ async def kill_leaders(cfg, cluster: KafkaCluster, rng: random.Random, seconds: 
                       "restart_s": round(time.monotonic() - at - down, 2)})
 
 
+CUT_SECONDS = (10.0, 20.0)  # how long a partitioned node stays cut from its peers
+
+
+async def partition_leaders(cfg, cluster: KafkaCluster, segment, rng: random.Random, seconds: float,
+                            cuts: list[dict]) -> None:
+    """Every 20-30 s (first at 30-50 % of a short run), cut the busiest leader from the other two nodes, both
+    ways, for ``CUT_SECONDS``; ipam's processes still reach it.  It cannot heartbeat to the controller quorum
+    (or, when it is the active controller, lead it), so after ``broker.session.timeout.ms`` the others fence it
+    and move its leaderships, while clients that still hold the old metadata keep sending it requests that can
+    no longer be acknowledged by ``acks=all``."""
+    start = time.monotonic()
+    first = seconds < 60
+    while True:
+        gap = rng.uniform(20, 30)
+        gap = min(gap, seconds * rng.uniform(0.3, 0.5)) if first else gap
+        first = False
+        left = seconds - (time.monotonic() - start)
+        await asyncio.sleep(min(gap, max(0.0, left)))
+        if gap >= left:
+            return
+        try:
+            counts = await leaders(cfg, cluster)
+        except Exception as e:  # still settling from the last cut: skip this round
+            cuts.append({"skipped": repr(e)})
+            continue
+        busiest = max(counts, key=counts.get)
+        controller = cluster.quorum_leader() == busiest
+        lasting = rng.uniform(*CUT_SECONDS)
+        at = time.monotonic()
+        segment.isolate(busiest - 1)
+        try:
+            await asyncio.sleep(lasting)
+        finally:
+            segment.rejoin(busiest - 1)
+        cuts.append({"node": busiest, "led": counts[busiest], "controller": controller, "at_s": round(at - start, 1),
+                     "cut_s": round(lasting, 1)})
+
+
 class WebhookLoad:
     """AdmissionReviews of new VMs at a fixed rate, each answered within the API server's deadline or not."""
 
@@ -159,17 +199,22 @@ class PartitionProbe:
 
 
 async def ride_broker_kills(run, rng: random.Random, tls: WebhookTls, webhook_url: str) -> dict:
-    """The scenario's chaos: leader kills under webhook reviews and partition probes; the run's extra figures."""
+    """The scenario's chaos: leader kills (or, with the run's ``segment``, leaders cut from their peers) under
+    webhook reviews and partition probes; the run's extra figures."""
     stop = asyncio.Event()
     hooks = WebhookLoad(webhook_url, tls, run.plan["reviews_per_s"])
     probe = PartitionProbe(run.procs["api"].url, run.pools)
-    kills: list[dict] = []
+    faults: list[dict] = []
     loads = [asyncio.create_task(hooks.run(stop)), asyncio.create_task(probe.run(stop))]
     try:
-        await kill_leaders(run.cfg, run.cluster, rng, run.seconds, kills)
+        if run.segment is not None:
+            await partition_leaders(run.cfg, run.cluster, run.segment, rng, run.seconds, faults)
+        else:
+            await kill_leaders(run.cfg, run.cluster, rng, run.seconds, faults)
     finally:
         stop.set()
         await asyncio.gather(*loads)
-    done = [k for k in kills if "node" in k]
-    return {"broker_kills": len(done), "broker_kill_log": kills, "webhook": hooks.tally.as_dict(),
-            "webhook_denials": hooks.denied[:5], **probe.figures()}
+    done = len([f for f in faults if "node" in f])
+    counted = {"network_faults": done, "broker_partition_log": faults} if run.segment is not None else \
+        {"broker_kills": done, "broker_kill_log": faults}
+    return {**counted, "webhook": hooks.tally.as_dict(), "webhook_denials": hooks.denied[:5], **probe.figures()}

@@ -57,6 +57,10 @@ SCENARIOS = {
     # under 8 REST clients and 20 AdmissionReviews/s (broker_kills.py)
     "broker-kills": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999, "brokers": 3,
                      "reviews_per_s": 20},
+    # the same cluster, each node in a namespace of its own on one bridge: the busiest leader cut from the other
+    # two nodes (not from ipam) for 10-20 s every 20-30 s (broker_kills.py)
+    "broker-partition": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.999, "brokers": 3,
+                         "reviews_per_s": 20, "segment": True},
     # one allocator and one projector in a network namespace, cut from Postgres or the broker (network.py)
     "network": {"clients": 8, "request_timeout": 10, "failpoints": False, "target": 0.9, "brokers": 1, "netns": True},
 }
@@ -84,6 +88,7 @@ class Run:
         self.log_dir = f"/tmp/ipam-faults-{seed}-{uuid.uuid4().hex[:6]}"
         self.broker, self.cluster, self.tls = None, None, None
         self.ns: netns.Namespace | None = None
+        self.segment: netns.Segment | None = None  # the broker-partition scenario's namespaces, one per node
         self.own_pg: EmbeddedPostgres | None = None
         self.extra_figures: dict = {}
 
@@ -132,7 +137,11 @@ class Run:
     async def run(self) -> dict:
         host = await asyncio.to_thread(self._own_network) if self.plan.get("netns") else "127.0.0.1"
         if self.plan.get("brokers"):
-            self.cluster = await asyncio.to_thread(KafkaCluster(self.plan["brokers"], host=host).start)
+            places = None
+            if self.plan.get("segment"):  # every node in a namespace of its own
+                self.segment = netns.Segment(self.plan["brokers"]).__enter__()
+                places = [(a, self.segment.run(i)) for i, a in enumerate(self.segment.addresses)]
+            self.cluster = await asyncio.to_thread(KafkaCluster(self.plan["brokers"], host=host, places=places).start)
             bootstrap, topics = self.cluster.bootstrap, self.cluster.topic_settings
             self.tls = WebhookTls(Path(tempfile.mkdtemp(prefix="ipam-faults-tls-")))
             self.webhook_addr = f"127.0.0.1:{free_port()}"
@@ -155,6 +164,8 @@ class Run:
                 self.own_pg.stop("immediate")
             if self.ns is not None:
                 self.ns.__exit__()
+            if self.segment is not None:
+                self.segment.__exit__()
 
     async def _run(self) -> dict:
         self.procs["api"] = self.spawn("api", "api")
@@ -183,7 +194,7 @@ class Run:
             sampler.start()
             try:
                 workers = [asyncio.create_task(load()) for _ in range(self.plan["clients"])]
-                if self.scenario == "broker-kills":
+                if self.scenario in ("broker-kills", "broker-partition"):
                     self.extra_figures = await ride_broker_kills(self, self.rng, self.tls,
                                                                  f"https://{self.webhook_addr}/mutate-virtualmachines")
                 elif self.scenario == "network":
