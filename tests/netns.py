@@ -156,15 +156,15 @@ class Segment:
 
     def isolate(self, i: int) -> None:
         """Cut member *i* from every other member, both ways (the host still reaches all)."""
-        for j in range(self.count):
-            if j != i:
-                _ip("route", "add", "blackhole", f"{self.addresses[j]}/32", ns=self.namespaces[i])
-                _ip("route", "add", "blackhole", f"{self.addresses[i]}/32", ns=self.namespaces[j])
+        self._blackholes("add", i)
         self.cut.add(i)
 
     def rejoin(self, i: int) -> None:
-        for j in range(self.count):
-            if j != i:
-                _ip("route", "del", "blackhole", f"{self.addresses[j]}/32", ns=self.namespaces[i])
-                _ip("route", "del", "blackhole", f"{self.addresses[i]}/32", ns=self.namespaces[j])
+        self._blackholes("del", i)
         self.cut.discard(i)
+
+    def _blackholes(self, verb: str, i: int) -> None:
+        """``add`` or ``del`` the routes that drop what *i* sends to the others and what they send to *i*."""
+        for j in (j for j in range(self.count) if j != i):
+            _ip("route", verb, "blackhole", f"{self.addresses[j]}/32", ns=self.namespaces[i])
+            _ip("route", verb, "blackhole", f"{self.addresses[i]}/32", ns=self.namespaces[j])

@@ -21,10 +21,11 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from ..apache_kafka import KafkaCluster
+from ..apache_kafka import KafkaCluster, Node
 from ..kubevirt import WebhookTls, review, vm_manifest
 from .availability import Tally
 
@@ -47,13 +48,15 @@ async def leaders(cfg, cluster: KafkaCluster) -> dict[int, int]:
 
 
 DOWN_SECONDS = (5.0, 10.0)  # how long a killed node stays down before it is started again
+CUT_SECONDS = (10.0, 20.0)  # how long a partitioned node stays cut from its peers
 
 
-async def kill_leaders(cfg, cluster: KafkaCluster, rng: random.Random, seconds: float, kills: list[dict]) -> None:
-    """Every 20-30 s, kill -9 the busiest leader and start it again ``DOWN_SECONDS`` later; ``kills`` gets
-    one entry per kill.  A run
-    shorter than a minute (the slice in make test) kills first at 30-50 % of its length, so it can be short and
-    still see the cluster ride over a kill."""
+async def at_the_busiest_leader(cfg, cluster: KafkaCluster, rng: random.Random, seconds: float, log: list[dict],
+                                fault: Callable[[Node], Awaitable[dict]]) -> None:
+    """Every 20-30 s, ``fault`` the node that leads the most ipam partitions; ``log`` gets one entry per fault
+    (which node, how many it led, whether it was the active controller, when, and what ``fault`` returns).  A run
+    shorter than a minute (the slices in make test) faults first at 30-50 % of its length, so it can be short and
+    still see the cluster ride over one."""
     start = time.monotonic()
     first = seconds < 60
     while True:
@@ -61,63 +64,48 @@ async def kill_leaders(cfg, cluster: KafkaCluster, rng: random.Random, seconds: 
         gap = min(gap, seconds * rng.uniform(0.3, 0.5)) if first else gap
         first = False
         left = seconds - (time.monotonic() - start)
-        await asyncio.sleep(min(gap, max(0.0, left)))  # the run ends at its length, not a gap after the last kill
+        await asyncio.sleep(min(gap, max(0.0, left)))  # the run ends at its length, not a gap after the last fault
         if gap >= left:
             return
         try:
             counts = await leaders(cfg, cluster)
-        except Exception as e:  # the cluster is still settling from the last kill: skip this round
-            kills.append({"skipped": repr(e)})
+        except Exception as e:  # the cluster is still settling from the last fault: skip this round
+            log.append({"skipped": repr(e)})
             continue
         busiest = max(counts, key=counts.get)
         node = next(n for n in cluster.nodes if n.node_id == busiest)
         controller = cluster.quorum_leader() == busiest
         at = time.monotonic()
+        done = await fault(node)
+        log.append({"node": busiest, "led": counts[busiest], "controller": controller, "at_s": round(at - start, 1), **done})
+
+
+def kill_and_restart(cluster: KafkaCluster, rng: random.Random) -> Callable[[Node], Awaitable[dict]]:
+    """kill -9 the node and start it again ``DOWN_SECONDS`` later (its log kept, as an orchestrator restarts it)."""
+    async def fault(node: Node) -> dict:
+        at = time.monotonic()
         await asyncio.to_thread(cluster.kill_node, node)
         down = rng.uniform(*DOWN_SECONDS)
         await asyncio.sleep(down)
         await asyncio.to_thread(cluster.start_node, node)
-        kills.append({"node": busiest, "led": counts[busiest], "controller": controller,
-                      "at_s": round(at - start, 1), "down_s": round(down, 1),
-                      "restart_s": round(time.monotonic() - at - down, 2)})
+        return {"down_s": round(down, 1), "restart_s": round(time.monotonic() - at - down, 2)}
+    return fault
 
 
-CUT_SECONDS = (10.0, 20.0)  # how long a partitioned node stays cut from its peers
-
-
-async def partition_leaders(cfg, cluster: KafkaCluster, segment, rng: random.Random, seconds: float,
-                            cuts: list[dict]) -> None:
-    """Every 20-30 s (first at 30-50 % of a short run), cut the busiest leader from the other two nodes, both
-    ways, for ``CUT_SECONDS``; ipam's processes still reach it.  It cannot heartbeat to the controller quorum
-    (or, when it is the active controller, lead it), so after ``broker.session.timeout.ms`` the others fence it
-    and move its leaderships, while clients that still hold the old metadata keep sending it requests that can
-    no longer be acknowledged by ``acks=all``."""
-    start = time.monotonic()
-    first = seconds < 60
-    while True:
-        gap = rng.uniform(20, 30)
-        gap = min(gap, seconds * rng.uniform(0.3, 0.5)) if first else gap
-        first = False
-        left = seconds - (time.monotonic() - start)
-        await asyncio.sleep(min(gap, max(0.0, left)))
-        if gap >= left:
-            return
-        try:
-            counts = await leaders(cfg, cluster)
-        except Exception as e:  # still settling from the last cut: skip this round
-            cuts.append({"skipped": repr(e)})
-            continue
-        busiest = max(counts, key=counts.get)
-        controller = cluster.quorum_leader() == busiest
+def cut_from_peers(segment, rng: random.Random) -> Callable[[Node], Awaitable[dict]]:
+    """Cut the node from the other nodes, both ways, for ``CUT_SECONDS``; ipam's processes still reach it.  It
+    cannot heartbeat to the controller quorum (or, as the active controller, lead it), so after
+    ``broker.session.timeout.ms`` the others fence it and move its leaderships, while clients holding the old
+    metadata keep sending it requests that ``acks=all`` can no longer acknowledge."""
+    async def fault(node: Node) -> dict:
         lasting = rng.uniform(*CUT_SECONDS)
-        at = time.monotonic()
-        segment.isolate(busiest - 1)
+        segment.isolate(node.node_id - 1)
         try:
             await asyncio.sleep(lasting)
         finally:
-            segment.rejoin(busiest - 1)
-        cuts.append({"node": busiest, "led": counts[busiest], "controller": controller, "at_s": round(at - start, 1),
-                     "cut_s": round(lasting, 1)})
+            segment.rejoin(node.node_id - 1)
+        return {"cut_s": round(lasting, 1)}
+    return fault
 
 
 class WebhookLoad:
@@ -207,10 +195,8 @@ async def ride_broker_kills(run, rng: random.Random, tls: WebhookTls, webhook_ur
     faults: list[dict] = []
     loads = [asyncio.create_task(hooks.run(stop)), asyncio.create_task(probe.run(stop))]
     try:
-        if run.segment is not None:
-            await partition_leaders(run.cfg, run.cluster, run.segment, rng, run.seconds, faults)
-        else:
-            await kill_leaders(run.cfg, run.cluster, rng, run.seconds, faults)
+        fault = cut_from_peers(run.segment, rng) if run.segment is not None else kill_and_restart(run.cluster, rng)
+        await at_the_busiest_leader(run.cfg, run.cluster, rng, run.seconds, faults, fault)
     finally:
         stop.set()
         await asyncio.gather(*loads)
