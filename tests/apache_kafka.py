@@ -165,9 +165,15 @@ class KafkaCluster:
             return []
         return ["broker.session.timeout.ms=3000", "broker.heartbeat.interval.ms=500"]
 
+    def _heap(self) -> list[str]:
+        """The heap is committed and touched at start (``-Xms`` equal to ``-Xmx``), as production brokers run:
+        with ``-Xms`` at half, the JVM grew its heap by 88 MiB half an hour into a soak, which read as the
+        broker's memory growing (docs/performance.md)."""
+        return [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m", "-XX:+AlwaysPreTouch"]
+
     def _java(self, node: Node, main: str, *args: str) -> list[str]:
         (node.data / "log4j2.properties").write_text(LOG4J2.format(log=node.data / "server.log"))
-        return [*node.wrap, java(), f"-Xms{self.heap_mb // 2}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC",
+        return [*node.wrap, java(), *self._heap(), "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={node.data / 'log4j2.properties'}", "-cp", classpath(), main, *args]
 
