@@ -148,11 +148,8 @@ class LeaseApi:
         existing = all(isinstance(e, roles.returned) for e in events if isinstance(e, kinds))
         leases = []
         if existing:  # answered as stored: the lease's own time and whether it was static
-            extras = {getattr(e, kind.address): self._extra(e) for e in events if isinstance(e, kinds)}
-            leases = [self.from_row(r, extras.get(str(r[kind.address]), {})) for r in await self.read.leases(
-                kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload, vm_uid=owner.vm_uid,
-                cluster=owner.cluster)
-                if r["interface"] == owner.interface]
+            leases = self._as_read(events, kinds, space, owner, vm_leases) or await self._read_back(events, kinds, space,
+                                                                                                  owner)
         if not leases:  # new, or none stored: a release decided right after this answer took it away
             leases = [self.lease_of(e) for e in events if isinstance(e, kinds)]
         if not leases:
@@ -160,6 +157,27 @@ class LeaseApi:
                            "ask again")
         held = {"lease": leases[-1]} if "lease" in self.answer.__struct_fields__ else {"leases": leases}
         return reply(self.answer(**held, existing=existing, command_id=cid), 200 if existing else 201)
+
+    def _as_read(self, events: list[AnyEvent], kinds: tuple[type, ...], space: str, owner: Owner, rows) -> list[Struct]:
+        """A repeat's leases from the rows read before its command (so a repeat reads nothing after its answer),
+        in the order the decider gave them; [] when one of them was not there (leased in between: read again).
+        A release and a re-lease of the same address to the same owner in between would leave the earlier
+        lease's ``since``: a window of one request, for three requests about one interface at once."""
+        kind = self.rest.kind
+        held = {str(r[kind.address]): r for r in rows
+                if r[kind.space] == space and r["vm_uid"] == owner.vm_uid and r["interface"] == owner.interface}
+        answered = [e for e in events if isinstance(e, kinds)]
+        if not answered or any(getattr(e, kind.address) not in held for e in answered):
+            return []
+        return [self.from_row(held[getattr(e, kind.address)], self._extra(e)) for e in answered]
+
+    async def _read_back(self, events: list[AnyEvent], kinds: tuple[type, ...], space: str, owner: Owner) -> list[Struct]:
+        """A repeat's leases as stored now (one read): where the rows read before its command did not hold them."""
+        kind = self.rest.kind
+        extras = {getattr(e, kind.address): self._extra(e) for e in events if isinstance(e, kinds)}
+        rows = await self.read.leases(kind, namespace=owner.namespace, vm=owner.vm, space=space, workload=owner.workload,
+                                      vm_uid=owner.vm_uid, cluster=owner.cluster)
+        return [self.from_row(r, extras.get(str(r[kind.address]), {})) for r in rows if r["interface"] == owner.interface]
 
     def _held_space(self, body, owner: Owner, vm_leases) -> str | None:
         """A MAC request naming neither pool nor MAC goes where the interface already holds its MAC, whatever

@@ -117,12 +117,14 @@ class ReadModel:
 
     async def vm_leases(self, kind: Kind, namespace: str, vm: str, workload: str, cluster: str) -> tuple[list, int]:
         """(the leases of one VM (every incarnation, interface and space), the catalogue version) in one round
-        trip: what REST checks before a lease, and what its routing is checked against."""
+        trip: what REST checks before a lease, what its routing is checked against, and what a repeat answers
+        with (the rows as ``leases`` lists them)."""
         t = TABLES[kind]
         rows = await self.db.fetch(
             f"""SELECT c.version AS catalog_version, l.* FROM ipam_store.catalog_version c LEFT JOIN LATERAL (
-                    SELECT {kind.space}, vm_uid, interface FROM {t.leases}
-                    WHERE namespace = $1 AND vm = $2 AND workload = $3 AND cluster = $4) l ON true""",
+                    SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state,
+                           pending_until, workload, cluster
+                    FROM {t.view} l WHERE namespace = $1 AND vm = $2 AND workload = $3 AND cluster = $4) l ON true""",
             namespace, vm, workload, cluster)
         return [r for r in rows if r["interface"] is not None], rows[0]["catalog_version"]
 
