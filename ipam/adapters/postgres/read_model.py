@@ -28,6 +28,12 @@ class Holding:
     vm_uid: str
 
 
+def _listed(kind: Kind) -> str:
+    """A lease's columns as REST lists them (``leases``, and the VM's rows a repeat answers from)."""
+    return (f"{TABLES[kind].listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until, "
+            "workload, cluster")
+
+
 class ReadModel:
     def __init__(self, db: asyncpg.Pool) -> None:
         self.db = db
@@ -106,9 +112,8 @@ class ReadModel:
                      cluster=None, state=None, limit=1000):
         t = TABLES[kind]
         return await self.db.fetch(
-            f"""SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state, pending_until,
-                       workload, cluster
-                FROM {t.view} l WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
+            f"""SELECT {_listed(kind)} FROM {t.view} l
+                WHERE ($1::text IS NULL OR namespace = $1) AND ($2::text IS NULL OR vm = $2)
                   AND ($3::text IS NULL OR {kind.space} = $3) AND ($4::{t.address_type} IS NULL OR {kind.address} = $4)
                   AND ($6::text IS NULL OR workload = $6) AND ($7::text IS NULL OR vm_uid = $7)
                   AND ($8::text IS NULL OR cluster = $8) AND ($9::text IS NULL OR state = $9)
@@ -122,9 +127,8 @@ class ReadModel:
         t = TABLES[kind]
         rows = await self.db.fetch(
             f"""SELECT c.version AS catalog_version, l.* FROM ipam_store.catalog_version c LEFT JOIN LATERAL (
-                    SELECT {t.listed}, {kind.space}, namespace, vm, vm_uid, interface, static, since, state,
-                           pending_until, workload, cluster
-                    FROM {t.view} l WHERE namespace = $1 AND vm = $2 AND workload = $3 AND cluster = $4) l ON true""",
+                    SELECT {_listed(kind)} FROM {t.view} l
+                    WHERE namespace = $1 AND vm = $2 AND workload = $3 AND cluster = $4) l ON true""",
             namespace, vm, workload, cluster)
         return [r for r in rows if r["interface"] is not None], rows[0]["catalog_version"]
 
